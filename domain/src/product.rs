@@ -1,0 +1,348 @@
+//! The product aggregate: catalogue data and the stock of one SKU.
+//!
+//! Stock moves between three buckets. `on_hand` counts units in the warehouse;
+//! `reserved` is the part of `on_hand` promised to orders that are not yet paid;
+//! committing a reservation sells those units (they leave `on_hand`), and sold
+//! units can come back. What must hold after every event:
+//!
+//! - `reserved <= on_hand`, so `available = on_hand - reserved` is never negative;
+//! - `reserved` is the sum of the open reservations, one per order;
+//! - `on_hand = added - sold + returned`, and an order never returns more than it bought.
+
+use std::collections::BTreeMap;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::values::{Money, OrderId, ProductName, Sku};
+
+/// Most units one `AddStock` may add.
+pub const MAX_STOCK_ADDITION: u32 = 1_000_000;
+/// Most units one product may hold on hand.
+pub const MAX_ON_HAND: u64 = 1_000_000_000;
+
+/// What a caller may ask of a product.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProductCommand {
+    /// Add a product to the catalogue, with no stock.
+    CreateProduct {
+        sku: Sku,
+        name: ProductName,
+        price: Money,
+    },
+    /// Receive `quantity` (1..=1,000,000) units into stock.
+    AddStock { quantity: u32 },
+    /// Set `quantity` available units aside for an order that is not yet paid.
+    ReserveStock { order_id: OrderId, quantity: u32 },
+    /// Give an order's reservation back to the available stock.
+    ReleaseReservation { order_id: OrderId },
+    /// The order is paid: its reserved units are sold and leave the stock.
+    CommitReservation { order_id: OrderId },
+    /// Take back `quantity` units an order bought.
+    ReturnSoldStock { order_id: OrderId, quantity: u32 },
+}
+
+/// A product was added to the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProductCreated {
+    pub sku: Sku,
+    pub name: ProductName,
+    pub price: Money,
+}
+
+/// Units were received into stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StockAdded {
+    pub quantity: u32,
+}
+
+/// Units were set aside for an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StockReserved {
+    pub order_id: OrderId,
+    pub quantity: u32,
+}
+
+/// An order's reservation went back to the available stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReservationReleased {
+    pub order_id: OrderId,
+    pub quantity: u32,
+}
+
+/// An order's reserved units were sold and left the stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReservationCommitted {
+    pub order_id: OrderId,
+    pub quantity: u32,
+}
+
+/// Units an order bought came back into stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SoldStockReturned {
+    pub order_id: OrderId,
+    pub quantity: u32,
+}
+
+/// Everything that can happen to a product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProductEvent {
+    ProductCreated(ProductCreated),
+    StockAdded(StockAdded),
+    StockReserved(StockReserved),
+    ReservationReleased(ReservationReleased),
+    ReservationCommitted(ReservationCommitted),
+    SoldStockReturned(SoldStockReturned),
+}
+
+impl DomainEvent for ProductEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ProductCreated(_) => "ProductCreated",
+            Self::StockAdded(_) => "StockAdded",
+            Self::StockReserved(_) => "StockReserved",
+            Self::ReservationReleased(_) => "ReservationReleased",
+            Self::ReservationCommitted(_) => "ReservationCommitted",
+            Self::SoldStockReturned(_) => "SoldStockReturned",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        crate::EVENT_VERSION.to_owned()
+    }
+}
+
+/// Why a product refused a command. Each is a business answer, not a failure:
+/// retrying the same command against the same state gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProductError {
+    /// No product has this SKU. Create it first.
+    #[error("no product with this SKU exists")]
+    NotFound,
+    /// The SKU is taken. Pick another SKU or use the existing product.
+    #[error("a product with SKU {sku} already exists")]
+    AlreadyExists { sku: Sku },
+    /// The quantity is outside the allowed range.
+    #[error("quantity {quantity} is outside {min}..={max}")]
+    QuantityOutOfRange { quantity: u32, min: u32, max: u32 },
+    /// Adding would put more than [`MAX_ON_HAND`] units on hand.
+    #[error("{on_hand} on hand plus {adding} would exceed the limit of {limit} units")]
+    StockLimitExceeded {
+        on_hand: u64,
+        adding: u32,
+        limit: u64,
+    },
+    /// Not enough unreserved units. The caller may wait for stock or give up.
+    #[error("out of stock: {sku} has {available} available, {requested} requested")]
+    InsufficientStock {
+        sku: Sku,
+        requested: u32,
+        available: u64,
+    },
+    /// The order already holds a reservation of this product; it is not doubled.
+    #[error("order {order_id} already holds a reservation")]
+    AlreadyReserved { order_id: OrderId },
+    /// The order holds no reservation of this product (never made, released or committed).
+    #[error("order {order_id} holds no reservation")]
+    NoReservation { order_id: OrderId },
+    /// The order did not buy that many units (or already returned them).
+    #[error("order {order_id} can return at most {returnable} units, {requested} requested")]
+    NothingToReturn {
+        order_id: OrderId,
+        requested: u32,
+        returnable: u32,
+    },
+}
+
+/// Catalogue data, fixed when the product is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductDetails {
+    pub sku: Sku,
+    pub name: ProductName,
+    pub price: Money,
+}
+
+/// The state of one product, rebuilt from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    details: Option<ProductDetails>,
+    on_hand: u64,
+    reserved: u64,
+    /// Open reservations by order.
+    reservations: BTreeMap<OrderId, u32>,
+    /// Units sold and not returned, by order.
+    sold: BTreeMap<OrderId, u32>,
+}
+
+impl Product {
+    pub fn details(&self) -> Option<&ProductDetails> {
+        self.details.as_ref()
+    }
+
+    pub fn on_hand(&self) -> u64 {
+        self.on_hand
+    }
+
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Units that can still be reserved.
+    pub fn available(&self) -> u64 {
+        self.on_hand - self.reserved
+    }
+
+    pub fn reservation_of(&self, order_id: OrderId) -> Option<u32> {
+        self.reservations.get(&order_id).copied()
+    }
+
+    pub fn sold_to(&self, order_id: OrderId) -> u32 {
+        self.sold.get(&order_id).copied().unwrap_or(0)
+    }
+
+    /// Decides what a command does to this product, without changing it.
+    pub fn decide(&self, command: ProductCommand) -> Result<Vec<ProductEvent>, ProductError> {
+        let event = match command {
+            ProductCommand::CreateProduct { sku, name, price } => {
+                if let Some(existing) = &self.details {
+                    return Err(ProductError::AlreadyExists {
+                        sku: existing.sku.clone(),
+                    });
+                }
+                ProductEvent::ProductCreated(ProductCreated { sku, name, price })
+            }
+            ProductCommand::AddStock { quantity } => {
+                self.existing()?;
+                check_quantity(quantity, MAX_STOCK_ADDITION)?;
+                if self.on_hand + u64::from(quantity) > MAX_ON_HAND {
+                    return Err(ProductError::StockLimitExceeded {
+                        on_hand: self.on_hand,
+                        adding: quantity,
+                        limit: MAX_ON_HAND,
+                    });
+                }
+                ProductEvent::StockAdded(StockAdded { quantity })
+            }
+            ProductCommand::ReserveStock { order_id, quantity } => {
+                let details = self.existing()?;
+                check_quantity(quantity, u32::MAX)?;
+                if self.reservations.contains_key(&order_id) {
+                    return Err(ProductError::AlreadyReserved { order_id });
+                }
+                if u64::from(quantity) > self.available() {
+                    return Err(ProductError::InsufficientStock {
+                        sku: details.sku.clone(),
+                        requested: quantity,
+                        available: self.available(),
+                    });
+                }
+                ProductEvent::StockReserved(StockReserved { order_id, quantity })
+            }
+            ProductCommand::ReleaseReservation { order_id } => {
+                let quantity = self.open_reservation(order_id)?;
+                ProductEvent::ReservationReleased(ReservationReleased { order_id, quantity })
+            }
+            ProductCommand::CommitReservation { order_id } => {
+                let quantity = self.open_reservation(order_id)?;
+                ProductEvent::ReservationCommitted(ReservationCommitted { order_id, quantity })
+            }
+            ProductCommand::ReturnSoldStock { order_id, quantity } => {
+                self.existing()?;
+                check_quantity(quantity, u32::MAX)?;
+                let returnable = self.sold_to(order_id);
+                if quantity > returnable {
+                    return Err(ProductError::NothingToReturn {
+                        order_id,
+                        requested: quantity,
+                        returnable,
+                    });
+                }
+                ProductEvent::SoldStockReturned(SoldStockReturned { order_id, quantity })
+            }
+        };
+        Ok(vec![event])
+    }
+
+    fn existing(&self) -> Result<&ProductDetails, ProductError> {
+        self.details.as_ref().ok_or(ProductError::NotFound)
+    }
+
+    fn open_reservation(&self, order_id: OrderId) -> Result<u32, ProductError> {
+        self.existing()?;
+        self.reservation_of(order_id)
+            .ok_or(ProductError::NoReservation { order_id })
+    }
+}
+
+fn check_quantity(quantity: u32, max: u32) -> Result<(), ProductError> {
+    if quantity == 0 || quantity > max {
+        return Err(ProductError::QuantityOutOfRange {
+            quantity,
+            min: 1,
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl Aggregate for Product {
+    const TYPE: &'static str = "Product";
+    type Command = ProductCommand;
+    type Event = ProductEvent;
+    type Error = ProductError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    // History is trusted: every stored event passed `decide`. The saturating
+    // arithmetic only keeps a hand-edited history from crashing the process.
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            ProductEvent::ProductCreated(ProductCreated { sku, name, price }) => {
+                self.details = Some(ProductDetails { sku, name, price });
+            }
+            ProductEvent::StockAdded(StockAdded { quantity }) => {
+                self.on_hand += u64::from(quantity);
+            }
+            ProductEvent::StockReserved(StockReserved { order_id, quantity }) => {
+                self.reservations.insert(order_id, quantity);
+                self.reserved += u64::from(quantity);
+            }
+            ProductEvent::ReservationReleased(ReservationReleased { order_id, quantity }) => {
+                self.reservations.remove(&order_id);
+                self.reserved = self.reserved.saturating_sub(u64::from(quantity));
+            }
+            ProductEvent::ReservationCommitted(ReservationCommitted { order_id, quantity }) => {
+                self.reservations.remove(&order_id);
+                self.reserved = self.reserved.saturating_sub(u64::from(quantity));
+                self.on_hand = self.on_hand.saturating_sub(u64::from(quantity));
+                *self.sold.entry(order_id).or_default() += quantity;
+            }
+            ProductEvent::SoldStockReturned(SoldStockReturned { order_id, quantity }) => {
+                self.on_hand += u64::from(quantity);
+                let left = self.sold_to(order_id).saturating_sub(quantity);
+                if left == 0 {
+                    self.sold.remove(&order_id);
+                } else {
+                    self.sold.insert(order_id, left);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,425 @@
+use cqrs_es::test::TestFramework;
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::*;
+use crate::values::Currency;
+
+type ProductTest = TestFramework<Product>;
+
+fn sku() -> Sku {
+    Sku::parse("MUG-01").unwrap()
+}
+
+fn order(n: u128) -> OrderId {
+    OrderId::new(Uuid::from_u128(n))
+}
+
+fn created() -> ProductEvent {
+    ProductEvent::ProductCreated(ProductCreated {
+        sku: sku(),
+        name: ProductName::parse("Mug").unwrap(),
+        price: Money::price(1250, Currency::parse("EUR").unwrap()).unwrap(),
+    })
+}
+
+fn added(quantity: u32) -> ProductEvent {
+    ProductEvent::StockAdded(StockAdded { quantity })
+}
+
+fn reserved(order_id: OrderId, quantity: u32) -> ProductEvent {
+    ProductEvent::StockReserved(StockReserved { order_id, quantity })
+}
+
+fn committed(order_id: OrderId, quantity: u32) -> ProductEvent {
+    ProductEvent::ReservationCommitted(ReservationCommitted { order_id, quantity })
+}
+
+fn create_command() -> ProductCommand {
+    ProductCommand::CreateProduct {
+        sku: sku(),
+        name: ProductName::parse("Mug").unwrap(),
+        price: Money::price(1250, Currency::parse("EUR").unwrap()).unwrap(),
+    }
+}
+
+#[test]
+fn creating_a_new_product_records_its_catalogue_data() {
+    ProductTest::with(())
+        .given_no_previous_events()
+        .when(create_command())
+        .then_expect_events(vec![created()]);
+}
+
+#[test]
+fn creating_a_product_twice_is_refused() {
+    ProductTest::with(())
+        .given(vec![created()])
+        .when(create_command())
+        .then_expect_error(ProductError::AlreadyExists { sku: sku() });
+}
+
+#[test]
+fn adding_stock_increases_what_is_on_hand() {
+    ProductTest::with(())
+        .given(vec![created()])
+        .when(ProductCommand::AddStock { quantity: 5 })
+        .then_expect_events(vec![added(5)]);
+}
+
+#[test]
+fn adding_stock_to_an_unknown_product_is_refused() {
+    ProductTest::with(())
+        .given_no_previous_events()
+        .when(ProductCommand::AddStock { quantity: 5 })
+        .then_expect_error(ProductError::NotFound);
+}
+
+#[test]
+fn adding_zero_or_too_many_units_is_refused() {
+    for quantity in [0, MAX_STOCK_ADDITION + 1] {
+        ProductTest::with(())
+            .given(vec![created()])
+            .when(ProductCommand::AddStock { quantity })
+            .then_expect_error(ProductError::QuantityOutOfRange {
+                quantity,
+                min: 1,
+                max: MAX_STOCK_ADDITION,
+            });
+    }
+}
+
+#[test]
+fn adding_past_the_on_hand_limit_is_refused() {
+    let full: Vec<_> = std::iter::once(created())
+        .chain((0..1000).map(|_| added(MAX_STOCK_ADDITION)))
+        .collect();
+    ProductTest::with(())
+        .given(full)
+        .when(ProductCommand::AddStock { quantity: 1 })
+        .then_expect_error(ProductError::StockLimitExceeded {
+            on_hand: MAX_ON_HAND,
+            adding: 1,
+            limit: MAX_ON_HAND,
+        });
+}
+
+#[test]
+fn reserving_available_stock_sets_it_aside_for_the_order() {
+    ProductTest::with(())
+        .given(vec![created(), added(3)])
+        .when(ProductCommand::ReserveStock {
+            order_id: order(1),
+            quantity: 3,
+        })
+        .then_expect_events(vec![reserved(order(1), 3)]);
+}
+
+#[test]
+fn reserving_more_than_is_available_is_refused_with_the_sku() {
+    ProductTest::with(())
+        .given(vec![created(), added(3), reserved(order(1), 2)])
+        .when(ProductCommand::ReserveStock {
+            order_id: order(2),
+            quantity: 2,
+        })
+        .then_expect_error(ProductError::InsufficientStock {
+            sku: sku(),
+            requested: 2,
+            available: 1,
+        });
+}
+
+#[test]
+fn insufficient_stock_reads_as_out_of_stock_with_the_sku() {
+    let error = ProductError::InsufficientStock {
+        sku: sku(),
+        requested: 2,
+        available: 1,
+    };
+    assert!(error.to_string().starts_with("out of stock: MUG-01"));
+}
+
+#[test]
+fn reserving_twice_for_one_order_is_refused() {
+    ProductTest::with(())
+        .given(vec![created(), added(3), reserved(order(1), 1)])
+        .when(ProductCommand::ReserveStock {
+            order_id: order(1),
+            quantity: 1,
+        })
+        .then_expect_error(ProductError::AlreadyReserved { order_id: order(1) });
+}
+
+#[test]
+fn reserving_zero_units_is_refused() {
+    ProductTest::with(())
+        .given(vec![created(), added(3)])
+        .when(ProductCommand::ReserveStock {
+            order_id: order(1),
+            quantity: 0,
+        })
+        .then_expect_error(ProductError::QuantityOutOfRange {
+            quantity: 0,
+            min: 1,
+            max: u32::MAX,
+        });
+}
+
+#[test]
+fn reserving_stock_of_an_unknown_product_is_refused() {
+    ProductTest::with(())
+        .given_no_previous_events()
+        .when(ProductCommand::ReserveStock {
+            order_id: order(1),
+            quantity: 1,
+        })
+        .then_expect_error(ProductError::NotFound);
+}
+
+#[test]
+fn releasing_a_reservation_returns_its_units() {
+    ProductTest::with(())
+        .given(vec![created(), added(3), reserved(order(1), 2)])
+        .when(ProductCommand::ReleaseReservation { order_id: order(1) })
+        .then_expect_events(vec![ProductEvent::ReservationReleased(
+            ReservationReleased {
+                order_id: order(1),
+                quantity: 2,
+            },
+        )]);
+}
+
+#[test]
+fn releasing_a_reservation_that_does_not_exist_is_refused() {
+    ProductTest::with(())
+        .given(vec![created(), added(3)])
+        .when(ProductCommand::ReleaseReservation { order_id: order(1) })
+        .then_expect_error(ProductError::NoReservation { order_id: order(1) });
+}
+
+#[test]
+fn releasing_a_reservation_twice_is_refused() {
+    ProductTest::with(())
+        .given(vec![
+            created(),
+            added(3),
+            reserved(order(1), 2),
+            ProductEvent::ReservationReleased(ReservationReleased {
+                order_id: order(1),
+                quantity: 2,
+            }),
+        ])
+        .when(ProductCommand::ReleaseReservation { order_id: order(1) })
+        .then_expect_error(ProductError::NoReservation { order_id: order(1) });
+}
+
+#[test]
+fn releasing_on_an_unknown_product_is_refused() {
+    ProductTest::with(())
+        .given_no_previous_events()
+        .when(ProductCommand::ReleaseReservation { order_id: order(1) })
+        .then_expect_error(ProductError::NotFound);
+}
+
+#[test]
+fn committing_a_reservation_sells_its_units() {
+    ProductTest::with(())
+        .given(vec![created(), added(3), reserved(order(1), 2)])
+        .when(ProductCommand::CommitReservation { order_id: order(1) })
+        .then_expect_events(vec![committed(order(1), 2)]);
+}
+
+#[test]
+fn committing_without_a_reservation_is_refused() {
+    ProductTest::with(())
+        .given(vec![
+            created(),
+            added(3),
+            reserved(order(1), 2),
+            committed(order(1), 2),
+        ])
+        .when(ProductCommand::CommitReservation { order_id: order(1) })
+        .then_expect_error(ProductError::NoReservation { order_id: order(1) });
+}
+
+#[test]
+fn returning_sold_units_puts_them_back_on_hand() {
+    ProductTest::with(())
+        .given(vec![
+            created(),
+            added(3),
+            reserved(order(1), 2),
+            committed(order(1), 2),
+        ])
+        .when(ProductCommand::ReturnSoldStock {
+            order_id: order(1),
+            quantity: 2,
+        })
+        .then_expect_events(vec![ProductEvent::SoldStockReturned(SoldStockReturned {
+            order_id: order(1),
+            quantity: 2,
+        })]);
+}
+
+#[test]
+fn returning_more_than_the_order_bought_is_refused() {
+    ProductTest::with(())
+        .given(vec![
+            created(),
+            added(3),
+            reserved(order(1), 2),
+            committed(order(1), 2),
+        ])
+        .when(ProductCommand::ReturnSoldStock {
+            order_id: order(1),
+            quantity: 3,
+        })
+        .then_expect_error(ProductError::NothingToReturn {
+            order_id: order(1),
+            requested: 3,
+            returnable: 2,
+        });
+}
+
+#[test]
+fn returning_for_an_order_that_bought_nothing_is_refused() {
+    ProductTest::with(())
+        .given(vec![created(), added(3), reserved(order(1), 2)])
+        .when(ProductCommand::ReturnSoldStock {
+            order_id: order(1),
+            quantity: 1,
+        })
+        .then_expect_error(ProductError::NothingToReturn {
+            order_id: order(1),
+            requested: 1,
+            returnable: 0,
+        });
+}
+
+#[test]
+fn returning_zero_units_is_refused() {
+    ProductTest::with(())
+        .given(vec![
+            created(),
+            added(3),
+            reserved(order(1), 2),
+            committed(order(1), 2),
+        ])
+        .when(ProductCommand::ReturnSoldStock {
+            order_id: order(1),
+            quantity: 0,
+        })
+        .then_expect_error(ProductError::QuantityOutOfRange {
+            quantity: 0,
+            min: 1,
+            max: u32::MAX,
+        });
+}
+
+#[test]
+fn stock_levels_follow_the_events() {
+    let mut product = Product::default();
+    for event in [
+        created(),
+        added(10),
+        reserved(order(1), 4),
+        reserved(order(2), 3),
+        committed(order(1), 4),
+        ProductEvent::SoldStockReturned(SoldStockReturned {
+            order_id: order(1),
+            quantity: 1,
+        }),
+    ] {
+        product.apply(event);
+    }
+    assert_eq!(product.on_hand(), 7);
+    assert_eq!(product.reserved(), 3);
+    assert_eq!(product.available(), 4);
+    assert_eq!(product.sold_to(order(1)), 3);
+    assert_eq!(product.reservation_of(order(2)), Some(3));
+}
+
+/// A command the property test may send; orders are drawn from a small pool so
+/// that sequences hit the same reservation often.
+#[derive(Debug, Clone)]
+enum Step {
+    Add(u32),
+    Reserve(u8, u32),
+    Release(u8),
+    Commit(u8),
+    Return(u8, u32),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let order = 0u8..6;
+    prop_oneof![
+        (0u32..=1_200).prop_map(Step::Add),
+        (order.clone(), 0u32..=60).prop_map(|(o, q)| Step::Reserve(o, q)),
+        order.clone().prop_map(Step::Release),
+        order.clone().prop_map(Step::Commit),
+        (order, 0u32..=60).prop_map(|(o, q)| Step::Return(o, q)),
+    ]
+}
+
+impl Step {
+    fn command(&self) -> ProductCommand {
+        let id = |o: &u8| order(u128::from(*o));
+        match self {
+            Step::Add(quantity) => ProductCommand::AddStock {
+                quantity: *quantity,
+            },
+            Step::Reserve(o, quantity) => ProductCommand::ReserveStock {
+                order_id: id(o),
+                quantity: *quantity,
+            },
+            Step::Release(o) => ProductCommand::ReleaseReservation { order_id: id(o) },
+            Step::Commit(o) => ProductCommand::CommitReservation { order_id: id(o) },
+            Step::Return(o, quantity) => ProductCommand::ReturnSoldStock {
+                order_id: id(o),
+                quantity: *quantity,
+            },
+        }
+    }
+}
+
+proptest! {
+    /// Whatever commands arrive in whatever order, stock never goes negative,
+    /// reservations never exceed what is on hand, and every unit is accounted
+    /// for: on hand = added - sold + returned.
+    #[test]
+    fn random_command_sequences_conserve_stock(steps in prop::collection::vec(step(), 1..200)) {
+        let mut product = Product::default();
+        product.apply(created());
+        let (mut added_total, mut sold_total, mut returned_total) = (0u64, 0u64, 0u64);
+        let mut history = vec![created()];
+
+        for step in &steps {
+            let Ok(events) = product.decide(step.command()) else { continue };
+            for event in events {
+                match &event {
+                    ProductEvent::StockAdded(e) => added_total += u64::from(e.quantity),
+                    ProductEvent::ReservationCommitted(e) => sold_total += u64::from(e.quantity),
+                    ProductEvent::SoldStockReturned(e) => returned_total += u64::from(e.quantity),
+                    ProductEvent::ProductCreated(_)
+                    | ProductEvent::StockReserved(_)
+                    | ProductEvent::ReservationReleased(_) => {}
+                }
+                history.push(event.clone());
+                product.apply(event);
+            }
+            prop_assert!(product.reserved() <= product.on_hand());
+            prop_assert_eq!(product.on_hand() + sold_total, added_total + returned_total);
+            let open: u64 = product.reservations.values().map(|q| u64::from(*q)).sum();
+            prop_assert_eq!(product.reserved(), open);
+            prop_assert!(product.sold.values().all(|q| *q > 0));
+        }
+
+        // Replaying the history from scratch gives the same state.
+        let mut replayed = Product::default();
+        for event in history {
+            replayed.apply(event);
+        }
+        prop_assert_eq!(replayed, product);
+    }
+}

@@ -1,0 +1,280 @@
+//! Value types shared by the aggregates: identifiers, money and bounded text.
+//!
+//! Each type is parsed once, at the edge, with `parse`; holding one is proof that
+//! the value is valid. Deserialization does *not* re-validate: values read back
+//! from stored events were valid when they were written, and tightening a rule
+//! later must never make history unreadable.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a raw value was not accepted. The message is written for the API client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidValue {
+    InvalidValue(message.into())
+}
+
+/// A product's stock keeping unit: 1–64 characters of `A-Z a-z 0-9 - _ .`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct Sku(String);
+
+impl Sku {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.chars().all(valid_char) {
+            return Err(invalid(
+                "must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An order's identifier, chosen by the write side when the order is placed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct OrderId(Uuid);
+
+impl OrderId {
+    pub fn new(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| invalid("must be a UUID"))
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Text bounded in length, without control characters, and not blank.
+fn bounded_text(raw: &str, max_chars: usize) -> Result<String, InvalidValue> {
+    let count = raw.chars().count();
+    if raw.trim().is_empty() {
+        return Err(invalid("must not be blank"));
+    }
+    if count > max_chars {
+        return Err(invalid(format!("must be at most {max_chars} characters")));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters"));
+    }
+    Ok(raw.to_owned())
+}
+
+macro_rules! bounded_text_type {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MAX_CHARS: usize = $max;
+
+            pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+                bounded_text(raw, Self::MAX_CHARS).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+bounded_text_type!(
+    /// A product's display name: 1–200 characters.
+    ProductName,
+    200
+);
+bounded_text_type!(
+    /// The shop's identifier for the customer: 1–128 characters, opaque to the platform.
+    CustomerId,
+    128
+);
+bounded_text_type!(
+    /// Why an order was cancelled: 1–500 characters.
+    Reason,
+    500
+);
+
+/// A payment method token understood by the payment gateway (`tok_visa`, ...):
+/// 1–64 characters of `A-Z a-z 0-9 _`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct PaymentMethod(String);
+
+impl PaymentMethod {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        if raw.is_empty() || raw.len() > 64 || !raw.chars().all(valid_char) {
+            return Err(invalid("must be 1-64 characters of A-Z, a-z, 0-9 or '_'"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An ISO 4217 currency code in active use, such as `EUR`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Currency(String);
+
+/// Active ISO 4217 codes, sorted so that membership is a binary search.
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE",
+    "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL",
+    "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
+    "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD",
+    "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK",
+    "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO",
+    "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON",
+    "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD",
+    "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD",
+    "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV",
+    "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
+];
+
+impl Currency {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if ISO_4217.binary_search(&raw).is_err() {
+            return Err(invalid(
+                "must be an ISO 4217 currency code in upper case, such as EUR or USD",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An amount of money in minor units (cents) of one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Money {
+    pub amount_cents: i64,
+    pub currency: Currency,
+}
+
+impl Money {
+    /// The largest unit price the platform accepts: 100 million major units.
+    pub const MAX_PRICE_CENTS: i64 = 10_000_000_000;
+
+    /// A price: zero or more, at most [`Money::MAX_PRICE_CENTS`].
+    pub fn price(amount_cents: i64, currency: Currency) -> Result<Self, InvalidValue> {
+        if !(0..=Self::MAX_PRICE_CENTS).contains(&amount_cents) {
+            return Err(invalid(format!(
+                "must be between 0 and {}",
+                Self::MAX_PRICE_CENTS
+            )));
+        }
+        Ok(Self {
+            amount_cents,
+            currency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currency_table_is_sorted_so_binary_search_works() {
+        assert!(ISO_4217.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn skus_accept_the_documented_alphabet_and_length() {
+        assert!(Sku::parse("ABC-123_x.y").is_ok());
+        assert!(Sku::parse(&"a".repeat(64)).is_ok());
+        assert!(Sku::parse(&"a".repeat(65)).is_err());
+        assert!(Sku::parse("").is_err());
+        assert!(Sku::parse("has space").is_err());
+        assert!(Sku::parse("é").is_err());
+    }
+
+    #[test]
+    fn currencies_must_be_known_upper_case_codes() {
+        assert!(Currency::parse("EUR").is_ok());
+        assert!(Currency::parse("eur").is_err());
+        assert!(Currency::parse("XYZ").is_err());
+        assert!(Currency::parse("EURO").is_err());
+    }
+
+    #[test]
+    fn bounded_text_refuses_blank_long_and_control_characters() {
+        assert!(Reason::parse("changed my mind").is_ok());
+        assert!(Reason::parse("   ").is_err());
+        assert!(Reason::parse(&"x".repeat(501)).is_err());
+        assert!(Reason::parse("line\nbreak").is_err());
+        assert!(CustomerId::parse(&"é".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn prices_are_bounded() {
+        let eur = Currency::parse("EUR").unwrap();
+        assert!(Money::price(0, eur.clone()).is_ok());
+        assert!(Money::price(-1, eur.clone()).is_err());
+        assert!(Money::price(Money::MAX_PRICE_CENTS + 1, eur).is_err());
+    }
+
+    #[test]
+    fn payment_methods_are_tokens() {
+        assert!(PaymentMethod::parse("tok_visa").is_ok());
+        assert!(PaymentMethod::parse("tok visa").is_err());
+        assert!(PaymentMethod::parse("").is_err());
+    }
+}

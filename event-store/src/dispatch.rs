@@ -1,0 +1,386 @@
+//! Command dispatch: load an aggregate, let it decide, append what it decided.
+//!
+//! This is cqrs-es's `CqrsFramework::execute` with what a service needs on top:
+//! the resulting version (for ETags), an expected version (If-Match), retries
+//! when a concurrent writer wins, idempotency keys recorded with the events,
+//! and correlation metadata on every event.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use sqlx::PgPool;
+
+use crate::idempotency::{self, RememberedOutcome};
+use crate::repository::{AppendError, IdempotencyClaim, PgEventRepository};
+
+/// Metadata keys written on every event.
+pub mod metadata {
+    pub const CORRELATION_ID: &str = "correlation_id";
+    pub const CAUSATION_ID: &str = "causation_id";
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+}
+
+/// Where a command comes from and what it may assume.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    /// Ties together everything one request or one saga set off.
+    pub correlation_id: String,
+    /// The message that caused this command (a request id, an event id).
+    pub causation_id: String,
+    /// Record the outcome under this key; a repeat returns it instead of running again.
+    pub idempotency: Option<IdempotencyClaim>,
+    /// Refuse unless the aggregate is at exactly this version (0: does not exist).
+    pub expected_version: Option<u64>,
+}
+
+/// A command that was carried out, or an earlier outcome remembered by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub aggregate_id: String,
+    /// The aggregate's version (its last sequence number) after the command.
+    pub version: u64,
+    /// Global positions of the events the command appended (empty on a replay).
+    pub global_positions: Vec<i64>,
+    /// True when the idempotency key had been used before and nothing ran.
+    pub replayed: bool,
+}
+
+/// Why a command did not append anything. `Refused`, `VersionMismatch`,
+/// `Conflict` and `KeyReused` are answers about the command; `Store` is a
+/// failure of the platform.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate said no. Tell the caller why; retrying will not help.
+    #[error(transparent)]
+    Refused(E),
+    /// The aggregate is not at the version the caller expected. The caller
+    /// should read it again and decide whether to retry.
+    #[error("expected version {expected}, but the aggregate is at version {actual}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    /// Concurrent writers kept winning the race for this aggregate. Retrying
+    /// later may succeed.
+    #[error("the aggregate was changed concurrently {attempts} times in a row")]
+    Conflict { attempts: u32 },
+    /// The idempotency key was used before for a different request.
+    #[error("the idempotency key was already used for a different request")]
+    KeyReused,
+    /// The event store failed or holds events that cannot be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A failure of the event store itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or failed; nothing was written.
+    #[error("event store database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Stored events could not be read back into the aggregate.
+    #[error("stored events cannot be read: {0}")]
+    Corrupt(String),
+}
+
+/// How often and how patiently to retry a command that lost a race.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter, so that writers who collided
+    /// once do not collide again in lockstep.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .first_backoff
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_backoff);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// Whether the aggregate is expected to exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Load the aggregate first (the usual case).
+    Existing,
+    /// The command creates the aggregate: skip the first load, since a new id
+    /// has no events. If the id is taken after all, the append conflicts and the
+    /// retry loads the aggregate, which then refuses the command.
+    New,
+}
+
+/// Runs commands against the event store.
+#[derive(Debug, Clone)]
+pub struct CommandBus {
+    repository: PgEventRepository,
+    retry: RetryPolicy,
+}
+
+impl CommandBus {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            repository: PgEventRepository::new(pool),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.repository.pool()
+    }
+
+    pub fn repository(&self) -> &PgEventRepository {
+        &self.repository
+    }
+
+    /// Runs `command` against aggregate `aggregate_id` and appends the events
+    /// it decides, with `context` as their metadata.
+    ///
+    /// Returns once the events are committed. A lost race is retried with a
+    /// fresh copy of the aggregate up to the policy's limit; when the caller
+    /// gave an expected version, the retry reports the mismatch instead.
+    pub async fn execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        expect: Expect,
+    ) -> Result<Outcome, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        let started = Instant::now();
+        let result = self.run::<A>(aggregate_id, command, context, expect).await;
+        let outcome = match &result {
+            Ok(outcome) if outcome.replayed => "replayed",
+            Ok(_) => "accepted",
+            Err(CommandError::Refused(_)) => "refused",
+            Err(CommandError::VersionMismatch { .. }) => "version_mismatch",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(CommandError::KeyReused) => "key_reused",
+            Err(CommandError::Store(_)) => "failed",
+        };
+        metrics::counter!("commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn run<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        expect: Expect,
+    ) -> Result<Outcome, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        if let Some(claim) = &context.idempotency
+            && let Some(outcome) = self.remembered::<A>(claim).await?
+        {
+            return Ok(outcome);
+        }
+        let store = PersistedEventStore::<_, A>::new_event_store(self.repository.clone());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut aggregate = if expect == Expect::New && attempt == 1 {
+                EventStoreAggregateContext {
+                    aggregate_id: aggregate_id.to_owned(),
+                    aggregate: A::default(),
+                    current_sequence: 0,
+                    current_snapshot: None,
+                }
+            } else {
+                store
+                    .load_aggregate(aggregate_id)
+                    .await
+                    .map_err(store_error)?
+            };
+            let version = aggregate.current_sequence as u64;
+            if let Some(expected) = context.expected_version
+                && expected != version
+            {
+                return Err(CommandError::VersionMismatch {
+                    expected,
+                    actual: version,
+                });
+            }
+            let sink = EventSink::default();
+            aggregate
+                .aggregate
+                .handle(command.clone(), &(), &sink)
+                .await
+                .map_err(CommandError::Refused)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Outcome {
+                    aggregate_id: aggregate_id.to_owned(),
+                    version,
+                    global_positions: Vec::new(),
+                    replayed: false,
+                });
+            }
+            let serialized = serialize::<A>(aggregate_id, version, events, context)?;
+            let new_version = version + serialized.len() as u64;
+            match self
+                .repository
+                .append(&serialized, context.idempotency.as_ref())
+                .await
+            {
+                Ok(appended) => {
+                    return Ok(Outcome {
+                        aggregate_id: aggregate_id.to_owned(),
+                        version: new_version,
+                        global_positions: appended.global_positions,
+                        replayed: false,
+                    });
+                }
+                Err(AppendError::Conflict) => {
+                    metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                    if attempt >= self.retry.max_attempts {
+                        return Err(CommandError::Conflict { attempts: attempt });
+                    }
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                }
+                Err(AppendError::KeyTaken) => {
+                    // A request with the same key committed while this one ran,
+                    // or an expired row still holds the key.
+                    let claim = context
+                        .idempotency
+                        .as_ref()
+                        .ok_or_else(|| StoreError::Corrupt("key taken without a key".into()))?;
+                    if let Some(outcome) = self.remembered::<A>(claim).await? {
+                        return Ok(outcome);
+                    }
+                    idempotency::forget_if_expired(self.pool(), &claim.key)
+                        .await
+                        .map_err(StoreError::from)?;
+                    if attempt >= self.retry.max_attempts {
+                        return Err(CommandError::Conflict { attempts: attempt });
+                    }
+                }
+                Err(AppendError::Database(error)) => return Err(StoreError::from(error).into()),
+            }
+        }
+    }
+
+    /// The outcome remembered under the claim's key, if the same request made it.
+    async fn remembered<A>(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<Outcome>, CommandError<A::Error>>
+    where
+        A: Aggregate,
+    {
+        let Some(RememberedOutcome {
+            request_fingerprint,
+            aggregate_type,
+            aggregate_id,
+            version,
+        }) = idempotency::remembered(self.pool(), &claim.key)
+            .await
+            .map_err(StoreError::from)?
+        else {
+            return Ok(None);
+        };
+        if request_fingerprint != claim.fingerprint || aggregate_type != A::TYPE {
+            return Err(CommandError::KeyReused);
+        }
+        Ok(Some(Outcome {
+            aggregate_id,
+            version,
+            global_positions: Vec::new(),
+            replayed: true,
+        }))
+    }
+}
+
+fn serialize<A: Aggregate>(
+    aggregate_id: &str,
+    version: u64,
+    events: Vec<A::Event>,
+    context: &CommandContext,
+) -> Result<Vec<SerializedEvent>, StoreError> {
+    let mut metadata = HashMap::from([
+        (
+            metadata::CORRELATION_ID.to_owned(),
+            context.correlation_id.clone(),
+        ),
+        (
+            metadata::CAUSATION_ID.to_owned(),
+            context.causation_id.clone(),
+        ),
+    ]);
+    if let Some(claim) = &context.idempotency {
+        metadata.insert(metadata::IDEMPOTENCY_KEY.to_owned(), claim.key.clone());
+    }
+    events
+        .into_iter()
+        .zip(version as usize + 1..)
+        .map(|(payload, sequence)| {
+            let envelope = EventEnvelope::<A> {
+                aggregate_id: aggregate_id.to_owned(),
+                sequence,
+                payload,
+                metadata: metadata.clone(),
+            };
+            SerializedEvent::try_from(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
+}
+
+fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
+    match error {
+        AggregateError::UserError(refusal) => CommandError::Refused(refusal),
+        AggregateError::AggregateConflict => CommandError::Conflict { attempts: 1 },
+        AggregateError::DatabaseConnectionError(error) | AggregateError::UnexpectedError(error) => {
+            match error.downcast::<sqlx::Error>() {
+                Ok(error) => StoreError::Database(*error).into(),
+                Err(other) => StoreError::Corrupt(other.to_string()).into(),
+            }
+        }
+        AggregateError::DeserializationError(error) => {
+            StoreError::Corrupt(error.to_string()).into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_but_stays_under_the_ceiling() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..40 {
+            assert!(policy.backoff(attempt) <= policy.max_backoff);
+        }
+        let early_ceiling = policy.first_backoff * 2;
+        assert!((0..100).all(|_| policy.backoff(1) <= early_ceiling));
+    }
+}

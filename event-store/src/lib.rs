@@ -1,0 +1,52 @@
+//! The write model: the PostgreSQL event store behind every command.
+//!
+//! - [`PgEventRepository`]: cqrs-es's `PersistedEventRepository` over the
+//!   postgres-es events table, with a one-statement append.
+//! - [`CommandBus`]: load, decide, append; expected versions, retries on
+//!   conflict, idempotency keys and correlation metadata.
+//! - [`Catalog`]: product prices for new orders.
+//! - [`GlobalReader`]: every event in one gap-free commit order, for the relay
+//!   and for replays.
+//! - [`MIGRATOR`]: the schema, applied by `orders migrate` and by tests.
+//!
+//! This crate owns the events table: nothing else writes to it. It knows the
+//! domain's aggregates but nothing of HTTP, Kafka or read models.
+
+pub mod catalog;
+pub mod dispatch;
+pub mod idempotency;
+pub mod reader;
+pub mod repository;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use catalog::Catalog;
+pub use dispatch::{CommandBus, CommandContext, CommandError, Expect, Outcome, StoreError};
+pub use reader::{GlobalCheckpoint, GlobalReader, RecordedEvent};
+pub use repository::{AppendError, IdempotencyClaim, PgEventRepository};
+
+/// The event store's schema migrations, embedded from `event-store/migrations`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool of `size` connections to `url`, waiting at most `acquire_timeout`
+/// for a free connection before a query fails.
+pub async fn connect(
+    url: &str,
+    size: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options.application_name("orders-platform"))
+        .await
+}
+
+/// Applies the schema migrations that have not run yet.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

@@ -1,0 +1,390 @@
+//! The command bus against a real PostgreSQL: versions, refusals, races,
+//! idempotency keys and metadata.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{context, create_product, migrated_database};
+use cqrs_es::persist::PersistedEventRepository;
+use domain::values::{OrderId, Sku};
+use domain::{Product, ProductCommand, ProductError};
+use event_store::{
+    Catalog, CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, PgEventRepository,
+};
+use sqlx::{PgPool, Row};
+
+async fn event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn add_stock(quantity: u32) -> ProductCommand {
+    ProductCommand::AddStock { quantity }
+}
+
+fn keyed(key: &str, fingerprint: &str) -> CommandContext {
+    CommandContext {
+        idempotency: Some(IdempotencyClaim {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+            ttl: Duration::from_secs(3600),
+        }),
+        ..context("keyed")
+    }
+}
+
+#[tokio::test]
+async fn commands_append_events_with_versions_positions_and_metadata() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+
+    let outcome = bus
+        .execute::<Product>("MUG", add_stock(5), &context("req-1"), Expect::Existing)
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.version, 2);
+    assert!(!outcome.replayed);
+    let rows = sqlx::query(
+        "SELECT sequence, global_position, event_id, metadata::jsonb AS metadata, recorded_at
+           FROM events ORDER BY sequence",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    let positions: Vec<i64> = rows.iter().map(|r| r.get("global_position")).collect();
+    assert!(positions[0] < positions[1]);
+    assert_eq!(outcome.global_positions, vec![positions[1]]);
+    let metadata: serde_json::Value = rows[1].get("metadata");
+    assert_eq!(metadata["correlation_id"], "corr-req-1");
+    assert_eq!(metadata["causation_id"], "cause-req-1");
+    assert!(metadata.get("idempotency_key").is_none());
+    let first_id: uuid::Uuid = rows[0].get("event_id");
+    let second_id: uuid::Uuid = rows[1].get("event_id");
+    assert_ne!(first_id, second_id);
+}
+
+#[tokio::test]
+async fn a_refused_command_appends_nothing() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+
+    let result = bus
+        .execute::<Product>("NOPE", add_stock(5), &context("r"), Expect::Existing)
+        .await;
+
+    assert!(matches!(
+        result,
+        Err(CommandError::Refused(ProductError::NotFound))
+    ));
+    assert_eq!(event_count(&pool).await, 0);
+}
+
+#[tokio::test]
+async fn creating_an_aggregate_that_exists_is_refused_after_the_conflict() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+
+    let again = ProductCommand::CreateProduct {
+        sku: Sku::parse("MUG").unwrap(),
+        name: domain::values::ProductName::parse("Other").unwrap(),
+        price: domain::values::Money::price(1, domain::values::Currency::parse("EUR").unwrap())
+            .unwrap(),
+    };
+    let result = bus
+        .execute::<Product>("MUG", again, &context("r"), Expect::New)
+        .await;
+
+    assert!(matches!(
+        result,
+        Err(CommandError::Refused(ProductError::AlreadyExists { .. }))
+    ));
+    assert_eq!(event_count(&pool).await, 1);
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_is_refused_and_appends_nothing() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    let stale = CommandContext {
+        expected_version: Some(3),
+        ..context("r")
+    };
+
+    let result = bus
+        .execute::<Product>("MUG", add_stock(1), &stale, Expect::Existing)
+        .await;
+
+    assert!(matches!(
+        result,
+        Err(CommandError::VersionMismatch {
+            expected: 3,
+            actual: 1
+        })
+    ));
+    assert_eq!(event_count(&pool).await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_aggregate_all_land_by_retrying() {
+    let (_db, pool) = migrated_database().await;
+    let bus = Arc::new(CommandBus::new(pool.clone()));
+    create_product(&bus, "MUG", 1250, "EUR").await;
+
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let bus = Arc::clone(&bus);
+            tokio::spawn(async move {
+                bus.execute::<Product>(
+                    "MUG",
+                    add_stock(1),
+                    &context(&i.to_string()),
+                    Expect::Existing,
+                )
+                .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().expect("every writer lands");
+    }
+
+    let events = PgEventRepository::new(pool.clone())
+        .get_events::<Product>("MUG")
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 17);
+    let sequences: Vec<usize> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=17).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn with_an_expected_version_exactly_one_concurrent_writer_wins() {
+    let (_db, pool) = migrated_database().await;
+    let bus = Arc::new(CommandBus::new(pool.clone()));
+    create_product(&bus, "MUG", 1250, "EUR").await;
+
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let bus = Arc::clone(&bus);
+            tokio::spawn(async move {
+                let at_one = CommandContext {
+                    expected_version: Some(1),
+                    ..context("w")
+                };
+                bus.execute::<Product>("MUG", add_stock(1), &at_one, Expect::Existing)
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(outcome) => {
+                assert_eq!(outcome.version, 2);
+                wins += 1;
+            }
+            Err(CommandError::VersionMismatch { expected: 1, .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(event_count(&pool).await, 2);
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_outcome_and_appends_nothing() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+
+    let first = bus
+        .execute::<Product>("MUG", add_stock(2), &keyed("k-1", "f-1"), Expect::Existing)
+        .await
+        .unwrap();
+    let second = bus
+        .execute::<Product>("MUG", add_stock(2), &keyed("k-1", "f-1"), Expect::Existing)
+        .await
+        .unwrap();
+
+    assert!(!first.replayed);
+    assert!(second.replayed);
+    assert_eq!(second.version, first.version);
+    assert_eq!(second.aggregate_id, "MUG");
+    assert_eq!(event_count(&pool).await, 2);
+    let metadata: serde_json::Value =
+        sqlx::query_scalar("SELECT metadata::jsonb FROM events WHERE sequence = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(metadata["idempotency_key"], "k-1");
+}
+
+#[tokio::test]
+async fn a_key_reused_for_a_different_request_is_refused() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    bus.execute::<Product>("MUG", add_stock(2), &keyed("k-1", "f-1"), Expect::Existing)
+        .await
+        .unwrap();
+
+    let result = bus
+        .execute::<Product>("MUG", add_stock(3), &keyed("k-1", "f-2"), Expect::Existing)
+        .await;
+
+    assert!(matches!(result, Err(CommandError::KeyReused)));
+    assert_eq!(event_count(&pool).await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_append_once() {
+    let (_db, pool) = migrated_database().await;
+    let bus = Arc::new(CommandBus::new(pool.clone()));
+    create_product(&bus, "MUG", 1250, "EUR").await;
+
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let bus = Arc::clone(&bus);
+            tokio::spawn(async move {
+                bus.execute::<Product>("MUG", add_stock(1), &keyed("same", "f"), Expect::Existing)
+                    .await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for request in requests {
+        versions.push(
+            request
+                .await
+                .unwrap()
+                .expect("every request answers")
+                .version,
+        );
+    }
+
+    assert!(versions.iter().all(|v| *v == 2), "{versions:?}");
+    assert_eq!(event_count(&pool).await, 2);
+}
+
+#[tokio::test]
+async fn an_expired_key_is_forgotten_and_can_be_used_again() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    let short_lived = |fingerprint: &str| CommandContext {
+        idempotency: Some(IdempotencyClaim {
+            key: "k".into(),
+            fingerprint: fingerprint.into(),
+            ttl: Duration::ZERO,
+        }),
+        ..context("r")
+    };
+    bus.execute::<Product>("MUG", add_stock(1), &short_lived("a"), Expect::Existing)
+        .await
+        .unwrap();
+
+    let again = bus
+        .execute::<Product>("MUG", add_stock(1), &short_lived("b"), Expect::Existing)
+        .await
+        .unwrap();
+    assert!(!again.replayed);
+    assert_eq!(again.version, 3);
+
+    // The second use expired as well; cleanup removes it.
+    let deleted = event_store::idempotency::forget_expired(&pool, 100)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn the_catalog_reads_prices_from_the_products_and_misses_unknown_skus() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    create_product(&bus, "TEA", 499, "EUR").await;
+    let catalog = Catalog::new(pool.clone());
+    let skus = ["TEA", "NOPE", "MUG"].map(|s| Sku::parse(s).unwrap());
+
+    let found = catalog.details(&skus).await.unwrap();
+    let prices: Vec<Option<i64>> = found
+        .iter()
+        .map(|d| d.as_ref().map(|d| d.price.amount_cents))
+        .collect();
+    assert_eq!(prices, vec![Some(499), None, Some(1250)]);
+
+    // Served from memory the second time: still right after the pool is closed.
+    pool.close().await;
+    let cached = catalog.details(&skus[2..]).await.unwrap();
+    assert_eq!(cached[0].as_ref().unwrap().price.amount_cents, 1250);
+}
+
+#[tokio::test]
+async fn postgres_es_and_this_store_read_each_others_events() {
+    use cqrs_es::EventStore;
+    use cqrs_es::persist::PersistedEventStore;
+
+    let (_db, pool) = migrated_database().await;
+    // Written by postgres-es's own repository...
+    let theirs = PersistedEventStore::<_, Product>::new_event_store(
+        postgres_es::PostgresEventRepository::new(pool.clone()),
+    );
+    let context_theirs = theirs.load_aggregate("MUG").await.unwrap();
+    let created = domain::ProductEvent::ProductCreated(domain::product::ProductCreated {
+        sku: Sku::parse("MUG").unwrap(),
+        name: domain::values::ProductName::parse("Mug").unwrap(),
+        price: domain::values::Money::price(1, domain::values::Currency::parse("EUR").unwrap())
+            .unwrap(),
+    });
+    theirs
+        .commit(vec![created], context_theirs, Default::default())
+        .await
+        .unwrap();
+
+    // ...read and extended through ours...
+    let bus = CommandBus::new(pool.clone());
+    let order = OrderId::new(uuid::Uuid::from_u128(1));
+    bus.execute::<Product>("MUG", add_stock(4), &context("r"), Expect::Existing)
+        .await
+        .unwrap();
+    let reserved = bus
+        .execute::<Product>(
+            "MUG",
+            ProductCommand::ReserveStock {
+                order_id: order,
+                quantity: 3,
+            },
+            &context("r"),
+            Expect::Existing,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reserved.version, 3);
+
+    // ...and read back by postgres-es, with the global columns filled in.
+    let loaded = theirs.load_aggregate("MUG").await.unwrap();
+    assert_eq!(loaded.current_sequence, 3);
+    assert_eq!(loaded.aggregate.available(), 1);
+    let unpositioned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE global_position IS NULL OR transaction_id IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unpositioned, 0);
+}

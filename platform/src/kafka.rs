@@ -1,0 +1,54 @@
+//! Kafka client settings shared by every process, and a reachability probe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// Settings every client starts from: where the brokers are and who we are.
+pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        // Fail fast on a broker that is down rather than waiting a minute.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    config
+}
+
+/// Tells whether the brokers answer. Holds one long-lived client, so a probe is
+/// one metadata request on an open connection rather than a new connection.
+#[derive(Clone)]
+pub struct KafkaProbe {
+    client: Arc<BaseConsumer>,
+}
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProbe").finish_non_exhaustive()
+    }
+}
+
+impl KafkaProbe {
+    pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        let client: BaseConsumer = client_config(brokers, "orders-platform-probe").create()?;
+        Ok(Self {
+            client: Arc::new(client),
+        })
+    }
+
+    /// Asks the cluster for its broker list; fails if none answers in `timeout`.
+    pub async fn check(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || {
+            let metadata = client.fetch_metadata(None, timeout)?;
+            anyhow::ensure!(
+                !metadata.brokers().is_empty(),
+                "the cluster lists no brokers"
+            );
+            Ok(())
+        })
+        .await?
+    }
+}

@@ -1,0 +1,11 @@
+//! Plumbing shared by the platform's processes and their tests: telemetry,
+//! metrics, shutdown signals, Kafka client settings and probes, and throwaway
+//! test databases.
+//!
+//! Nothing here knows about orders or events; business code does not belong in
+//! this crate.
+
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testing;

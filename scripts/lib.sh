@@ -1,0 +1,51 @@
+# Shared helpers for the scripts in this folder. Source it; do not run it.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Downloads, data and logs of the local services live here (ignored by git).
+LOCAL_DIR=${ORDERS_LOCAL_DIR:-$ROOT/.local}
+
+say() { printf '==> %s\n' "$*" >&2; }
+fail() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    fail "installing system packages needs root: run as root or install sudo ($*)"
+  fi
+}
+
+APT_UPDATED=
+# Installs the Debian packages given that are not installed yet.
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null 2>&1 || fail "missing packages (${missing[*]}) and no apt-get to install them"
+  say "installing ${missing[*]}"
+  if [ -z "$APT_UPDATED" ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || fail "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    fail "apt-get install ${missing[*]} failed"
+}
+
+# What the Rust build needs: a C toolchain for rdkafka's bundled librdkafka.
+ensure_build_tools() {
+  ensure_packages build-essential pkg-config python3 zlib1g-dev
+  command -v cargo >/dev/null 2>&1 || fail "cargo not found: install Rust with rustup (https://rustup.rs)"
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
