@@ -1,1 +1,75 @@
-fn main() {}
+//! `orders`: run the order platform, or one of its maintenance tasks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use orders_cli::{Settings, commands};
+
+#[derive(Debug, Parser)]
+#[command(name = "orders", version, about = "Event-sourced order platform")]
+struct Cli {
+    /// A TOML configuration file (default: ./orders.toml when present).
+    #[arg(long, global = true, env = "ORDERS_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform in the foreground until Ctrl-C or SIGTERM.
+    Run {
+        /// Which part of the platform to run.
+        #[arg(long, value_enum, default_value_t = commands::Role::All)]
+        role: commands::Role,
+        /// Do not apply pending database migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Show what the platform's database and broker hold.
+    Status,
+    /// Write the generated contract (OpenAPI, event schemas) into a folder.
+    Schemas {
+        /// Fail if the folder differs from the code instead of writing it.
+        #[arg(long)]
+        check: bool,
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Schemas { check, dir } => {
+            if check {
+                orders_cli::schemas::check(&dir)
+            } else {
+                orders_cli::schemas::write(&dir)
+            }
+        }
+        command => Settings::load(cli.config.as_deref()).and_then(|settings| {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                match command {
+                    Command::Run { role, no_migrate } => {
+                        commands::run(&settings, role, !no_migrate).await
+                    }
+                    Command::Migrate => commands::migrate(&settings).await,
+                    Command::Status => commands::status(&settings).await,
+                    Command::Schemas { .. } => Ok(()),
+                }
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

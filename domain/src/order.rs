@@ -43,7 +43,7 @@ pub enum OrderCommand {
     CancelOrder { reason: Reason },
 }
 
-/// A line as recorded in [`OrderPlaced`].
+/// A line as recorded in an `OrderPlaced` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderLine {
     pub sku: Sku,

@@ -1,1 +1,130 @@
-//! placeholder
+//! Starting the platform for end-to-end tests: a throwaway database, the real
+//! application on a free port, and an HTTP client pointed at it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is the failure report.
+
+use std::net::SocketAddr;
+
+use command_api::{ApiConfig, Application};
+use platform::testing::TestDatabase;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The command API running in this process on 127.0.0.1 and a free port.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub database: TestDatabase,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// A fresh database, migrated, and the API serving it.
+    pub async fn spawn() -> Self {
+        let database = TestDatabase::create().await.expect("test database");
+        let pool = database.pool(20).await.expect("pool");
+        event_store::migrate(&pool).await.expect("migrations");
+        Self::serve(database, pool).await
+    }
+
+    async fn serve(database: TestDatabase, pool: PgPool) -> Self {
+        platform::telemetry::init_logging(platform::telemetry::LogFormat::Text, "warn,sqlx=error");
+        let (address, stop, server) = start(pool.clone()).await;
+        Self {
+            address,
+            client: reqwest::Client::new(),
+            pool,
+            database,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server abruptly (no draining) and starts a new one, with new
+    /// connections, on the same database: nothing in memory survives, as
+    /// after a crash. The new server listens on a new port.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+        self.pool.close().await;
+        self.pool = self.database.pool(20).await.expect("pool");
+        let (address, stop, server) = start(self.pool.clone()).await;
+        self.address = address;
+        self.stop = Some(stop);
+        self.server = Some(server);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn create_product(&self, sku: &str, price_cents: i64) {
+        let response = self
+            .post(
+                "/api/products",
+                &json!({"sku": sku, "name": sku, "price_cents": price_cents, "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+type Server = (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+);
+
+/// Builds the application on a free port and serves it until told to stop.
+async fn start(pool: PgPool) -> Server {
+    let config = ApiConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ApiConfig::default()
+    };
+    let application = Application::build(&config, pool)
+        .await
+        .expect("application");
+    let address = application.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel();
+    let server = tokio::spawn(application.run_until(async {
+        stopped.await.ok();
+    }));
+    (address, stop, server)
+}
+
+pub fn order_body(lines: &[(&str, i64)]) -> Value {
+    json!({
+        "customer_id": "customer-1",
+        "lines": lines.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
+        "payment_method": "tok_visa",
+    })
+}

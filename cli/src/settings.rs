@@ -1,0 +1,128 @@
+//! The platform's configuration: defaults, then an optional TOML file, then
+//! environment variables (`DATABASE_URL`, `KAFKA_BROKERS`, and `ORDERS_<KEY>`
+//! for every other key, such as `ORDERS_LISTEN=0.0.0.0:8080`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use config::{Config, Environment, File, FileFormat};
+use platform::telemetry::LogFormat;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything a process of the platform can be told.
+#[derive(Debug, Deserialize)]
+pub struct Settings {
+    /// PostgreSQL, for example `postgres://user:password@host:5432/orders`.
+    /// Kept secret: it may hold a password.
+    pub database_url: SecretString,
+    /// Connections each process keeps open to PostgreSQL.
+    pub database_pool_size: u32,
+    /// Seconds a request waits for a free connection before it fails.
+    pub database_acquire_timeout_secs: u64,
+    /// Comma-separated `host:port` list.
+    pub kafka_brokers: String,
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter, used when `RUST_LOG` is not set.
+    pub log_filter: String,
+    /// How long idempotency keys are remembered.
+    pub idempotency_ttl_secs: u64,
+    /// Requests running longer are answered with 503.
+    pub request_timeout_secs: u64,
+    /// How often a command that lost a race for an aggregate is tried before
+    /// the API answers 409.
+    pub command_attempts: u32,
+}
+
+impl Settings {
+    /// Loads the settings. `file` must exist when given; without it,
+    /// `orders.toml` in the working directory is read if present.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let source = match file {
+            Some(path) => File::from(path).format(FileFormat::Toml).required(true),
+            None => File::with_name("orders.toml")
+                .format(FileFormat::Toml)
+                .required(false),
+        };
+        Config::builder()
+            .set_default("database_url", "postgres://127.0.0.1:5432/orders")?
+            .set_default("database_pool_size", 32)?
+            .set_default("database_acquire_timeout_secs", 10)?
+            .set_default("kafka_brokers", "127.0.0.1:9092")?
+            .set_default("listen", "127.0.0.1:8080")?
+            .set_default("log_format", "text")?
+            .set_default("log_filter", "info,sqlx=warn")?
+            .set_default("idempotency_ttl_secs", 24 * 60 * 60)?
+            .set_default("request_timeout_secs", 30)?
+            .set_default("command_attempts", 10)?
+            .add_source(source)
+            .add_source(Environment::with_prefix("ORDERS").try_parsing(true))
+            .set_override_option("database_url", std::env::var("DATABASE_URL").ok())?
+            .set_override_option("kafka_brokers", std::env::var("KAFKA_BROKERS").ok())?
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("invalid configuration")
+    }
+
+    pub fn api(&self) -> command_api::ApiConfig {
+        command_api::ApiConfig {
+            listen: self.listen,
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            kafka_brokers: Some(self.kafka_brokers.clone()),
+            command_attempts: self.command_attempts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_the_defaults_and_secrets_do_not_print() {
+        let mut file = tempfile_in_target("settings.toml");
+        writeln!(
+            file.1,
+            r#"
+database_url = "postgres://app:s3cret@db:5432/orders"
+listen = "0.0.0.0:9000"
+log_format = "json"
+"#
+        )
+        .unwrap();
+        let settings = Settings::load(Some(&file.0)).unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.database_pool_size, 32);
+        assert!(settings.database_url.expose_secret().contains("s3cret"));
+        assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        assert!(Settings::load(Some(Path::new("/nonexistent/orders.toml"))).is_err());
+    }
+
+    fn tempfile_in_target(name: &str) -> (std::path::PathBuf, std::fs::File) {
+        let dir = std::env::temp_dir().join(format!("orders-settings-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        (path, file)
+    }
+
+    fn uuid_like() -> String {
+        format!("{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "")
+    }
+}

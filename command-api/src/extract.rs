@@ -1,0 +1,392 @@
+//! Extractors that turn a request into what a command needs, or into an
+//! [`ApiError`] that says exactly what was wrong with it.
+//!
+//! Checks run in the order a client would fix them: the media type (415), the
+//! size (413), JSON syntax (400), then the shape of the document (422).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::observe::RequestId;
+use crate::problem::{ApiError, FieldError};
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON request body of type `T`, with the request's fingerprint for
+/// idempotency checks.
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    /// SHA-256 over the method, the path and the body's canonical JSON: two
+    /// requests share it exactly when they mean the same thing.
+    pub fingerprint: String,
+}
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_json_content_type(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+                } else {
+                    ApiError::MalformedJson(rejection.body_text())
+                }
+            })?;
+        let document: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let value = decode(&document)?;
+        Ok(Self {
+            value,
+            fingerprint: fingerprint(&method, &path, &document),
+        })
+    }
+}
+
+/// `application/json`, or any `application/*+json`, with or without parameters.
+fn has_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(Ok(content_type)) = headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The request type from a parsed document. Every command body is an object;
+/// serde would otherwise take an array positionally.
+fn decode<T: DeserializeOwned>(document: &Value) -> Result<T, ApiError> {
+    if !document.is_object() {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(document).map_err(shape_error)
+}
+
+/// Turns serde's first complaint into a field error a client can act on.
+fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let message = error.inner().to_string();
+    let join = |name: &str| {
+        if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    let (field, message) = if let Some(name) = quoted("missing field `") {
+        (join(&name), "is required".to_owned())
+    } else if message.starts_with("unknown field `") {
+        // The path already ends at the unknown field.
+        (path, "is not a field of this request".to_owned())
+    } else {
+        let field = if path == "." { "body".to_owned() } else { path };
+        (field, plain_types(&message))
+    };
+    ApiError::Validation(vec![FieldError::new(field, message)])
+}
+
+/// Serde names Rust types; clients know JSON types.
+fn plain_types(message: &str) -> String {
+    let mut text = message.to_owned();
+    for (rust, json) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected i32", "expected an integer"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+    ] {
+        text = text.replace(rust, json);
+    }
+    if let Some(start) = text.find("expected struct ") {
+        text.replace_range(start.., "expected an object");
+    }
+    text
+}
+
+/// SHA-256 of method, path and canonical body, as lowercase hex.
+pub fn fingerprint(method: &Method, path: &str, body: &Value) -> String {
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(body, &mut canonical);
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_str().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(&canonical);
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// JSON with object keys sorted and no whitespace, whatever order the client
+/// sent them in.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(Value::String(key.clone()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(scalar.to_string().as_bytes()),
+    }
+}
+
+/// The one parameter of a route's path (a SKU, an order id). A segment that
+/// cannot be decoded names nothing, so it answers 404 like an unknown one.
+#[derive(Debug, Clone)]
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| Self(id))
+            .map_err(|rejection| {
+                ApiError::not_found(format!(
+                    "the path names no resource: {}",
+                    rejection.body_text()
+                ))
+            })
+    }
+}
+
+/// The headers a command route reads.
+#[derive(Debug, Clone)]
+pub struct CommandHeaders {
+    /// From `X-Request-Id`, or generated; also the events' correlation id.
+    pub request_id: String,
+    /// From `Idempotency-Key` (1–255 visible ASCII characters).
+    pub idempotency_key: Option<String>,
+    /// From `If-Match: "<version>"`; `*` sets no version.
+    pub if_match: Option<u64>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CommandHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default();
+        Ok(Self {
+            request_id,
+            idempotency_key: idempotency_key(&parts.headers)?,
+            if_match: if_match(&parts.headers)?,
+        })
+    }
+}
+
+fn header_text<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'h str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(Some).map_err(|_| ApiError::BadHeader {
+            header: name,
+            message: "must be visible ASCII".into(),
+        }),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(key) = header_text(headers, "idempotency-key")? else {
+        return Ok(None);
+    };
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::BadHeader {
+            header: "Idempotency-Key",
+            message: "must be 1-255 visible ASCII characters".into(),
+        });
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = header_text(headers, "if-match")? else {
+        return Ok(None);
+    };
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .and_then(|version| version.parse::<u64>().ok())
+        .map(Some)
+        .ok_or(ApiError::BadHeader {
+            header: "If-Match",
+            message: "must be one version in quotes, as sent in ETag, such as \"3\"".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // Only deserialized.
+    struct Sample {
+        name: String,
+        lines: Vec<Line>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // Only deserialized.
+    struct Line {
+        quantity: i64,
+    }
+
+    fn field_error(document: Value) -> FieldError {
+        match decode::<Sample>(&document).unwrap_err() {
+            ApiError::Validation(mut errors) => errors.remove(0),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_in_json_terms() {
+        assert_eq!(
+            field_error(json!({"lines": []})),
+            FieldError::new("name", "is required")
+        );
+        assert_eq!(
+            field_error(json!({"name": "x", "lines": [{"quantity": 1, "colour": "red"}]})),
+            FieldError::new("lines[0].colour", "is not a field of this request")
+        );
+        let wrong_type = field_error(json!({"name": "x", "lines": [{"quantity": "two"}]}));
+        assert_eq!(wrong_type.field, "lines[0].quantity");
+        assert!(
+            wrong_type.message.contains("expected an integer"),
+            "{wrong_type:?}"
+        );
+        assert_eq!(
+            field_error(json!([1])),
+            FieldError::new("body", "must be a JSON object")
+        );
+        assert_eq!(field_error(json!(null)).field, "body");
+    }
+
+    #[test]
+    fn fingerprints_ignore_key_order_and_whitespace_but_not_values() {
+        let a = fingerprint(
+            &Method::POST,
+            "/api/orders",
+            &json!({"a": 1, "b": [1, {"c": 2, "d": 3}]}),
+        );
+        let b: Value = serde_json::from_str(r#"{ "b": [1, {"d": 3, "c": 2}], "a": 1 }"#).unwrap();
+        assert_eq!(a, fingerprint(&Method::POST, "/api/orders", &b));
+        assert_ne!(
+            a,
+            fingerprint(
+                &Method::POST,
+                "/api/orders",
+                &json!({"a": 2, "b": [1, {"c": 2, "d": 3}]})
+            )
+        );
+        assert_ne!(a, fingerprint(&Method::POST, "/api/other", &b));
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            has_json_content_type(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("Application/JSON"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!has_json_content_type(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn if_match_takes_one_quoted_version() {
+        let parse = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_MATCH, HeaderValue::from_static(value));
+            if_match(&headers)
+        };
+        assert_eq!(parse("\"3\"").unwrap(), Some(3));
+        assert_eq!(parse("*").unwrap(), None);
+        assert!(parse("3").is_err());
+        assert!(parse("W/\"3\"").is_err());
+        assert!(parse("\"three\"").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        let parse = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("idempotency-key", HeaderValue::from_str(value).unwrap());
+            idempotency_key(&headers)
+        };
+        assert_eq!(parse("order-42").unwrap().as_deref(), Some("order-42"));
+        assert!(parse(&"k".repeat(255)).is_ok());
+        assert!(parse(&"k".repeat(256)).is_err());
+        assert!(parse("").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! The command routes (one file per use case) and what they share: the
+//! accepted-response shape, the command context built from the headers, and
+//! the mapping from command errors to problems.
+
+pub mod meta;
+pub mod orders;
+pub mod products;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use event_store::{CommandContext, CommandError, IdempotencyClaim, StoreError};
+use serde::Serialize;
+use utoipa::{IntoParams, IntoResponses};
+
+use crate::extract::CommandHeaders;
+use crate::problem::{ApiError, FieldError, Problem};
+use crate::startup::AppState;
+
+/// A command's success: the status, the resource's new version as `ETag`,
+/// and the body. Replays of an idempotent request say so in a header.
+#[derive(Debug)]
+pub struct Accepted<T> {
+    status: StatusCode,
+    version: u64,
+    replayed: bool,
+    body: T,
+}
+
+/// Header set on answers that repeat an earlier request's outcome.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+impl<T: Serialize> Accepted<T> {
+    pub fn new(status: StatusCode, outcome: &event_store::Outcome, body: T) -> Self {
+        Self {
+            status,
+            version: outcome.version,
+            replayed: outcome.replayed,
+            body,
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Accepted<T> {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        let headers = response.headers_mut();
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", self.version)) {
+            headers.insert(header::ETAG, etag);
+        }
+        if self.replayed {
+            headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+impl AppState {
+    /// The command context for a request: the request id correlates the
+    /// events, and the idempotency key (if any) is claimed with them.
+    pub fn command_context(&self, headers: &CommandHeaders, fingerprint: &str) -> CommandContext {
+        CommandContext {
+            correlation_id: headers.request_id.clone(),
+            causation_id: headers.request_id.clone(),
+            idempotency: headers
+                .idempotency_key
+                .as_ref()
+                .map(|key| IdempotencyClaim {
+                    key: key.clone(),
+                    fingerprint: fingerprint.to_owned(),
+                    ttl: self.idempotency_ttl(),
+                }),
+            expected_version: headers.if_match,
+        }
+    }
+}
+
+/// How a domain refusal reads at the HTTP edge. `subject` names what the
+/// command was about (a SKU, an order id).
+pub trait Refusal: std::error::Error {
+    fn into_api_error(self, subject: &str) -> ApiError;
+}
+
+/// Maps a failed command to its problem.
+pub fn command_failed<E: Refusal>(error: CommandError<E>, subject: &str) -> ApiError {
+    match error {
+        CommandError::Refused(refusal) => refusal.into_api_error(subject),
+        CommandError::VersionMismatch { expected, actual } => {
+            ApiError::VersionMismatch { expected, actual }
+        }
+        CommandError::Conflict { .. } => ApiError::Conflict,
+        CommandError::KeyReused => ApiError::IdempotencyKeyReused,
+        CommandError::Store(StoreError::Database(error)) if is_unavailable(&error) => {
+            ApiError::Unavailable(error.into())
+        }
+        CommandError::Store(error) => ApiError::Internal(error.into()),
+    }
+}
+
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
+}
+
+/// Collects field errors while a request is turned into a command.
+#[derive(Debug, Default)]
+pub struct Validation {
+    errors: Vec<FieldError>,
+}
+
+impl Validation {
+    /// The value if it parsed; otherwise records why under `field`.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: impl Into<String>,
+        parsed: Result<T, E>,
+    ) -> Option<T> {
+        parsed
+            .map_err(|error| self.errors.push(FieldError::new(field, error.to_string())))
+            .ok()
+    }
+
+    pub fn reject(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    /// Whole numbers within `min..=max`.
+    pub fn in_range<T: TryFrom<i64>>(
+        &mut self,
+        field: impl Into<String>,
+        value: i64,
+        min: i64,
+        max: i64,
+    ) -> Option<T> {
+        let parsed = if (min..=max).contains(&value) {
+            T::try_from(value).map_err(|_| ())
+        } else {
+            Err(())
+        };
+        self.check(
+            field,
+            parsed.map_err(|()| format!("must be between {min} and {max}")),
+        )
+    }
+
+    /// `Ok` with the value when nothing was recorded.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, ApiError> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(ApiError::Validation(self.errors)),
+        }
+    }
+}
+
+/// The headers every command route reads, for the OpenAPI document.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Describes headers; the values come from `CommandHeaders`.
+pub struct CommandHeaderParams {
+    /// Makes the request safe to retry: the same key with the same body returns
+    /// the first answer again and appends nothing (1–255 characters).
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+    /// Apply the command only if the resource is at this version, as sent in
+    /// `ETag` (for example `"3"`); otherwise answer 412.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+    /// Correlates the request with the events it records and the logs it
+    /// writes; generated when absent and echoed on every response.
+    #[param(rename = "X-Request-Id")]
+    request_id: Option<String>,
+}
+
+/// The problems any command route may answer with.
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)] // Describes responses; the values come from `ApiError`.
+pub enum CommandProblems {
+    /// The body is not JSON, or a header is malformed.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// The product or order does not exist.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The domain refused the command, or concurrent writers kept winning.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// If-Match named a version the resource is not at.
+    #[response(status = 412, content_type = "application/problem+json")]
+    PreconditionFailed(Problem),
+    /// The body is larger than 64 KiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Problem),
+    /// The body is not sent as application/json.
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// A field is missing, of the wrong type, unknown or out of range; or the
+    /// Idempotency-Key was used with a different request.
+    #[response(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Problem),
+    /// The database is unreachable or saturated; retry later.
+    #[response(status = 503, content_type = "application/problem+json")]
+    ServiceUnavailable(Problem),
+}

@@ -1,0 +1,76 @@
+//! `POST /api/orders/{order_id}/cancel`: cancel a placed or confirmed order.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use domain::values::{OrderId, Reason};
+use domain::{Order, OrderCommand};
+use event_store::Expect;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::extract::{CommandHeaders, JsonBody, PathId};
+use crate::problem::ApiError;
+use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
+use crate::startup::AppState;
+
+/// Why the order is cancelled.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrder {
+    /// 1–500 characters.
+    #[schema(example = "customer changed their mind")]
+    pub reason: String,
+}
+
+/// The cancelled order's id and version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderVersion {
+    pub order_id: Uuid,
+    #[schema(example = 2)]
+    pub version: u64,
+}
+
+/// Cancel an order. The saga refunds the payment and returns the stock.
+#[utoipa::path(
+    post,
+    path = "/api/orders/{order_id}/cancel",
+    tag = "orders",
+    request_body = CancelOrder,
+    params(("order_id" = Uuid, Path, description = "The order's id"), CommandHeaderParams),
+    responses(
+        (status = 202, description = "The order is cancelled.", body = OrderVersion,
+         headers(("ETag" = String, description = "The order's version, quoted"))),
+        CommandProblems,
+    )
+)]
+pub async fn cancel_order(
+    State(app): State<AppState>,
+    PathId(order_id): PathId,
+    headers: CommandHeaders,
+    body: JsonBody<CancelOrder>,
+) -> Result<Accepted<OrderVersion>, ApiError> {
+    let mut validation = Validation::default();
+    let reason = validation.check("reason", Reason::parse(&body.value.reason));
+    let reason = validation.finish(reason)?;
+    // Orders have UUIDs; anything else names no order.
+    let order_id = OrderId::parse(&order_id)
+        .map_err(|_| ApiError::not_found(format!("no order has id {order_id}")))?;
+    let id = order_id.to_string();
+    let context = app.command_context(&headers, &body.fingerprint);
+    let outcome = app
+        .bus()
+        .execute::<Order>(
+            &id,
+            OrderCommand::CancelOrder { reason },
+            &context,
+            Expect::Existing,
+        )
+        .await
+        .map_err(|error| command_failed(error, &id))?;
+    let cancelled = OrderVersion {
+        order_id: order_id.as_uuid(),
+        version: outcome.version,
+    };
+    Ok(Accepted::new(StatusCode::ACCEPTED, &outcome, cancelled))
+}

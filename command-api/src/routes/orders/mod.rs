@@ -1,0 +1,46 @@
+//! `POST /api/orders` and `POST /api/orders/{order_id}/cancel`.
+
+pub mod cancel;
+pub mod place;
+
+use domain::OrderError;
+
+use super::Refusal;
+use crate::problem::{ApiError, FieldError};
+
+impl Refusal for OrderError {
+    fn into_api_error(self, order_id: &str) -> ApiError {
+        let invalid = |field: String, message: String| {
+            ApiError::Validation(vec![FieldError::new(field, message)])
+        };
+        match self {
+            Self::NotFound => ApiError::not_found(format!("no order has id {order_id}")),
+            Self::NoLines => invalid("lines".into(), "must have at least one line".into()),
+            Self::TooManyLines { max, .. } => {
+                invalid("lines".into(), format!("must have at most {max} lines"))
+            }
+            Self::QuantityOutOfRange { line, max, .. } => invalid(
+                format!("lines[{line}].quantity"),
+                format!("must be between 1 and {max}"),
+            ),
+            Self::DuplicateSku { line, sku } => invalid(
+                format!("lines[{line}].sku"),
+                format!("{sku} is on an earlier line; put its whole quantity on one line"),
+            ),
+            Self::MixedCurrencies {
+                line,
+                expected,
+                found,
+                ..
+            } => invalid(
+                format!("lines[{line}].sku"),
+                format!(
+                    "is priced in {found}, but the order is in {expected}; an order has one currency"
+                ),
+            ),
+            refusal @ (Self::AlreadyPlaced | Self::AlreadyConfirmed | Self::AlreadyCancelled) => {
+                ApiError::Refused(refusal.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `POST /api/products`: add a product to the catalogue.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use domain::values::{Currency, Money, ProductName, Sku};
+use domain::{Product, ProductCommand};
+use event_store::Expect;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::ProductVersion;
+use crate::extract::{CommandHeaders, JsonBody};
+use crate::problem::ApiError;
+use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
+use crate::startup::AppState;
+
+/// A new product. It starts with no stock.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    /// 1–64 characters of `A-Z a-z 0-9 - _ .`; the product's id.
+    #[schema(example = "MUG-01")]
+    pub sku: String,
+    /// 1–200 characters.
+    #[schema(example = "Enamel mug")]
+    pub name: String,
+    /// Unit price in minor units (cents), 0 to 10,000,000,000.
+    #[schema(example = 1250)]
+    pub price_cents: i64,
+    /// ISO 4217 code.
+    #[schema(example = "EUR")]
+    pub currency: String,
+}
+
+impl CreateProduct {
+    fn into_command(self) -> Result<(Sku, ProductCommand), ApiError> {
+        let mut validation = Validation::default();
+        let sku = validation.check("sku", Sku::parse(&self.sku));
+        let name = validation.check("name", ProductName::parse(&self.name));
+        let currency = validation.check("currency", Currency::parse(&self.currency));
+        let price = currency.and_then(|currency| {
+            validation.check("price_cents", Money::price(self.price_cents, currency))
+        });
+        let parts = sku.zip(name).zip(price);
+        let ((sku, name), price) = validation.finish(parts)?;
+        let command = ProductCommand::CreateProduct {
+            sku: sku.clone(),
+            name,
+            price,
+        };
+        Ok((sku, command))
+    }
+}
+
+/// Create a product.
+#[utoipa::path(
+    post,
+    path = "/api/products",
+    tag = "products",
+    request_body = CreateProduct,
+    params(CommandHeaderParams),
+    responses(
+        (status = 201, description = "The product exists now.", body = ProductVersion,
+         headers(("ETag" = String, description = "The product's version, quoted"))),
+        CommandProblems,
+    )
+)]
+pub async fn create_product(
+    State(app): State<AppState>,
+    headers: CommandHeaders,
+    body: JsonBody<CreateProduct>,
+) -> Result<Accepted<ProductVersion>, ApiError> {
+    let (sku, command) = body.value.into_command()?;
+    let context = app.command_context(&headers, &body.fingerprint);
+    let outcome = app
+        .bus()
+        .execute::<Product>(sku.as_str(), command, &context, Expect::New)
+        .await
+        .map_err(|error| command_failed(error, sku.as_str()))?;
+    let version = ProductVersion {
+        sku: outcome.aggregate_id.clone(),
+        version: outcome.version,
+    };
+    Ok(Accepted::new(StatusCode::CREATED, &outcome, version))
+}

@@ -1,0 +1,256 @@
+//! Building the API from its configuration: the state, the router, the
+//! listener. `orders run` and the tests start the API the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use event_store::dispatch::RetryPolicy;
+use event_store::{Catalog, CommandBus};
+use platform::kafka::KafkaProbe;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::extract::BODY_LIMIT;
+use crate::problem::ApiError;
+use crate::routes::{meta, orders, products};
+
+/// What the API needs to know beyond its database.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How long idempotency keys are remembered.
+    pub idempotency_ttl: Duration,
+    /// Requests running longer are answered with 503.
+    pub request_timeout: Duration,
+    /// Kafka brokers to check in `/readyz`; `None` leaves Kafka out.
+    pub kafka_brokers: Option<String>,
+    /// How often a command that lost a race is tried before answering 409.
+    pub command_attempts: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            request_timeout: Duration::from_secs(30),
+            kafka_brokers: None,
+            command_attempts: RetryPolicy::default().max_attempts,
+        }
+    }
+}
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    bus: CommandBus,
+    catalog: Catalog,
+    idempotency_ttl: Duration,
+    kafka: Option<KafkaProbe>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, config: &ApiConfig) -> anyhow::Result<Self> {
+        // Install the metrics recorder before the first request records anything.
+        platform::telemetry::metrics();
+        let kafka = config
+            .kafka_brokers
+            .as_deref()
+            .map(KafkaProbe::new)
+            .transpose()?;
+        Ok(Self(Arc::new(Inner {
+            bus: CommandBus::new(pool.clone()).with_retry(RetryPolicy {
+                max_attempts: config.command_attempts.max(1),
+                ..RetryPolicy::default()
+            }),
+            catalog: Catalog::new(pool),
+            idempotency_ttl: config.idempotency_ttl,
+            kafka,
+        })))
+    }
+
+    pub fn bus(&self) -> &CommandBus {
+        &self.0.bus
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.0.catalog
+    }
+
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.0.idempotency_ttl
+    }
+
+    pub fn kafka(&self) -> Option<&KafkaProbe> {
+        self.0.kafka.as_ref()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Order platform command API",
+        description = "Commands over REST. Every accepted command is committed as events before \
+                       the answer; reads are served over GraphQL. Errors are RFC 9457 problem+json.",
+    ),
+    tags(
+        (name = "products", description = "Catalogue and stock"),
+        (name = "orders", description = "Placing and cancelling orders"),
+    )
+)]
+struct ApiDoc;
+
+fn command_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(products::create::create_product))
+        .routes(routes!(products::add_stock::add_stock))
+        .routes(routes!(orders::place::place_order))
+        .routes(routes!(orders::cancel::cancel_order))
+}
+
+/// The OpenAPI document of the command routes, as served at `/api/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    command_routes().into_openapi()
+}
+
+/// The whole HTTP surface: commands, health, metrics, documentation.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let (commands, document) = command_routes().split_for_parts();
+    let document: Arc<str> = document
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".into())
+        .into();
+    Router::new()
+        .merge(commands)
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/metrics", get(meta::metrics))
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
+        .route("/problems/{slug}", get(meta::problem_type))
+        .fallback(meta::no_route)
+        .method_not_allowed_fallback(meta::wrong_method)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(crate::observe::observe))
+        .with_state(state)
+}
+
+/// A handler panicked: answer 500 like any other unexpected failure.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic".to_owned());
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}
+
+/// A bound, ready-to-run API.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds the listener and builds the router. The schema must be migrated.
+    pub async fn build(config: &ApiConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let state = AppState::new(pool.clone(), config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+        Ok(Self {
+            listener,
+            router: router(state, config.request_timeout),
+            pool,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in
+    /// flight. Expired idempotency keys are cleaned up meanwhile.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let cleanup = tokio::spawn(forget_expired_keys(self.pool));
+        tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        cleanup.abort();
+        served
+    }
+}
+
+/// Every minute, deletes expired idempotency keys in small batches.
+async fn forget_expired_keys(pool: PgPool) {
+    const BATCH: i64 = 1000;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        loop {
+            match event_store::idempotency::forget_expired(&pool, BATCH).await {
+                Ok(deleted) => {
+                    if deleted > 0 {
+                        tracing::debug!(deleted, "forgot expired idempotency keys");
+                    }
+                    if deleted < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete expired idempotency keys");
+                    break;
+                }
+            }
+        }
+    }
+}
