@@ -37,6 +37,9 @@ pub struct Settings {
     /// How often a command that lost a race for an aggregate is tried before
     /// the API answers 409.
     pub command_attempts: u32,
+    /// Append statements in flight at once; concurrent commands beyond that
+    /// share one statement and one commit.
+    pub append_workers: usize,
 }
 
 impl Settings {
@@ -60,6 +63,7 @@ impl Settings {
             .set_default("idempotency_ttl_secs", 24 * 60 * 60)?
             .set_default("request_timeout_secs", 30)?
             .set_default("command_attempts", 10)?
+            .set_default("append_workers", 2)?
             .add_source(source)
             .add_source(Environment::with_prefix("ORDERS").try_parsing(true))
             .set_override_option("database_url", std::env::var("DATABASE_URL").ok())?
@@ -77,6 +81,7 @@ impl Settings {
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             kafka_brokers: Some(self.kafka_brokers.clone()),
             command_attempts: self.command_attempts,
+            append_workers: self.append_workers,
         }
     }
 }

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::observe::RequestId;
 use crate::problem::{ApiError, FieldError};
 
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -24,8 +26,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct JsonBody<T> {
     pub value: T,
     /// SHA-256 over the method, the path and the body's canonical JSON: two
-    /// requests share it exactly when they mean the same thing.
-    pub fingerprint: String,
+    /// requests share it exactly when they mean the same thing. Only computed
+    /// for requests that carry an `Idempotency-Key`, the only ones that need it.
+    pub fingerprint: Option<String>,
 }
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -41,6 +44,7 @@ where
         }
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let keyed = request.headers().contains_key(IDEMPOTENCY_KEY);
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -50,13 +54,15 @@ where
                     ApiError::MalformedJson(rejection.body_text())
                 }
             })?;
-        let document: Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        let value = decode(&document)?;
-        Ok(Self {
-            value,
-            fingerprint: fingerprint(&method, &path, &document),
-        })
+        let value = decode(&bytes)?;
+        let fingerprint = if keyed {
+            let document: Value = serde_json::from_slice(&bytes)
+                .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+            Some(fingerprint(&method, &path, &document))
+        } else {
+            None
+        };
+        Ok(Self { value, fingerprint })
     }
 }
 
@@ -75,13 +81,33 @@ fn has_json_content_type(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The request type from a parsed document. Every command body is an object;
-/// serde would otherwise take an array positionally.
-fn decode<T: DeserializeOwned>(document: &Value) -> Result<T, ApiError> {
-    if !document.is_object() {
+/// The request type straight from the body's bytes. Malformed JSON anywhere
+/// in the body is a 400 even when a field before it is already wrong; every
+/// command body is an object (serde would otherwise take an array positionally).
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let well_formed = || {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map(drop)
+            .map_err(|error| ApiError::MalformedJson(error.to_string()))
+    };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        well_formed()?;
         return Err(ApiError::invalid("body", "must be a JSON object"));
     }
-    serde_path_to_error::deserialize(document).map_err(shape_error)
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => {
+            deserializer
+                .end()
+                .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+            Ok(value)
+        }
+        Err(error) if error.inner().classify() == serde_json::error::Category::Data => {
+            well_formed()?;
+            Err(shape_error(error))
+        }
+        Err(error) => Err(ApiError::MalformedJson(error.inner().to_string())),
+    }
 }
 
 /// Turns serde's first complaint into a field error a client can act on.
@@ -244,7 +270,7 @@ fn header_text<'h>(
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(key) = header_text(headers, "idempotency-key")? else {
+    let Some(key) = header_text(headers, IDEMPOTENCY_KEY)? else {
         return Ok(None);
     };
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
@@ -298,7 +324,7 @@ mod tests {
     }
 
     fn field_error(document: Value) -> FieldError {
-        match decode::<Sample>(&document).unwrap_err() {
+        match decode::<Sample>(document.to_string().as_bytes()).unwrap_err() {
             ApiError::Validation(mut errors) => errors.remove(0),
             other => panic!("expected a validation error, got {other:?}"),
         }
@@ -325,6 +351,17 @@ mod tests {
             FieldError::new("body", "must be a JSON object")
         );
         assert_eq!(field_error(json!(null)).field, "body");
+    }
+
+    #[test]
+    fn malformed_json_is_reported_as_such_even_after_a_wrong_field() {
+        for body in [&b"{\"name\": 1, "[..], b"[1, 2", b"", b"{} trailing"] {
+            assert!(
+                matches!(decode::<Sample>(body), Err(ApiError::MalformedJson(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct ApiConfig {
     pub kafka_brokers: Option<String>,
     /// How often a command that lost a race is tried before answering 409.
     pub command_attempts: u32,
+    /// Append statements in flight at once; concurrent commands beyond that
+    /// share a statement and a commit.
+    pub append_workers: usize,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +52,7 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             kafka_brokers: None,
             command_attempts: RetryPolicy::default().max_attempts,
+            append_workers: event_store::dispatch::DEFAULT_APPEND_WORKERS,
         }
     }
 }
@@ -80,10 +84,12 @@ impl AppState {
             .map(KafkaProbe::new)
             .transpose()?;
         Ok(Self(Arc::new(Inner {
-            bus: CommandBus::new(pool.clone()).with_retry(RetryPolicy {
-                max_attempts: config.command_attempts.max(1),
-                ..RetryPolicy::default()
-            }),
+            bus: CommandBus::new(pool.clone())
+                .with_retry(RetryPolicy {
+                    max_attempts: config.command_attempts.max(1),
+                    ..RetryPolicy::default()
+                })
+                .with_append_workers(config.append_workers),
             catalog: Catalog::new(pool),
             idempotency_ttl: config.idempotency_ttl,
             kafka,

@@ -5,16 +5,17 @@
 //! when a concurrent writer wins, idempotency keys recorded with the events,
 //! and correlation metadata on every event.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, SerializedEvent};
-use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use sqlx::PgPool;
+use uuid::Uuid;
 
+use crate::batch::AppendBatcher;
 use crate::idempotency::{self, RememberedOutcome};
-use crate::repository::{AppendError, IdempotencyClaim, PgEventRepository};
+use crate::repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
 
 /// Metadata keys written on every event.
 pub mod metadata {
@@ -42,8 +43,6 @@ pub struct Outcome {
     pub aggregate_id: String,
     /// The aggregate's version (its last sequence number) after the command.
     pub version: u64,
-    /// Global positions of the events the command appended (empty on a replay).
-    pub global_positions: Vec<i64>,
     /// True when the idempotency key had been used before and nothing ran.
     pub replayed: bool,
 }
@@ -124,19 +123,31 @@ pub enum Expect {
     New,
 }
 
+/// Statements a bus keeps in flight by default; see [`AppendBatcher`].
+pub const DEFAULT_APPEND_WORKERS: usize = 2;
+
 /// Runs commands against the event store.
 #[derive(Debug, Clone)]
 pub struct CommandBus {
     repository: PgEventRepository,
+    batcher: AppendBatcher,
     retry: RetryPolicy,
 }
 
 impl CommandBus {
     pub fn new(pool: PgPool) -> Self {
         Self {
-            repository: PgEventRepository::new(pool),
+            repository: PgEventRepository::new(pool.clone()),
+            batcher: AppendBatcher::new(pool, DEFAULT_APPEND_WORKERS),
             retry: RetryPolicy::default(),
         }
+    }
+
+    /// How many append statements may be in flight at once. Concurrent
+    /// commands beyond that share statements; fewer workers, bigger batches.
+    pub fn with_append_workers(mut self, workers: usize) -> Self {
+        self.batcher = AppendBatcher::new(self.repository.pool().clone(), workers);
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -240,22 +251,20 @@ impl CommandBus {
                 return Ok(Outcome {
                     aggregate_id: aggregate_id.to_owned(),
                     version,
-                    global_positions: Vec::new(),
                     replayed: false,
                 });
             }
             let serialized = serialize::<A>(aggregate_id, version, events, context)?;
             let new_version = version + serialized.len() as u64;
             match self
-                .repository
-                .append(&serialized, context.idempotency.as_ref())
+                .batcher
+                .append(serialized, context.idempotency.clone())
                 .await
             {
-                Ok(appended) => {
+                Ok(()) => {
                     return Ok(Outcome {
                         aggregate_id: aggregate_id.to_owned(),
                         version: new_version,
-                        global_positions: appended.global_positions,
                         replayed: false,
                     });
                 }
@@ -314,42 +323,51 @@ impl CommandBus {
         Ok(Some(Outcome {
             aggregate_id,
             version,
-            global_positions: Vec::new(),
             replayed: true,
         }))
     }
 }
 
+/// The events as rows: cqrs-es's serialized form (payload through serde, type
+/// and version from `DomainEvent`, metadata a map of strings), written
+/// straight to JSON text.
 fn serialize<A: Aggregate>(
     aggregate_id: &str,
     version: u64,
     events: Vec<A::Event>,
     context: &CommandContext,
-) -> Result<Vec<SerializedEvent>, StoreError> {
-    let mut metadata = HashMap::from([
-        (
-            metadata::CORRELATION_ID.to_owned(),
-            context.correlation_id.clone(),
-        ),
-        (
-            metadata::CAUSATION_ID.to_owned(),
-            context.causation_id.clone(),
-        ),
-    ]);
+) -> Result<Vec<NewEvent>, StoreError> {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(
+        metadata::CORRELATION_ID.to_owned(),
+        context.correlation_id.clone().into(),
+    );
+    metadata.insert(
+        metadata::CAUSATION_ID.to_owned(),
+        context.causation_id.clone().into(),
+    );
     if let Some(claim) = &context.idempotency {
-        metadata.insert(metadata::IDEMPOTENCY_KEY.to_owned(), claim.key.clone());
+        metadata.insert(
+            metadata::IDEMPOTENCY_KEY.to_owned(),
+            claim.key.clone().into(),
+        );
     }
+    let metadata = serde_json::Value::Object(metadata).to_string();
+    let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(error.to_string());
     events
         .into_iter()
-        .zip(version as usize + 1..)
-        .map(|(payload, sequence)| {
-            let envelope = EventEnvelope::<A> {
+        .zip(version + 1..)
+        .map(|(event, sequence)| {
+            Ok(NewEvent {
+                event_id: Uuid::now_v7(),
+                aggregate_type: A::TYPE.to_owned(),
                 aggregate_id: aggregate_id.to_owned(),
-                sequence,
-                payload,
+                sequence: i64::try_from(sequence).map_err(|e| corrupt(&e))?,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_string(&event).map_err(|e| corrupt(&e))?,
                 metadata: metadata.clone(),
-            };
-            SerializedEvent::try_from(&envelope).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
         })
         .collect()
 }

@@ -4,6 +4,7 @@
 //!   postgres-es events table, with a one-statement append.
 //! - [`CommandBus`]: load, decide, append; expected versions, retries on
 //!   conflict, idempotency keys and correlation metadata.
+//! - [`batch::AppendBatcher`]: group commit of concurrent commands.
 //! - [`Catalog`]: product prices for new orders.
 //! - [`GlobalReader`]: every event in one gap-free commit order, for the relay
 //!   and for replays.
@@ -12,6 +13,7 @@
 //! This crate owns the events table: nothing else writes to it. It knows the
 //! domain's aggregates but nothing of HTTP, Kafka or read models.
 
+pub mod batch;
 pub mod catalog;
 pub mod dispatch;
 pub mod idempotency;
@@ -26,7 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use catalog::Catalog;
 pub use dispatch::{CommandBus, CommandContext, CommandError, Expect, Outcome, StoreError};
 pub use reader::{GlobalCheckpoint, GlobalReader, RecordedEvent};
-pub use repository::{AppendError, IdempotencyClaim, PgEventRepository};
+pub use repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
 
 /// The event store's schema migrations, embedded from `event-store/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

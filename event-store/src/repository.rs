@@ -64,13 +64,42 @@ fn database_error(error: sqlx::Error) -> PersistenceError {
     }
 }
 
-/// What `append` wrote.
-#[derive(Debug, Clone)]
-pub struct Appended {
-    /// Global positions of the appended events, in sequence order.
-    pub global_positions: Vec<i64>,
+/// An event ready to be appended: identity, type and JSON text. The global
+/// position, transaction id and time are given by the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// The payload as JSON text, as cqrs-es serializes it.
+    pub payload: String,
+    /// The metadata object as JSON text.
+    pub metadata: String,
 }
 
+impl NewEvent {
+    /// From cqrs-es's serialized form, with a new event id.
+    pub fn from_serialized(event: &SerializedEvent) -> Result<Self, AppendError> {
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: i64::try_from(event.sequence)
+                .map_err(|e| AppendError::Database(sqlx::Error::Encode(Box::new(e))))?,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            payload: event.payload.to_string(),
+            metadata: event.metadata.to_string(),
+        })
+    }
+}
+
+/// Appends the events of any number of commands, and their idempotency keys,
+/// in one statement. Events keep the order of the arrays (command by command,
+/// each in sequence order), so global positions follow it.
 const APPEND: &str = r#"
 WITH appended AS (
     INSERT INTO events
@@ -78,20 +107,29 @@ WITH appended AS (
     SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
            e.payload::json, e.metadata::json, e.event_id
       FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                  $6::jsonb[], $7::jsonb[], $8::uuid[])
+                  $6::text[], $7::text[], $8::uuid[])
+           WITH ORDINALITY
            AS e(aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload, metadata, event_id)
-     ORDER BY e.sequence
-    RETURNING sequence, global_position
+                payload, metadata, event_id, n)
+     ORDER BY e.n
 ), claimed AS (
     INSERT INTO idempotency_keys
         (key, request_fingerprint, aggregate_type, aggregate_id, version, expires_at)
-    SELECT $9, $10, $1[1], $2[1], (SELECT max(sequence) FROM appended),
-           now() + make_interval(secs => $11)
-     WHERE $9::text IS NOT NULL
+    SELECT c.key, c.fingerprint, c.aggregate_type, c.aggregate_id, c.version,
+           now() + make_interval(secs => c.ttl)
+      FROM UNNEST($9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
+                  $14::float8[])
+           AS c(key, fingerprint, aggregate_type, aggregate_id, version, ttl)
 )
-SELECT global_position FROM appended ORDER BY sequence
+SELECT 1
 "#;
+
+/// The common case, one event and no idempotency key, as a plain INSERT: the
+/// same rows as `APPEND`, with less for PostgreSQL to plan and execute.
+const APPEND_ONE: &str = "
+INSERT INTO events
+    (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, event_id)
+VALUES ($1, $2, $3, $4, $5, $6::json, $7::json, $8)";
 
 const SELECT_EVENTS: &str = "
 SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
@@ -134,24 +172,44 @@ impl PgEventRepository {
     /// already means another writer won ([`AppendError::Conflict`]).
     pub async fn append(
         &self,
-        events: &[SerializedEvent],
+        events: &[NewEvent],
         claim: Option<&IdempotencyClaim>,
-    ) -> Result<Appended, AppendError> {
-        if events.is_empty() {
-            return Ok(Appended {
-                global_positions: Vec::new(),
-            });
-        }
-        let columns = EventColumns::of(events)?;
-        let rows = append_query(&columns, claim)
-            .fetch_all(&self.pool)
+    ) -> Result<(), AppendError> {
+        self.append_commands(&[PendingAppend { events, claim }])
             .await
-            .map_err(classify_write_error)?;
-        let global_positions = rows
-            .iter()
-            .map(|row| row.try_get("global_position"))
-            .collect::<Result<_, _>>()?;
-        Ok(Appended { global_positions })
+    }
+
+    /// Appends the events and keys of several commands in one statement and
+    /// one transaction: all of them are written or none is. A conflict or a
+    /// taken key anywhere fails the whole statement; the caller must retry
+    /// the commands one by one to learn which.
+    pub async fn append_commands(&self, commands: &[PendingAppend<'_>]) -> Result<(), AppendError> {
+        let written = match commands {
+            [] => return Ok(()),
+            [
+                PendingAppend {
+                    events: [event],
+                    claim: None,
+                },
+            ] => {
+                sqlx::query(APPEND_ONE)
+                    .bind(&event.aggregate_type)
+                    .bind(&event.aggregate_id)
+                    .bind(event.sequence)
+                    .bind(&event.event_type)
+                    .bind(&event.event_version)
+                    .bind(&event.payload)
+                    .bind(&event.metadata)
+                    .bind(event.event_id)
+                    .execute(&self.pool)
+                    .await
+            }
+            _ => {
+                let columns = Columns::of(commands);
+                append_query(&columns).execute(&self.pool).await
+            }
+        };
+        written.map(drop).map_err(classify_write_error)
     }
 
     async fn select_events<A: Aggregate>(
@@ -202,12 +260,16 @@ impl PgEventRepository {
         (aggregate_id, payload, current_snapshot): (String, Value, usize),
     ) -> Result<(), PersistenceError> {
         let mut tx = self.pool.begin().await.map_err(database_error)?;
-        let columns = EventColumns::of(events)?;
-        append_query(&columns, None)
-            .fetch_all(&mut *tx)
+        let events = new_events(events)?;
+        let columns = Columns::of(&[PendingAppend {
+            events: &events,
+            claim: None,
+        }]);
+        append_query(&columns)
+            .execute(&mut *tx)
             .await
             .map_err(classify_write_error)?;
-        let last_sequence = columns.sequences.last().copied().unwrap_or(0);
+        let last_sequence = events.last().map_or(0, |event| event.sequence);
         let snapshot = i64::try_from(current_snapshot).unwrap_or(i64::MAX);
         // One snapshot row per aggregate, replaced in place, as postgres-es does;
         // the previous snapshot number guards against a concurrent replacement.
@@ -245,59 +307,66 @@ impl PgEventRepository {
     }
 }
 
-/// The events of one append, as arrays for `UNNEST`.
-struct EventColumns {
-    aggregate_types: Vec<String>,
-    aggregate_ids: Vec<String>,
-    sequences: Vec<i64>,
-    event_types: Vec<String>,
-    event_versions: Vec<String>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
-    event_ids: Vec<Uuid>,
+/// One command's share of an append.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingAppend<'a> {
+    pub events: &'a [NewEvent],
+    pub claim: Option<&'a IdempotencyClaim>,
 }
 
-impl EventColumns {
-    fn of(events: &[SerializedEvent]) -> Result<Self, AppendError> {
-        let mut columns = Self::with_capacity(events.len());
-        for event in events {
-            columns.push(event)?;
-        }
-        Ok(columns)
-    }
+/// The events and keys of an append, as arrays for `UNNEST`.
+#[derive(Default)]
+struct Columns<'e> {
+    aggregate_types: Vec<&'e str>,
+    aggregate_ids: Vec<&'e str>,
+    sequences: Vec<i64>,
+    event_types: Vec<&'e str>,
+    event_versions: Vec<&'e str>,
+    payloads: Vec<&'e str>,
+    metadata: Vec<&'e str>,
+    event_ids: Vec<Uuid>,
+    keys: Vec<&'e str>,
+    fingerprints: Vec<&'e str>,
+    key_aggregate_types: Vec<&'e str>,
+    key_aggregate_ids: Vec<&'e str>,
+    key_versions: Vec<i64>,
+    key_ttls: Vec<f64>,
+}
 
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            aggregate_types: Vec::with_capacity(n),
-            aggregate_ids: Vec::with_capacity(n),
-            sequences: Vec::with_capacity(n),
-            event_types: Vec::with_capacity(n),
-            event_versions: Vec::with_capacity(n),
-            payloads: Vec::with_capacity(n),
-            metadata: Vec::with_capacity(n),
-            event_ids: Vec::with_capacity(n),
+impl<'e> Columns<'e> {
+    fn of(commands: &[PendingAppend<'e>]) -> Self {
+        let mut columns = Self::default();
+        for command in commands {
+            for event in command.events {
+                columns.aggregate_types.push(&event.aggregate_type);
+                columns.aggregate_ids.push(&event.aggregate_id);
+                columns.sequences.push(event.sequence);
+                columns.event_types.push(&event.event_type);
+                columns.event_versions.push(&event.event_version);
+                columns.payloads.push(&event.payload);
+                columns.metadata.push(&event.metadata);
+                columns.event_ids.push(event.event_id);
+            }
+            if let (Some(claim), Some(last)) = (command.claim, command.events.last()) {
+                columns.keys.push(&claim.key);
+                columns.fingerprints.push(&claim.fingerprint);
+                columns.key_aggregate_types.push(&last.aggregate_type);
+                columns.key_aggregate_ids.push(&last.aggregate_id);
+                // The version the command leaves the aggregate at.
+                columns.key_versions.push(last.sequence);
+                columns.key_ttls.push(claim.ttl.as_secs_f64());
+            }
         }
+        columns
     }
+}
 
-    fn push(&mut self, event: &SerializedEvent) -> Result<(), AppendError> {
-        let sequence = i64::try_from(event.sequence)
-            .map_err(|e| AppendError::Database(sqlx::Error::Decode(Box::new(e))))?;
-        self.aggregate_types.push(event.aggregate_type.clone());
-        self.aggregate_ids.push(event.aggregate_id.clone());
-        self.sequences.push(sequence);
-        self.event_types.push(event.event_type.clone());
-        self.event_versions.push(event.event_version.clone());
-        self.payloads.push(event.payload.clone());
-        self.metadata.push(event.metadata.clone());
-        // Version 7 ids are time-ordered, which keeps the unique index compact.
-        self.event_ids.push(Uuid::now_v7());
-        Ok(())
-    }
+fn new_events(events: &[SerializedEvent]) -> Result<Vec<NewEvent>, AppendError> {
+    events.iter().map(NewEvent::from_serialized).collect()
 }
 
 fn append_query<'q>(
-    columns: &'q EventColumns,
-    claim: Option<&'q IdempotencyClaim>,
+    columns: &'q Columns<'q>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(APPEND)
         .bind(&columns.aggregate_types)
@@ -308,9 +377,12 @@ fn append_query<'q>(
         .bind(&columns.payloads)
         .bind(&columns.metadata)
         .bind(&columns.event_ids)
-        .bind(claim.map(|c| c.key.as_str()))
-        .bind(claim.map(|c| c.fingerprint.as_str()))
-        .bind(claim.map_or(0.0, |c| c.ttl.as_secs_f64()))
+        .bind(&columns.keys)
+        .bind(&columns.fingerprints)
+        .bind(&columns.key_aggregate_types)
+        .bind(&columns.key_aggregate_ids)
+        .bind(&columns.key_versions)
+        .bind(&columns.key_ttls)
 }
 
 /// Unique violations tell a lost race (events' primary key) from a key used
@@ -390,11 +462,10 @@ impl PersistedEventRepository for PgEventRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         match snapshot_update {
-            None => self
-                .append(events, None)
-                .await
-                .map(drop)
-                .map_err(Into::into),
+            None => {
+                let events = new_events(events)?;
+                self.append(&events, None).await.map_err(Into::into)
+            }
             Some(snapshot) => self.persist_with_snapshot::<A>(events, snapshot).await,
         }
     }

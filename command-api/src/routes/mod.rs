@@ -58,18 +58,21 @@ impl<T: Serialize> IntoResponse for Accepted<T> {
 impl AppState {
     /// The command context for a request: the request id correlates the
     /// events, and the idempotency key (if any) is claimed with them.
-    pub fn command_context(&self, headers: &CommandHeaders, fingerprint: &str) -> CommandContext {
+    pub fn command_context(
+        &self,
+        headers: &CommandHeaders,
+        fingerprint: Option<&str>,
+    ) -> CommandContext {
         CommandContext {
             correlation_id: headers.request_id.clone(),
             causation_id: headers.request_id.clone(),
-            idempotency: headers
-                .idempotency_key
-                .as_ref()
-                .map(|key| IdempotencyClaim {
+            idempotency: headers.idempotency_key.as_ref().zip(fingerprint).map(
+                |(key, fingerprint)| IdempotencyClaim {
                     key: key.clone(),
                     fingerprint: fingerprint.to_owned(),
                     ttl: self.idempotency_ttl(),
-                }),
+                },
+            ),
             expected_version: headers.if_match,
         }
     }

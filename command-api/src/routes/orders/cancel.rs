@@ -57,7 +57,7 @@ pub async fn cancel_order(
     let order_id = OrderId::parse(&order_id)
         .map_err(|_| ApiError::not_found(format!("no order has id {order_id}")))?;
     let id = order_id.to_string();
-    let context = app.command_context(&headers, &body.fingerprint);
+    let context = app.command_context(&headers, body.fingerprint.as_deref());
     let outcome = app
         .bus()
         .execute::<Order>(

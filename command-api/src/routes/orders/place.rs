@@ -127,7 +127,7 @@ pub async fn place_order(
         lines,
         payment_method: requested.payment_method,
     };
-    let context = app.command_context(&headers, &body.fingerprint);
+    let context = app.command_context(&headers, body.fingerprint.as_deref());
     let id = order_id.to_string();
     let outcome = app
         .bus()

@@ -53,7 +53,7 @@ pub async fn add_stock(
     // A SKU that cannot exist names no product.
     domain::values::Sku::parse(&sku)
         .map_err(|_| ApiError::not_found(format!("no product has SKU {sku}")))?;
-    let context = app.command_context(&headers, &body.fingerprint);
+    let context = app.command_context(&headers, body.fingerprint.as_deref());
     let outcome = app
         .bus()
         .execute::<Product>(

@@ -71,7 +71,7 @@ pub async fn create_product(
     body: JsonBody<CreateProduct>,
 ) -> Result<Accepted<ProductVersion>, ApiError> {
     let (sku, command) = body.value.into_command()?;
-    let context = app.command_context(&headers, &body.fingerprint);
+    let context = app.command_context(&headers, body.fingerprint.as_deref());
     let outcome = app
         .bus()
         .execute::<Product>(sku.as_str(), command, &context, Expect::New)
