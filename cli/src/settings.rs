@@ -2,6 +2,7 @@
 //! environment variables (`DATABASE_URL`, `KAFKA_BROKERS`, and `ORDERS_<KEY>`
 //! for every other key, such as `ORDERS_LISTEN=0.0.0.0:8080`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -43,9 +44,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Loads the settings. `file` must exist when given; without it,
-    /// `orders.toml` in the working directory is read if present.
+    /// Loads the settings from the process's environment. `file` must exist
+    /// when given; without it, `orders.toml` in the working directory is read
+    /// if present.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_with_env(file, std::env::vars().collect())
+    }
+
+    /// Loads the settings with `env` standing for the environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let source = match file {
             Some(path) => File::from(path).format(FileFormat::Toml).required(true),
             None => File::with_name("orders.toml")
@@ -65,9 +75,13 @@ impl Settings {
             .set_default("command_attempts", 10)?
             .set_default("append_workers", 2)?
             .add_source(source)
-            .add_source(Environment::with_prefix("ORDERS").try_parsing(true))
-            .set_override_option("database_url", std::env::var("DATABASE_URL").ok())?
-            .set_override_option("kafka_brokers", std::env::var("KAFKA_BROKERS").ok())?
+            .add_source(
+                Environment::with_prefix("ORDERS")
+                    .try_parsing(true)
+                    .source(Some(env.clone().into_iter().collect())),
+            )
+            .set_override_option("database_url", env.get("DATABASE_URL").cloned())?
+            .set_override_option("kafka_brokers", env.get("KAFKA_BROKERS").cloned())?
             .build()
             .context("reading configuration")?
             .try_deserialize()
@@ -106,12 +120,41 @@ log_format = "json"
 "#
         )
         .unwrap();
-        let settings = Settings::load(Some(&file.0)).unwrap();
+        let settings = Settings::load_with_env(Some(&file.0), HashMap::new()).unwrap();
         assert_eq!(settings.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.database_pool_size, 32);
         assert!(settings.database_url.expose_secret().contains("s3cret"));
         assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let mut file = tempfile_in_target("env.toml");
+        writeln!(file.1, "listen = \"0.0.0.0:9000\"\ndatabase_pool_size = 5").unwrap();
+        let env = HashMap::from([
+            (
+                "DATABASE_URL".to_owned(),
+                "postgres://elsewhere/orders".to_owned(),
+            ),
+            (
+                "KAFKA_BROKERS".to_owned(),
+                "kafka-1:9092,kafka-2:9092".to_owned(),
+            ),
+            ("ORDERS_DATABASE_POOL_SIZE".to_owned(), "64".to_owned()),
+            ("ORDERS_LOG_FORMAT".to_owned(), "json".to_owned()),
+        ]);
+
+        let settings = Settings::load_with_env(Some(&file.0), env).unwrap();
+
+        assert_eq!(
+            settings.database_url.expose_secret(),
+            "postgres://elsewhere/orders"
+        );
+        assert_eq!(settings.kafka_brokers, "kafka-1:9092,kafka-2:9092");
+        assert_eq!(settings.database_pool_size, 64);
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.listen, "0.0.0.0:9000".parse().unwrap());
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
+
+use crate::problem::ApiError;
 
 /// The request id: the client's `X-Request-Id` when it is usable (1–128
 /// visible ASCII characters), a new UUID otherwise. Commands record it as the
@@ -67,9 +69,61 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// Middleware: answers 503 when the request takes longer than `limit`. A
+/// command already handed to the event store may still commit; a client that
+/// retries with the same Idempotency-Key gets its outcome.
+pub async fn time_limit(limit: std::time::Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(anyhow::anyhow!(
+            "the request took longer than {} s",
+            limit.as_secs_f64()
+        ))
+        .into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::usable;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_over_the_time_limit_gets_a_503_problem() {
+        let limit = Duration::from_millis(50);
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn(move |request, next| {
+                time_limit(limit, request, next)
+            }));
+
+        let response = app
+            .oneshot(
+                axum::http::Request::get("/slow")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            response.headers()["content-type"],
+            crate::problem::PROBLEM_JSON
+        );
+    }
 
     #[test]
     fn request_ids_from_clients_are_bounded_visible_ascii() {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use event_store::dispatch::RetryPolicy;
@@ -17,7 +16,6 @@ use platform::kafka::KafkaProbe;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -168,9 +166,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(meta::no_route)
         .method_not_allowed_fallback(meta::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                crate::observe::time_limit(request_timeout, request, next)
+            },
         ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(crate::observe::observe))

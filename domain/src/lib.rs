@@ -21,6 +21,19 @@ pub use payment::{Payment, PaymentCommand, PaymentError, PaymentEvent, PaymentSt
 pub use product::{Product, ProductCommand, ProductError, ProductEvent};
 pub use values::InvalidValue;
 
+/// The body of every aggregate's `handle`: record, in order, the events that
+/// `decide` returned. `EventSink::write` also applies each one.
+async fn record<A: cqrs_es::Aggregate>(
+    aggregate: &mut A,
+    decided: Result<Vec<A::Event>, A::Error>,
+    sink: &cqrs_es::event_sink::EventSink<A>,
+) -> Result<(), A::Error> {
+    for event in decided? {
+        sink.write(event, aggregate).await;
+    }
+    Ok(())
+}
+
 /// The schema version every event type is written with today.
 pub const EVENT_VERSION: &str = "1.0";
 

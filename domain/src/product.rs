@@ -301,10 +301,8 @@ impl Aggregate for Product {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        let decided = self.decide(command);
+        crate::record(self, decided, sink).await
     }
 
     // History is trusted: every stored event passed `decide`. The saturating

@@ -244,6 +244,22 @@ fn committing_without_a_reservation_is_refused() {
 }
 
 #[test]
+fn committing_or_returning_on_an_unknown_product_is_refused() {
+    for command in [
+        ProductCommand::CommitReservation { order_id: order(1) },
+        ProductCommand::ReturnSoldStock {
+            order_id: order(1),
+            quantity: 1,
+        },
+    ] {
+        ProductTest::with(())
+            .given_no_previous_events()
+            .when(command)
+            .then_expect_error(ProductError::NotFound);
+    }
+}
+
+#[test]
 fn returning_sold_units_puts_them_back_on_hand() {
     ProductTest::with(())
         .given(vec![
