@@ -51,9 +51,7 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
     platform::telemetry::init_logging(settings.log_format, &settings.log_filter);
     let pool = connect(settings).await?;
     if migrate {
-        event_store::migrate(&pool)
-            .await
-            .context("applying migrations")?;
+        apply_migrations(&pool).await?;
     }
     match role {
         Role::All | Role::Api => {
@@ -67,12 +65,21 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// The event store's migrations, then the read models'.
+async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
+    event_store::migrate(pool)
+        .await
+        .context("applying the event store's migrations")?;
+    projections::migrate(pool)
+        .await
+        .context("applying the read models' migrations")?;
+    Ok(())
+}
+
 /// `orders migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
-    event_store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    apply_migrations(&pool).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -86,7 +93,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         .unwrap_or(0);
     println!(
         "database: reachable, {applied} of {} migrations applied",
-        event_store::MIGRATOR.iter().count()
+        event_store::migrator().iter().count() + projections::migrator().iter().count()
     );
     let row: Result<(i64, Option<i64>), _> =
         sqlx::query_as("SELECT count(*), max(global_position) FROM events")

@@ -8,7 +8,8 @@
 //! - [`Catalog`]: product prices for new orders.
 //! - [`GlobalReader`]: every event in one gap-free commit order, for the relay
 //!   and for replays.
-//! - [`MIGRATOR`]: the schema, applied by `orders migrate` and by tests.
+//! - [`Envelope`] and [`Topics`]: the published form of events and where they go.
+//! - [`migrate`]: the schema, applied by `orders migrate` and by tests.
 //!
 //! This crate owns the events table: nothing else writes to it. It knows the
 //! domain's aggregates but nothing of HTTP, Kafka or read models.
@@ -16,6 +17,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod dispatch;
+pub mod envelope;
 pub mod idempotency;
 pub mod reader;
 pub mod repository;
@@ -27,11 +29,19 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use catalog::Catalog;
 pub use dispatch::{CommandBus, CommandContext, CommandError, Expect, Outcome, StoreError};
-pub use reader::{GlobalCheckpoint, GlobalReader, RecordedEvent};
+pub use envelope::{Envelope, Topics};
+pub use reader::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
 pub use repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
 
 /// The event store's schema migrations, embedded from `event-store/migrations`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// Other crates keep migrations of their own in the same database (the read
+/// models from version 1001 on), so migrations this one does not know are
+/// expected.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Opens a pool of `size` connections to `url`, waiting at most `acquire_timeout`
 /// for a free connection before a query fails.
@@ -50,5 +60,5 @@ pub async fn connect(
 
 /// Applies the schema migrations that have not run yet.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    migrator().run(pool).await
 }

@@ -70,8 +70,20 @@ SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_versi
   FROM events
  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND ($4::bigint IS NULL OR global_position >= $4)
+   AND ($5::text[] IS NULL OR aggregate_type = ANY($5))
  ORDER BY transaction_id, global_position
  LIMIT $3";
+
+/// Which events a read returns, besides being after the checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct ReadFilter {
+    /// Only events at this global position or later (a republish from a
+    /// position); the order is still commit order.
+    pub min_position: Option<i64>,
+    /// Only events of these aggregate types (a rebuild of one read model).
+    pub aggregate_types: Option<Vec<String>>,
+}
 
 /// Reads the event store in global order.
 #[derive(Debug, Clone)]
@@ -92,10 +104,24 @@ impl GlobalReader {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        self.read_filtered(after, limit, &ReadFilter::default())
+            .await
+    }
+
+    /// Like [`read_batch`](Self::read_batch), returning only what `filter` lets
+    /// through. An empty batch still means "caught up".
+    pub async fn read_filtered(
+        &self,
+        after: GlobalCheckpoint,
+        limit: i64,
+        filter: &ReadFilter,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         sqlx::query(READ_BATCH)
             .bind(after.transaction_id.to_string())
             .bind(after.global_position)
             .bind(limit)
+            .bind(filter.min_position)
+            .bind(filter.aggregate_types.as_deref())
             .fetch_all(&self.pool)
             .await?
             .iter()

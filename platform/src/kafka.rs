@@ -52,3 +52,31 @@ impl KafkaProbe {
         .await?
     }
 }
+
+/// Creates the named topics that do not exist yet; existing ones are left as
+/// they are.
+pub async fn create_topics(
+    brokers: &str,
+    names: &[String],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers, "orders-admin").create()?;
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -120,3 +120,96 @@ mod tests {
         );
     }
 }
+
+/// A topic-name prefix of its own for one test; the topics under it are
+/// deleted from the broker when the handle is dropped.
+#[derive(Debug)]
+pub struct TestTopics {
+    pub prefix: String,
+    brokers: String,
+}
+
+impl TestTopics {
+    pub fn new() -> Self {
+        Self {
+            prefix: format!("test-{}.", uuid::Uuid::new_v4().simple()),
+            brokers: kafka_brokers(),
+        }
+    }
+}
+
+impl Default for TestTopics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestTopics {
+    fn drop(&mut self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+
+        let (prefix, brokers) = (self.prefix.clone(), self.brokers.clone());
+        let cleanup = std::thread::spawn(move || -> anyhow::Result<()> {
+            let admin: AdminClient<DefaultClientContext> =
+                crate::kafka::client_config(&brokers, "test-cleanup").create()?;
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))?;
+            let names: Vec<String> = metadata
+                .topics()
+                .iter()
+                .map(|topic| topic.name().to_owned())
+                .filter(|name| name.starts_with(&prefix))
+                .collect();
+            if names.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()))?;
+            Ok(())
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("could not delete test topics {}*: {error}", self.prefix);
+        }
+    }
+}
+
+/// Reads `topics` from the beginning with a fresh consumer group until
+/// `expected` messages arrived or `within` passed, and returns them.
+pub async fn consume(
+    topics: &[String],
+    expected: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    let consumer: StreamConsumer = crate::kafka::client_config(&kafka_brokers(), "test-reader")
+        .set(
+            "group.id",
+            format!("test-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut messages = Vec::with_capacity(expected);
+    while messages.len() < expected {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => messages.push(message.detach()),
+            // The topics may not have been created yet.
+            Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))) => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => break,
+        }
+    }
+    Ok(messages)
+}

@@ -1,6 +1,29 @@
-//! Read models for the GraphQL query API, kept up to date from the event
-//! topics in Kafka, and the replay that rebuilds them from the event store.
+//! The read side: read models kept up to date from the event topics in Kafka,
+//! the GraphQL API that serves them, and the rebuild that replays the event
+//! store into fresh tables.
 //!
-//! Empty for now: the read side is the next slice of work. It must not write
-//! to the event store, and its read models must never be a source of truth:
-//! everything here can be dropped and rebuilt from the events.
+//! - `model/`: one read model per file, each a pure fold of one aggregate's
+//!   events into rows (so the live worker and the rebuild agree by construction).
+//! - `worker`: a Kafka consumer group per projection; each batch is applied,
+//!   recorded and checkpointed in one PostgreSQL transaction.
+//!
+//! Read models are never a source of truth: everything here can be dropped and
+//! rebuilt from the events. This crate never writes to the event store.
+
+pub mod model;
+pub mod worker;
+
+use sqlx::PgPool;
+
+/// The read models' schema migrations (versions from 1001 on, beside the
+/// event store's in the same database).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// Applies the read models' pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}

@@ -1,0 +1,409 @@
+//! A projection worker: one Kafka consumer group per read model.
+//!
+//! Each batch of messages is applied in one PostgreSQL transaction that also
+//! records the rows' versions (which makes a redelivered event change nothing)
+//! and the consumer's offsets; Kafka offsets are committed only after that
+//! transaction commits. A message that cannot be decoded or applied goes to
+//! `<topic>.dlq` with the error in a header, and the worker goes on.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use event_store::{Envelope, Topics};
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use crate::model::{ApplyError, ReadModel, fold_all};
+
+/// How a projection worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub brokers: String,
+    pub topics: Topics,
+    /// Put before the consumer group's name; tests use one per run.
+    pub group_prefix: String,
+    /// Partitions of the topics, if the worker has to create them.
+    pub partitions: i32,
+    /// Replication factor of the topics, if the worker has to create them.
+    pub replication: i32,
+    /// Most messages applied in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topics: Topics::default(),
+            group_prefix: String::new(),
+            partitions: 3,
+            replication: 1,
+            max_batch: 500,
+        }
+    }
+}
+
+/// The consumer group of a projection.
+pub fn group_id(config: &WorkerConfig, projection: &str) -> String {
+    format!(
+        "{}orders-platform.projection.{projection}",
+        config.group_prefix
+    )
+}
+
+/// The advisory lock a projection's writers share and its rebuild takes alone
+/// to swap tables.
+pub(crate) fn lock_name(projection: &str) -> String {
+    format!("orders-platform projection {projection}")
+}
+
+/// The channel on which a projection announces the aggregate ids it changed,
+/// at commit (payload: ids separated by commas, prefixed with the projection).
+pub const UPDATES_CHANNEL: &str = "read_model_updated";
+
+/// Consumes the read model's topic and applies it until `shutdown` completes.
+pub async fn run<M: ReadModel>(
+    pool: PgPool,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let topic = config
+        .topics
+        .for_aggregate(M::AGGREGATE_TYPE)
+        .context("the aggregate has no topic")?;
+    let dead_letters = Topics::dead_letter(&topic);
+    platform::kafka::create_topics(
+        &config.brokers,
+        &[topic.clone(), dead_letters.clone()],
+        config.partitions,
+        config.replication,
+    )
+    .await?;
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        platform::kafka::client_config(&config.brokers, &format!("orders-projection-{}", M::NAME))
+            .set("group.id", group_id(&config, M::NAME))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // The default waits up to 500 ms for more data before answering.
+            .set("fetch.wait.max.ms", "10")
+            .create()?,
+    );
+    consumer.subscribe(&[&topic])?;
+    let producer: FutureProducer =
+        platform::kafka::client_config(&config.brokers, "orders-dead-letters")
+            .set("enable.idempotence", "true")
+            .create()?;
+    let mut shutdown = pin!(shutdown);
+    let mut lag = LagGauge::new(M::NAME);
+    tracing::info!(projection = M::NAME, %topic, "projection worker started");
+    loop {
+        let first = tokio::select! {
+            () = &mut shutdown => break,
+            message = consumer.recv() => message,
+        };
+        let mut batch = match first {
+            Ok(message) => vec![message],
+            Err(error) => {
+                tracing::debug!(%error, projection = M::NAME, "consumer error");
+                continue;
+            }
+        };
+        // Take what is already fetched, without waiting for more.
+        while batch.len() < config.max_batch {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        apply_with_retries::<M>(&pool, &producer, &dead_letters, &batch).await;
+        consumer.commit(&next_offsets(&batch)?, CommitMode::Async)?;
+        lag.update(&consumer);
+    }
+    Ok(())
+}
+
+/// Applies a batch, retrying on database failures until it commits: the
+/// messages stay unacknowledged meanwhile, so nothing is skipped.
+async fn apply_with_retries<M: ReadModel>(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    dead_letters: &str,
+    batch: &[BorrowedMessage<'_>],
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match apply_batch::<M>(pool, producer, dead_letters, batch).await {
+            Ok(applied) => {
+                metrics::counter!("projection_events_total", "projection" => M::NAME)
+                    .increment(applied as u64);
+                metrics::histogram!("projection_batch_seconds", "projection" => M::NAME)
+                    .record(started.elapsed().as_secs_f64());
+                return;
+            }
+            Err(error) => {
+                metrics::counter!("projection_failures_total", "projection" => M::NAME)
+                    .increment(1);
+                tracing::error!(error = %format!("{error:#}"), projection = M::NAME, "applying a batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// One transaction: lock, load the touched rows, fold, store, record offsets
+/// and progress, announce the changes. Poison messages go to the dead-letter
+/// topic before the commit. Returns how many messages were applied.
+async fn apply_batch<M: ReadModel>(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    dead_letters: &str,
+    batch: &[BorrowedMessage<'_>],
+) -> anyhow::Result<usize> {
+    let decoded: Vec<Result<Envelope, ApplyError>> = batch.iter().map(decode).collect();
+    let envelopes: Vec<(usize, &Envelope)> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(index, envelope)| envelope.as_ref().ok().map(|e| (index, e)))
+        .collect();
+    let mut ids: Vec<&str> = envelopes
+        .iter()
+        .filter(|(_, e)| e.aggregate_type == M::AGGREGATE_TYPE)
+        .map(|(_, e)| e.aggregate_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+        .bind(lock_name(M::NAME))
+        .execute(&mut *tx)
+        .await?;
+    let mut rows = M::load(&mut tx, M::TABLE, &ids).await?;
+    let fold = fold_all::<M>(&mut rows, envelopes.iter().map(|(_, e)| *e));
+    let changed: Vec<M::Row> = fold
+        .changed
+        .iter()
+        .filter_map(|id| rows.get(id).cloned())
+        .collect();
+    M::store(&mut tx, M::TABLE, &changed).await?;
+
+    // Poison: undecodable messages and events the fold refused.
+    let mut poison: Vec<(usize, String)> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(index, envelope)| envelope.as_ref().err().map(|e| (index, e.to_string())))
+        .collect();
+    poison.extend(
+        fold.poisoned
+            .iter()
+            .map(|(position, error)| (envelopes[*position].0, error.to_string())),
+    );
+    for (index, error) in &poison {
+        send_to_dead_letters(producer, dead_letters, &batch[*index], error).await?;
+    }
+    metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
+        .increment(poison.len() as u64);
+
+    record_offsets(&mut tx, M::NAME, batch).await?;
+    if let Some(position) = envelopes.iter().map(|(_, e)| e.global_position).max() {
+        sqlx::query(
+            "INSERT INTO projection_status (projection, last_global_position) VALUES ($1, $2)
+             ON CONFLICT (projection) DO UPDATE SET
+                last_global_position = greatest(projection_status.last_global_position, $2),
+                updated_at = now()",
+        )
+        .bind(M::NAME)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    announce(&mut tx, M::NAME, &fold.changed).await?;
+    tx.commit().await?;
+    Ok(batch.len() - poison.len())
+}
+
+fn decode(message: &BorrowedMessage<'_>) -> Result<Envelope, ApplyError> {
+    let payload = message.payload().unwrap_or_default();
+    serde_json::from_slice(payload).map_err(|error| ApplyError::Decode {
+        event_type: "envelope".into(),
+        reason: error.to_string(),
+    })
+}
+
+/// Writes where the consumer is in each partition, in the batch's transaction.
+async fn record_offsets(
+    tx: &mut sqlx::PgConnection,
+    projection: &str,
+    batch: &[BorrowedMessage<'_>],
+) -> sqlx::Result<()> {
+    let (mut topics, mut partitions, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+    for ((topic, partition), offset) in next_offset_by_partition(batch) {
+        topics.push(topic);
+        partitions.push(partition);
+        offsets.push(offset);
+    }
+    sqlx::query(
+        "INSERT INTO projection_offsets (projection, topic, partition, next_offset)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])
+         ON CONFLICT (projection, topic, partition) DO UPDATE SET
+            next_offset = greatest(projection_offsets.next_offset, EXCLUDED.next_offset),
+            updated_at = now()",
+    )
+    .bind(projection)
+    .bind(topics)
+    .bind(partitions)
+    .bind(offsets)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Notifies `UPDATES_CHANNEL` with the changed ids, delivered at commit.
+pub(crate) async fn announce(
+    tx: &mut sqlx::PgConnection,
+    projection: &str,
+    changed: &[String],
+) -> sqlx::Result<()> {
+    // A notification carries at most 8000 bytes.
+    for chunk in changed.chunks(100) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(UPDATES_CHANNEL)
+            .bind(format!("{projection}:{}", chunk.join(",")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One past the last message of each partition in the batch.
+fn next_offset_by_partition<'m>(batch: &'m [BorrowedMessage<'_>]) -> BTreeMap<(&'m str, i32), i64> {
+    let mut next = BTreeMap::new();
+    for message in batch {
+        let entry: &mut i64 = next
+            .entry((message.topic(), message.partition()))
+            .or_default();
+        *entry = (*entry).max(message.offset() + 1);
+    }
+    next
+}
+
+/// The offsets to commit to Kafka after the batch's transaction.
+fn next_offsets(batch: &[BorrowedMessage<'_>]) -> anyhow::Result<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next_offset_by_partition(batch) {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(list)
+}
+
+/// Forwards a message as it came, with why it was refused and where it was.
+async fn send_to_dead_letters(
+    producer: &FutureProducer,
+    topic: &str,
+    message: &BorrowedMessage<'_>,
+    error: &str,
+) -> anyhow::Result<()> {
+    tracing::warn!(
+        source_topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        %error,
+        "message sent to the dead-letter topic"
+    );
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for header in original.iter() {
+            headers = headers.insert(header);
+        }
+    }
+    let headers = headers
+        .insert(Header {
+            key: "error",
+            value: Some(error),
+        })
+        .insert(Header {
+            key: "source_topic",
+            value: Some(message.topic()),
+        })
+        .insert(Header {
+            key: "source_partition",
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: "source_offset",
+            value: Some(&offset),
+        });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
+    Ok(())
+}
+
+/// The `projection_lag_events` gauge: messages in the assigned partitions not
+/// yet consumed, measured every few seconds.
+struct LagGauge {
+    projection: &'static str,
+    last: Option<Instant>,
+}
+
+impl LagGauge {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(projection: &'static str) -> Self {
+        Self {
+            projection,
+            last: None,
+        }
+    }
+
+    fn update(&mut self, consumer: &Arc<StreamConsumer>) {
+        if self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let consumer = Arc::clone(consumer);
+        let projection = self.projection;
+        // Watermark queries block; keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let Ok(positions) = consumer.position() else {
+                return;
+            };
+            let mut lag = 0i64;
+            for element in positions.elements() {
+                let Ok((_, high)) = consumer.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_secs(1),
+                ) else {
+                    return;
+                };
+                let position = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => 0,
+                };
+                lag += (high - position).max(0);
+            }
+            metrics::gauge!("projection_lag_events", "projection" => projection).set(lag as f64);
+        });
+    }
+}

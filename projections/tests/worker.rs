@@ -1,0 +1,226 @@
+//! Projection workers against a real Kafka and PostgreSQL, fed with envelopes
+//! produced straight into their topic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use event_store::{Envelope, Topics};
+use platform::testing::{TestDatabase, TestTopics, consume, kafka_brokers};
+use projections::model::products::ProductStock;
+use projections::worker::{self, WorkerConfig};
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+struct Fixture {
+    pool: PgPool,
+    topics: TestTopics,
+    config: WorkerConfig,
+    _database: TestDatabase,
+}
+
+async fn fixture() -> Fixture {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = database.pool(10).await.unwrap();
+    event_store::migrate(&pool).await.unwrap();
+    projections::migrate(&pool).await.unwrap();
+    let topics = TestTopics::new();
+    let config = WorkerConfig {
+        brokers: kafka_brokers(),
+        topics: Topics::with_prefix(&topics.prefix),
+        group_prefix: topics.prefix.clone(),
+        ..WorkerConfig::default()
+    };
+    Fixture {
+        pool,
+        topics,
+        config,
+        _database: database,
+    }
+}
+
+fn product_event(sku: &str, sequence: i64, event_type: &str, payload: Value) -> Envelope {
+    Envelope {
+        event_id: uuid::Uuid::now_v7(),
+        aggregate_type: "Product".into(),
+        aggregate_id: sku.into(),
+        sequence,
+        global_position: sequence,
+        event_type: event_type.into(),
+        event_version: "1.0".into(),
+        recorded_at: Utc::now(),
+        payload,
+        metadata: json!({}),
+    }
+}
+
+fn created(sku: &str) -> Envelope {
+    product_event(
+        sku,
+        1,
+        "ProductCreated",
+        json!({"sku": sku, "name": sku, "price": {"amount_cents": 500, "currency": "EUR"}}),
+    )
+}
+
+fn added(sku: &str, sequence: i64, quantity: u32) -> Envelope {
+    product_event(sku, sequence, "StockAdded", json!({"quantity": quantity}))
+}
+
+async fn produce(fixture: &Fixture, key: &str, payload: &[u8]) {
+    let producer: FutureProducer = platform::kafka::client_config(&kafka_brokers(), "test")
+        .create()
+        .unwrap();
+    let topic = fixture.config.topics.for_aggregate("Product").unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+}
+
+async fn produce_events(fixture: &Fixture, events: &[Envelope]) {
+    for event in events {
+        produce(
+            fixture,
+            &event.aggregate_id,
+            &serde_json::to_vec(event).unwrap(),
+        )
+        .await;
+    }
+}
+
+fn start(
+    fixture: &Fixture,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker::run::<ProductStock>(
+        fixture.pool.clone(),
+        fixture.config.clone(),
+        async {
+            stopped.await.ok();
+        },
+    ));
+    (stop, task)
+}
+
+/// Waits until the product's row reaches `version`; returns (on_hand, version).
+async fn stock_at(pool: &PgPool, sku: &str, version: i64) -> (i64, i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT on_hand, version FROM product_stock WHERE sku = $1")
+                .bind(sku)
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        if let Some(row) = row
+            && row.1 >= version
+        {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sku} stuck at {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_are_applied_and_offsets_recorded_with_them() {
+    let fixture = fixture().await;
+    let (stop, task) = start(&fixture);
+    produce_events(
+        &fixture,
+        &[created("MUG"), added("MUG", 2, 5), added("MUG", 3, 2)],
+    )
+    .await;
+
+    assert_eq!(stock_at(&fixture.pool, "MUG", 3).await, (7, 3));
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets WHERE projection = 'products'",
+    )
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 3);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn duplicates_injected_into_kafka_change_nothing() {
+    let fixture = fixture().await;
+    let events = [created("MUG"), added("MUG", 2, 5), added("MUG", 3, 2)];
+    let (stop, task) = start(&fixture);
+    produce_events(&fixture, &events).await;
+    assert_eq!(stock_at(&fixture.pool, "MUG", 3).await, (7, 3));
+
+    // The same events again, in a different order, then one new event.
+    produce_events(
+        &fixture,
+        &[events[2].clone(), events[0].clone(), events[1].clone()],
+    )
+    .await;
+    produce_events(&fixture, &[added("MUG", 4, 1)]).await;
+
+    assert_eq!(stock_at(&fixture.pool, "MUG", 4).await, (8, 4));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_to_the_dead_letter_topic_and_later_events_still_apply() {
+    let fixture = fixture().await;
+    let (stop, task) = start(&fixture);
+    produce_events(&fixture, &[created("MUG")]).await;
+    produce(&fixture, "MUG", b"{ this is not an envelope").await;
+    let unknown = product_event("TEA", 1, "ProductVanished", json!({}));
+    produce_events(&fixture, &[unknown.clone(), added("MUG", 2, 4)]).await;
+
+    assert_eq!(stock_at(&fixture.pool, "MUG", 2).await, (4, 2));
+    let dead_letters =
+        Topics::dead_letter(&fixture.config.topics.for_aggregate("Product").unwrap());
+    let messages = consume(&[dead_letters], 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 2);
+    // (payload, error header) of each dead letter, in any order: they came
+    // from different partitions.
+    let mut letters: Vec<(Vec<u8>, String)> = messages
+        .iter()
+        .map(|m| {
+            let header = m
+                .headers()
+                .unwrap()
+                .iter()
+                .find(|h| h.key == "error")
+                .unwrap();
+            let error = String::from_utf8(header.value.unwrap().to_vec()).unwrap();
+            (m.payload().unwrap().to_vec(), error)
+        })
+        .collect();
+    letters.sort();
+    assert_eq!(letters[0].0, b"{ this is not an envelope");
+    assert!(letters[0].1.contains("envelope"), "{letters:?}");
+    assert_eq!(letters[1].0, serde_json::to_vec(&unknown).unwrap());
+    assert!(letters[1].1.contains("ProductVanished"), "{letters:?}");
+    let tea: i64 = sqlx::query_scalar("SELECT count(*) FROM product_stock WHERE sku = 'TEA'")
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap();
+    assert_eq!(tea, 0);
+    drop(fixture.topics);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

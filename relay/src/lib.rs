@@ -1,0 +1,300 @@
+//! The relay: publishes every committed event to Kafka, in the store's global
+//! order, at least once.
+//!
+//! The events table is the outbox. The relay tails it with the gap-safe
+//! [`GlobalReader`], publishes each batch with an idempotent producer, and
+//! moves its checkpoint (in PostgreSQL) only after Kafka acknowledged every
+//! event of the batch. A crash between the acknowledgement and the checkpoint
+//! publishes the batch again: consumers deduplicate.
+//!
+//! Exactly one relay publishes at a time: it holds a PostgreSQL advisory lock
+//! on a connection of its own, and writes its checkpoint through that
+//! connection. Standbys try the lock every second and take over when the
+//! holder's connection goes away.
+//!
+//! This crate reads the event store and writes only its own checkpoint.
+
+pub mod publisher;
+pub mod topics;
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use anyhow::Context;
+use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter, Topics};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+/// The channel the events table notifies on commit (migration 0003).
+pub const EVENTS_CHANNEL: &str = "events_appended";
+
+/// How a relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Names the checkpoint and the lock: relays with one name share both.
+    pub name: String,
+    pub brokers: String,
+    pub topics: Topics,
+    /// Partitions of each topic the relay creates.
+    pub partitions: i32,
+    /// Replication factor of each topic the relay creates.
+    pub replication: i32,
+    /// Events read and published per round.
+    pub batch_size: i64,
+    /// How long to wait for a notification before looking anyway.
+    pub poll_interval: Duration,
+    /// How long the producer waits to fill a request.
+    pub linger: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            name: "relay".into(),
+            brokers: "127.0.0.1:9092".into(),
+            topics: Topics::default(),
+            partitions: 3,
+            replication: 1,
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(500),
+            linger: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Runs the relay until `shutdown` completes: waits to lead, then publishes.
+/// Losing the lead (its connection broke) sends it back to waiting.
+pub async fn run(
+    pool: PgPool,
+    config: RelayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    topics::ensure(&config).await?;
+    let producer = publisher::producer(&config.brokers, config.linger)?;
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let leader = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            leader = Leader::acquire(&pool, &config.name) => leader,
+        };
+        let leader = match leader {
+            Ok(leader) => leader,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "relay cannot take the lead; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tracing::info!(name = %config.name, "relay leads");
+        metrics::gauge!("relay_leader", "name" => config.name.clone()).set(1.0);
+        let led = tokio::select! {
+            () = &mut shutdown => Ok(()),
+            led = lead(&pool, &config, &producer, leader) => led,
+        };
+        metrics::gauge!("relay_leader", "name" => config.name.clone()).set(0.0);
+        match led {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "relay lost the lead; waiting to lead again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The lock holder: a connection of its own that holds the advisory lock and
+/// is the only way the checkpoint is written.
+struct Leader {
+    connection: PgConnection,
+    name: String,
+}
+
+impl Leader {
+    /// Waits until this process holds the relay's lock.
+    async fn acquire(pool: &PgPool, name: &str) -> anyhow::Result<Self> {
+        let mut connection = pool
+            .acquire()
+            .await
+            .context("connecting to take the relay lock")?
+            .detach();
+        loop {
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(lock_name(name))
+                    .fetch_one(&mut connection)
+                    .await?;
+            if locked {
+                return Ok(Self {
+                    connection,
+                    name: name.to_owned(),
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn checkpoint(&mut self) -> anyhow::Result<GlobalCheckpoint> {
+        let row = sqlx::query(
+            "SELECT transaction_id, global_position FROM relay_checkpoints WHERE name = $1",
+        )
+        .bind(&self.name)
+        .fetch_optional(&mut self.connection)
+        .await?;
+        Ok(match row {
+            Some(row) => GlobalCheckpoint {
+                transaction_id: row.try_get("transaction_id")?,
+                global_position: row.try_get("global_position")?,
+            },
+            None => GlobalCheckpoint::default(),
+        })
+    }
+
+    /// Fails if the lock connection is gone, in which case another relay may
+    /// lead already and this one must stop.
+    async fn save(&mut self, checkpoint: GlobalCheckpoint) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO relay_checkpoints (name, transaction_id, global_position)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE
+                SET transaction_id = $2, global_position = $3, updated_at = now()",
+        )
+        .bind(&self.name)
+        .bind(checkpoint.transaction_id)
+        .bind(checkpoint.global_position)
+        .execute(&mut self.connection)
+        .await
+        .context("saving the relay checkpoint")?;
+        Ok(())
+    }
+
+    async fn still_connected(&mut self) -> anyhow::Result<()> {
+        self.connection
+            .ping()
+            .await
+            .context("the relay's lock connection broke")
+    }
+}
+
+fn lock_name(name: &str) -> String {
+    format!("orders-platform relay {name}")
+}
+
+/// Publishes from the checkpoint on, for as long as the lead holds.
+async fn lead(
+    pool: &PgPool,
+    config: &RelayConfig,
+    producer: &rdkafka::producer::FutureProducer,
+    mut leader: Leader,
+) -> anyhow::Result<()> {
+    let reader = GlobalReader::new(pool.clone());
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    let mut checkpoint = leader.checkpoint().await?;
+    let mut lag = LagGauge::new(&config.name);
+    loop {
+        let batch = reader.read_batch(checkpoint, config.batch_size).await?;
+        if batch.is_empty() {
+            lag.update(pool, checkpoint).await;
+            // Events committed after the read above have notified already, so
+            // nothing is missed; the timeout covers a lost connection.
+            let _ = tokio::time::timeout(config.poll_interval, listener.recv()).await;
+            leader.still_connected().await?;
+            continue;
+        }
+        let started = std::time::Instant::now();
+        if let Err(error) = publisher::publish(producer, &config.topics, &batch).await {
+            // Not advancing: the batch is sent again, from its first event.
+            metrics::counter!("relay_publish_failures_total").increment(1);
+            tracing::warn!(%error, "publishing failed; retrying the batch");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        if let Some(last) = batch.last() {
+            checkpoint = last.checkpoint();
+        }
+        leader.save(checkpoint).await?;
+        metrics::counter!("relay_published_total").increment(batch.len() as u64);
+        metrics::histogram!("relay_batch_seconds").record(started.elapsed().as_secs_f64());
+        if batch.len() < config.batch_size as usize {
+            lag.update(pool, checkpoint).await;
+        }
+    }
+}
+
+/// The `relay_lag_events` gauge: events committed but not yet published,
+/// counted at most every few seconds and up to a cap.
+struct LagGauge {
+    name: String,
+    last: Option<std::time::Instant>,
+}
+
+impl LagGauge {
+    const EVERY: Duration = Duration::from_secs(2);
+    const CAP: i64 = 1_000_000;
+
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            last: None,
+        }
+    }
+
+    async fn update(&mut self, pool: &PgPool, checkpoint: GlobalCheckpoint) {
+        if self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        match lag(pool, checkpoint, Self::CAP).await {
+            Ok(lag) => {
+                metrics::gauge!("relay_lag_events", "name" => self.name.clone()).set(lag as f64)
+            }
+            Err(error) => tracing::debug!(%error, "cannot measure the relay lag"),
+        }
+    }
+}
+
+/// Committed events after `checkpoint`, counting at most `cap`.
+pub async fn lag(pool: &PgPool, checkpoint: GlobalCheckpoint, cap: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (
+            SELECT 1 FROM events
+             WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+             LIMIT $3) AS behind",
+    )
+    .bind(checkpoint.transaction_id.to_string())
+    .bind(checkpoint.global_position)
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}
+
+/// Publishes every event at `from_position` or later, in commit order, for a
+/// consumer that needs them again. Leaves the relay's checkpoint alone.
+/// Returns how many events were published.
+pub async fn republish(
+    pool: &PgPool,
+    config: &RelayConfig,
+    from_position: i64,
+) -> anyhow::Result<u64> {
+    topics::ensure(config).await?;
+    let producer = publisher::producer(&config.brokers, config.linger)?;
+    let reader = GlobalReader::new(pool.clone());
+    let filter = ReadFilter {
+        min_position: Some(from_position),
+        aggregate_types: None,
+    };
+    let mut checkpoint = GlobalCheckpoint::default();
+    let mut published = 0;
+    loop {
+        let batch = reader
+            .read_filtered(checkpoint, config.batch_size, &filter)
+            .await?;
+        let Some(last) = batch.last() else {
+            return Ok(published);
+        };
+        publisher::publish(&producer, &config.topics, &batch).await?;
+        checkpoint = last.checkpoint();
+        published += batch.len() as u64;
+    }
+}

@@ -1,0 +1,260 @@
+//! The relay against a real PostgreSQL and Kafka.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use domain::values::{Currency, Money, ProductName, Sku};
+use domain::{Product, ProductCommand};
+use event_store::{CommandBus, CommandContext, Envelope, Expect, Topics};
+use platform::testing::{TestDatabase, TestTopics, consume, kafka_brokers};
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use relay::RelayConfig;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+async fn database() -> (TestDatabase, PgPool) {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = database.pool(10).await.unwrap();
+    event_store::migrate(&pool).await.unwrap();
+    (database, pool)
+}
+
+fn config(topics: &TestTopics) -> RelayConfig {
+    RelayConfig {
+        brokers: kafka_brokers(),
+        topics: Topics::with_prefix(&topics.prefix),
+        poll_interval: Duration::from_millis(200),
+        ..RelayConfig::default()
+    }
+}
+
+fn start(
+    pool: &PgPool,
+    config: RelayConfig,
+) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(relay::run(pool.clone(), config, async {
+        stopped.await.ok();
+    }));
+    (stop, task)
+}
+
+/// Creates `skus` and adds stock `rounds` times to each: 1 + rounds events per SKU.
+async fn write_events(pool: &PgPool, skus: &[&str], rounds: u32) {
+    let bus = CommandBus::new(pool.clone());
+    let context = CommandContext {
+        correlation_id: "0190a0b0-aaaa-7bbb-8ccc-dddddddddddd".into(),
+        causation_id: "test".into(),
+        ..CommandContext::default()
+    };
+    for sku in skus {
+        let create = ProductCommand::CreateProduct {
+            sku: Sku::parse(sku).unwrap(),
+            name: ProductName::parse(sku).unwrap(),
+            price: Money::price(100, Currency::parse("EUR").unwrap()).unwrap(),
+        };
+        bus.execute::<Product>(sku, create, &context, Expect::New)
+            .await
+            .unwrap();
+    }
+    for quantity in 1..=rounds {
+        for sku in skus {
+            bus.execute::<Product>(
+                sku,
+                ProductCommand::AddStock { quantity },
+                &context,
+                Expect::Existing,
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+fn envelopes(messages: &[rdkafka::message::OwnedMessage]) -> Vec<Envelope> {
+    messages
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect()
+}
+
+/// Each aggregate's events arrive in sequence order, once or more, none missing.
+fn assert_complete_and_ordered(envelopes: &[Envelope], expected_per_aggregate: i64) {
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for envelope in envelopes {
+        let previous = last.entry(&envelope.aggregate_id).or_insert(0);
+        assert!(
+            envelope.sequence <= *previous + 1,
+            "{} jumped from {} to {}",
+            envelope.aggregate_id,
+            previous,
+            envelope.sequence
+        );
+        *previous = (*previous).max(envelope.sequence);
+    }
+    assert!(
+        last.values().all(|seq| *seq == expected_per_aggregate),
+        "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn committed_events_reach_their_topic_with_key_envelope_and_headers() {
+    let (_db, pool) = database().await;
+    let topics = TestTopics::new();
+    let (stop, task) = start(&pool, config(&topics));
+    write_events(&pool, &["MUG", "TEA", "JAM"], 4).await;
+
+    let published = Topics::with_prefix(&topics.prefix).all();
+    let messages = consume(&published, 15, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    assert_eq!(messages.len(), 15);
+    let products_topic = Topics::with_prefix(&topics.prefix)
+        .for_aggregate("Product")
+        .unwrap();
+    for message in &messages {
+        assert_eq!(message.topic(), products_topic);
+        let envelope: Envelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(message.key().unwrap(), envelope.aggregate_id.as_bytes());
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(header("event_id"), Some(envelope.event_id.to_string()));
+        assert_eq!(header("event_type"), Some(envelope.event_type.clone()));
+        let traceparent = header("traceparent").unwrap();
+        assert!(
+            traceparent.starts_with("00-0190a0b0aaaa7bbb8cccdddddddddddd-"),
+            "{traceparent}"
+        );
+        assert_eq!(envelope.metadata["causation_id"], "test");
+        // The payload is the event's own fields, decodable by the domain.
+        let event: domain::ProductEvent = envelope.decode().unwrap();
+        if envelope.sequence == 1 {
+            assert!(matches!(event, domain::ProductEvent::ProductCreated(_)));
+            assert_eq!(envelope.payload["price"]["amount_cents"], 100);
+        }
+    }
+    assert_complete_and_ordered(&envelopes(&messages), 5);
+
+    // The checkpoint reached the last event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved: Option<i64> = sqlx::query_scalar(
+            "SELECT global_position FROM relay_checkpoints WHERE name = 'relay'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if saved == Some(last) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint stuck at {saved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_leads_and_a_standby_takes_over_when_it_dies() {
+    let (_db, pool) = database().await;
+    let topics = TestTopics::new();
+    let published = Topics::with_prefix(&topics.prefix).all();
+    let (_stop_first, first) = start(&pool, config(&topics));
+    write_events(&pool, &["A", "B"], 2).await;
+    assert_eq!(
+        consume(&published, 6, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+    // The second relay waits: the first holds the lock.
+    let (stop_second, second) = start(&pool, config(&topics));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leaders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leaders, 1);
+
+    // The leader dies (its connection closes with it); the standby goes on.
+    first.abort();
+    let _ = first.await;
+    let died = tokio::time::Instant::now();
+    write_events(&pool, &["C"], 3).await;
+    let messages = consume(&published, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    assert!(
+        died.elapsed() < Duration::from_secs(10),
+        "took over in {:?}",
+        died.elapsed()
+    );
+    let envelopes = envelopes(&messages);
+    let c: Vec<i64> = envelopes
+        .iter()
+        .filter(|e| e.aggregate_id == "C")
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(c, [1, 2, 3, 4]);
+    stop_second.send(()).unwrap();
+    second.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn republishing_from_a_position_sends_that_event_and_everything_after() {
+    let (_db, pool) = database().await;
+    write_events(&pool, &["MUG", "TEA"], 2).await;
+    let positions: Vec<i64> =
+        sqlx::query_scalar("SELECT global_position FROM events ORDER BY global_position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let topics = TestTopics::new();
+    let config = config(&topics);
+
+    let count = relay::republish(&pool, &config, positions[2])
+        .await
+        .unwrap();
+
+    assert_eq!(count, 4);
+    let published = Topics::with_prefix(&topics.prefix).all();
+    let messages = consume(&published, 4, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut got: Vec<i64> = envelopes(&messages)
+        .iter()
+        .map(|e| e.global_position)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, positions[2..]);
+    let checkpoints: i64 = sqlx::query_scalar("SELECT count(*) FROM relay_checkpoints")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoints, 0,
+        "republishing leaves the relay's checkpoint alone"
+    );
+}
