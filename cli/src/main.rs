@@ -31,6 +31,20 @@ enum Command {
     Migrate,
     /// Show what the platform's database and broker hold.
     Status,
+    /// Rebuild read models from the event store into fresh tables and swap
+    /// them in, while queries and live projection workers keep running.
+    Rebuild {
+        /// Which read model.
+        #[arg(value_enum)]
+        projection: commands::Projection,
+    },
+    /// Publish the events from a global position on again (for a new
+    /// consumer); the relay's own progress is left alone.
+    Republish {
+        /// The first global position to publish.
+        #[arg(long)]
+        from: i64,
+    },
     /// Write the generated contract (OpenAPI, event schemas) into a folder.
     Schemas {
         /// Fail if the folder differs from the code instead of writing it.
@@ -60,6 +74,10 @@ fn main() -> ExitCode {
                     }
                     Command::Migrate => commands::migrate(&settings).await,
                     Command::Status => commands::status(&settings).await,
+                    Command::Rebuild { projection } => {
+                        commands::rebuild(&settings, projection).await
+                    }
+                    Command::Republish { from } => commands::republish(&settings, from).await,
                     Command::Schemas { .. } => Ok(()),
                 }
             })

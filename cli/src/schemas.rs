@@ -1,5 +1,6 @@
 //! The machine-readable contract in `schemas/`, generated from the code: the
-//! OpenAPI document of the command API and a JSON Schema per event type.
+//! OpenAPI document of the command API, the GraphQL SDL, the JSON Schema of
+//! the Kafka envelope and one per event type.
 //! `orders schemas` writes it; `orders schemas --check` (and a test) fail when
 //! the checked-in files differ from what the code generates.
 
@@ -15,6 +16,12 @@ pub fn render() -> anyhow::Result<BTreeMap<String, String>> {
         .to_pretty_json()
         .context("rendering the OpenAPI document")?;
     files.insert("openapi.json".to_owned(), openapi + "\n");
+    files.insert("schema.graphql".to_owned(), projections::graphql::sdl());
+    let envelope = schemars::schema_for!(event_store::Envelope);
+    files.insert(
+        "envelope.json".to_owned(),
+        serde_json::to_string_pretty(&envelope)? + "\n",
+    );
     for event in domain::event_types() {
         let mut schema = event.schema;
         schema.insert(

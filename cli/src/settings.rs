@@ -41,6 +41,19 @@ pub struct Settings {
     /// Append statements in flight at once; concurrent commands beyond that
     /// share one statement and one commit.
     pub append_workers: usize,
+    /// Put before every topic and consumer group name (empty: the contract's
+    /// names, `orders.events` ...).
+    pub kafka_topic_prefix: String,
+    /// Partitions of the topics the platform creates.
+    pub kafka_partitions: i32,
+    /// Replication factor of the topics the platform creates.
+    pub kafka_replication: i32,
+    /// Events the relay publishes per round.
+    pub relay_batch_size: i64,
+    /// Milliseconds the relay waits for a commit notification before looking anyway.
+    pub relay_poll_interval_ms: u64,
+    /// Messages a projection applies in one transaction at most.
+    pub projection_batch_size: usize,
 }
 
 impl Settings {
@@ -74,6 +87,12 @@ impl Settings {
             .set_default("request_timeout_secs", 30)?
             .set_default("command_attempts", 10)?
             .set_default("append_workers", 2)?
+            .set_default("kafka_topic_prefix", "")?
+            .set_default("kafka_partitions", 3)?
+            .set_default("kafka_replication", 1)?
+            .set_default("relay_batch_size", 1000)?
+            .set_default("relay_poll_interval_ms", 500)?
+            .set_default("projection_batch_size", 500)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -96,6 +115,29 @@ impl Settings {
             kafka_brokers: Some(self.kafka_brokers.clone()),
             command_attempts: self.command_attempts,
             append_workers: self.append_workers,
+        }
+    }
+
+    pub fn relay(&self) -> relay::RelayConfig {
+        relay::RelayConfig {
+            brokers: self.kafka_brokers.clone(),
+            topics: event_store::Topics::with_prefix(&self.kafka_topic_prefix),
+            partitions: self.kafka_partitions,
+            replication: self.kafka_replication,
+            batch_size: self.relay_batch_size,
+            poll_interval: Duration::from_millis(self.relay_poll_interval_ms),
+            ..relay::RelayConfig::default()
+        }
+    }
+
+    pub fn projections(&self) -> projections::worker::WorkerConfig {
+        projections::worker::WorkerConfig {
+            brokers: self.kafka_brokers.clone(),
+            topics: event_store::Topics::with_prefix(&self.kafka_topic_prefix),
+            group_prefix: self.kafka_topic_prefix.clone(),
+            partitions: self.kafka_partitions,
+            replication: self.kafka_replication,
+            max_batch: self.projection_batch_size,
         }
     }
 }

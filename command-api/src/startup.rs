@@ -138,8 +138,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     command_routes().into_openapi()
 }
 
-/// The whole HTTP surface: commands, health, metrics, documentation.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// The whole HTTP surface: commands, health, metrics, documentation, and
+/// `extra` routes served beside them (the GraphQL API) with the same request
+/// ids, metrics, limits and problem answers for unknown routes.
+pub fn router(state: AppState, request_timeout: Duration, extra: Router) -> Router {
     let (commands, document) = command_routes().split_for_parts();
     let document: Arc<str> = document
         .to_pretty_json()
@@ -163,6 +165,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             }),
         )
         .route("/problems/{slug}", get(meta::problem_type))
+        .with_state(state)
+        .merge(extra)
         .fallback(meta::no_route)
         .method_not_allowed_fallback(meta::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -173,7 +177,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(crate::observe::observe))
-        .with_state(state)
 }
 
 /// A handler panicked: answer 500 like any other unexpected failure.
@@ -204,13 +207,22 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Binds the listener and builds the router. The schema must be migrated.
     pub async fn build(config: &ApiConfig, pool: PgPool) -> anyhow::Result<Self> {
+        Self::build_with(config, pool, Router::new()).await
+    }
+
+    /// Like [`build`](Self::build), serving `extra` routes beside the commands.
+    pub async fn build_with(
+        config: &ApiConfig,
+        pool: PgPool,
+        extra: Router,
+    ) -> anyhow::Result<Self> {
         let state = AppState::new(pool.clone(), config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(state, config.request_timeout),
+            router: router(state, config.request_timeout, extra),
             pool,
         })
     }

@@ -14,6 +14,10 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Fail fast on a broker that is down rather than waiting a minute.
         .set("socket.connection.setup.timeout.ms", "5000");
+    // librdkafka's own debug contexts (`consumer,cgrp`, `all`...), for operators.
+    if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
+        config.set("debug", contexts);
+    }
     config
 }
 

@@ -10,7 +10,9 @@
 //! Read models are never a source of truth: everything here can be dropped and
 //! rebuilt from the events. This crate never writes to the event store.
 
+pub mod graphql;
 pub mod model;
+pub mod rebuild;
 pub mod worker;
 
 use sqlx::PgPool;

@@ -80,13 +80,28 @@ pub async fn run<M: ReadModel>(
         .for_aggregate(M::AGGREGATE_TYPE)
         .context("the aggregate has no topic")?;
     let dead_letters = Topics::dead_letter(&topic);
-    platform::kafka::create_topics(
-        &config.brokers,
-        &[topic.clone(), dead_letters.clone()],
-        config.partitions,
-        config.replication,
-    )
-    .await?;
+    let mut shutdown = pin!(shutdown);
+    // The broker may not be up yet; the worker waits for it rather than failing.
+    loop {
+        let names = [topic.clone(), dead_letters.clone()];
+        match platform::kafka::create_topics(
+            &config.brokers,
+            &names,
+            config.partitions,
+            config.replication,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), projection = M::NAME, "cannot create the topics yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
     let consumer: Arc<StreamConsumer> = Arc::new(
         platform::kafka::client_config(&config.brokers, &format!("orders-projection-{}", M::NAME))
             .set("group.id", group_id(&config, M::NAME))
@@ -94,6 +109,10 @@ pub async fn run<M: ReadModel>(
             .set("auto.offset.reset", "earliest")
             // The default waits up to 500 ms for more data before answering.
             .set("fetch.wait.max.ms", "10")
+            // A worker that died without leaving the group hands its
+            // partitions over after 10 s rather than the default 45 s.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
             .create()?,
     );
     consumer.subscribe(&[&topic])?;
@@ -101,7 +120,6 @@ pub async fn run<M: ReadModel>(
         platform::kafka::client_config(&config.brokers, "orders-dead-letters")
             .set("enable.idempotence", "true")
             .create()?;
-    let mut shutdown = pin!(shutdown);
     let mut lag = LagGauge::new(M::NAME);
     tracing::info!(projection = M::NAME, %topic, "projection worker started");
     loop {

@@ -224,3 +224,14 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_later_events_still_a
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn events_already_in_the_topic_before_the_worker_starts_are_applied() {
+    let fixture = fixture().await;
+    produce_events(&fixture, &[created("MUG"), added("MUG", 2, 5)]).await;
+    let (stop, task) = start(&fixture);
+
+    assert_eq!(stock_at(&fixture.pool, "MUG", 2).await, (5, 2));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -70,9 +70,21 @@ pub async fn run(
     config: RelayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    topics::ensure(&config).await?;
-    let producer = publisher::producer(&config.brokers, config.linger)?;
     let mut shutdown = pin!(shutdown);
+    // The broker may not be up yet; the relay waits for it rather than failing.
+    loop {
+        match topics::ensure(&config).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot create the topics yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+    let producer = publisher::producer(&config.brokers, config.linger)?;
     loop {
         let leader = tokio::select! {
             () = &mut shutdown => return Ok(()),

@@ -2,6 +2,10 @@
 //! application on a free port, and an HTTP client pointed at it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is the failure report.
 
+mod platform_under_test;
+
+pub use platform_under_test::TestPlatform;
+
 use std::net::SocketAddr;
 
 use command_api::{ApiConfig, Application};

@@ -1,0 +1,261 @@
+//! The relay and the projection workers as separate `orders` processes,
+//! killed with SIGKILL in the middle of their work and started again.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain::values::{Currency, Money, ProductName, Sku};
+use domain::{Product, ProductCommand};
+use event_store::{CommandBus, CommandContext, Envelope, Expect, Topics};
+use indicatif::ProgressBar;
+use platform::testing::{TestDatabase, TestTopics, kafka_brokers};
+use projections::model::ReadModel;
+use projections::model::products::ProductStock;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use sqlx::PgPool;
+
+/// A running `orders` process, killed with SIGKILL when dropped (so that a
+/// failing test leaves no process behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `orders run --role <role>` against the test's database and topics.
+fn spawn(
+    role: &str,
+    database: &TestDatabase,
+    topics: &TestTopics,
+    extra: &[(&str, &str)],
+) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orders"));
+    command
+        .args(["run", "--role", role, "--no-migrate"])
+        .env("DATABASE_URL", &database.url)
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("ORDERS_KAFKA_TOPIC_PREFIX", &topics.prefix)
+        .env("ORDERS_LOG_FILTER", "error")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    Running(command.spawn().expect("orders starts"))
+}
+
+/// SIGKILL, then wait for the process to be gone.
+fn kill(process: Running) {
+    drop(process);
+}
+
+async fn database() -> (TestDatabase, PgPool) {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = database.pool(10).await.unwrap();
+    event_store::migrate(&pool).await.unwrap();
+    projections::migrate(&pool).await.unwrap();
+    (database, pool)
+}
+
+/// `products` products with `per_product - 1` stock additions each.
+async fn write_product_events(pool: &PgPool, products: usize, per_product: u32) {
+    let bus = Arc::new(CommandBus::new(pool.clone()));
+    let context = CommandContext {
+        correlation_id: "crash-test".into(),
+        causation_id: "crash-test".into(),
+        ..CommandContext::default()
+    };
+    let writers: Vec<_> = (0..products)
+        .map(|n| {
+            let (bus, context) = (Arc::clone(&bus), context.clone());
+            tokio::spawn(async move {
+                let sku = format!("SKU-{n:04}");
+                let create = ProductCommand::CreateProduct {
+                    sku: Sku::parse(&sku).unwrap(),
+                    name: ProductName::parse(&sku).unwrap(),
+                    price: Money::price(100, Currency::parse("EUR").unwrap()).unwrap(),
+                };
+                bus.execute::<Product>(&sku, create, &context, Expect::New)
+                    .await
+                    .unwrap();
+                for quantity in 1..per_product {
+                    let add = ProductCommand::AddStock { quantity };
+                    bus.execute::<Product>(&sku, add, &context, Expect::Existing)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+}
+
+/// Events at or before the relay's checkpoint: those it has published.
+const PUBLISHED: &str = "SELECT count(*) FROM events e, relay_checkpoints c
+                          WHERE (e.transaction_id::text::bigint, e.global_position)
+                             <= (c.transaction_id, c.global_position)";
+
+async fn scalar(pool: &PgPool, query: &str) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(query)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Polls `query` until `accept` takes its value, for at most `within`.
+async fn wait_for(
+    pool: &PgPool,
+    query: &str,
+    within: Duration,
+    accept: impl Fn(i64) -> bool,
+) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = scalar(pool, query).await;
+        if accept(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{query} stuck at {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_stream_publishes_every_event_in_order_after_a_restart() {
+    let (database, pool) = database().await;
+    let topics = TestTopics::new();
+    write_product_events(&pool, 100, 50).await;
+    let total = scalar(&pool, "SELECT count(*) FROM events").await;
+    assert_eq!(total, 5_000);
+
+    // Small batches, so that the kill lands in the middle of the stream.
+    let small = [("ORDERS_RELAY_BATCH_SIZE", "50")];
+    let relay = spawn("relay", &database, &topics, &small);
+    let at_kill = wait_for(&pool, PUBLISHED, Duration::from_secs(60), |n| n >= 500).await;
+    kill(relay);
+    let after_kill = scalar(&pool, PUBLISHED).await;
+    assert!(
+        after_kill < total,
+        "the relay had finished ({after_kill}) before the kill"
+    );
+    let relay = spawn("relay", &database, &topics, &small);
+    wait_for(&pool, PUBLISHED, Duration::from_secs(120), |n| n == total).await;
+    kill(relay);
+
+    let topic = Topics::with_prefix(&topics.prefix)
+        .for_aggregate("Product")
+        .unwrap();
+    let envelopes = read_until_all_seen(&topic, total as usize).await;
+    let unique: HashSet<_> = envelopes.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        unique.len(),
+        5_000,
+        "every event reached Kafka (killed at {at_kill})"
+    );
+    // Each aggregate's events first arrive in sequence order; repeats after
+    // the restart are allowed (at least once), gaps and reorderings are not.
+    let mut next: HashMap<&str, i64> = HashMap::new();
+    for envelope in &envelopes {
+        let expected = next.entry(&envelope.aggregate_id).or_insert(1);
+        assert!(
+            envelope.sequence <= *expected,
+            "{} arrived at {} before {}",
+            envelope.aggregate_id,
+            envelope.sequence,
+            expected
+        );
+        if envelope.sequence == *expected {
+            *expected += 1;
+        }
+    }
+    assert!(next.values().all(|n| *n == 51));
+}
+
+/// Reads the topic from the start until `count` distinct events arrived.
+async fn read_until_all_seen(topic: &str, count: usize) -> Vec<Envelope> {
+    let consumer: StreamConsumer = platform::kafka::client_config(&kafka_brokers(), "crash-reader")
+        .set("group.id", format!("crash-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut envelopes = Vec::new();
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < count {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("all events within two minutes")
+            .unwrap();
+        let envelope: Envelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        seen.insert(envelope.event_id);
+        envelopes.push(envelope);
+    }
+    envelopes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_worker_killed_mid_stream_ends_equal_to_a_fresh_rebuild() {
+    let (database, pool) = database().await;
+    let topics = TestTopics::new();
+    write_product_events(&pool, 60, 40).await;
+    let total = scalar(&pool, "SELECT count(*) FROM events").await;
+    // Everything is in Kafka before the worker starts.
+    let relay_config = relay::RelayConfig {
+        brokers: kafka_brokers(),
+        topics: Topics::with_prefix(&topics.prefix),
+        ..relay::RelayConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(relay::run(pool.clone(), relay_config, async {
+        stopped.await.ok();
+    }));
+    wait_for(&pool, PUBLISHED, Duration::from_secs(60), |n| n == total).await;
+    stop.send(()).unwrap();
+    relay.await.unwrap().unwrap();
+
+    let applied = "SELECT sum(version)::bigint FROM product_stock";
+    let small = [("ORDERS_PROJECTION_BATCH_SIZE", "20")];
+    let worker = spawn("projections", &database, &topics, &small);
+    wait_for(&pool, applied, Duration::from_secs(60), |n| n >= 300).await;
+    kill(worker);
+    let after_kill = scalar(&pool, applied).await;
+    assert!(
+        after_kill < total,
+        "the worker had finished before the kill"
+    );
+    let worker = spawn("projections", &database, &topics, &small);
+    wait_for(&pool, applied, Duration::from_secs(120), |n| n == total).await;
+    kill(worker);
+
+    let live = table(&pool).await;
+    projections::rebuild::rebuild::<ProductStock>(&pool, &ProgressBar::hidden())
+        .await
+        .unwrap();
+    let rebuilt = table(&pool).await;
+    assert_eq!(live.len(), 60);
+    assert_eq!(live, rebuilt);
+}
+
+/// Every product row, as text, in SKU order.
+async fn table(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "SELECT t::text FROM {} t ORDER BY sku",
+        ProductStock::TABLE
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}

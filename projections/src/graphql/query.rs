@@ -1,0 +1,203 @@
+//! The queries: orders and products by key, and Relay-style pages of them.
+
+use async_graphql::connection::{Connection, CursorType, Edge, OpaqueCursor};
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Error, ID, Object, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::MAX_PAGE;
+use super::loaders::OrderLoader;
+use super::types::{Order, OrderStatus, Product};
+use crate::model::orders::{COLUMNS as ORDER_COLUMNS, order_row};
+use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
+
+/// Where a page of orders stops: newest first, ties broken by id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderCursor {
+    placed_at: DateTime<Utc>,
+    order_id: Uuid,
+}
+
+pub type OrderConnection = Connection<OpaqueCursor<OrderCursor>, Order>;
+pub type ProductConnection = Connection<OpaqueCursor<String>, Product>;
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// One order by id; `null` if the read side does not know it (yet).
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>> {
+        let Ok(id) = Uuid::parse_str(&id) else {
+            return Ok(None);
+        };
+        Ok(ctx.data::<DataLoader<OrderLoader>>()?.load_one(id).await?)
+    }
+
+    /// Orders, newest first, optionally one customer's and of one status.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: Option<String>,
+        status: Option<OrderStatus>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<OrderConnection> {
+        let limit = page_size(first)?;
+        let after = decode_cursor::<OrderCursor>(after)?;
+        let pool = ctx.data::<PgPool>()?;
+        let status = status.map(OrderStatus::as_str);
+        let (after_at, after_id) =
+            after.map_or((None, None), |c| (Some(c.placed_at), Some(c.order_id)));
+        let mut orders: Vec<Order> = match customer_id {
+            // A customer's list comes from its own read model; the orders
+            // themselves from the summaries, in one batch.
+            Some(customer_id) => {
+                let ids: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT order_id FROM customer_order
+                      WHERE customer_id = $1
+                        AND ($2::text IS NULL OR status = $2)
+                        AND ($3::timestamptz IS NULL OR (placed_at, order_id) < ($3, $4))
+                      ORDER BY placed_at DESC, order_id DESC
+                      LIMIT $5",
+                )
+                .bind(customer_id)
+                .bind(status)
+                .bind(after_at)
+                .bind(after_id)
+                .bind(limit + 1)
+                .fetch_all(pool)
+                .await?;
+                let loaded = ctx
+                    .data::<DataLoader<OrderLoader>>()?
+                    .load_many(ids.clone())
+                    .await?;
+                ids.iter()
+                    .filter_map(|id| loaded.get(id).cloned())
+                    .collect()
+            }
+            None => sqlx::query(&format!(
+                "SELECT {ORDER_COLUMNS} FROM order_summary
+                  WHERE ($1::text IS NULL OR status = $1)
+                    AND ($2::timestamptz IS NULL OR (placed_at, order_id) < ($2, $3))
+                  ORDER BY placed_at DESC, order_id DESC
+                  LIMIT $4"
+            ))
+            .bind(status)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| order_row(row).map(Order))
+            .collect::<Result<_, _>>()?,
+        };
+        let has_next = orders.len() as i64 > limit;
+        orders.truncate(limit as usize);
+        let mut connection = Connection::new(after_at.is_some(), has_next);
+        connection.edges = orders
+            .into_iter()
+            .map(|order| {
+                let cursor = OrderCursor {
+                    placed_at: order.0.placed_at,
+                    order_id: order.0.order_id,
+                };
+                Edge::new(OpaqueCursor(cursor), order)
+            })
+            .collect();
+        Ok(connection)
+    }
+
+    /// One product by SKU.
+    async fn product(&self, ctx: &Context<'_>, sku: String) -> Result<Option<Product>> {
+        let row = sqlx::query(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM product_stock WHERE sku = $1"
+        ))
+        .bind(sku)
+        .fetch_optional(ctx.data::<PgPool>()?)
+        .await?;
+        Ok(row.as_ref().map(product_row).transpose()?.map(Product))
+    }
+
+    /// Products in SKU order.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn products(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ProductConnection> {
+        let limit = page_size(first)?;
+        let after = decode_cursor::<String>(after)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM product_stock
+              WHERE ($1::text IS NULL OR sku > $1)
+              ORDER BY sku
+              LIMIT $2"
+        ))
+        .bind(after.as_deref())
+        .bind(limit + 1)
+        .fetch_all(ctx.data::<PgPool>()?)
+        .await?;
+        let has_next = rows.len() as i64 > limit;
+        let mut connection = Connection::new(after.is_some(), has_next);
+        for row in rows.iter().take(limit as usize) {
+            let product = product_row(row)?;
+            connection.edges.push(Edge::new(
+                OpaqueCursor(product.sku.clone()),
+                Product(product),
+            ));
+        }
+        Ok(connection)
+    }
+}
+
+/// A page is 1 to [`MAX_PAGE`] items; 20 when `first` is null.
+fn page_size(first: Option<i32>) -> Result<i64> {
+    let first = first.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&first) {
+        return Err(Error::new(format!(
+            "first must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(i64::from(first))
+}
+
+/// What a page may cost: each item costs what its fields cost.
+fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    usize::try_from(items).unwrap_or(1) * child_complexity + 1
+}
+
+const DEFAULT_PAGE: i32 = 20;
+
+fn decode_cursor<T>(cursor: Option<String>) -> Result<Option<T>>
+where
+    OpaqueCursor<T>: CursorType,
+{
+    cursor
+        .map(|cursor| {
+            OpaqueCursor::<T>::decode_cursor(&cursor)
+                .map(|decoded| decoded.0)
+                .map_err(|_| Error::new("after is not a cursor this API gave out"))
+        })
+        .transpose()
+}
+
+/// Reads one order's summary; used by the subscription.
+pub(crate) async fn load_order(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Order>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM order_summary WHERE order_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref()
+        .map(order_row)
+        .transpose()
+        .map(|o| o.map(Order))
+}

@@ -1,0 +1,158 @@
+//! The GraphQL object types, wrapping the read models' rows.
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+
+use super::loaders::HistoryLoader;
+use crate::model::orders::OrderRow;
+use crate::model::products::ProductRow;
+
+/// Where an order stands.
+#[derive(Debug, Enum, Copy, Clone, Eq, PartialEq)]
+pub enum OrderStatus {
+    Placed,
+    Confirmed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "PLACED",
+            Self::Confirmed => "CONFIRMED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    fn parse(status: &str) -> Self {
+        match status {
+            "CONFIRMED" => Self::Confirmed,
+            "CANCELLED" => Self::Cancelled,
+            _ => Self::Placed,
+        }
+    }
+}
+
+/// An order as the read side knows it.
+#[derive(Debug, Clone)]
+pub struct Order(pub OrderRow);
+
+#[Object]
+impl Order {
+    async fn id(&self) -> ID {
+        ID(self.0.order_id.to_string())
+    }
+
+    async fn customer_id(&self) -> &str {
+        &self.0.customer_id
+    }
+
+    async fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.0.status)
+    }
+
+    async fn lines(&self) -> Vec<OrderLine> {
+        self.0
+            .lines
+            .iter()
+            .map(|line| OrderLine {
+                sku: line.sku.to_string(),
+                quantity: line.quantity,
+                unit_price_cents: line.unit_price_cents,
+            })
+            .collect()
+    }
+
+    /// In minor units of `currency`. Totals can exceed 2^31; the value is
+    /// sent as a JSON integer either way.
+    async fn total_cents(&self) -> i64 {
+        self.0.total_cents
+    }
+
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+
+    /// The order's version: what `ETag` and `If-Match` carry on the REST side.
+    async fn version(&self) -> i64 {
+        self.0.version
+    }
+
+    async fn placed_at(&self) -> DateTime<Utc> {
+        self.0.placed_at
+    }
+
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+
+    async fn cancellation_reason(&self) -> Option<&str> {
+        self.0.cancellation_reason.as_deref()
+    }
+
+    /// The order's own events from the event store, oldest first.
+    async fn history(&self, ctx: &Context<'_>) -> Result<Vec<EventRecord>> {
+        let loader = ctx.data::<DataLoader<HistoryLoader>>()?;
+        Ok(loader
+            .load_one(self.0.order_id.to_string())
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+/// One line of an order, at the price it was placed at.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+}
+
+/// A product and its stock.
+#[derive(Debug, Clone)]
+pub struct Product(pub ProductRow);
+
+#[Object]
+impl Product {
+    async fn sku(&self) -> &str {
+        &self.0.sku
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn price_cents(&self) -> i64 {
+        self.0.price_cents
+    }
+
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+
+    async fn on_hand(&self) -> i64 {
+        self.0.on_hand
+    }
+
+    async fn reserved(&self) -> i64 {
+        self.0.reserved
+    }
+
+    /// `onHand - reserved`, never negative.
+    async fn available(&self) -> i64 {
+        self.0.available()
+    }
+}
+
+/// One stored event.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct EventRecord {
+    /// The aggregate's version after this event.
+    pub sequence: i64,
+    pub global_position: i64,
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    /// The event's fields, as described in `schemas/events/`.
+    pub payload: Json<serde_json::Value>,
+}

@@ -1,0 +1,208 @@
+//! A rebuild during live traffic hands over to the live workers with nothing
+//! missed or doubled: afterwards every read model equals a fresh fold of the
+//! whole event store, whatever the commands were.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use event_store::{Envelope, GlobalCheckpoint, GlobalReader};
+use indicatif::ProgressBar;
+use platform_tests::TestPlatform;
+use projections::model::customer_orders::CustomerOrders;
+use projections::model::orders::OrderSummary;
+use projections::model::products::ProductStock;
+use projections::model::{ReadModel, fold_all};
+use projections::rebuild::{rebuild, rebuild_then_swap};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::json;
+use sqlx::PgPool;
+
+#[derive(Debug, Clone)]
+enum Step {
+    CreateProduct { product: u8, price_cents: i64 },
+    AddStock { product: u8, quantity: i64 },
+    PlaceOrder { customer: u8, lines: Vec<(u8, i64)> },
+    CancelOrder { nth: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => (0u8..6, 1i64..5_000).prop_map(|(product, price_cents)| Step::CreateProduct { product, price_cents }),
+        2 => (0u8..6, 1i64..50).prop_map(|(product, quantity)| Step::AddStock { product, quantity }),
+        4 => (0u8..3, prop::collection::vec((0u8..6, 1i64..4), 1..4))
+            .prop_map(|(customer, lines)| Step::PlaceOrder { customer, lines }),
+        1 => (0usize..20).prop_map(|nth| Step::CancelOrder { nth }),
+    ]
+}
+
+/// Sends one step as a REST command. Refusals are part of the game.
+async fn send(platform: &TestPlatform, step: &Step, orders: &mut Vec<String>) {
+    match step {
+        Step::CreateProduct {
+            product,
+            price_cents,
+        } => {
+            let body = json!({"sku": format!("P{product}"), "name": "p", "price_cents": price_cents, "currency": "EUR"});
+            platform.post("/api/products", &body).await;
+        }
+        Step::AddStock { product, quantity } => {
+            platform
+                .post(
+                    &format!("/api/products/P{product}/stock"),
+                    &json!({"quantity": quantity}),
+                )
+                .await;
+        }
+        Step::PlaceOrder { customer, lines } => {
+            let lines: Vec<_> = lines
+                .iter()
+                .map(|(product, quantity)| json!({"sku": format!("P{product}"), "quantity": quantity}))
+                .collect();
+            let body = json!({"customer_id": format!("c{customer}"), "lines": lines, "payment_method": "tok_visa"});
+            let response = platform.post("/api/orders", &body).await;
+            if response.status() == 202 {
+                let answer: serde_json::Value = response.json().await.unwrap();
+                orders.push(answer["order_id"].as_str().unwrap().to_owned());
+            }
+        }
+        Step::CancelOrder { nth } => {
+            if let Some(id) = orders.get(*nth % orders.len().max(1)) {
+                platform
+                    .post(
+                        &format!("/api/orders/{id}/cancel"),
+                        &json!({"reason": "random"}),
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+/// Waits until every aggregate's row in the model's table is at the
+/// aggregate's last sequence.
+async fn caught_up<M: ReadModel>(pool: &PgPool, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (
+                SELECT aggregate_id, max(sequence) AS last FROM events
+                 WHERE aggregate_type = $1 GROUP BY aggregate_id) e
+             LEFT JOIN {table} t ON t.{key}::text = e.aggregate_id
+             WHERE t.version IS DISTINCT FROM e.last",
+            table = M::TABLE
+        ))
+        .bind(M::AGGREGATE_TYPE)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} still {behind} behind",
+            M::NAME
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The model as a fresh fold of the whole event store.
+async fn folded<M: ReadModel>(pool: &PgPool) -> HashMap<String, M::Row> {
+    let reader = GlobalReader::new(pool.clone());
+    let mut checkpoint = GlobalCheckpoint::default();
+    let mut rows = HashMap::new();
+    loop {
+        let batch = reader.read_batch(checkpoint, 1000).await.unwrap();
+        let Some(last) = batch.last() else {
+            return rows;
+        };
+        checkpoint = last.checkpoint();
+        let envelopes: Vec<Envelope> = batch.iter().map(Envelope::from).collect();
+        let fold = fold_all::<M>(&mut rows, &envelopes);
+        assert!(fold.poisoned.is_empty(), "{:?}", fold.poisoned);
+    }
+}
+
+async fn live<M: ReadModel>(pool: &PgPool) -> HashMap<String, M::Row> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = $1")
+            .bind(M::AGGREGATE_TYPE)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut connection = pool.acquire().await.unwrap();
+    M::load(&mut connection, M::TABLE, &ids).await.unwrap()
+}
+
+async fn assert_equal_to_a_fresh_fold<M: ReadModel>(pool: &PgPool) {
+    let live = live::<M>(pool).await;
+    let folded = folded::<M>(pool).await;
+    assert_eq!(live, folded, "{}", M::NAME);
+}
+
+#[test]
+fn a_rebuild_during_live_traffic_equals_the_live_model() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases: 4,
+        // Each case starts a whole platform; shrinking a failure stays short.
+        max_shrink_iters: 8,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&prop::collection::vec(step(), 20..60), |steps| {
+            runtime.block_on(async {
+                let platform = TestPlatform::start().await;
+                let mut orders = Vec::new();
+                let third = steps.len() / 3;
+                for step in &steps[..third] {
+                    send(&platform, step, &mut orders).await;
+                }
+                // The next third goes in while the orders model is rebuilt...
+                let pool = platform.pool.clone();
+                let hidden = ProgressBar::hidden();
+                let (sent, all_sent) = tokio::sync::oneshot::channel();
+                let concurrently = async {
+                    for step in &steps[third..2 * third] {
+                        send(&platform, step, &mut orders).await;
+                    }
+                    sent.send(()).unwrap();
+                };
+                // ...and the last third while the fresh table waits to be
+                // swapped in, applied by the live workers to the old one.
+                let before_swap = async {
+                    all_sent.await.unwrap();
+                    for step in &steps[2 * third..] {
+                        send(&platform, step, &mut Vec::new()).await;
+                    }
+                    caught_up::<OrderSummary>(&pool, "order_id").await;
+                };
+                let (rebuilt, ()) = tokio::join!(
+                    rebuild_then_swap::<OrderSummary>(&pool, &hidden, before_swap),
+                    concurrently
+                );
+                rebuilt.unwrap();
+                rebuild::<ProductStock>(&pool, &hidden).await.unwrap();
+                rebuild::<CustomerOrders>(&pool, &hidden).await.unwrap();
+
+                caught_up::<OrderSummary>(&platform.pool, "order_id").await;
+                caught_up::<ProductStock>(&platform.pool, "sku").await;
+                caught_up::<CustomerOrders>(&platform.pool, "order_id").await;
+                assert_equal_to_a_fresh_fold::<OrderSummary>(&platform.pool).await;
+                assert_equal_to_a_fresh_fold::<ProductStock>(&platform.pool).await;
+                assert_equal_to_a_fresh_fold::<CustomerOrders>(&platform.pool).await;
+                platform.stop().await;
+            });
+            Ok(())
+        })
+        .unwrap();
+}
