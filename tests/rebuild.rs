@@ -206,3 +206,57 @@ fn a_rebuild_during_live_traffic_equals_the_live_model() {
         })
         .unwrap();
 }
+
+/// The live table's keys and indexes, by name and definition.
+async fn indexes(pool: &PgPool, table: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes
+          WHERE schemaname = current_schema() AND tablename = $1 ORDER BY indexname",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_table_keeps_its_keys_indexes_and_their_names() {
+    let platform = TestPlatform::start().await;
+    let mut orders = Vec::new();
+    for step in [
+        Step::CreateProduct {
+            product: 1,
+            price_cents: 250,
+        },
+        Step::AddStock {
+            product: 1,
+            quantity: 10,
+        },
+        Step::PlaceOrder {
+            customer: 1,
+            lines: vec![(1, 2)],
+        },
+    ] {
+        send(&platform, &step, &mut orders).await;
+    }
+    caught_up::<OrderSummary>(&platform.pool, "order_id").await;
+    let before = indexes(&platform.pool, OrderSummary::TABLE).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let hidden = ProgressBar::hidden();
+    for _ in 0..2 {
+        let report = rebuild::<OrderSummary>(&platform.pool, &hidden)
+            .await
+            .unwrap();
+        assert_eq!((report.rows, report.events), (1, 1));
+        assert_eq!(indexes(&platform.pool, OrderSummary::TABLE).await, before);
+    }
+    let leftovers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'order_summary_re%'")
+            .fetch_one(&platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(leftovers, 0);
+    assert_equal_to_a_fresh_fold::<OrderSummary>(&platform.pool).await;
+    platform.stop().await;
+}

@@ -2,10 +2,16 @@
 //! the real services and prints its figures next to a raw ceiling measured in
 //! the same run on the same machine, so ratios stay meaningful across machines.
 //!
-//! `bench write`: place-order commands over HTTP against real PostgreSQL, and
-//! single-row inserts of an event-shaped row through the same driver, at each
-//! concurrency.
+//! - `bench write`: place-order commands over HTTP against real PostgreSQL,
+//!   and single-row inserts of an event-shaped row through the same driver.
+//! - `bench relay`: the relay's events/s into Kafka, and a bare producer's.
+//! - `bench latency`: from a 202 on `POST /api/orders` to the order in GraphQL.
+//! - `bench rebuild`: rebuilding a read model, and a plain read of the events.
 
+mod latency;
+mod rebuild;
+mod relay;
+mod seed;
 mod write;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +30,12 @@ struct Cli {
 enum Command {
     /// Place-order throughput and latency over HTTP versus raw inserts.
     Write(write::Options),
+    /// Relay throughput versus a bare rdkafka producer.
+    Relay(relay::Options),
+    /// Latency from an accepted order to the order in GraphQL.
+    Latency(latency::Options),
+    /// Rebuild throughput versus a sequential read of the events.
+    Rebuild(rebuild::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +48,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Write(options) => write::run(options, &server, &load),
+        Command::Relay(options) => server.block_on(relay::run(options)),
+        Command::Latency(options) => server.block_on(latency::run(options)),
+        Command::Rebuild(options) => server.block_on(rebuild::run(options)),
     }
 }

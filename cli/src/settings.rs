@@ -90,7 +90,7 @@ impl Settings {
             .set_default("kafka_topic_prefix", "")?
             .set_default("kafka_partitions", 3)?
             .set_default("kafka_replication", 1)?
-            .set_default("relay_batch_size", 1000)?
+            .set_default("relay_batch_size", 2000)?
             .set_default("relay_poll_interval_ms", 500)?
             .set_default("projection_batch_size", 500)?
             .add_source(source)

@@ -66,15 +66,34 @@ impl Envelope {
 
     /// Decodes the payload into an aggregate's event type.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_value(self.stored_payload())
+        decode_fields(&self.event_type, &self.payload)
     }
+}
+
+/// Decodes an event's own fields, as published, into an aggregate's event
+/// enum (externally tagged by the event type), without copying them into the
+/// stored wrapper object first.
+pub fn decode_fields<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    fields: &Value,
+) -> Result<E, serde_json::Error> {
+    use serde::de::value::{MapAccessDeserializer, MapDeserializer};
+    let entry = std::iter::once((event_type, fields));
+    E::deserialize(MapAccessDeserializer::new(MapDeserializer::new(entry)))
 }
 
 /// The topic of each aggregate type, under an optional prefix (tests use one
 /// per run to keep apart on a shared broker).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
-    prefix: String,
+    /// (aggregate type, topic), with the prefix applied.
+    names: Vec<(&'static str, String)>,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
 }
 
 /// Aggregate types and their topics, as the contract names them.
@@ -85,26 +104,31 @@ const TOPICS: &[(&str, &str)] = &[
 ];
 
 impl Topics {
-    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+    pub fn with_prefix(prefix: impl AsRef<str>) -> Self {
         Self {
-            prefix: prefix.into(),
+            names: TOPICS
+                .iter()
+                .map(|(aggregate, topic)| (*aggregate, format!("{}{topic}", prefix.as_ref())))
+                .collect(),
         }
     }
 
     /// The topic for an aggregate type; `None` for types that are not published.
     pub fn for_aggregate(&self, aggregate_type: &str) -> Option<String> {
-        TOPICS
+        self.topic_of(aggregate_type).map(str::to_owned)
+    }
+
+    /// Like [`for_aggregate`](Self::for_aggregate), without allocating.
+    pub fn topic_of(&self, aggregate_type: &str) -> Option<&str> {
+        self.names
             .iter()
             .find(|(aggregate, _)| *aggregate == aggregate_type)
-            .map(|(_, topic)| format!("{}{topic}", self.prefix))
+            .map(|(_, topic)| topic.as_str())
     }
 
     /// Every event topic.
     pub fn all(&self) -> Vec<String> {
-        TOPICS
-            .iter()
-            .map(|(_, topic)| format!("{}{topic}", self.prefix))
-            .collect()
+        self.names.iter().map(|(_, topic)| topic.clone()).collect()
     }
 
     /// Where messages of `topic` that cannot be processed go.

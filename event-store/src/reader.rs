@@ -19,6 +19,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -31,9 +32,11 @@ pub struct GlobalCheckpoint {
     pub global_position: i64,
 }
 
-/// An event as stored, with its place in the global order.
+/// An event as stored, with its place in the global order. Its JSON comes
+/// parsed (`J = Value`) or as raw text checked to be JSON (`J = Box<RawValue>`),
+/// for readers that only pass it on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecordedEvent {
+pub struct RecordedEvent<J = Value> {
     pub event_id: Uuid,
     pub aggregate_type: String,
     pub aggregate_id: String,
@@ -41,14 +44,14 @@ pub struct RecordedEvent {
     pub event_type: String,
     pub event_version: String,
     /// The payload as stored: `{"<event_type>": {...fields}}`.
-    pub payload: Value,
-    pub metadata: Value,
+    pub payload: J,
+    pub metadata: J,
     pub global_position: i64,
     pub transaction_id: i64,
     pub recorded_at: DateTime<Utc>,
 }
 
-impl RecordedEvent {
+impl<J> RecordedEvent<J> {
     /// The place just after this event.
     pub fn checkpoint(&self) -> GlobalCheckpoint {
         GlobalCheckpoint {
@@ -56,23 +59,52 @@ impl RecordedEvent {
             global_position: self.global_position,
         }
     }
+}
 
+impl RecordedEvent {
     /// The event's own fields, without the wrapper object keyed by its type.
     pub fn fields(&self) -> &Value {
         self.payload.get(&self.event_type).unwrap_or(&self.payload)
     }
 }
 
+/// How the reader hands over an event's JSON.
+pub trait Json: Sized {
+    fn from_text(text: String) -> Result<Self, serde_json::Error>;
+}
+
+impl Json for Value {
+    fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(&text)
+    }
+}
+
+/// The text as PostgreSQL prints it from the `json` columns, which it checked
+/// on the way in; not checked again.
+impl Json for String {
+    fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        Ok(text)
+    }
+}
+
+impl Json for Box<RawValue> {
+    fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text)
+    }
+}
+
+// A NULL limit is no limit. The ORDER BY names the table's columns: the bare name would mean the
+// select list's `transaction_id` (the text cast), which no index serves.
 const READ_BATCH: &str = "
 SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
-       payload, metadata, global_position, transaction_id::text::bigint AS transaction_id,
-       recorded_at
+       payload::text AS payload, metadata::text AS metadata, global_position,
+       transaction_id::text::bigint AS transaction_id, recorded_at
   FROM events
  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
    AND ($4::bigint IS NULL OR global_position >= $4)
    AND ($5::text[] IS NULL OR aggregate_type = ANY($5))
- ORDER BY transaction_id, global_position
+ ORDER BY events.transaction_id, events.global_position
  LIMIT $3";
 
 /// Which events a read returns, besides being after the checkpoint.
@@ -116,10 +148,51 @@ impl GlobalReader {
         limit: i64,
         filter: &ReadFilter,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        self.read::<Value>(after, limit, filter).await
+    }
+
+    /// Like [`read_filtered`](Self::read_filtered), with the JSON left as text:
+    /// for the relay, which passes it on without looking inside.
+    pub async fn read_raw(
+        &self,
+        after: GlobalCheckpoint,
+        limit: i64,
+        filter: &ReadFilter,
+    ) -> Result<Vec<RecordedEvent<Box<RawValue>>>, sqlx::Error> {
+        self.read::<Box<RawValue>>(after, limit, filter).await
+    }
+
+    /// Every event after `after` that `filter` lets through and that no running
+    /// transaction can still precede, in global order, as one statement read
+    /// as it streams in; the JSON as unchecked text, for readers that parse it
+    /// anyway (the rebuild). The last event's checkpoint is where a later
+    /// [`read_batch`](Self::read_batch) carries on without a gap.
+    pub fn stream_text<'a>(
+        &'a self,
+        after: GlobalCheckpoint,
+        filter: &'a ReadFilter,
+    ) -> impl futures::Stream<Item = Result<RecordedEvent<String>, sqlx::Error>> + Send + 'a {
+        use futures::StreamExt;
         sqlx::query(READ_BATCH)
             .bind(after.transaction_id.to_string())
             .bind(after.global_position)
-            .bind(limit)
+            .bind(None::<i64>)
+            .bind(filter.min_position)
+            .bind(filter.aggregate_types.as_deref())
+            .fetch(&self.pool)
+            .map(|row| row.and_then(|row| recorded_event(&row)))
+    }
+
+    async fn read<J: Json>(
+        &self,
+        after: GlobalCheckpoint,
+        limit: i64,
+        filter: &ReadFilter,
+    ) -> Result<Vec<RecordedEvent<J>>, sqlx::Error> {
+        sqlx::query(READ_BATCH)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(Some(limit))
             .bind(filter.min_position)
             .bind(filter.aggregate_types.as_deref())
             .fetch_all(&self.pool)
@@ -130,7 +203,10 @@ impl GlobalReader {
     }
 }
 
-fn recorded_event(row: &PgRow) -> Result<RecordedEvent, sqlx::Error> {
+fn recorded_event<J: Json>(row: &PgRow) -> Result<RecordedEvent<J>, sqlx::Error> {
+    let json = |column: &str| -> Result<J, sqlx::Error> {
+        J::from_text(row.try_get(column)?).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
     Ok(RecordedEvent {
         event_id: row.try_get("event_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
@@ -138,8 +214,8 @@ fn recorded_event(row: &PgRow) -> Result<RecordedEvent, sqlx::Error> {
         sequence: row.try_get("sequence")?,
         event_type: row.try_get("event_type")?,
         event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
+        payload: json("payload")?,
+        metadata: json("metadata")?,
         global_position: row.try_get("global_position")?,
         transaction_id: row.try_get("transaction_id")?,
         recorded_at: row.try_get("recorded_at")?,

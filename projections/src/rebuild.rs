@@ -2,7 +2,8 @@
 //!
 //! 1. Fold every event of the model's aggregate, in global order, into rows in
 //!    memory (the same fold the live worker runs), and write them into a fresh
-//!    table `<table>_rebuild`. Queries keep reading the live table meanwhile.
+//!    table `<table>_rebuild` with `COPY`, its indexes built afterwards.
+//!    Queries keep reading the live table meanwhile.
 //! 2. In one transaction that holds the projection's lock alone (live workers
 //!    take it shared for each batch, so they pause): fold the events that
 //!    committed since, swap the fresh table in by renaming, drop the old one.
@@ -13,15 +14,26 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use event_store::{Envelope, GlobalCheckpoint, GlobalReader, ReadFilter};
+use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
+use futures::TryStreamExt;
 use indicatif::ProgressBar;
 use sqlx::{Acquire, PgPool};
 
-use crate::model::{ReadModel, fold_all};
+use crate::model::copy::copy_rows;
+use crate::model::{ReadModel, fold_all, fold_untracked};
 use crate::worker::{announce, lock_name};
 
-/// Events read per round and rows written per statement.
+/// Events folded per round, and late rows written per statement.
 const CHUNK: usize = 10_000;
+
+/// Connections writing the fresh table at once.
+const WRITERS: usize = 2;
+
+/// Marks the fresh table's keys and indexes until the swap names them.
+const SUFFIX: &str = "_rebuild";
+
+/// Memory for sorting each index of the fresh table as it is built.
+const SORT_MEMORY: &str = "256MB";
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,47 +65,68 @@ pub async fn rebuild_then_swap<M: ReadModel>(
     before_swap: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
-    let fresh = format!("{}_rebuild", M::TABLE);
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = $1")
-        .bind(M::AGGREGATE_TYPE)
-        .fetch_one(pool)
-        .await?;
+    let fresh = format!("{}{SUFFIX}", M::TABLE);
+    // Counting the aggregates sizes the rows' map once, rather than moving
+    // every row each time it grows.
+    let (total, aggregates): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE sequence = 1) FROM events
+          WHERE aggregate_type = $1",
+    )
+    .bind(M::AGGREGATE_TYPE)
+    .fetch_one(pool)
+    .await?;
     progress.set_length(u64::try_from(total).unwrap_or(0));
     progress.set_message(M::NAME);
     sqlx::query(&format!("DROP TABLE IF EXISTS {fresh}"))
         .execute(pool)
         .await?;
     sqlx::query(&format!(
-        "CREATE TABLE {fresh} (LIKE {} INCLUDING ALL)",
+        "CREATE TABLE {fresh} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)",
         M::TABLE
     ))
     .execute(pool)
     .await?;
 
-    // 1. Everything committed so far, folded in memory, then written.
-    let reader = GlobalReader::new(pool.clone());
+    // 1. Everything committed so far, folded in memory, then written. A task
+    //    reads ahead while this one folds, so PostgreSQL and the fold overlap.
     let filter = ReadFilter {
         min_position: None,
         aggregate_types: Some(vec![M::AGGREGATE_TYPE.to_owned()]),
     };
-    let mut rows: HashMap<String, M::Row> = HashMap::new();
-    let mut checkpoint = GlobalCheckpoint::default();
+    let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
+    let read_ahead = tokio::spawn({
+        let reader = GlobalReader::new(pool.clone());
+        let filter = filter.clone();
+        async move {
+            let mut checkpoint = GlobalCheckpoint::default();
+            let mut events = reader
+                .stream_text(checkpoint, &filter)
+                .try_chunks(CHUNK)
+                .map_err(|error| error.1);
+            while let Some(batch) = events.try_next().await? {
+                if let Some(last) = batch.last() {
+                    checkpoint = last.checkpoint();
+                }
+                if batches.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<_, sqlx::Error>(checkpoint)
+        }
+    });
+    let mut rows: HashMap<String, M::Row> =
+        HashMap::with_capacity(usize::try_from(aggregates).unwrap_or(0));
     let mut events = 0u64;
     let mut refused = 0usize;
-    loop {
-        let batch = read(&reader, &mut checkpoint, &filter).await?;
-        if batch.is_empty() {
-            break;
-        }
-        refused += fold_all::<M>(&mut rows, &batch).poisoned.len();
+    while let Some(batch) = incoming.recv().await {
+        refused += fold_untracked::<M>(&mut rows, &batch).poisoned.len();
         events += batch.len() as u64;
         progress.inc(batch.len() as u64);
     }
+    let checkpoint = read_ahead.await??;
+    write_fresh::<M>(pool, &fresh, &rows).await?;
     let mut connection = pool.acquire().await?;
-    let all: Vec<M::Row> = rows.values().cloned().collect();
-    for chunk in all.chunks(CHUNK) {
-        M::store(&mut connection, &fresh, chunk).await?;
-    }
+    let reader = GlobalReader::new(pool.clone());
 
     before_swap.await;
 
@@ -103,20 +136,16 @@ pub async fn rebuild_then_swap<M: ReadModel>(
         .bind(lock_name(M::NAME))
         .execute(&mut *tx)
         .await?;
-    let mut changed = Vec::new();
-    let mut last_position = None;
-    loop {
-        let batch = read(&reader, &mut checkpoint, &filter).await?;
-        if batch.is_empty() {
-            break;
-        }
-        let fold = fold_all::<M>(&mut rows, &batch);
-        refused += fold.poisoned.len();
-        changed.extend(fold.changed);
-        events += batch.len() as u64;
-        last_position = batch.last().map(|e| e.global_position);
-        progress.inc(batch.len() as u64);
-    }
+    let late_events: Vec<RecordedEvent<String>> = reader
+        .stream_text(checkpoint, &filter)
+        .try_collect()
+        .await?;
+    let fold = fold_all::<M>(&mut rows, &late_events);
+    refused += fold.poisoned.len();
+    let mut changed = fold.changed;
+    events += late_events.len() as u64;
+    progress.inc(late_events.len() as u64);
+    let last_position = late_events.last().map(|e| e.global_position);
     changed.sort_unstable();
     changed.dedup();
     let late: Vec<M::Row> = changed
@@ -145,34 +174,82 @@ pub async fn rebuild_then_swap<M: ReadModel>(
     announce(&mut tx, M::NAME, &changed).await?;
     tx.commit().await?;
     progress.finish();
-    Ok(RebuildReport {
+    let report = RebuildReport {
         projection: M::NAME,
         events,
         rows: rows.len(),
         refused,
         elapsed: started.elapsed(),
-    })
+    };
+    // Freeing millions of rows takes a while; nobody needs to wait for it.
+    tokio::task::spawn_blocking(move || drop(rows));
+    Ok(report)
 }
 
-/// The next events after `checkpoint` that `filter` lets through, as envelopes.
-async fn read(
-    reader: &GlobalReader,
-    checkpoint: &mut GlobalCheckpoint,
-    filter: &ReadFilter,
-) -> sqlx::Result<Vec<Envelope>> {
-    let batch = reader
-        .read_filtered(*checkpoint, CHUNK as i64, filter)
-        .await?;
-    if let Some(last) = batch.last() {
-        *checkpoint = last.checkpoint();
+/// Writes every row into the fresh table with `COPY`, on a few connections at
+/// once, then gives it the live table's keys and indexes (built at once too),
+/// named `<name>_rebuild` until the swap: building an index over the whole
+/// table is faster than keeping it up to date row by row.
+async fn write_fresh<M: ReadModel>(
+    pool: &PgPool,
+    fresh: &str,
+    rows: &HashMap<String, M::Row>,
+) -> anyhow::Result<()> {
+    let all: Vec<&M::Row> = rows.values().collect();
+    let share = all.len().div_ceil(WRITERS).max(1);
+    futures::future::try_join_all(all.chunks(share).map(|mine| async move {
+        let mut connection = pool.acquire().await?;
+        copy_rows::<M>(&mut connection, fresh, mine).await
+    }))
+    .await?;
+
+    let constraints: Vec<(String, String)> = sqlx::query_as(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conrelid = $1::regclass AND conindid <> 0",
+    )
+    .bind(M::TABLE)
+    .fetch_all(pool)
+    .await?;
+    let indexes: Vec<(String, bool, String)> = sqlx::query_as(
+        "SELECT c.relname::text, i.indisunique, pg_get_indexdef(i.indexrelid)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = $1::regclass
+            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+    )
+    .bind(M::TABLE)
+    .fetch_all(pool)
+    .await?;
+    let mut statements: Vec<String> = constraints
+        .iter()
+        .map(|(name, definition)| {
+            format!("ALTER TABLE {fresh} ADD CONSTRAINT {name}{SUFFIX} {definition}")
+        })
+        .collect();
+    for (name, unique, definition) in &indexes {
+        let (_, method) = definition
+            .split_once(" USING ")
+            .ok_or_else(|| anyhow::anyhow!("unexpected index definition: {definition}"))?;
+        let unique = if *unique { "UNIQUE " } else { "" };
+        statements.push(format!(
+            "CREATE {unique}INDEX {name}{SUFFIX} ON {fresh} USING {method}"
+        ));
     }
-    Ok(batch.iter().map(Envelope::from).collect())
+    futures::future::try_join_all(statements.iter().map(|statement| async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("SET LOCAL maintenance_work_mem = '{SORT_MEMORY}'"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(statement).execute(&mut *tx).await?;
+        tx.commit().await
+    }))
+    .await?;
+    Ok(())
 }
 
-/// Puts `<table>_rebuild` in the place of `<table>` and gives its indexes the
-/// live table's naming, so that the next rebuild starts from the same names.
+/// Puts `<table>_rebuild` in the place of `<table>` and gives its keys and
+/// indexes the live table's names.
 async fn swap_tables(tx: &mut sqlx::PgConnection, table: &str) -> sqlx::Result<()> {
-    let fresh = format!("{table}_rebuild");
+    let fresh = format!("{table}{SUFFIX}");
     let retired = format!("{table}_retired");
     sqlx::query(&format!("ALTER TABLE {table} RENAME TO {retired}"))
         .execute(&mut *tx)
@@ -184,15 +261,15 @@ async fn swap_tables(tx: &mut sqlx::PgConnection, table: &str) -> sqlx::Result<(
         .execute(&mut *tx)
         .await?;
     let indexes: Vec<String> = sqlx::query_scalar(
-        "SELECT indexname FROM pg_indexes
-          WHERE schemaname = current_schema() AND tablename = $1 AND indexname LIKE $2",
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = $1::regclass AND right(c.relname, length($2)) = $2",
     )
     .bind(table)
-    .bind(format!("{fresh}%"))
+    .bind(SUFFIX)
     .fetch_all(&mut *tx)
     .await?;
     for index in indexes {
-        let renamed = index.replacen(&fresh, table, 1);
+        let renamed = &index[..index.len() - SUFFIX.len()];
         sqlx::query(&format!("ALTER INDEX {index} RENAME TO {renamed}"))
             .execute(&mut *tx)
             .await?;

@@ -14,16 +14,17 @@
 //!
 //! This crate reads the event store and writes only its own checkpoint.
 
+mod feed;
 pub mod publisher;
 pub mod topics;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
 use anyhow::Context;
 use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter, Topics};
-use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 /// The channel the events table notifies on commit (migration 0003).
@@ -56,7 +57,7 @@ impl Default for RelayConfig {
             topics: Topics::default(),
             partitions: 3,
             replication: 1,
-            batch_size: 1000,
+            batch_size: 2000,
             poll_interval: Duration::from_millis(500),
             linger: Duration::from_millis(2),
         }
@@ -84,7 +85,6 @@ pub async fn run(
             }
         }
     }
-    let producer = publisher::producer(&config.brokers, config.linger)?;
     loop {
         let leader = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -102,7 +102,7 @@ pub async fn run(
         metrics::gauge!("relay_leader", "name" => config.name.clone()).set(1.0);
         let led = tokio::select! {
             () = &mut shutdown => Ok(()),
-            led = lead(&pool, &config, &producer, leader) => led,
+            led = lead(&pool, &config, leader) => led,
         };
         metrics::gauge!("relay_leader", "name" => config.name.clone()).set(0.0);
         match led {
@@ -192,46 +192,89 @@ fn lock_name(name: &str) -> String {
     format!("orders-platform relay {name}")
 }
 
-/// Publishes from the checkpoint on, for as long as the lead holds.
-async fn lead(
-    pool: &PgPool,
-    config: &RelayConfig,
-    producer: &rdkafka::producer::FutureProducer,
-    mut leader: Leader,
-) -> anyhow::Result<()> {
-    let reader = GlobalReader::new(pool.clone());
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(EVENTS_CHANNEL).await?;
-    let mut checkpoint = leader.checkpoint().await?;
-    let mut lag = LagGauge::new(&config.name);
+/// Batches handed to the producer and not yet acknowledged, at most.
+/// Reading the next batches while the broker acknowledges the earlier ones
+/// keeps the database, the encoding and the broker busy at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// A batch handed to the producer: the checkpoint it reaches once
+/// acknowledged, its size, when it was handed over, and its pending records.
+struct Flight {
+    checkpoint: GlobalCheckpoint,
+    events: usize,
+    started: std::time::Instant,
+    acknowledged: futures::future::BoxFuture<'static, Result<(), publisher::PublishError>>,
+}
+
+/// Publishes from the checkpoint on, for as long as the lead holds. Batches
+/// are read ahead by a [`feed::Feed`]; they are acknowledged, and the
+/// checkpoint saved, strictly in order.
+async fn lead(pool: &PgPool, config: &RelayConfig, mut leader: Leader) -> anyhow::Result<()> {
+    let mut saved = leader.checkpoint().await?;
+    let mut producer = publisher::producer(&config.brokers, config.linger)?;
+    let mut feed = feed::Feed::start(pool.clone(), config, saved);
+    let mut in_flight: VecDeque<Flight> = VecDeque::new();
+    let mut liveness = tokio::time::interval(config.poll_interval);
     loop {
-        let batch = reader.read_batch(checkpoint, config.batch_size).await?;
-        if batch.is_empty() {
-            lag.update(pool, checkpoint).await;
-            // Events committed after the read above have notified already, so
-            // nothing is missed; the timeout covers a lost connection.
-            let _ = tokio::time::timeout(config.poll_interval, listener.recv()).await;
-            leader.still_connected().await?;
-            continue;
-        }
-        let started = std::time::Instant::now();
-        if let Err(error) = publisher::publish(producer, &config.topics, &batch).await {
-            // Not advancing: the batch is sent again, from its first event.
-            metrics::counter!("relay_publish_failures_total").increment(1);
-            tracing::warn!(%error, "publishing failed; retrying the batch");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        }
-        if let Some(last) = batch.last() {
-            checkpoint = last.checkpoint();
-        }
-        leader.save(checkpoint).await?;
-        metrics::counter!("relay_published_total").increment(batch.len() as u64);
-        metrics::histogram!("relay_batch_seconds").record(started.elapsed().as_secs_f64());
-        if batch.len() < config.batch_size as usize {
-            lag.update(pool, checkpoint).await;
+        let room = in_flight.len() < MAX_IN_FLIGHT;
+        let oldest = async {
+            match in_flight.front_mut() {
+                Some(flight) => flight.acknowledged.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            batch = feed.next(), if room => {
+                let batch = batch?;
+                let Some(last) = batch.last() else { continue };
+                let checkpoint = last.checkpoint();
+                match publisher::enqueue(&producer, &config.topics, &batch).await {
+                    Ok(flight) => in_flight.push_back(Flight {
+                        checkpoint,
+                        events: batch.len(),
+                        started: std::time::Instant::now(),
+                        acknowledged: Box::pin(flight.acknowledged()),
+                    }),
+                    Err(error) => {
+                        producer = start_over(config, &error, &mut in_flight).await?;
+                        feed = feed::Feed::start(pool.clone(), config, saved);
+                    }
+                }
+            }
+            acknowledged = oldest => {
+                let Some(flight) = in_flight.pop_front() else { continue };
+                match acknowledged {
+                    Ok(()) => {
+                        leader.save(flight.checkpoint).await?;
+                        saved = flight.checkpoint;
+                        metrics::counter!("relay_published_total").increment(flight.events as u64);
+                        metrics::histogram!("relay_batch_seconds")
+                            .record(flight.started.elapsed().as_secs_f64());
+                    }
+                    Err(error) => {
+                        producer = start_over(config, &error, &mut in_flight).await?;
+                        feed = feed::Feed::start(pool.clone(), config, saved);
+                    }
+                }
+            }
+            _ = liveness.tick() => leader.still_connected().await?,
         }
     }
+}
+
+/// After a failure, everything after the saved checkpoint is sent again, in
+/// order, by a new producer: the old one (and what it still holds) is dropped,
+/// so that nothing it queued can arrive after the records sent again.
+async fn start_over(
+    config: &RelayConfig,
+    error: &publisher::PublishError,
+    in_flight: &mut VecDeque<Flight>,
+) -> anyhow::Result<rdkafka::producer::FutureProducer> {
+    metrics::counter!("relay_publish_failures_total").increment(1);
+    tracing::warn!(%error, "publishing failed; sending again from the last checkpoint");
+    in_flight.clear();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher::producer(&config.brokers, config.linger)
 }
 
 /// The `relay_lag_events` gauge: events committed but not yet published,
@@ -300,7 +343,7 @@ pub async fn republish(
     let mut published = 0;
     loop {
         let batch = reader
-            .read_filtered(checkpoint, config.batch_size, &filter)
+            .read_raw(checkpoint, config.batch_size, &filter)
             .await?;
         let Some(last) = batch.last() else {
             return Ok(published);

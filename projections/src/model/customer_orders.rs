@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::OrderEvent;
-use event_store::Envelope;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::copy::CopyText;
 use super::orders::uuids;
-use super::{ApplyError, ReadModel, decode};
+use super::{ApplyError, EventRef, ReadModel};
 
 /// The `customer_orders` projection.
 #[derive(Debug)]
@@ -37,6 +37,7 @@ impl ReadModel for CustomerOrders {
     const NAME: &'static str = "customer_orders";
     const TABLE: &'static str = "customer_order";
     const AGGREGATE_TYPE: &'static str = "Order";
+    const COLUMNS: &'static str = COLUMNS;
 
     fn version(row: &CustomerOrderRow) -> i64 {
         row.version
@@ -44,10 +45,10 @@ impl ReadModel for CustomerOrders {
 
     fn fold(
         row: Option<&CustomerOrderRow>,
-        event: &Envelope,
+        event: &EventRef<'_>,
     ) -> Result<CustomerOrderRow, ApplyError> {
         let status = |status: domain::OrderStatus| status.as_str().to_owned();
-        let mut next = match (decode::<OrderEvent>(event)?, row) {
+        let mut next = match (event.decode::<OrderEvent>()?, row) {
             (OrderEvent::OrderPlaced(placed), _) => CustomerOrderRow {
                 order_id: placed.order_id.as_uuid(),
                 customer_id: placed.customer_id.to_string(),
@@ -69,7 +70,7 @@ impl ReadModel for CustomerOrders {
             },
             (OrderEvent::OrderConfirmed(_) | OrderEvent::OrderCancelled(_), None) => {
                 return Err(ApplyError::Gap {
-                    aggregate_id: event.aggregate_id.clone(),
+                    aggregate_id: event.aggregate_id.to_owned(),
                     expected: 1,
                     got: event.sequence,
                 });
@@ -108,6 +109,19 @@ impl ReadModel for CustomerOrders {
                 Ok((order.order_id.to_string(), order))
             })
             .collect()
+    }
+
+    fn copy_row(row: &CustomerOrderRow, text: &mut CopyText) -> serde_json::Result<()> {
+        text.uuid(row.order_id)
+            .text(&row.customer_id)
+            .text(&row.status)
+            .int(row.total_cents)
+            .text(&row.currency)
+            .time(row.placed_at)
+            .time(row.updated_at)
+            .int(row.version)
+            .int(row.global_position);
+        Ok(())
     }
 
     async fn store(

@@ -6,14 +6,18 @@
 //! sequence). An event at or below it is a redelivery and changes nothing; an
 //! event further ahead than the next one means one is missing, and is refused.
 
+pub mod copy;
 pub mod customer_orders;
 pub mod orders;
 pub mod products;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use event_store::Envelope;
+use chrono::{DateTime, Utc};
+use event_store::{Envelope, RecordedEvent};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use sqlx::PgConnection;
 
 /// Why an event cannot be applied. Such an event is poison: it goes to the
@@ -54,6 +58,8 @@ pub trait ReadModel: Send + Sync + 'static {
     const TABLE: &'static str;
     /// The aggregate whose events it folds.
     const AGGREGATE_TYPE: &'static str;
+    /// The table's columns, in the order [`copy_row`](Self::copy_row) writes them.
+    const COLUMNS: &'static str;
 
     /// The version (last applied sequence) a row records.
     fn version(row: &Self::Row) -> i64;
@@ -61,7 +67,7 @@ pub trait ReadModel: Send + Sync + 'static {
     /// The row after `event`, given the row before it (`None`: no row yet).
     /// Called only for events of [`Self::AGGREGATE_TYPE`] whose sequence is
     /// the next one; pure.
-    fn fold(row: Option<&Self::Row>, event: &Envelope) -> Result<Self::Row, ApplyError>;
+    fn fold(row: Option<&Self::Row>, event: &EventRef<'_>) -> Result<Self::Row, ApplyError>;
 
     /// The rows of `table` for these aggregate ids.
     fn load(
@@ -69,6 +75,9 @@ pub trait ReadModel: Send + Sync + 'static {
         table: &str,
         aggregate_ids: &[&str],
     ) -> impl Future<Output = sqlx::Result<HashMap<String, Self::Row>>> + Send;
+
+    /// Writes `row` as the columns of one line of `COPY` text.
+    fn copy_row(row: &Self::Row, text: &mut copy::CopyText) -> serde_json::Result<()>;
 
     /// Inserts or replaces these rows in `table`.
     fn store(
@@ -81,7 +90,7 @@ pub trait ReadModel: Send + Sync + 'static {
 /// Applies `event` to `row` if it is the next event of the aggregate.
 pub fn fold_next<M: ReadModel>(
     row: Option<&M::Row>,
-    event: &Envelope,
+    event: &EventRef<'_>,
 ) -> Result<Folded<M::Row>, ApplyError> {
     let version = row.map_or(0, M::version);
     if event.sequence <= version {
@@ -89,7 +98,7 @@ pub fn fold_next<M: ReadModel>(
     }
     if event.sequence != version + 1 {
         return Err(ApplyError::Gap {
-            aggregate_id: event.aggregate_id.clone(),
+            aggregate_id: event.aggregate_id.to_owned(),
             expected: version + 1,
             got: event.sequence,
         });
@@ -112,23 +121,47 @@ pub struct BatchFold {
 /// aggregate types are ignored. Pure.
 pub fn fold_all<'e, M: ReadModel>(
     rows: &mut HashMap<String, M::Row>,
-    events: impl IntoIterator<Item = &'e Envelope>,
+    events: impl IntoIterator<Item = impl Into<EventRef<'e>>>,
+) -> BatchFold {
+    fold_into::<M>(rows, events, true)
+}
+
+/// Like [`fold_all`], without listing the changed rows: for a rebuild, which
+/// writes every row anyway.
+pub fn fold_untracked<'e, M: ReadModel>(
+    rows: &mut HashMap<String, M::Row>,
+    events: impl IntoIterator<Item = impl Into<EventRef<'e>>>,
+) -> BatchFold {
+    fold_into::<M>(rows, events, false)
+}
+
+fn fold_into<'e, M: ReadModel>(
+    rows: &mut HashMap<String, M::Row>,
+    events: impl IntoIterator<Item = impl Into<EventRef<'e>>>,
+    track_changes: bool,
 ) -> BatchFold {
     let mut batch = BatchFold {
         changed: Vec::new(),
         poisoned: Vec::new(),
         duplicates: 0,
     };
+    let mut changed = HashSet::new();
     for (index, event) in events.into_iter().enumerate() {
+        let event = event.into();
         if event.aggregate_type != M::AGGREGATE_TYPE {
             continue;
         }
-        match fold_next::<M>(rows.get(&event.aggregate_id), event) {
+        match fold_next::<M>(rows.get(event.aggregate_id), &event) {
             Ok(Folded::Changed(row)) => {
-                if !batch.changed.contains(&event.aggregate_id) {
-                    batch.changed.push(event.aggregate_id.clone());
+                if track_changes && changed.insert(event.aggregate_id) {
+                    batch.changed.push(event.aggregate_id.to_owned());
                 }
-                rows.insert(event.aggregate_id.clone(), row);
+                match rows.get_mut(event.aggregate_id) {
+                    Some(slot) => *slot = row,
+                    None => {
+                        rows.insert(event.aggregate_id.to_owned(), row);
+                    }
+                }
             }
             Ok(Folded::Duplicate) => batch.duplicates += 1,
             Err(error) => batch.poisoned.push((index, error)),
@@ -137,12 +170,69 @@ pub fn fold_all<'e, M: ReadModel>(
     batch
 }
 
-/// Decodes the event's payload into the aggregate's event enum.
-pub fn decode<E: serde::de::DeserializeOwned>(event: &Envelope) -> Result<E, ApplyError> {
-    event.decode().map_err(|error| ApplyError::Decode {
-        event_type: event.event_type.clone(),
-        reason: error.to_string(),
-    })
+/// An event as a fold sees it: which aggregate and version it belongs to, and
+/// its body still encoded, decoded only once the event turns out to be the
+/// next one of its aggregate. It borrows from a published [`Envelope`] (the
+/// live workers) or from a [`RecordedEvent`] read as text (the rebuild).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub global_position: i64,
+    pub event_type: &'a str,
+    pub recorded_at: DateTime<Utc>,
+    body: Body<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Body<'a> {
+    /// The event's own fields, as published.
+    Fields(&'a Value),
+    /// The stored wrapper `{"<event_type>": {...}}`, as JSON text.
+    Stored(&'a str),
+}
+
+impl<'a> From<&'a Envelope> for EventRef<'a> {
+    fn from(event: &'a Envelope) -> Self {
+        Self {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            global_position: event.global_position,
+            event_type: &event.event_type,
+            recorded_at: event.recorded_at,
+            body: Body::Fields(&event.payload),
+        }
+    }
+}
+
+impl<'a, J: AsRef<str>> From<&'a RecordedEvent<J>> for EventRef<'a> {
+    fn from(event: &'a RecordedEvent<J>) -> Self {
+        Self {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            global_position: event.global_position,
+            event_type: &event.event_type,
+            recorded_at: event.recorded_at,
+            body: Body::Stored(event.payload.as_ref()),
+        }
+    }
+}
+
+impl EventRef<'_> {
+    /// Decodes the body into the aggregate's event enum.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ApplyError> {
+        let decoded = match self.body {
+            Body::Fields(fields) => event_store::envelope::decode_fields(self.event_type, fields),
+            Body::Stored(text) => serde_json::from_str(text),
+        };
+        decoded.map_err(|error| ApplyError::Decode {
+            event_type: self.event_type.to_owned(),
+            reason: error.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]

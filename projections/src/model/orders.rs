@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use domain::OrderEvent;
 use domain::order::OrderLine;
-use event_store::Envelope;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::{ApplyError, ReadModel, decode};
+use super::copy::CopyText;
+use super::{ApplyError, EventRef, ReadModel};
 
 /// The `orders` projection.
 #[derive(Debug)]
@@ -42,13 +42,14 @@ impl ReadModel for OrderSummary {
     const NAME: &'static str = "orders";
     const TABLE: &'static str = "order_summary";
     const AGGREGATE_TYPE: &'static str = "Order";
+    const COLUMNS: &'static str = COLUMNS;
 
     fn version(row: &OrderRow) -> i64 {
         row.version
     }
 
-    fn fold(row: Option<&OrderRow>, event: &Envelope) -> Result<OrderRow, ApplyError> {
-        let mut next = match (decode::<OrderEvent>(event)?, row) {
+    fn fold(row: Option<&OrderRow>, event: &EventRef<'_>) -> Result<OrderRow, ApplyError> {
+        let mut next = match (event.decode::<OrderEvent>()?, row) {
             (OrderEvent::OrderPlaced(placed), _) => OrderRow {
                 order_id: placed.order_id.as_uuid(),
                 customer_id: placed.customer_id.to_string(),
@@ -74,7 +75,7 @@ impl ReadModel for OrderSummary {
             },
             (OrderEvent::OrderConfirmed(_) | OrderEvent::OrderCancelled(_), None) => {
                 return Err(ApplyError::Gap {
-                    aggregate_id: event.aggregate_id.clone(),
+                    aggregate_id: event.aggregate_id.to_owned(),
                     expected: 1,
                     got: event.sequence,
                 });
@@ -106,6 +107,22 @@ impl ReadModel for OrderSummary {
             .collect()
     }
 
+    fn copy_row(row: &OrderRow, text: &mut CopyText) -> serde_json::Result<()> {
+        text.uuid(row.order_id)
+            .text(&row.customer_id)
+            .text(&row.status)
+            .json(&row.lines)?
+            .int(row.total_cents)
+            .text(&row.currency)
+            .text(&row.payment_method)
+            .optional_text(row.cancellation_reason.as_deref())
+            .time(row.placed_at)
+            .time(row.updated_at)
+            .int(row.version)
+            .int(row.global_position);
+        Ok(())
+    }
+
     async fn store(
         connection: &mut PgConnection,
         table: &str,
@@ -113,12 +130,12 @@ impl ReadModel for OrderSummary {
     ) -> sqlx::Result<()> {
         let lines = rows
             .iter()
-            .map(|r| serde_json::to_value(&r.lines))
+            .map(|r| serde_json::to_string(&r.lines))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(&format!(
             "INSERT INTO {table} ({COLUMNS})
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[],
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::bigint[],
                                   $6::text[], $7::text[], $8::text[], $9::timestamptz[],
                                   $10::timestamptz[], $11::bigint[], $12::bigint[])
              ON CONFLICT (order_id) DO UPDATE SET
@@ -187,6 +204,7 @@ pub(crate) fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
 mod tests {
     use std::collections::HashMap;
 
+    use event_store::Envelope;
     use serde_json::json;
 
     use super::*;

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::ProductEvent;
-use event_store::Envelope;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
-use super::{ApplyError, ReadModel, decode};
+use super::copy::CopyText;
+use super::{ApplyError, EventRef, ReadModel};
 
 /// The `products` projection.
 #[derive(Debug)]
@@ -43,13 +43,14 @@ impl ReadModel for ProductStock {
     const NAME: &'static str = "products";
     const TABLE: &'static str = "product_stock";
     const AGGREGATE_TYPE: &'static str = "Product";
+    const COLUMNS: &'static str = COLUMNS;
 
     fn version(row: &ProductRow) -> i64 {
         row.version
     }
 
-    fn fold(row: Option<&ProductRow>, event: &Envelope) -> Result<ProductRow, ApplyError> {
-        let event_body = decode::<ProductEvent>(event)?;
+    fn fold(row: Option<&ProductRow>, event: &EventRef<'_>) -> Result<ProductRow, ApplyError> {
+        let event_body = event.decode::<ProductEvent>()?;
         let mut next = match (event_body, row) {
             (ProductEvent::ProductCreated(created), _) => ProductRow {
                 sku: created.sku.to_string(),
@@ -81,7 +82,7 @@ impl ReadModel for ProductStock {
             }
             (_, None) => {
                 return Err(ApplyError::Gap {
-                    aggregate_id: event.aggregate_id.clone(),
+                    aggregate_id: event.aggregate_id.to_owned(),
                     expected: 1,
                     got: event.sequence,
                 });
@@ -110,6 +111,20 @@ impl ReadModel for ProductStock {
                 Ok((product.sku.clone(), product))
             })
             .collect()
+    }
+
+    fn copy_row(row: &ProductRow, text: &mut CopyText) -> serde_json::Result<()> {
+        text.text(&row.sku)
+            .text(&row.name)
+            .int(row.price_cents)
+            .text(&row.currency)
+            .int(row.on_hand)
+            .int(row.reserved)
+            .time(row.created_at)
+            .time(row.updated_at)
+            .int(row.version)
+            .int(row.global_position);
+        Ok(())
     }
 
     async fn store(

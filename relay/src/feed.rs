@@ -1,0 +1,102 @@
+//! Reading ahead: a task that reads batches in global order from a
+//! checkpoint and queues them for the publisher, waiting for commit
+//! notifications (or the poll interval) when it has caught up.
+
+use std::time::Duration;
+
+use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::publisher::RawEvent;
+use crate::{EVENTS_CHANNEL, LagGauge, RelayConfig};
+
+/// Batches read but not yet taken by the publisher, at most.
+const READ_AHEAD: usize = 2;
+
+/// The read-ahead task and what it has read. Dropping it stops the task.
+pub(crate) struct Feed {
+    batches: mpsc::Receiver<anyhow::Result<Vec<RawEvent>>>,
+    task: JoinHandle<()>,
+}
+
+impl Feed {
+    /// Starts reading after `from`.
+    pub(crate) fn start(pool: PgPool, config: &RelayConfig, from: GlobalCheckpoint) -> Self {
+        let (sender, batches) = mpsc::channel(READ_AHEAD);
+        let task = tokio::spawn(read_ahead(
+            pool,
+            config.name.clone(),
+            config.batch_size,
+            config.poll_interval,
+            from,
+            sender,
+        ));
+        Self { batches, task }
+    }
+
+    /// The next batch, in order; waits while there is none.
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Vec<RawEvent>> {
+        match self.batches.recv().await {
+            Some(batch) => batch,
+            None => anyhow::bail!("the relay's reader stopped"),
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_ahead(
+    pool: PgPool,
+    name: String,
+    batch_size: i64,
+    poll_interval: Duration,
+    mut at: GlobalCheckpoint,
+    batches: mpsc::Sender<anyhow::Result<Vec<RawEvent>>>,
+) {
+    let reader = GlobalReader::new(pool.clone());
+    let everything = ReadFilter::default();
+    let mut lag = LagGauge::new(&name);
+    let mut listener = match listen(&pool).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = batches.send(Err(error.into())).await;
+            return;
+        }
+    };
+    loop {
+        match reader.read_raw(at, batch_size, &everything).await {
+            Ok(batch) if batch.is_empty() => {
+                lag.update(&pool, at).await;
+                // Events committed after the read above have notified
+                // already, so nothing is missed; the timeout covers a lost
+                // connection.
+                let _ = tokio::time::timeout(poll_interval, listener.recv()).await;
+            }
+            Ok(batch) => {
+                if let Some(last) = batch.last() {
+                    at = last.checkpoint();
+                }
+                if batches.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                let _ = batches.send(Err(error.into())).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    Ok(listener)
+}
