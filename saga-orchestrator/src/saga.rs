@@ -1,0 +1,466 @@
+//! The order saga as a pure state machine: what to do next, and what an
+//! outcome means. No IO, no clock: the driver executes each [`Action`], then
+//! hands its [`Outcome`] and the time back through [`OrderSaga::record`].
+//!
+//! Forward path: reserve each line's stock → request the charge → charge at
+//! the gateway → confirm the order → commit each reservation. A refusal or a
+//! timeout turns the saga to compensation: release what is reserved, refund
+//! what was charged, cancel the order with the reason. A customer's cancel of
+//! a placed order stops the forward path the same way; of a confirmed order,
+//! it refunds the payment and returns the sold stock.
+
+use chrono::{DateTime, Utc};
+use domain::order::{OrderLine, OrderPlaced};
+use serde::{Deserialize, Serialize};
+
+/// Where a saga stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaState {
+    /// Reserving stock, line by line.
+    Reserving,
+    /// Asking for and taking the payment.
+    Charging,
+    /// Confirming the order and committing its reservations.
+    Confirming,
+    /// Done: the order is confirmed, its stock sold and its payment captured.
+    Confirmed,
+    /// Undoing finished steps before the order ends cancelled.
+    Compensating,
+    /// Done: the order is cancelled and nothing it held is kept.
+    Cancelled,
+}
+
+impl SagaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserving => "RESERVING",
+            Self::Charging => "CHARGING",
+            Self::Confirming => "CONFIRMING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Compensating => "COMPENSATING",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Whether the saga has nothing left to do.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Cancelled)
+    }
+}
+
+/// What happened to one line's stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Stock {
+    /// Not reserved (yet, or ever).
+    None,
+    Reserved,
+    /// Reserved, then given back.
+    Released,
+    /// Sold: the reservation left the stock with the order confirmed.
+    Committed,
+    /// Sold, then taken back after the customer cancelled.
+    Returned,
+}
+
+/// Where the payment stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Charge {
+    /// Nothing asked yet.
+    None,
+    /// The charge is recorded on the payment; the gateway has not answered.
+    Requested,
+    Approved,
+    Declined,
+    /// The gateway did not answer within the deadline; any late approval is
+    /// refunded.
+    TimedOut,
+    Refunded,
+}
+
+/// One line of the order and its stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub stock: Stock,
+}
+
+/// One entry of the saga's log, as GraphQL shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Such as `reserve MUG-01`, `charge`, `refund`.
+    pub name: String,
+    /// `DONE`, `REFUSED`, `TIMED_OUT`, `FAILED`.
+    pub status: String,
+    pub at: DateTime<Utc>,
+    pub detail: Option<String>,
+}
+
+/// Something the saga wants done. Each has a stable [`key`](Action::key): the
+/// idempotency key of its command, so that doing it again after a crash
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    ReserveStock {
+        sku: String,
+        quantity: u32,
+    },
+    /// Record the charge on the payment aggregate.
+    RequestCharge,
+    /// Ask the gateway to take the money, and record its answer.
+    Charge,
+    ConfirmOrder,
+    CommitReservation {
+        sku: String,
+    },
+    ReleaseReservation {
+        sku: String,
+    },
+    ReturnStock {
+        sku: String,
+        quantity: u32,
+    },
+    /// Give the money back, at the gateway and on the payment.
+    Refund,
+    CancelOrder {
+        reason: String,
+    },
+}
+
+impl Action {
+    /// The step's name in the log.
+    pub fn name(&self) -> String {
+        match self {
+            Self::ReserveStock { sku, .. } => format!("reserve {sku}"),
+            Self::RequestCharge => "request charge".into(),
+            Self::Charge => "charge".into(),
+            Self::ConfirmOrder => "confirm order".into(),
+            Self::CommitReservation { sku } => format!("commit {sku}"),
+            Self::ReleaseReservation { sku } => format!("release {sku}"),
+            Self::ReturnStock { sku, .. } => format!("return {sku}"),
+            Self::Refund => "refund".into(),
+            Self::CancelOrder { .. } => "cancel order".into(),
+        }
+    }
+
+    /// The idempotency key of the command this action sends for `order_id`.
+    pub fn key(&self, order_id: &str) -> String {
+        let step = match self {
+            Self::ReserveStock { sku, .. } => format!("reserve:{sku}"),
+            Self::RequestCharge => "request-charge".into(),
+            Self::Charge => "charge".into(),
+            Self::ConfirmOrder => "confirm".into(),
+            Self::CommitReservation { sku } => format!("commit:{sku}"),
+            Self::ReleaseReservation { sku } => format!("release:{sku}"),
+            Self::ReturnStock { sku, .. } => format!("return:{sku}"),
+            Self::Refund => "refund".into(),
+            Self::CancelOrder { .. } => "cancel".into(),
+        };
+        format!("saga:{order_id}:{step}")
+    }
+
+    /// Whether this action undoes an earlier one.
+    pub fn is_compensation(&self) -> bool {
+        matches!(
+            self,
+            Self::ReleaseReservation { .. }
+                | Self::ReturnStock { .. }
+                | Self::Refund
+                | Self::CancelOrder { .. }
+        )
+    }
+}
+
+/// How an action went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Carried out (or found carried out before).
+    Done,
+    /// The aggregate said no; `detail` says why. Doing it again will not help.
+    Refused { detail: String },
+    /// The gateway took the money.
+    Approved { reference: String },
+    /// The gateway refused the charge.
+    Declined { reason: String },
+    /// No answer within the step's deadline.
+    TimedOut,
+    /// A failure of the platform or the gateway; worth trying again.
+    Failed { detail: String },
+}
+
+/// The saga of one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSaga {
+    pub order_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub payment_method: String,
+    pub lines: Vec<SagaLine>,
+    pub state: SagaState,
+    pub charge: Charge,
+    /// Whether the order itself is cancelled (by the saga or the customer).
+    pub order_cancelled: bool,
+    /// Why the order ends cancelled, once it does.
+    pub reason: Option<String>,
+    /// Failures in a row of the next action.
+    pub attempts: u32,
+    /// When the next action first started, for its deadline.
+    pub action_started_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepRecord>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OrderSaga {
+    /// A saga for a freshly placed order.
+    pub fn start(placed: &OrderPlaced, at: DateTime<Utc>) -> Self {
+        Self {
+            order_id: placed.order_id.to_string(),
+            amount_cents: placed.total_cents,
+            currency: placed.currency.to_string(),
+            payment_method: placed.payment_method.as_str().to_owned(),
+            lines: placed.lines.iter().map(line).collect(),
+            state: SagaState::Reserving,
+            charge: Charge::None,
+            order_cancelled: false,
+            reason: None,
+            attempts: 0,
+            action_started_at: None,
+            steps: Vec::new(),
+            updated_at: at,
+        }
+    }
+
+    /// What to do next; `None` once the saga is over.
+    pub fn next_action(&self) -> Option<Action> {
+        match self.state {
+            SagaState::Reserving => {
+                Some(self.lines.iter().find(|l| l.stock == Stock::None).map_or(
+                    Action::RequestCharge,
+                    |l| Action::ReserveStock {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                    },
+                ))
+            }
+            SagaState::Charging => match self.charge {
+                Charge::None => Some(Action::RequestCharge),
+                _ => Some(Action::Charge),
+            },
+            SagaState::Confirming => Some(
+                self.lines
+                    .iter()
+                    .find(|l| l.stock == Stock::Reserved)
+                    .map_or(Action::ConfirmOrder, |l| Action::CommitReservation {
+                        sku: l.sku.clone(),
+                    }),
+            ),
+            SagaState::Compensating => self.next_compensation(),
+            SagaState::Confirmed | SagaState::Cancelled => None,
+        }
+    }
+
+    /// Undo in reverse: the payment first, then the stock, then the order. A
+    /// charge the gateway may have taken (asked for, timed out) is refunded
+    /// too: the gateway refunds by the charge's key whatever it did.
+    fn next_compensation(&self) -> Option<Action> {
+        if matches!(
+            self.charge,
+            Charge::Requested | Charge::Approved | Charge::TimedOut
+        ) {
+            return Some(Action::Refund);
+        }
+        if let Some(line) = self.lines.iter().rev().find(|l| l.stock == Stock::Reserved) {
+            return Some(Action::ReleaseReservation {
+                sku: line.sku.clone(),
+            });
+        }
+        if let Some(line) = self
+            .lines
+            .iter()
+            .rev()
+            .find(|l| l.stock == Stock::Committed)
+        {
+            return Some(Action::ReturnStock {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+            });
+        }
+        if !self.order_cancelled {
+            return Some(Action::CancelOrder {
+                reason: self.reason.clone().unwrap_or_else(|| "cancelled".into()),
+            });
+        }
+        None
+    }
+
+    /// Takes in how `action` went at `at`. An action that failed stays next;
+    /// the driver tries again after a backoff (see [`give_up`](Self::give_up)).
+    pub fn record(&mut self, action: &Action, outcome: Outcome, at: DateTime<Utc>) {
+        self.updated_at = at;
+        let (status, detail) = match &outcome {
+            Outcome::Done => ("DONE", None),
+            Outcome::Approved { reference } => ("DONE", Some(format!("approved: {reference}"))),
+            Outcome::Refused { detail } => ("REFUSED", Some(detail.clone())),
+            Outcome::Declined { reason } => ("REFUSED", Some(reason.clone())),
+            Outcome::TimedOut => ("TIMED_OUT", None),
+            Outcome::Failed { detail } => ("FAILED", Some(detail.clone())),
+        };
+        self.steps.push(StepRecord {
+            name: action.name(),
+            status: status.into(),
+            at,
+            detail,
+        });
+        let outcome = match outcome {
+            // An undo is never abandoned: a timeout is one more failure.
+            Outcome::TimedOut if action.is_compensation() => Outcome::Failed {
+                detail: "timed out".into(),
+            },
+            other => other,
+        };
+        if let Outcome::Failed { .. } = outcome {
+            self.attempts += 1;
+            return;
+        }
+        self.attempts = 0;
+        self.action_started_at = None;
+        match (action, outcome) {
+            (Action::ReserveStock { sku, .. }, Outcome::Done) => {
+                self.set_stock(sku, Stock::Reserved)
+            }
+            (Action::ReserveStock { sku, .. }, Outcome::Refused { detail })
+                if !detail.contains("out of stock") =>
+            {
+                self.compensate(format!("cannot reserve {sku}: {detail}"));
+            }
+            (Action::ReserveStock { sku, .. }, Outcome::TimedOut) => {
+                self.compensate(format!("stock reservation timed out: {sku}"));
+            }
+            (Action::ReserveStock { sku, .. }, _) => {
+                self.compensate(format!("out of stock: {sku}"));
+            }
+            (Action::RequestCharge, Outcome::Done) => {
+                self.charge = Charge::Requested;
+                self.state = SagaState::Charging;
+            }
+            (Action::RequestCharge, _) => self.compensate("payment could not be requested".into()),
+            (Action::Charge, Outcome::Approved { .. } | Outcome::Done) => {
+                self.charge = Charge::Approved;
+                // Once the saga is undoing, a late approval is only money to
+                // give back (the next compensation).
+                if self.state == SagaState::Charging {
+                    self.state = SagaState::Confirming;
+                }
+            }
+            (Action::Charge, Outcome::TimedOut) => {
+                self.charge = Charge::TimedOut;
+                self.compensate("payment timed out".into());
+            }
+            (Action::Charge, _) => {
+                self.charge = Charge::Declined;
+                self.compensate("payment declined".into());
+            }
+            (Action::CommitReservation { sku }, Outcome::Done) => {
+                self.set_stock(sku, Stock::Committed);
+            }
+            (Action::CommitReservation { sku }, _) => {
+                self.compensate(format!("stock could not be committed: {sku}"));
+            }
+            (Action::ConfirmOrder, Outcome::Done) => self.state = SagaState::Confirmed,
+            (Action::ConfirmOrder, _) => {
+                // Only a cancelled order refuses to be confirmed.
+                self.order_cancelled = true;
+                self.compensate("cancelled by customer".into());
+            }
+            // A refusal of an undo means there was nothing left to undo.
+            (Action::ReleaseReservation { sku }, _) => self.set_stock(sku, Stock::Released),
+            (Action::ReturnStock { sku, .. }, _) => self.set_stock(sku, Stock::Returned),
+            (Action::Refund, _) => self.charge = Charge::Refunded,
+            (Action::CancelOrder { .. }, _) => self.order_cancelled = true,
+        }
+        if self.state == SagaState::Compensating && self.next_compensation().is_none() {
+            self.state = SagaState::Cancelled;
+        }
+    }
+
+    /// The next forward action kept failing: stop trying and undo, with the
+    /// step's name as the reason. Compensations are never given up.
+    pub fn give_up(&mut self, action: &Action, at: DateTime<Utc>) {
+        if action.is_compensation() || self.state.is_final() {
+            return;
+        }
+        self.updated_at = at;
+        self.compensate(format!("{} failed", action.name()));
+    }
+
+    /// Whether an undo has failed `limit` times in a row: it is still retried,
+    /// but someone should look.
+    pub fn needs_attention(&self, limit: u32) -> bool {
+        self.state == SagaState::Compensating && self.attempts >= limit
+    }
+
+    /// The customer cancelled the order (its `OrderCancelled` event, whoever
+    /// sent it). A saga in flight stops and undoes; a confirmed order gets its
+    /// money and stock back. Seeing it again changes nothing.
+    pub fn order_cancelled(&mut self, reason: &str, at: DateTime<Utc>) {
+        if self.order_cancelled {
+            return;
+        }
+        self.order_cancelled = true;
+        self.updated_at = at;
+        self.steps.push(StepRecord {
+            name: "order cancelled".into(),
+            status: "DONE".into(),
+            at,
+            detail: Some(reason.to_owned()),
+        });
+        match self.state {
+            SagaState::Cancelled => {}
+            SagaState::Compensating => {
+                if self.next_compensation().is_none() {
+                    self.state = SagaState::Cancelled;
+                }
+            }
+            _ => {
+                self.reason.get_or_insert_with(|| reason.to_owned());
+                self.compensate_keeping_reason();
+            }
+        }
+    }
+
+    fn compensate(&mut self, reason: String) {
+        self.reason.get_or_insert(reason);
+        self.compensate_keeping_reason();
+    }
+
+    fn compensate_keeping_reason(&mut self) {
+        self.state = SagaState::Compensating;
+        self.attempts = 0;
+        self.action_started_at = None;
+        if self.next_compensation().is_none() {
+            self.state = SagaState::Cancelled;
+        }
+    }
+
+    fn set_stock(&mut self, sku: &str, stock: Stock) {
+        if let Some(line) = self.lines.iter_mut().find(|l| l.sku == sku) {
+            line.stock = stock;
+        }
+        if self.state == SagaState::Reserving
+            && self.lines.iter().all(|l| l.stock == Stock::Reserved)
+        {
+            self.state = SagaState::Charging;
+        }
+    }
+}
+
+fn line(line: &OrderLine) -> SagaLine {
+    SagaLine {
+        sku: line.sku.to_string(),
+        quantity: line.quantity,
+        stock: Stock::None,
+    }
+}

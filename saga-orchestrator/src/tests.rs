@@ -1,0 +1,449 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use chrono::{DateTime, TimeZone, Utc};
+use domain::order::{OrderLine, OrderPlaced};
+use domain::values::{Currency, CustomerId, OrderId, PaymentMethod, Sku};
+use proptest::prelude::*;
+
+use crate::saga::{Action, Charge, OrderSaga, Outcome, SagaState, Stock};
+
+fn at(second: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap()
+}
+
+fn placed(skus: &[&str]) -> OrderPlaced {
+    OrderPlaced {
+        order_id: OrderId::new(uuid::Uuid::from_u128(7)),
+        customer_id: CustomerId::parse("c-1").unwrap(),
+        lines: skus
+            .iter()
+            .map(|sku| OrderLine {
+                sku: Sku::parse(sku).unwrap(),
+                quantity: 2,
+                unit_price_cents: 100,
+            })
+            .collect(),
+        currency: Currency::parse("EUR").unwrap(),
+        total_cents: 200 * skus.len() as i64,
+        payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+    }
+}
+
+fn reserve(sku: &str) -> Action {
+    Action::ReserveStock {
+        sku: sku.into(),
+        quantity: 2,
+    }
+}
+
+/// Answers each action the saga asks for with `answer`, until it is over.
+/// Returns the actions in the order asked.
+fn drive(saga: &mut OrderSaga, mut answer: impl FnMut(&Action) -> Outcome) -> Vec<Action> {
+    let mut asked = Vec::new();
+    let mut second = 1;
+    while let Some(action) = saga.next_action() {
+        assert!(asked.len() < 100, "the saga does not end: {asked:?}");
+        let outcome = answer(&action);
+        saga.record(&action, outcome, at(second));
+        asked.push(action);
+        second += 1;
+    }
+    asked
+}
+
+fn done(_: &Action) -> Outcome {
+    Outcome::Done
+}
+
+fn approving(action: &Action) -> Outcome {
+    match action {
+        Action::Charge => Outcome::Approved {
+            reference: "ch_1".into(),
+        },
+        _ => Outcome::Done,
+    }
+}
+
+#[test]
+fn an_approved_order_reserves_charges_commits_and_confirms() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let asked = drive(&mut saga, approving);
+
+    assert_eq!(
+        asked,
+        vec![
+            reserve("MUG"),
+            reserve("TEA"),
+            Action::RequestCharge,
+            Action::Charge,
+            Action::CommitReservation { sku: "MUG".into() },
+            Action::CommitReservation { sku: "TEA".into() },
+            Action::ConfirmOrder,
+        ]
+    );
+    assert_eq!(saga.state, SagaState::Confirmed);
+    assert_eq!(saga.charge, Charge::Approved);
+    assert!(saga.lines.iter().all(|l| l.stock == Stock::Committed));
+    assert_eq!(saga.reason, None);
+    assert_eq!(saga.steps.len(), 7);
+    assert_eq!(saga.steps[3].detail.as_deref(), Some("approved: ch_1"));
+}
+
+#[test]
+fn a_declined_payment_releases_the_stock_in_reverse_and_cancels() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let asked = drive(&mut saga, |action| match action {
+        Action::Charge => Outcome::Declined {
+            reason: "card declined".into(),
+        },
+        _ => Outcome::Done,
+    });
+
+    assert_eq!(
+        asked[4..],
+        [
+            Action::ReleaseReservation { sku: "TEA".into() },
+            Action::ReleaseReservation { sku: "MUG".into() },
+            Action::CancelOrder {
+                reason: "payment declined".into()
+            },
+        ]
+    );
+    assert_eq!(saga.state, SagaState::Cancelled);
+    assert_eq!(saga.charge, Charge::Declined);
+    assert_eq!(saga.reason.as_deref(), Some("payment declined"));
+}
+
+#[test]
+fn one_line_out_of_stock_releases_the_others_and_names_the_sku() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA", "CUP"]), at(0));
+    let asked = drive(&mut saga, |action| match action {
+        Action::ReserveStock { sku, .. } if sku == "TEA" => Outcome::Refused {
+            detail: "out of stock: TEA has 1 available, 2 requested".into(),
+        },
+        _ => Outcome::Done,
+    });
+
+    assert_eq!(
+        asked,
+        vec![
+            reserve("MUG"),
+            reserve("TEA"),
+            Action::ReleaseReservation { sku: "MUG".into() },
+            Action::CancelOrder {
+                reason: "out of stock: TEA".into()
+            },
+        ]
+    );
+    assert_eq!(
+        saga.lines.iter().map(|l| l.stock).collect::<Vec<_>>(),
+        [Stock::Released, Stock::None, Stock::None]
+    );
+    assert_eq!(saga.charge, Charge::None);
+}
+
+#[test]
+fn an_unknown_product_is_named_as_such() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    drive(&mut saga, |action| match action {
+        Action::ReserveStock { .. } => Outcome::Refused {
+            detail: "no product with this SKU exists".into(),
+        },
+        _ => Outcome::Done,
+    });
+    assert_eq!(
+        saga.reason.as_deref(),
+        Some("cannot reserve MUG: no product with this SKU exists")
+    );
+    assert_eq!(saga.state, SagaState::Cancelled);
+}
+
+#[test]
+fn a_payment_timeout_refunds_whatever_was_taken_then_releases_and_cancels() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let asked = drive(&mut saga, |action| match action {
+        Action::Charge => Outcome::TimedOut,
+        _ => Outcome::Done,
+    });
+
+    assert_eq!(
+        asked[3..],
+        [
+            Action::Refund,
+            Action::ReleaseReservation { sku: "MUG".into() },
+            Action::CancelOrder {
+                reason: "payment timed out".into()
+            },
+        ]
+    );
+    assert_eq!(saga.charge, Charge::Refunded);
+}
+
+#[test]
+fn a_late_approval_while_undoing_is_refunded() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.record(&Action::RequestCharge, Outcome::Done, at(2));
+    saga.order_cancelled("changed my mind", at(3));
+    assert_eq!(saga.state, SagaState::Compensating);
+
+    // The charge that was in flight comes back approved after all.
+    saga.record(
+        &Action::Charge,
+        Outcome::Approved {
+            reference: "late".into(),
+        },
+        at(4),
+    );
+
+    assert_eq!(saga.state, SagaState::Compensating);
+    let rest = drive(&mut saga, done);
+    assert_eq!(
+        rest,
+        vec![
+            Action::Refund,
+            Action::ReleaseReservation { sku: "MUG".into() }
+        ]
+    );
+    assert_eq!(saga.state, SagaState::Cancelled);
+    assert_eq!(saga.reason.as_deref(), Some("changed my mind"));
+}
+
+#[test]
+fn a_customer_cancel_before_any_charge_undoes_only_the_stock() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.order_cancelled("changed my mind", at(2));
+
+    let rest = drive(&mut saga, done);
+
+    assert_eq!(rest, vec![Action::ReleaseReservation { sku: "MUG".into() }]);
+    assert_eq!(saga.state, SagaState::Cancelled);
+    assert_eq!(saga.charge, Charge::None);
+}
+
+#[test]
+fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    drive(&mut saga, approving);
+    assert_eq!(saga.state, SagaState::Confirmed);
+
+    saga.order_cancelled("returned", at(50));
+    let rest = drive(&mut saga, done);
+
+    assert_eq!(
+        rest,
+        vec![
+            Action::Refund,
+            Action::ReturnStock {
+                sku: "TEA".into(),
+                quantity: 2
+            },
+            Action::ReturnStock {
+                sku: "MUG".into(),
+                quantity: 2
+            },
+        ]
+    );
+    assert_eq!(saga.state, SagaState::Cancelled);
+    assert!(saga.lines.iter().all(|l| l.stock == Stock::Returned));
+    assert_eq!(saga.charge, Charge::Refunded);
+
+    // The event again (a redelivery) changes nothing.
+    let before = saga.clone();
+    saga.order_cancelled("returned", at(60));
+    assert_eq!(saga, before);
+}
+
+#[test]
+fn an_order_cancelled_before_confirmation_gives_its_sold_stock_back() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let asked = drive(&mut saga, |action| match action {
+        Action::Charge => Outcome::Approved {
+            reference: "ch".into(),
+        },
+        Action::ConfirmOrder => Outcome::Refused {
+            detail: "the order is cancelled".into(),
+        },
+        _ => Outcome::Done,
+    });
+
+    assert_eq!(
+        asked[5..],
+        [
+            Action::Refund,
+            Action::ReturnStock {
+                sku: "MUG".into(),
+                quantity: 2
+            },
+        ]
+    );
+    assert!(saga.order_cancelled);
+    assert_eq!(saga.reason.as_deref(), Some("cancelled by customer"));
+}
+
+#[test]
+fn a_failing_undo_is_retried_flagged_and_never_dropped() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.order_cancelled("changed my mind", at(2));
+    let release = saga.next_action().unwrap();
+    assert_eq!(release, Action::ReleaseReservation { sku: "MUG".into() });
+
+    for second in 3..8 {
+        saga.record(
+            &release,
+            Outcome::Failed {
+                detail: "database unavailable".into(),
+            },
+            at(second),
+        );
+        saga.give_up(&release, at(second));
+    }
+    let timed_out = Outcome::TimedOut;
+    saga.record(&release, timed_out, at(8));
+
+    assert_eq!(saga.attempts, 6);
+    assert!(saga.needs_attention(5));
+    assert_eq!(saga.next_action(), Some(release.clone()));
+    saga.record(&release, Outcome::Done, at(9));
+    assert!(!saga.needs_attention(5));
+    assert_eq!(saga.state, SagaState::Cancelled);
+}
+
+#[test]
+fn a_forward_step_that_keeps_failing_is_given_up_and_undone() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    let failing = saga.next_action().unwrap();
+    saga.record(
+        &failing,
+        Outcome::Failed {
+            detail: "database unavailable".into(),
+        },
+        at(2),
+    );
+    assert_eq!(saga.next_action(), Some(failing.clone()));
+
+    saga.give_up(&failing, at(3));
+
+    assert_eq!(saga.reason.as_deref(), Some("reserve TEA failed"));
+    assert_eq!(
+        drive(&mut saga, done),
+        vec![
+            Action::ReleaseReservation { sku: "MUG".into() },
+            Action::CancelOrder {
+                reason: "reserve TEA failed".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn every_step_has_its_own_stable_key() {
+    let actions = [
+        reserve("MUG"),
+        reserve("TEA"),
+        Action::RequestCharge,
+        Action::Charge,
+        Action::ConfirmOrder,
+        Action::CommitReservation { sku: "MUG".into() },
+        Action::ReleaseReservation { sku: "MUG".into() },
+        Action::ReturnStock {
+            sku: "MUG".into(),
+            quantity: 1,
+        },
+        Action::Refund,
+        Action::CancelOrder { reason: "x".into() },
+    ];
+    let keys: std::collections::HashSet<String> = actions.iter().map(|a| a.key("o-1")).collect();
+    assert_eq!(keys.len(), actions.len());
+    assert_eq!(reserve("MUG").key("o-1"), "saga:o-1:reserve:MUG");
+    assert_ne!(reserve("MUG").key("o-1"), reserve("MUG").key("o-2"));
+}
+
+#[test]
+fn a_saga_survives_serialization() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    let json = serde_json::to_string(&saga).unwrap();
+    assert!(json.contains("\"state\":\"CHARGING\""), "{json}");
+    let back: OrderSaga = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, saga);
+}
+
+/// What the world answers, for the property test.
+#[derive(Debug, Clone)]
+enum World {
+    Done,
+    Refused,
+    Declined,
+    TimedOut,
+    Failed,
+}
+
+fn world() -> impl Strategy<Value = World> {
+    prop_oneof![
+        6 => Just(World::Done),
+        1 => Just(World::Refused),
+        1 => Just(World::Declined),
+        1 => Just(World::TimedOut),
+        2 => Just(World::Failed),
+    ]
+}
+
+proptest! {
+    /// Whatever the world answers and whenever the customer cancels, the saga
+    /// ends, and it ends clean: a confirmed order holds sold stock and a
+    /// captured payment; a cancelled one holds no stock and no money.
+    #[test]
+    fn every_saga_ends_clean(
+        lines in 1usize..4,
+        answers in prop::collection::vec(world(), 60),
+        cancel_at in prop::option::of(0usize..20),
+    ) {
+        let skus = ["A", "B", "C"];
+        let mut saga = OrderSaga::start(&placed(&skus[..lines]), at(0));
+        let mut answers = answers.into_iter().cycle();
+        let mut step = 0;
+        while let Some(action) = saga.next_action() {
+            prop_assert!(step < 200, "the saga does not end");
+            if Some(step) == cancel_at {
+                saga.order_cancelled("changed my mind", at(step as i64));
+                step += 1;
+                continue;
+            }
+            let outcome = match (answers.next().unwrap(), &action) {
+                (World::Done, Action::Charge) => Outcome::Approved { reference: "r".into() },
+                (World::Done, _) => Outcome::Done,
+                (World::Refused, _) => Outcome::Refused { detail: "no".into() },
+                (World::Declined, Action::Charge) => Outcome::Declined { reason: "no".into() },
+                (World::Declined, _) => Outcome::Done,
+                (World::TimedOut, _) => Outcome::TimedOut,
+                (World::Failed, _) => Outcome::Failed { detail: "down".into() },
+            };
+            saga.record(&action, outcome, at(step as i64));
+            if saga.attempts >= 3 {
+                saga.give_up(&action, at(step as i64));
+            }
+            step += 1;
+        }
+        match saga.state {
+            SagaState::Confirmed => {
+                prop_assert!(saga.lines.iter().all(|l| l.stock == Stock::Committed));
+                prop_assert_eq!(&saga.charge, &Charge::Approved);
+                prop_assert!(!saga.order_cancelled);
+            }
+            SagaState::Cancelled => {
+                prop_assert!(saga.order_cancelled);
+                prop_assert!(saga.reason.is_some());
+                prop_assert!(saga
+                    .lines
+                    .iter()
+                    .all(|l| matches!(l.stock, Stock::None | Stock::Released | Stock::Returned)));
+                prop_assert!(matches!(saga.charge, Charge::None | Charge::Declined | Charge::Refunded));
+            }
+            other => prop_assert!(false, "ended in {other:?}"),
+        }
+    }
+}
