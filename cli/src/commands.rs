@@ -22,6 +22,9 @@ pub enum Role {
     Relay,
     /// The projection workers that keep the read models.
     Projections,
+    /// The order saga orchestrator, with the built-in payment gateway
+    /// simulator.
+    Saga,
 }
 
 impl Role {
@@ -109,6 +112,15 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
         roles.spawn(worker::run::<ProductStock>(pool.clone(), config.clone(), b));
         roles.spawn(worker::run::<CustomerOrders>(pool.clone(), config, c));
     }
+    if role.runs(Role::Saga) {
+        let saga = saga_orchestrator::orchestrator::run(
+            pool.clone(),
+            settings.saga(),
+            saga_orchestrator::gateway::Simulator::new(),
+            stop.clone().cancelled_owned(),
+        );
+        roles.spawn(async move { saga.await.context("saga orchestrator") });
+    }
     let mut failure = None;
     while let Some(ended) = roles.join_next().await {
         let result = ended.map_err(anyhow::Error::from).and_then(|result| result);
@@ -122,7 +134,7 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
     failure.map_or(Ok(()), Err)
 }
 
-/// The event store's migrations, then the read models'.
+/// The event store's migrations, then the read models' and the sagas'.
 async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
     event_store::migrate(pool)
         .await
@@ -130,6 +142,9 @@ async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
     projections::migrate(pool)
         .await
         .context("applying the read models' migrations")?;
+    saga_orchestrator::migrate(pool)
+        .await
+        .context("applying the sagas' migrations")?;
     Ok(())
 }
 

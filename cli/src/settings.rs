@@ -54,6 +54,14 @@ pub struct Settings {
     pub relay_poll_interval_ms: u64,
     /// Messages a projection applies in one transaction at most.
     pub projection_batch_size: usize,
+    /// Milliseconds the payment gateway has to answer a charge, retries included.
+    pub saga_payment_deadline_ms: u64,
+    /// Milliseconds any other saga step may take.
+    pub saga_step_deadline_ms: u64,
+    /// Failures in a row of a forward saga step before it is undone.
+    pub saga_step_attempts: u32,
+    /// Failures in a row of an undo before the saga is flagged as needing attention.
+    pub saga_attention_after: u32,
 }
 
 impl Settings {
@@ -93,6 +101,10 @@ impl Settings {
             .set_default("relay_batch_size", 2000)?
             .set_default("relay_poll_interval_ms", 500)?
             .set_default("projection_batch_size", 500)?
+            .set_default("saga_payment_deadline_ms", 10_000)?
+            .set_default("saga_step_deadline_ms", 10_000)?
+            .set_default("saga_step_attempts", 5)?
+            .set_default("saga_attention_after", 5)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -127,6 +139,24 @@ impl Settings {
             batch_size: self.relay_batch_size,
             poll_interval: Duration::from_millis(self.relay_poll_interval_ms),
             ..relay::RelayConfig::default()
+        }
+    }
+
+    pub fn saga(&self) -> saga_orchestrator::orchestrator::OrchestratorConfig {
+        saga_orchestrator::orchestrator::OrchestratorConfig {
+            brokers: self.kafka_brokers.clone(),
+            topics: event_store::Topics::with_prefix(&self.kafka_topic_prefix),
+            group_prefix: self.kafka_topic_prefix.clone(),
+            partitions: self.kafka_partitions,
+            replication: self.kafka_replication,
+            policy: saga_orchestrator::driver::Policy {
+                payment_deadline: Duration::from_millis(self.saga_payment_deadline_ms),
+                step_deadline: Duration::from_millis(self.saga_step_deadline_ms),
+                forward_attempts: self.saga_step_attempts,
+                attention_after: self.saga_attention_after,
+                ..saga_orchestrator::driver::Policy::default()
+            },
+            ..saga_orchestrator::orchestrator::OrchestratorConfig::default()
         }
     }
 

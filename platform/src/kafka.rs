@@ -21,6 +21,46 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
     config
 }
 
+/// A member of consumer group `group` that commits its offsets itself (after
+/// its work is durable), starts a new group from the earliest message, answers
+/// fetches without lingering, and hands a dead member's partitions over after
+/// 10 s rather than the default 45 s.
+pub fn group_consumer_config(brokers: &str, client_id: &str, group: &str) -> ClientConfig {
+    let mut config = client_config(brokers, client_id);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // The default waits up to 500 ms for more data before answering.
+        .set("fetch.wait.max.ms", "10")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000");
+    config
+}
+
+/// [`create_topics`], waiting for the brokers (with a warning per try) until
+/// they answer. Returns `false` if `shutdown` completed first.
+pub async fn create_topics_when_up(
+    brokers: &str,
+    names: &[String],
+    partitions: i32,
+    replication: i32,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    loop {
+        match create_topics(brokers, names, partitions, replication).await {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), ?names, "cannot create the topics yet; retrying");
+                tokio::select! {
+                    () = shutdown.as_mut() => return false,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Tells whether the brokers answer. Holds one long-lived client, so a probe is
 /// one metadata request on an open connection rather than a new connection.
 #[derive(Clone)]

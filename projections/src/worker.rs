@@ -82,38 +82,26 @@ pub async fn run<M: ReadModel>(
     let dead_letters = Topics::dead_letter(&topic);
     let mut shutdown = pin!(shutdown);
     // The broker may not be up yet; the worker waits for it rather than failing.
-    loop {
-        let names = [topic.clone(), dead_letters.clone()];
-        match platform::kafka::create_topics(
-            &config.brokers,
-            &names,
-            config.partitions,
-            config.replication,
-        )
-        .await
-        {
-            Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), projection = M::NAME, "cannot create the topics yet; retrying");
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+    let names = [topic.clone(), dead_letters.clone()];
+    let (partitions, replication) = (config.partitions, config.replication);
+    if !platform::kafka::create_topics_when_up(
+        &config.brokers,
+        &names,
+        partitions,
+        replication,
+        shutdown.as_mut(),
+    )
+    .await
+    {
+        return Ok(());
     }
     let consumer: Arc<StreamConsumer> = Arc::new(
-        platform::kafka::client_config(&config.brokers, &format!("orders-projection-{}", M::NAME))
-            .set("group.id", group_id(&config, M::NAME))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // The default waits up to 500 ms for more data before answering.
-            .set("fetch.wait.max.ms", "10")
-            // A worker that died without leaving the group hands its
-            // partitions over after 10 s rather than the default 45 s.
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "2000")
-            .create()?,
+        platform::kafka::group_consumer_config(
+            &config.brokers,
+            &format!("orders-projection-{}", M::NAME),
+            &group_id(&config, M::NAME),
+        )
+        .create()?,
     );
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer =

@@ -195,6 +195,10 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderSaga {
     pub order_id: String,
+    /// The correlation id of the request that placed the order; every
+    /// command the saga sends carries it.
+    #[serde(default)]
+    pub correlation_id: String,
     pub amount_cents: i64,
     pub currency: String,
     pub payment_method: String,
@@ -215,9 +219,10 @@ pub struct OrderSaga {
 
 impl OrderSaga {
     /// A saga for a freshly placed order.
-    pub fn start(placed: &OrderPlaced, at: DateTime<Utc>) -> Self {
+    pub fn start(placed: &OrderPlaced, correlation_id: &str, at: DateTime<Utc>) -> Self {
         Self {
             order_id: placed.order_id.to_string(),
+            correlation_id: correlation_id.to_owned(),
             amount_cents: placed.total_cents,
             currency: placed.currency.to_string(),
             payment_method: placed.payment_method.as_str().to_owned(),

@@ -66,7 +66,7 @@ fn approving(action: &Action) -> Outcome {
 
 #[test]
 fn an_approved_order_reserves_charges_commits_and_confirms() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     let asked = drive(&mut saga, approving);
 
     assert_eq!(
@@ -91,7 +91,7 @@ fn an_approved_order_reserves_charges_commits_and_confirms() {
 
 #[test]
 fn a_declined_payment_releases_the_stock_in_reverse_and_cancels() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::Charge => Outcome::Declined {
             reason: "card declined".into(),
@@ -116,7 +116,7 @@ fn a_declined_payment_releases_the_stock_in_reverse_and_cancels() {
 
 #[test]
 fn one_line_out_of_stock_releases_the_others_and_names_the_sku() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA", "CUP"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA", "CUP"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::ReserveStock { sku, .. } if sku == "TEA" => Outcome::Refused {
             detail: "out of stock: TEA has 1 available, 2 requested".into(),
@@ -144,7 +144,7 @@ fn one_line_out_of_stock_releases_the_others_and_names_the_sku() {
 
 #[test]
 fn an_unknown_product_is_named_as_such() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     drive(&mut saga, |action| match action {
         Action::ReserveStock { .. } => Outcome::Refused {
             detail: "no product with this SKU exists".into(),
@@ -160,7 +160,7 @@ fn an_unknown_product_is_named_as_such() {
 
 #[test]
 fn a_payment_timeout_refunds_whatever_was_taken_then_releases_and_cancels() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::Charge => Outcome::TimedOut,
         _ => Outcome::Done,
@@ -181,7 +181,7 @@ fn a_payment_timeout_refunds_whatever_was_taken_then_releases_and_cancels() {
 
 #[test]
 fn a_late_approval_while_undoing_is_refunded() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.record(&Action::RequestCharge, Outcome::Done, at(2));
     saga.order_cancelled("changed my mind", at(3));
@@ -211,7 +211,7 @@ fn a_late_approval_while_undoing_is_refunded() {
 
 #[test]
 fn a_customer_cancel_before_any_charge_undoes_only_the_stock() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.order_cancelled("changed my mind", at(2));
 
@@ -224,7 +224,7 @@ fn a_customer_cancel_before_any_charge_undoes_only_the_stock() {
 
 #[test]
 fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     drive(&mut saga, approving);
     assert_eq!(saga.state, SagaState::Confirmed);
 
@@ -257,7 +257,7 @@ fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
 
 #[test]
 fn an_order_cancelled_before_confirmation_gives_its_sold_stock_back() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::Charge => Outcome::Approved {
             reference: "ch".into(),
@@ -284,7 +284,7 @@ fn an_order_cancelled_before_confirmation_gives_its_sold_stock_back() {
 
 #[test]
 fn a_failing_undo_is_retried_flagged_and_never_dropped() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.order_cancelled("changed my mind", at(2));
     let release = saga.next_action().unwrap();
@@ -313,7 +313,7 @@ fn a_failing_undo_is_retried_flagged_and_never_dropped() {
 
 #[test]
 fn a_forward_step_that_keeps_failing_is_given_up_and_undone() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     let failing = saga.next_action().unwrap();
     saga.record(
@@ -364,7 +364,7 @@ fn every_step_has_its_own_stable_key() {
 
 #[test]
 fn a_saga_survives_serialization() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), at(0));
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     let json = serde_json::to_string(&saga).unwrap();
     assert!(json.contains("\"state\":\"CHARGING\""), "{json}");
@@ -403,7 +403,7 @@ proptest! {
         cancel_at in prop::option::of(0usize..20),
     ) {
         let skus = ["A", "B", "C"];
-        let mut saga = OrderSaga::start(&placed(&skus[..lines]), at(0));
+        let mut saga = OrderSaga::start(&placed(&skus[..lines]), "c", at(0));
         let mut answers = answers.into_iter().cycle();
         let mut step = 0;
         while let Some(action) = saga.next_action() {

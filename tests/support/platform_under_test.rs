@@ -1,5 +1,6 @@
-//! The whole platform in this process: the HTTP API with GraphQL, the relay
-//! and the projection workers, on a database and Kafka topics of its own.
+//! The whole platform in this process: the HTTP API with GraphQL, the relay,
+//! the projection workers and, when asked, the saga orchestrator, on a
+//! database and Kafka topics of its own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,9 @@ use projections::model::orders::OrderSummary;
 use projections::model::products::ProductStock;
 use projections::worker::{self, WorkerConfig};
 use relay::RelayConfig;
+use saga_orchestrator::driver::Policy;
+use saga_orchestrator::gateway::Simulator;
+use saga_orchestrator::orchestrator::{self, OrchestratorConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -28,7 +32,20 @@ pub struct TestPlatform {
 }
 
 impl TestPlatform {
+    /// Every role but the saga: orders stay as the tests' commands leave them.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Every role, the saga included, with `policy` and a payment gateway
+    /// simulator that the test can inspect.
+    pub async fn start_with_saga(policy: Policy) -> (Self, Simulator) {
+        let gateway = Simulator::new();
+        let platform = Self::start_with(Some((policy, gateway.clone()))).await;
+        (platform, gateway)
+    }
+
+    async fn start_with(saga: Option<(Policy, Simulator)>) -> Self {
         platform::telemetry::init_logging(platform::telemetry::LogFormat::Text, "warn,sqlx=error");
         let database = TestDatabase::create().await.expect("test database");
         let pool = database.pool(30).await.expect("pool");
@@ -38,6 +55,9 @@ impl TestPlatform {
         projections::migrate(&pool)
             .await
             .expect("read model migrations");
+        saga_orchestrator::migrate(&pool)
+            .await
+            .expect("saga migrations");
         let topics = TestTopics::new();
         let stop = CancellationToken::new();
         let mut roles = JoinSet::new();
@@ -88,6 +108,22 @@ impl TestPlatform {
             workers,
             stop.clone().cancelled_owned(),
         ));
+        if let Some((policy, gateway)) = saga {
+            let config = OrchestratorConfig {
+                brokers: kafka_brokers(),
+                topics: Topics::with_prefix(&topics.prefix),
+                group_prefix: topics.prefix.clone(),
+                policy,
+                scan_interval: Duration::from_millis(100),
+                ..OrchestratorConfig::default()
+            };
+            roles.spawn(orchestrator::run(
+                pool.clone(),
+                config,
+                gateway,
+                stop.clone().cancelled_owned(),
+            ));
+        }
         Self {
             address,
             client: reqwest::Client::new(),

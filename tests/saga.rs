@@ -1,0 +1,260 @@
+//! The order saga on real services: each path from placement to a final
+//! state, seen through REST, GraphQL and the payment gateway simulator.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::Duration;
+
+use platform_tests::TestPlatform;
+use saga_orchestrator::driver::{Policy, charge_key};
+use saga_orchestrator::gateway::Simulator;
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+const ORDER: &str = "query($id: ID!) { order(id: $id) { status cancellationReason } }";
+const PRODUCT: &str = "query($sku: String!) { product(sku: $sku) { onHand reserved available } }";
+
+fn order(lines: &[(&str, i64)], token: &str) -> Value {
+    json!({
+        "customer_id": "customer-1",
+        "lines": lines.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
+        "payment_method": token,
+    })
+}
+
+async fn place(platform: &TestPlatform, lines: &[(&str, i64)], token: &str) -> String {
+    let placed = platform
+        .command("/api/orders", &order(lines, token), 202)
+        .await;
+    placed["order_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the order's saga has nothing left to do.
+async fn settled(platform: &TestPlatform, order_id: &str) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let done: Option<bool> = sqlx::query_scalar("SELECT done FROM sagas WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&platform.pool)
+            .await
+            .unwrap();
+        if done == Some(true) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "saga of {order_id} not done"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The order's status and cancellation reason, once the read side shows `status`.
+async fn order_ends(platform: &TestPlatform, order_id: &str, status: &str) -> Value {
+    platform
+        .eventually(ORDER, json!({"id": order_id}), WITHIN, |data| {
+            (data["order"]["status"] == status).then(|| data["order"]["cancellationReason"].clone())
+        })
+        .await
+}
+
+/// Waits until the product shows `on_hand` and `reserved`.
+async fn stock_is(platform: &TestPlatform, sku: &str, on_hand: i64, reserved: i64) {
+    platform
+        .eventually(PRODUCT, json!({"sku": sku}), WITHIN, |data| {
+            let product = &data["product"];
+            (product["onHand"] == on_hand && product["reserved"] == reserved).then_some(())
+        })
+        .await;
+}
+
+async fn start(policy: Policy) -> (TestPlatform, Simulator) {
+    TestPlatform::start_with_saga(policy).await
+}
+
+fn quick() -> Policy {
+    Policy {
+        payment_deadline: Duration::from_secs(2),
+        first_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..Policy::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    platform.create_product("TEA", 499, 10).await;
+
+    let id = place(&platform, &[("MUG", 2), ("TEA", 1)], "tok_visa").await;
+
+    settled(&platform, &id).await;
+    assert!(order_ends(&platform, &id, "CONFIRMED").await.is_null());
+    stock_is(&platform, "MUG", 8, 0).await;
+    stock_is(&platform, "TEA", 9, 0).await;
+    assert_eq!(gateway.captured(), vec![charge_key(&id)]);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_payment_cancels_the_order_and_releases_the_stock() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+
+    let id = place(&platform, &[("MUG", 3)], "tok_declined").await;
+
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "payment declined"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    assert!(gateway.captured().is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_line_out_of_stock_cancels_and_releases_the_other_lines() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    platform.create_product("TEA", 499, 1).await;
+
+    let id = place(&platform, &[("MUG", 2), ("TEA", 3)], "tok_visa").await;
+
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "out of stock: TEA"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    stock_is(&platform, "TEA", 1, 0).await;
+    assert!(gateway.captured().is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_gateway_is_retried_until_it_approves() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+
+    let id = place(&platform, &[("MUG", 1)], "tok_flaky").await;
+
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+    stock_is(&platform, "MUG", 9, 0).await;
+    assert_eq!(gateway.captured(), vec![charge_key(&id)]);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_never_answers_times_out_into_compensation() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+
+    let id = place(&platform, &[("MUG", 4)], "tok_timeout").await;
+
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "payment timed out"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    assert!(gateway.captured().is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_cancel_in_flight_stops_the_saga_and_undoes_it() {
+    // The gateway hangs far longer than the test waits: the cancel must not
+    // wait for the payment deadline.
+    let policy = Policy {
+        payment_deadline: Duration::from_secs(600),
+        ..quick()
+    };
+    let (platform, gateway) = start(policy).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = place(&platform, &[("MUG", 2)], "tok_timeout").await;
+    stock_is(&platform, "MUG", 10, 2).await;
+
+    platform
+        .command(
+            &format!("/api/orders/{id}/cancel"),
+            &json!({"reason": "found it cheaper"}),
+            202,
+        )
+        .await;
+
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "found it cheaper"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    assert!(gateway.captured().is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+    stock_is(&platform, "MUG", 8, 0).await;
+
+    platform
+        .command(
+            &format!("/api/orders/{id}/cancel"),
+            &json!({"reason": "arrived broken"}),
+            202,
+        )
+        .await;
+
+    // The cancel reopens the saga; wait for it to pick the cancel up.
+    platform
+        .eventually(PRODUCT, json!({"sku": "MUG"}), WITHIN, |data| {
+            (data["product"]["onHand"] == 10).then_some(())
+        })
+        .await;
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "arrived broken"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    assert!(gateway.captured().is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_orders_for_the_last_five_units_confirm_exactly_five() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 5).await;
+
+    let placing = (0..20).map(|_| place(&platform, &[("MUG", 1)], "tok_visa"));
+    let ids = futures::future::join_all(placing).await;
+    for id in &ids {
+        settled(&platform, id).await;
+    }
+
+    let mut confirmed = 0;
+    for id in &ids {
+        let status = platform
+            .eventually(ORDER, json!({"id": id}), WITHIN, |data| {
+                let status = data["order"]["status"].as_str()?;
+                (status != "PLACED").then(|| status.to_owned())
+            })
+            .await;
+        if status == "CONFIRMED" {
+            confirmed += 1;
+        } else {
+            assert_eq!(status, "CANCELLED");
+        }
+    }
+    assert_eq!(confirmed, 5);
+    stock_is(&platform, "MUG", 0, 0).await;
+    assert_eq!(gateway.captured().len(), 5);
+    platform.stop().await;
+}
