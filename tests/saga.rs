@@ -94,6 +94,39 @@ async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
     stock_is(&platform, "MUG", 8, 0).await;
     stock_is(&platform, "TEA", 9, 0).await;
     assert_eq!(gateway.captured(), vec![charge_key(&id)]);
+
+    let saga = platform
+        .graphql(
+            "query($id: ID!) { order(id: $id) { saga { state needsAttention updatedAt steps { name status at detail } } } }",
+            json!({"id": id}),
+        )
+        .await;
+    let saga = &saga["data"]["order"]["saga"];
+    assert_eq!(saga["state"], "CONFIRMED");
+    assert_eq!(saga["needsAttention"], false);
+    let steps: Vec<(&str, &str)> = saga["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            (
+                step["name"].as_str().unwrap(),
+                step["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("reserve MUG", "DONE"),
+            ("reserve TEA", "DONE"),
+            ("request charge", "DONE"),
+            ("charge", "DONE"),
+            ("commit MUG", "DONE"),
+            ("commit TEA", "DONE"),
+            ("confirm order", "DONE"),
+        ]
+    );
     platform.stop().await;
 }
 
@@ -111,6 +144,19 @@ async fn a_declined_payment_cancels_the_order_and_releases_the_stock() {
     );
     stock_is(&platform, "MUG", 10, 0).await;
     assert!(gateway.captured().is_empty());
+    let saga = platform
+        .graphql(
+            "query($id: ID!) { order(id: $id) { saga { state steps { name status detail } } } }",
+            json!({"id": id}),
+        )
+        .await;
+    let saga = &saga["data"]["order"]["saga"];
+    assert_eq!(saga["state"], "CANCELLED");
+    let steps = saga["steps"].as_array().unwrap();
+    assert_eq!(steps[2]["name"], "charge");
+    assert_eq!(steps[2]["status"], "REFUSED");
+    assert_eq!(steps[2]["detail"], "card declined");
+    assert_eq!(steps.last().unwrap()["name"], "cancel order");
     platform.stop().await;
 }
 

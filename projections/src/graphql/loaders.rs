@@ -7,7 +7,7 @@ use async_graphql::dataloader::Loader;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::types::{EventRecord, Order};
+use super::types::{EventRecord, Order, SagaState, SagaStep};
 use crate::model::orders::{COLUMNS, order_row};
 
 /// Orders' histories from the event store, by order id.
@@ -74,6 +74,41 @@ impl Loader<Uuid> for OrderLoader {
             .map(|row| {
                 let order = order_row(row)?;
                 Ok((order.order_id, Order(order)))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Arc::new)
+    }
+}
+
+/// Orders' sagas, by order id, from the orchestrator's table.
+#[derive(Debug)]
+pub struct SagaLoader {
+    pub pool: PgPool,
+}
+
+impl Loader<String> for SagaLoader {
+    type Value = SagaState;
+    type Error = Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, SagaState>, Self::Error> {
+        let rows = sqlx::query(
+            "SELECT order_id, state, saga -> 'steps' AS steps, updated_at, needs_attention
+               FROM sagas WHERE order_id = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let sqlx::types::Json(steps): sqlx::types::Json<Vec<SagaStep>> =
+                    row.try_get("steps")?;
+                let saga = SagaState {
+                    state: row.try_get("state")?,
+                    steps,
+                    updated_at: row.try_get("updated_at")?,
+                    needs_attention: row.try_get("needs_attention")?,
+                };
+                Ok((row.try_get("order_id")?, saga))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Arc::new)

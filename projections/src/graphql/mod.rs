@@ -20,7 +20,7 @@ use axum::routing::post_service;
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-use loaders::{HistoryLoader, OrderLoader};
+use loaders::{HistoryLoader, OrderLoader, SagaLoader};
 use query::Query;
 use subscription::Subscription;
 use updates::Updates;
@@ -49,6 +49,10 @@ pub fn schema(pool: PgPool, updates: Updates) -> OrdersSchema {
         ))
         .data(DataLoader::new(
             OrderLoader { pool: pool.clone() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            SagaLoader { pool: pool.clone() },
             tokio::spawn,
         ))
         .data(pool)

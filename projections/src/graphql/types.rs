@@ -4,7 +4,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::loaders::HistoryLoader;
+use super::loaders::{HistoryLoader, SagaLoader};
 use crate::model::orders::OrderRow;
 use crate::model::products::ProductRow;
 
@@ -99,6 +99,38 @@ impl Order {
             .await?
             .unwrap_or_default())
     }
+
+    /// The orchestrator's view of this order: where its saga stands and each
+    /// step it took. `null` until the saga has started.
+    async fn saga(&self, ctx: &Context<'_>) -> Result<Option<SagaState>> {
+        let loader = ctx.data::<DataLoader<SagaLoader>>()?;
+        Ok(loader.load_one(self.0.order_id.to_string()).await?)
+    }
+}
+
+/// Where an order's saga stands.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct SagaState {
+    /// `RESERVING`, `CHARGING`, `CONFIRMING`, `CONFIRMED`, `COMPENSATING` or
+    /// `CANCELLED`.
+    pub state: String,
+    /// Every step taken, oldest first.
+    pub steps: Vec<SagaStep>,
+    pub updated_at: DateTime<Utc>,
+    /// An undo has failed repeatedly; it is still retried, but someone
+    /// should look.
+    pub needs_attention: bool,
+}
+
+/// One step a saga took.
+#[derive(Debug, Clone, SimpleObject, serde::Deserialize)]
+pub struct SagaStep {
+    /// Such as `reserve MUG-01`, `charge`, `release MUG-01`, `refund`.
+    pub name: String,
+    /// `DONE`, `REFUSED`, `TIMED_OUT` or `FAILED`.
+    pub status: String,
+    pub at: DateTime<Utc>,
+    pub detail: Option<String>,
 }
 
 /// One line of an order, at the price it was placed at.
