@@ -22,8 +22,7 @@ pub enum Role {
     Relay,
     /// The projection workers that keep the read models.
     Projections,
-    /// The order saga orchestrator, with the built-in payment gateway
-    /// simulator.
+    /// The order saga orchestrator (it charges through `payment_gateway_url`).
     Saga,
 }
 
@@ -86,10 +85,17 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
     let mut roles = tokio::task::JoinSet::new();
     if role.runs(Role::Api) {
         let updates = projections::graphql::updates::Updates::listen(pool.clone());
-        let graphql =
+        let mut routes =
             projections::graphql::router(projections::graphql::schema(pool.clone(), updates));
+        if settings.payment_gateway_simulator {
+            let simulator = saga_orchestrator::gateway::Simulator::new();
+            routes = routes.nest(
+                "/gateway",
+                saga_orchestrator::gateway::http::simulator_routes(simulator),
+            );
+        }
         let api =
-            command_api::Application::build_with(&settings.api(), pool.clone(), graphql).await?;
+            command_api::Application::build_with(&settings.api(), pool.clone(), routes).await?;
         let stopped = stop.clone().cancelled_owned();
         roles.spawn(async move { api.run_until(stopped).await.context("serving HTTP") });
     }
@@ -113,10 +119,12 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
         roles.spawn(worker::run::<CustomerOrders>(pool.clone(), config, c));
     }
     if role.runs(Role::Saga) {
+        let gateway =
+            saga_orchestrator::gateway::http::HttpGateway::new(settings.payment_gateway())?;
         let saga = saga_orchestrator::orchestrator::run(
             pool.clone(),
             settings.saga(),
-            saga_orchestrator::gateway::Simulator::new(),
+            gateway,
             stop.clone().cancelled_owned(),
         );
         roles.spawn(async move { saga.await.context("saga orchestrator") });

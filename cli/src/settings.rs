@@ -62,6 +62,13 @@ pub struct Settings {
     pub saga_step_attempts: u32,
     /// Failures in a row of an undo before the saga is flagged as needing attention.
     pub saga_attention_after: u32,
+    /// The payment gateway the saga charges through. Empty: the simulator this
+    /// platform serves at `/gateway` on `listen`.
+    pub payment_gateway_url: String,
+    /// Milliseconds one request to the gateway may take.
+    pub payment_gateway_timeout_ms: u64,
+    /// Serve the payment gateway simulator at `/gateway` (with the API role).
+    pub payment_gateway_simulator: bool,
 }
 
 impl Settings {
@@ -105,6 +112,9 @@ impl Settings {
             .set_default("saga_step_deadline_ms", 10_000)?
             .set_default("saga_step_attempts", 5)?
             .set_default("saga_attention_after", 5)?
+            .set_default("payment_gateway_url", "")?
+            .set_default("payment_gateway_timeout_ms", 5_000)?
+            .set_default("payment_gateway_simulator", true)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -157,6 +167,24 @@ impl Settings {
                 ..saga_orchestrator::driver::Policy::default()
             },
             ..saga_orchestrator::orchestrator::OrchestratorConfig::default()
+        }
+    }
+
+    pub fn payment_gateway(&self) -> saga_orchestrator::gateway::http::HttpGatewayConfig {
+        let base_url = if self.payment_gateway_url.is_empty() {
+            // The simulator of this platform's own API.
+            let ip = match self.listen.ip() {
+                ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            format!("http://{}/gateway", SocketAddr::new(ip, self.listen.port()))
+        } else {
+            self.payment_gateway_url.clone()
+        };
+        saga_orchestrator::gateway::http::HttpGatewayConfig {
+            base_url,
+            request_timeout: Duration::from_millis(self.payment_gateway_timeout_ms),
+            ..saga_orchestrator::gateway::http::HttpGatewayConfig::default()
         }
     }
 

@@ -15,7 +15,7 @@ use domain::{Order, OrderCommand, Payment, PaymentCommand, PaymentError, Product
 use event_store::{CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim};
 use sqlx::PgPool;
 
-use crate::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway};
+use crate::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer};
 use crate::saga::{Action, OrderSaga, Outcome};
 use crate::store::{self, Saved};
 
@@ -340,16 +340,21 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 }
             }
             Action::Refund => {
-                if let Err(error) = self.gateway.refund(&charge_key(&saga.order_id)).await {
-                    return Outcome::Failed {
+                match self.gateway.refund(&charge_key(&saga.order_id)).await {
+                    Err(error) => Outcome::Failed {
                         detail: error.to_string(),
-                    };
+                    },
+                    // Voided before it was taken: the payment never held money.
+                    Ok(RefundAnswer::NothingCaptured) => Outcome::Done,
+                    Ok(RefundAnswer::Refunded) => {
+                        let reason = saga.reason.as_deref().unwrap_or("cancelled");
+                        let refund = match reason_of(reason) {
+                            Ok(reason) => PaymentCommand::RefundPayment { reason },
+                            Err(refused) => return refused,
+                        };
+                        self.run::<Payment>(&saga.order_id, refund, &context).await
+                    }
                 }
-                let refund = match reason_of(saga.reason.as_deref().unwrap_or("cancelled")) {
-                    Ok(reason) => PaymentCommand::RefundPayment { reason },
-                    Err(refused) => return refused,
-                };
-                self.run::<Payment>(&saga.order_id, refund, &context).await
             }
             Action::ConfirmOrder => {
                 self.run::<Order>(&saga.order_id, OrderCommand::ConfirmOrder, &context)

@@ -6,6 +6,8 @@
 //! works whatever happened to the charge: a captured charge is refunded, and a
 //! charge not captured yet is voided so that it never will be.
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -91,6 +93,24 @@ impl Simulator {
                 )
             })
             .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Every charge by key: `failing`, `approved`, `declined`, `refunded` or
+    /// `voided`.
+    pub fn charges(&self) -> Vec<(String, String)> {
+        self.lock()
+            .iter()
+            .map(|(key, charge)| {
+                let status = match charge {
+                    SimulatedCharge::Failing(_) => "failing",
+                    SimulatedCharge::Answered(ChargeAnswer::Approved { .. }) => "approved",
+                    SimulatedCharge::Answered(ChargeAnswer::Declined { .. }) => "declined",
+                    SimulatedCharge::Refunded => "refunded",
+                    SimulatedCharge::Voided => "voided",
+                };
+                (key.clone(), status.to_owned())
+            })
             .collect()
     }
 

@@ -1,0 +1,129 @@
+//! The HTTP gateway client against the simulator served over HTTP, as
+//! `orders run` wires them: tokens, idempotency, timeouts, the breaker.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::{Duration, Instant};
+
+use saga_orchestrator::gateway::http::{
+    CircuitBreaker, HttpGateway, HttpGatewayConfig, simulator_routes,
+};
+use saga_orchestrator::gateway::{
+    ChargeAnswer, ChargeRequest, FLAKY_FAILURES, PaymentGateway, RefundAnswer, Simulator,
+};
+
+/// Serves a fresh simulator under `/gateway` on a free port.
+async fn serve() -> (String, Simulator) {
+    let simulator = Simulator::new();
+    let app = axum::Router::new().nest("/gateway", simulator_routes(simulator.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}/gateway"), simulator)
+}
+
+fn client(base_url: String, threshold: u32) -> HttpGateway {
+    HttpGateway::new(HttpGatewayConfig {
+        base_url,
+        request_timeout: Duration::from_millis(300),
+        failure_threshold: threshold,
+        open_for: Duration::from_millis(500),
+    })
+    .unwrap()
+}
+
+fn request(key: &str, token: &str) -> ChargeRequest {
+    ChargeRequest {
+        key: key.into(),
+        amount_cents: 1250,
+        currency: "EUR".into(),
+        payment_method: token.into(),
+    }
+}
+
+#[tokio::test]
+async fn charges_and_refunds_go_over_http_once_per_key() {
+    let (url, simulator) = serve().await;
+    let gateway = client(url, 5);
+
+    let first = gateway.charge(&request("a", "tok_visa")).await.unwrap();
+    let again = gateway.charge(&request("a", "tok_visa")).await.unwrap();
+    assert!(matches!(first, ChargeAnswer::Approved { .. }));
+    assert_eq!(first, again);
+    assert_eq!(
+        gateway.charge(&request("b", "tok_declined")).await.unwrap(),
+        ChargeAnswer::Declined {
+            reason: "card declined".into()
+        }
+    );
+    for _ in 0..FLAKY_FAILURES {
+        assert!(gateway.charge(&request("c", "tok_flaky")).await.is_err());
+    }
+    assert!(matches!(
+        gateway.charge(&request("c", "tok_flaky")).await.unwrap(),
+        ChargeAnswer::Approved { .. }
+    ));
+    assert_eq!(gateway.refund("a").await.unwrap(), RefundAnswer::Refunded);
+    assert_eq!(
+        gateway.refund("never-charged").await.unwrap(),
+        RefundAnswer::NothingCaptured
+    );
+
+    let mut charges = simulator.charges();
+    charges.sort();
+    assert_eq!(
+        charges,
+        [
+            ("a".to_owned(), "refunded".to_owned()),
+            ("b".to_owned(), "declined".to_owned()),
+            ("c".to_owned(), "approved".to_owned()),
+            ("never-charged".to_owned(), "voided".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_that_hangs_times_out_and_then_the_circuit_opens() {
+    let (url, _simulator) = serve().await;
+    let gateway = client(url, 2);
+
+    for _ in 0..2 {
+        let started = Instant::now();
+        assert!(gateway.charge(&request("t", "tok_timeout")).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // Open: refused at once, without a request.
+    let started = Instant::now();
+    let refused = gateway.charge(&request("v", "tok_visa")).await.unwrap_err();
+    assert!(refused.0.contains("circuit open"), "{refused}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+
+    // After the pause one call goes through, and its success closes it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(gateway.charge(&request("v", "tok_visa")).await.is_ok());
+    assert!(gateway.charge(&request("w", "tok_visa")).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_is_unavailable_not_a_decline() {
+    // Nothing listens on this port once the listener is dropped.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/gateway", listener.local_addr().unwrap());
+    drop(listener);
+    let gateway = client(url, 5);
+    assert!(gateway.charge(&request("x", "tok_visa")).await.is_err());
+    assert!(gateway.refund("x").await.is_err());
+}
+
+#[test]
+fn the_breaker_opens_after_the_threshold_and_a_success_closes_it() {
+    let breaker = CircuitBreaker::new(3, Duration::from_secs(60));
+    breaker.failure();
+    breaker.failure();
+    assert!(breaker.allow());
+    breaker.failure();
+    assert!(breaker.is_open());
+    assert!(!breaker.allow());
+    breaker.success();
+    assert!(!breaker.is_open());
+    assert!(breaker.allow());
+}
