@@ -11,7 +11,10 @@ use std::time::Duration;
 use chrono::Utc;
 use cqrs_es::Aggregate;
 use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason};
-use domain::{Order, OrderCommand, Payment, PaymentCommand, PaymentError, Product, ProductCommand};
+use domain::{
+    Order, OrderCommand, Payment, PaymentCommand, PaymentError, Product, ProductCommand,
+    ProductError,
+};
 use event_store::{CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim};
 use sqlx::PgPool;
 
@@ -96,7 +99,26 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 return Ok(());
             };
             let mut saga = loaded.saga;
-            if let Some(reason) = &loaded.cancel_reason {
+            if let Some(reason) = &loaded.cancel_reason
+                && !saga.order_cancelled
+            {
+                // The step the saga was taking when the cancel came may have
+                // landed without being recorded (a crash, a timeout). Learn
+                // its outcome first (the same key finds it), so that the undo
+                // knows what to undo.
+                if let Some(pending) = saga
+                    .next_action()
+                    .filter(|action| !action.is_compensation() && *action != Action::Charge)
+                {
+                    let outcome = self.bounded_command(&saga, &pending).await;
+                    let failed = matches!(outcome, Outcome::Failed { .. });
+                    saga.record(&pending, outcome, Utc::now());
+                    if failed {
+                        let wait = self.policy.backoff(saga.attempts);
+                        self.save(&saga, loaded.version, wait).await?;
+                        return Ok(());
+                    }
+                }
                 saga.order_cancelled(reason, Utc::now());
             }
             let Some(action) = saga.next_action() else {
@@ -166,8 +188,20 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 cancel = self.cancel_arrives(&saga.order_id) => cancel.map(|()| None),
             };
         }
-        let outcome = tokio::time::timeout(self.policy.step_deadline, self.command(saga, action));
-        Ok(Some(outcome.await.unwrap_or(Outcome::TimedOut)))
+        Ok(Some(self.bounded_command(saga, action).await))
+    }
+
+    /// [`command`](Self::command) within the step deadline. A command that
+    /// did not answer in time may still land: its outcome is unknown, so it is
+    /// tried again under the same key (which finds it if it landed) rather
+    /// than taken for a refusal.
+    async fn bounded_command(&self, saga: &OrderSaga, action: &Action) -> Outcome {
+        let deadline = self.policy.step_deadline;
+        tokio::time::timeout(deadline, self.command(saga, action))
+            .await
+            .unwrap_or_else(|_| Outcome::Failed {
+                detail: format!("no answer within {deadline:?}"),
+            })
     }
 
     /// Returns once the order's cancel has arrived (polling the saga's row).
@@ -272,13 +306,21 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         let context = self.context(saga, &action.key(&saga.order_id));
         match action {
             Action::ReserveStock { sku, quantity } => {
-                let quantity = *quantity;
-                self.run::<Product>(
-                    sku,
-                    ProductCommand::ReserveStock { order_id, quantity },
-                    &context,
-                )
-                .await
+                let reserve = ProductCommand::ReserveStock {
+                    order_id,
+                    quantity: *quantity,
+                };
+                let reserved = self
+                    .bus
+                    .execute::<Product>(sku, reserve, &context, Expect::Existing)
+                    .await;
+                match reserved {
+                    // The order holds it already: an earlier try landed.
+                    Err(CommandError::Refused(ProductError::AlreadyReserved { .. })) => {
+                        Outcome::Done
+                    }
+                    other => outcome_of(other),
+                }
             }
             Action::CommitReservation { sku } => {
                 self.run::<Product>(

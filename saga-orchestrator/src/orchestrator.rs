@@ -36,6 +36,9 @@ pub struct OrchestratorConfig {
     pub policy: Policy,
     /// How often to look for sagas with something due.
     pub scan_interval: Duration,
+    /// Sagas this process drives at once; more wait their turn, so that a
+    /// burst of orders does not queue hundreds of commands on the pool.
+    pub concurrency: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -48,6 +51,7 @@ impl Default for OrchestratorConfig {
             replication: 1,
             policy: Policy::default(),
             scan_interval: Duration::from_millis(500),
+            concurrency: 32,
         }
     }
 }
@@ -85,6 +89,7 @@ pub async fn run<G: PaymentGateway + Clone>(
     let sagas = Sagas {
         driver: Arc::new(Driver::new(pool.clone(), gateway, config.policy.clone())),
         running: Arc::default(),
+        permits: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
     };
     let mut scan = tokio::time::interval(config.scan_interval);
     let mut census = tokio::time::interval(Duration::from_secs(5));
@@ -126,6 +131,7 @@ pub async fn run<G: PaymentGateway + Clone>(
 struct Sagas<G> {
     driver: Arc<Driver<G>>,
     running: Arc<Mutex<HashSet<String>>>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl<G: PaymentGateway + Clone> Sagas<G> {
@@ -140,6 +146,7 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            let permit = this.permits.acquire().await;
             if let Err(error) = this.driver.drive(&order_id).await {
                 tracing::warn!(%order_id, error = %format!("{error:#}"), "saga interrupted; the scan resumes it");
             }
@@ -147,6 +154,7 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&order_id);
+            drop(permit);
         });
     }
 }

@@ -398,6 +398,13 @@ impl OrderSaga {
             return;
         }
         self.updated_at = at;
+        if let Action::ReserveStock { sku, .. } = action {
+            // The failed tries may have landed after all: release it too (a
+            // release of nothing is refused, and taken as done).
+            if let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) {
+                line.stock = Stock::Reserved;
+            }
+        }
         self.compensate(format!("{} failed", action.name()));
     }
 
