@@ -7,10 +7,12 @@
 //! - `bench relay`: the relay's events/s into Kafka, and a bare producer's.
 //! - `bench latency`: from a 202 on `POST /api/orders` to the order in GraphQL.
 //! - `bench rebuild`: rebuilding a read model, and a plain read of the events.
+//! - `bench saga`: orders from placement to CONFIRMED through the saga.
 
 mod latency;
 mod rebuild;
 mod relay;
+mod saga;
 mod seed;
 mod write;
 
@@ -36,6 +38,8 @@ enum Command {
     Latency(latency::Options),
     /// Rebuild throughput versus a sequential read of the events.
     Rebuild(rebuild::Options),
+    /// Orders from placement to CONFIRMED: completion time and saturation.
+    Saga(saga::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Relay(options) => server.block_on(relay::run(options)),
         Command::Latency(options) => server.block_on(latency::run(options)),
         Command::Rebuild(options) => server.block_on(rebuild::run(options)),
+        Command::Saga(options) => server.block_on(saga::run(options)),
     }
 }
