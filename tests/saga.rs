@@ -2,6 +2,7 @@
 //! state, seen through REST, GraphQL and the payment gateway simulator.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use platform_tests::TestPlatform;
@@ -302,5 +303,102 @@ async fn twenty_orders_for_the_last_five_units_confirm_exactly_five() {
     assert_eq!(confirmed, 5);
     stock_is(&platform, "MUG", 0, 0).await;
     assert_eq!(gateway.captured().len(), 5);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_that_arrives_after_the_deadline_is_refunded() {
+    // tok_slow is approved at once, but the answer takes longer than the
+    // saga waits.
+    let policy = Policy {
+        payment_deadline: Duration::from_millis(800),
+        ..quick()
+    };
+    let (platform, gateway) = start(policy).await;
+    platform.create_product("MUG", 1250, 10).await;
+
+    let id = place(&platform, &[("MUG", 2)], "tok_slow").await;
+
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "payment timed out"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    let charges: HashMap<String, String> = gateway.charges().into_iter().collect();
+    assert_eq!(charges[&charge_key(&id)], "refunded");
+    assert!(gateway.captured().is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
+    let policy = Policy {
+        attention_after: 3,
+        ..quick()
+    };
+    let (platform, gateway) = start(policy).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+
+    gateway.set_refunds_failing(true);
+    platform
+        .command(
+            &format!("/api/orders/{id}/cancel"),
+            &json!({"reason": "arrived broken"}),
+            202,
+        )
+        .await;
+    let saga = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status } } } }";
+    let flagged = platform
+        .eventually(saga, json!({"id": id}), WITHIN, |data| {
+            let saga = &data["order"]["saga"];
+            (saga["needsAttention"] == true).then(|| saga.clone())
+        })
+        .await;
+    assert_eq!(flagged["state"], "COMPENSATING");
+    let failed_refunds = flagged["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|step| step["name"] == "refund" && step["status"] == "FAILED")
+        .count();
+    assert!(failed_refunds >= 3, "{flagged:#}");
+    assert_eq!(gateway.captured(), vec![charge_key(&id)]);
+    // The census counts it within a few seconds.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let metrics = platform
+            .client
+            .get(platform.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("sagas_needing_attention 1")
+            && metrics.contains("sagas{state=\"COMPENSATING\"} 1")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The gateway recovers: the saga finishes the undo and the flag clears.
+    gateway.set_refunds_failing(false);
+    settled(&platform, &id).await;
+    let done = platform.graphql(saga, json!({"id": id})).await;
+    assert_eq!(done["data"]["order"]["saga"]["state"], "CANCELLED");
+    assert_eq!(done["data"]["order"]["saga"]["needsAttention"], false);
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "arrived broken"
+    );
+    stock_is(&platform, "MUG", 10, 0).await;
+    assert!(gateway.captured().is_empty());
     platform.stop().await;
 }

@@ -58,12 +58,18 @@ pub trait PaymentGateway: Send + Sync + 'static {
 
 /// A gateway in memory that behaves by token, as the contract describes:
 /// `tok_visa` approves, `tok_declined` declines, `tok_timeout` never answers,
-/// `tok_flaky` fails [`FLAKY_FAILURES`] times per charge, then approves. Other
-/// tokens are declined.
+/// `tok_flaky` fails [`FLAKY_FAILURES`] times per charge, then approves. Beyond
+/// the contract, `tok_slow` approves at once but answers only after
+/// [`SLOW_ANSWER`], as a gateway whose approval arrives after the caller gave
+/// up. Other tokens are declined.
 #[derive(Debug, Clone, Default)]
 pub struct Simulator {
     charges: Arc<Mutex<HashMap<String, SimulatedCharge>>>,
+    refunds_fail: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a `tok_slow` charge takes to answer.
+pub const SLOW_ANSWER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Failures of a `tok_flaky` charge before it is approved.
 pub const FLAKY_FAILURES: u32 = 2;
@@ -80,6 +86,13 @@ enum SimulatedCharge {
 impl Simulator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every refund fail as unavailable (`true`) or work again: an
+    /// outage of the gateway's refunds, to exercise the saga's retries.
+    pub fn set_refunds_failing(&self, failing: bool) {
+        self.refunds_fail
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Charges captured and not refunded: what the gateway holds.
@@ -143,7 +156,7 @@ impl Simulator {
             {
                 SimulatedCharge::Failing(failures + 1)
             }
-            (_, "tok_visa" | "tok_flaky") => SimulatedCharge::Answered(approved),
+            (_, "tok_visa" | "tok_flaky" | "tok_slow") => SimulatedCharge::Answered(approved),
             (_, "tok_declined") => SimulatedCharge::Answered(declined("card declined")),
             (_, _) => SimulatedCharge::Answered(declined("unknown payment method")),
         };
@@ -157,13 +170,20 @@ impl Simulator {
 
 impl PaymentGateway for Simulator {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeAnswer, Unavailable> {
-        match self.decide(request) {
+        let answer = self.decide(request);
+        if request.payment_method == "tok_slow" {
+            tokio::time::sleep(SLOW_ANSWER).await;
+        }
+        match answer {
             Some(answer) => answer,
             None => std::future::pending().await,
         }
     }
 
     async fn refund(&self, key: &str) -> Result<RefundAnswer, Unavailable> {
+        if self.refunds_fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Unavailable("simulated refund outage".into()));
+        }
         let mut charges = self.lock();
         let answer = match charges.get(key) {
             Some(SimulatedCharge::Answered(ChargeAnswer::Approved { .. }))
