@@ -69,6 +69,23 @@ async fn stock_is(platform: &TestPlatform, sku: &str, on_hand: i64, reserved: i6
         .await;
 }
 
+/// The saga ended, the order is cancelled for `reason`, every product is back
+/// at its stock with nothing reserved, and the gateway holds no money.
+async fn ends_cancelled_holding_nothing(
+    platform: &TestPlatform,
+    gateway: &Simulator,
+    id: &str,
+    reason: &str,
+    stock: &[(&str, i64)],
+) {
+    settled(platform, id).await;
+    assert_eq!(order_ends(platform, id, "CANCELLED").await, reason);
+    for (sku, on_hand) in stock {
+        stock_is(platform, sku, *on_hand, 0).await;
+    }
+    assert!(gateway.captured().is_empty());
+}
+
 async fn start(policy: Policy) -> (TestPlatform, Simulator) {
     TestPlatform::start_with_saga(policy).await
 }
@@ -138,13 +155,8 @@ async fn a_declined_payment_cancels_the_order_and_releases_the_stock() {
 
     let id = place(&platform, &[("MUG", 3)], "tok_declined").await;
 
-    settled(&platform, &id).await;
-    assert_eq!(
-        order_ends(&platform, &id, "CANCELLED").await,
-        "payment declined"
-    );
-    stock_is(&platform, "MUG", 10, 0).await;
-    assert!(gateway.captured().is_empty());
+    ends_cancelled_holding_nothing(&platform, &gateway, &id, "payment declined", &[("MUG", 10)])
+        .await;
     let saga = platform
         .graphql(
             "query($id: ID!) { order(id: $id) { saga { state steps { name status detail } } } }",
@@ -169,14 +181,14 @@ async fn one_line_out_of_stock_cancels_and_releases_the_other_lines() {
 
     let id = place(&platform, &[("MUG", 2), ("TEA", 3)], "tok_visa").await;
 
-    settled(&platform, &id).await;
-    assert_eq!(
-        order_ends(&platform, &id, "CANCELLED").await,
-        "out of stock: TEA"
-    );
-    stock_is(&platform, "MUG", 10, 0).await;
-    stock_is(&platform, "TEA", 1, 0).await;
-    assert!(gateway.captured().is_empty());
+    ends_cancelled_holding_nothing(
+        &platform,
+        &gateway,
+        &id,
+        "out of stock: TEA",
+        &[("MUG", 10), ("TEA", 1)],
+    )
+    .await;
     platform.stop().await;
 }
 
@@ -201,13 +213,14 @@ async fn a_gateway_that_never_answers_times_out_into_compensation() {
 
     let id = place(&platform, &[("MUG", 4)], "tok_timeout").await;
 
-    settled(&platform, &id).await;
-    assert_eq!(
-        order_ends(&platform, &id, "CANCELLED").await,
-        "payment timed out"
-    );
-    stock_is(&platform, "MUG", 10, 0).await;
-    assert!(gateway.captured().is_empty());
+    ends_cancelled_holding_nothing(
+        &platform,
+        &gateway,
+        &id,
+        "payment timed out",
+        &[("MUG", 10)],
+    )
+    .await;
     platform.stop().await;
 }
 
@@ -232,13 +245,8 @@ async fn a_customer_cancel_in_flight_stops_the_saga_and_undoes_it() {
         )
         .await;
 
-    settled(&platform, &id).await;
-    assert_eq!(
-        order_ends(&platform, &id, "CANCELLED").await,
-        "found it cheaper"
-    );
-    stock_is(&platform, "MUG", 10, 0).await;
-    assert!(gateway.captured().is_empty());
+    ends_cancelled_holding_nothing(&platform, &gateway, &id, "found it cheaper", &[("MUG", 10)])
+        .await;
     platform.stop().await;
 }
 
@@ -265,13 +273,8 @@ async fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
             (data["product"]["onHand"] == 10).then_some(())
         })
         .await;
-    settled(&platform, &id).await;
-    assert_eq!(
-        order_ends(&platform, &id, "CANCELLED").await,
-        "arrived broken"
-    );
-    stock_is(&platform, "MUG", 10, 0).await;
-    assert!(gateway.captured().is_empty());
+    ends_cancelled_holding_nothing(&platform, &gateway, &id, "arrived broken", &[("MUG", 10)])
+        .await;
     platform.stop().await;
 }
 
