@@ -173,7 +173,9 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         .unwrap_or(0);
     println!(
         "database: reachable, {applied} of {} migrations applied",
-        event_store::migrator().iter().count() + projections::migrator().iter().count()
+        event_store::migrator().iter().count()
+            + projections::migrator().iter().count()
+            + saga_orchestrator::migrator().iter().count()
     );
     let row: Result<(i64, Option<i64>), _> =
         sqlx::query_as("SELECT count(*), max(global_position) FROM events")
@@ -185,6 +187,21 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
             last.map_or("-".into(), |p| p.to_string())
         ),
         Err(error) => println!("events: unavailable ({error})"),
+    }
+    match saga_orchestrator::store::counts(&pool).await {
+        Ok((by_state, attention)) => {
+            let states: Vec<String> = by_state
+                .iter()
+                .map(|(state, count)| format!("{count} {state}"))
+                .collect();
+            let states = if states.is_empty() {
+                "none".to_owned()
+            } else {
+                states.join(", ")
+            };
+            println!("sagas: {states}; {attention} need attention");
+        }
+        Err(error) => println!("sagas: unavailable ({error})"),
     }
     let kafka = platform::kafka::KafkaProbe::new(&settings.kafka_brokers)?;
     match kafka.check(Duration::from_secs(3)).await {
