@@ -56,14 +56,6 @@ impl From<&RecordedEvent> for Envelope {
 }
 
 impl Envelope {
-    /// The payload as the store keeps it (`{"<event_type>": {...}}`), which is
-    /// what the domain's event enums deserialize from.
-    pub fn stored_payload(&self) -> Value {
-        let mut wrapper = serde_json::Map::new();
-        wrapper.insert(self.event_type.clone(), self.payload.clone());
-        Value::Object(wrapper)
-    }
-
     /// Decodes the payload into an aggregate's event type.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
         decode_fields(&self.event_type, &self.payload)

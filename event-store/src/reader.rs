@@ -136,23 +136,13 @@ impl GlobalReader {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        self.read_filtered(after, limit, &ReadFilter::default())
+        self.read::<Value>(after, limit, &ReadFilter::default())
             .await
     }
 
     /// Like [`read_batch`](Self::read_batch), returning only what `filter` lets
-    /// through. An empty batch still means "caught up".
-    pub async fn read_filtered(
-        &self,
-        after: GlobalCheckpoint,
-        limit: i64,
-        filter: &ReadFilter,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        self.read::<Value>(after, limit, filter).await
-    }
-
-    /// Like [`read_filtered`](Self::read_filtered), with the JSON left as text:
-    /// for the relay, which passes it on without looking inside.
+    /// through (an empty batch still means "caught up"), with the JSON left as
+    /// text: for the relay, which passes it on without looking inside.
     pub async fn read_raw(
         &self,
         after: GlobalCheckpoint,
