@@ -142,12 +142,11 @@ pub async fn rebuild_then_swap<M: ReadModel>(
         .await?;
     let fold = fold_all::<M>(&mut rows, &late_events);
     refused += fold.poisoned.len();
-    let mut changed = fold.changed;
+    // Each changed id once, as the fold lists them.
+    let changed = fold.changed;
     events += late_events.len() as u64;
     progress.inc(late_events.len() as u64);
     let last_position = late_events.last().map(|e| e.global_position);
-    changed.sort_unstable();
-    changed.dedup();
     let late: Vec<M::Row> = changed
         .iter()
         .filter_map(|id| rows.get(id).cloned())

@@ -69,11 +69,7 @@ impl ReadModel for CustomerOrders {
                 ..row.clone()
             },
             (OrderEvent::OrderConfirmed(_) | OrderEvent::OrderCancelled(_), None) => {
-                return Err(ApplyError::Gap {
-                    aggregate_id: event.aggregate_id.to_owned(),
-                    expected: 1,
-                    got: event.sequence,
-                });
+                return Err(ApplyError::missing_row(event));
             }
         };
         next.version = event.sequence;

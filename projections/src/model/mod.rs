@@ -39,6 +39,18 @@ pub enum ApplyError {
     BadKey(String),
 }
 
+impl ApplyError {
+    /// `event` needs the aggregate's row, and there is none: the event that
+    /// creates it never came.
+    pub fn missing_row(event: &EventRef<'_>) -> Self {
+        Self::Gap {
+            aggregate_id: event.aggregate_id.to_owned(),
+            expected: 1,
+            got: event.sequence,
+        }
+    }
+}
+
 /// What an event does to a row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Folded<R> {

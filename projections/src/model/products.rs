@@ -81,11 +81,7 @@ impl ReadModel for ProductStock {
                 next
             }
             (_, None) => {
-                return Err(ApplyError::Gap {
-                    aggregate_id: event.aggregate_id.to_owned(),
-                    expected: 1,
-                    got: event.sequence,
-                });
+                return Err(ApplyError::missing_row(event));
             }
         };
         next.version = event.sequence;
