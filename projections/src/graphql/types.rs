@@ -8,8 +8,11 @@ use super::loaders::{HistoryLoader, SagaLoader};
 use crate::model::orders::OrderRow;
 use crate::model::products::ProductRow;
 
+// The domain's statuses as a GraphQL enum: the generated conversions both
+// ways stop compiling if the two ever differ.
 /// Where an order stands.
 #[derive(Debug, Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::OrderStatus")]
 pub enum OrderStatus {
     Placed,
     Confirmed,
@@ -17,12 +20,9 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The status as the read models store it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Placed => "PLACED",
-            Self::Confirmed => "CONFIRMED",
-            Self::Cancelled => "CANCELLED",
-        }
+        domain::OrderStatus::from(self).as_str()
     }
 
     fn parse(status: &str) -> Self {
