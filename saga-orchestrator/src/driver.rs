@@ -226,7 +226,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         let spent = (Utc::now() - started).to_std().unwrap_or_default();
         let left = self.policy.payment_deadline.saturating_sub(spent);
         let answer = tokio::time::timeout(left, self.charge(saga)).await;
-        let context = self.context(saga, "charge");
+        let context = self.context(saga, Action::Charge.key(&saga.order_id));
         let payment = |command| self.run::<Payment>(&saga.order_id, command, &context);
         match answer {
             Ok(Ok(ChargeAnswer::Approved { reference })) => {
@@ -303,7 +303,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 };
             }
         };
-        let context = self.context(saga, &action.key(&saga.order_id));
+        let context = self.context(saga, action.key(&saga.order_id));
         match action {
             Action::ReserveStock { sku, quantity } => {
                 let reserve = ProductCommand::ReserveStock {
@@ -427,12 +427,9 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         )
     }
 
-    fn context(&self, saga: &OrderSaga, key: &str) -> CommandContext {
-        let key = if key.starts_with("saga:") {
-            key.to_owned()
-        } else {
-            format!("saga:{}:{key}", saga.order_id)
-        };
+    /// The command's metadata: the order's correlation id, and the step's
+    /// key as causation and idempotency key.
+    fn context(&self, saga: &OrderSaga, key: String) -> CommandContext {
         CommandContext {
             correlation_id: saga.correlation_id.clone(),
             causation_id: key.clone(),
