@@ -30,6 +30,17 @@ async fn place(platform: &TestPlatform, lines: &[(&str, i64)], token: &str) -> S
     placed["order_id"].as_str().unwrap().to_owned()
 }
 
+/// The customer cancels the order over REST.
+async fn cancel(platform: &TestPlatform, order_id: &str, reason: &str) {
+    platform
+        .command(
+            &format!("/api/orders/{order_id}/cancel"),
+            &json!({"reason": reason}),
+            202,
+        )
+        .await;
+}
+
 /// Waits until the order's saga has nothing left to do.
 async fn settled(platform: &TestPlatform, order_id: &str) {
     let deadline = tokio::time::Instant::now() + WITHIN;
@@ -237,13 +248,7 @@ async fn a_customer_cancel_in_flight_stops_the_saga_and_undoes_it() {
     let id = place(&platform, &[("MUG", 2)], "tok_timeout").await;
     stock_is(&platform, "MUG", 10, 2).await;
 
-    platform
-        .command(
-            &format!("/api/orders/{id}/cancel"),
-            &json!({"reason": "found it cheaper"}),
-            202,
-        )
-        .await;
+    cancel(&platform, &id, "found it cheaper").await;
 
     ends_cancelled_holding_nothing(&platform, &gateway, &id, "found it cheaper", &[("MUG", 10)])
         .await;
@@ -259,13 +264,7 @@ async fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
     order_ends(&platform, &id, "CONFIRMED").await;
     stock_is(&platform, "MUG", 8, 0).await;
 
-    platform
-        .command(
-            &format!("/api/orders/{id}/cancel"),
-            &json!({"reason": "arrived broken"}),
-            202,
-        )
-        .await;
+    cancel(&platform, &id, "arrived broken").await;
 
     // The cancel reopens the saga; wait for it to pick the cancel up.
     platform
@@ -347,13 +346,7 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     order_ends(&platform, &id, "CONFIRMED").await;
 
     gateway.set_refunds_failing(true);
-    platform
-        .command(
-            &format!("/api/orders/{id}/cancel"),
-            &json!({"reason": "arrived broken"}),
-            202,
-        )
-        .await;
+    cancel(&platform, &id, "arrived broken").await;
     let saga = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status } } } }";
     let flagged = platform
         .eventually(saga, json!({"id": id}), WITHIN, |data| {
