@@ -71,9 +71,10 @@ async fn read_ahead(
         }
     };
     loop {
+        // Behind or caught up alike (the gauge counts every few seconds).
+        lag.update(&pool, at).await;
         match reader.read_raw(at, batch_size, &everything).await {
             Ok(batch) if batch.is_empty() => {
-                lag.update(&pool, at).await;
                 // Events committed after the read above have notified
                 // already, so nothing is missed; the timeout covers a lost
                 // connection.
