@@ -87,10 +87,6 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Runs the order's saga until it ends or waits for a retry. Safe to call
     /// at any time, any number of times, from any process.
     pub async fn drive(&self, order_id: &str) -> anyhow::Result<()> {
