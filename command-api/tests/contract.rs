@@ -246,6 +246,8 @@ async fn order_lines_breaking_the_rules_are_a_422() {
     let api = TestApi::new().await;
     api.create_product("MUG", 1, "EUR").await;
     api.create_product("DOLLAR", 1, "USD").await;
+    // 10,000 of it cost more than one charge can take.
+    api.create_product("YACHT", 2_000_000, "EUR").await;
 
     let cases = [
         (order_body(&[]), vec!["lines"]),
@@ -260,6 +262,7 @@ async fn order_lines_breaking_the_rules_are_a_422() {
             order_body(&[("MUG", 1), ("DOLLAR", 1)]),
             vec!["lines[1].sku"],
         ),
+        (order_body(&[("YACHT", 10_000)]), vec!["lines"]),
     ];
     for (body, fields) in cases {
         let answer = api.post("/api/orders", &body, &[]).await;
@@ -277,7 +280,7 @@ async fn order_lines_breaking_the_rules_are_a_422() {
     no_customer["payment_method"] = json!("not a token");
     let answer = api.post("/api/orders", &no_customer, &[]).await;
     assert_eq!(answer.error_fields(), ["customer_id", "payment_method"]);
-    assert_eq!(api.event_count().await, 2);
+    assert_eq!(api.event_count().await, 3);
 }
 
 #[tokio::test]

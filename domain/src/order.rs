@@ -150,6 +150,9 @@ pub enum OrderError {
         found: Currency,
     },
     /// The order was confirmed already.
+    /// The total is more than the payment gateway can charge at once.
+    #[error("the total of {total_cents} is more than the {max} that can be charged at once")]
+    TotalTooLarge { total_cents: i64, max: i64 },
     #[error("the order is already confirmed")]
     AlreadyConfirmed,
     /// The order was cancelled; `CANCELLED` is final.
@@ -272,6 +275,12 @@ fn price_lines(lines: Vec<PricedLine>) -> Result<(Vec<OrderLine>, Currency, i64)
             sku: priced.sku,
             quantity: priced.quantity,
             unit_price_cents: priced.unit_price.amount_cents,
+        });
+    }
+    if total_cents > crate::payment::MAX_CHARGE_CENTS {
+        return Err(OrderError::TotalTooLarge {
+            total_cents,
+            max: crate::payment::MAX_CHARGE_CENTS,
         });
     }
     Ok((recorded, currency, total_cents))

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::values::{Currency, Money, OrderId, PaymentMethod, Reason};
 
+/// The largest charge the payment gateway takes, in minor units: 100 million
+/// major units. An order whose total is larger could never be paid, so it is
+/// refused when placed ([`crate::OrderError::TotalTooLarge`]).
+pub const MAX_CHARGE_CENTS: i64 = 10_000_000_000;
+
 /// What a caller may ask of a payment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PaymentCommand {
@@ -98,9 +103,9 @@ pub enum PaymentError {
     /// A charge was already requested under this payment id.
     #[error("a charge was already requested for this payment")]
     AlreadyRequested,
-    /// Charges are for zero or more minor units.
-    #[error("the amount must not be negative")]
-    NegativeAmount,
+    /// Charges are for zero to [`MAX_CHARGE_CENTS`] minor units.
+    #[error("the amount must be between 0 and {MAX_CHARGE_CENTS}")]
+    AmountOutOfRange,
     /// The gateway's reference must not be empty.
     #[error("the provider reference must not be empty")]
     MissingProviderReference,
@@ -154,8 +159,8 @@ impl Payment {
                 if self.requested.is_some() {
                     return Err(PaymentError::AlreadyRequested);
                 }
-                if amount.amount_cents < 0 {
-                    return Err(PaymentError::NegativeAmount);
+                if !(0..=MAX_CHARGE_CENTS).contains(&amount.amount_cents) {
+                    return Err(PaymentError::AmountOutOfRange);
                 }
                 PaymentEvent::ChargeRequested(ChargeRequested {
                     order_id,

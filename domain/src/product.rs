@@ -148,6 +148,10 @@ pub enum ProductError {
     /// The order holds no reservation of this product (never made, released or committed).
     #[error("order {order_id} holds no reservation")]
     NoReservation { order_id: OrderId },
+    /// The order's reservation was committed already: its units are sold. To
+    /// take them back, return them ([`ProductCommand::ReturnSoldStock`]).
+    #[error("order {order_id} holds no reservation: its units are sold")]
+    AlreadySold { order_id: OrderId },
     /// The order did not buy that many units (or already returned them).
     #[error("order {order_id} can return at most {returnable} units, {requested} requested")]
     NothingToReturn {
@@ -270,10 +274,15 @@ impl Product {
         self.details.as_ref().ok_or(ProductError::NotFound)
     }
 
+    /// The order's open reservation; refused with [`ProductError::AlreadySold`]
+    /// when it was committed, so that a caller learns the units left the stock.
     fn open_reservation(&self, order_id: OrderId) -> Result<u32, ProductError> {
         self.existing()?;
-        self.reservation_of(order_id)
-            .ok_or(ProductError::NoReservation { order_id })
+        match self.reservation_of(order_id) {
+            Some(quantity) => Ok(quantity),
+            None if self.sold_to(order_id) > 0 => Err(ProductError::AlreadySold { order_id }),
+            None => Err(ProductError::NoReservation { order_id }),
+        }
     }
 }
 

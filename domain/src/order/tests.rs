@@ -107,7 +107,23 @@ fn an_order_with_more_than_a_hundred_lines_is_refused() {
 }
 
 #[test]
-fn a_hundred_lines_at_the_largest_quantity_and_price_are_accepted() {
+fn a_total_up_to_the_largest_charge_is_accepted() {
+    // 100 units at 100 million cents: exactly the gateway's limit.
+    let lines = vec![line("SKU-0", 100, eur(crate::payment::MAX_CHARGE_CENTS / 100))];
+    let events = OrderTest::with(())
+        .given_no_previous_events()
+        .when(place(lines))
+        .inspect_result()
+        .unwrap();
+    let OrderEvent::OrderPlaced(placed) = &events[0] else {
+        panic!("expected OrderPlaced, got {events:?}");
+    };
+    assert_eq!(placed.total_cents, crate::payment::MAX_CHARGE_CENTS);
+}
+
+#[test]
+fn a_total_the_gateway_could_never_charge_is_refused() {
+    // The largest order the lines allow: far above what one charge can take.
     let lines: Vec<_> = (0..MAX_LINES)
         .map(|n| {
             line(
@@ -117,15 +133,21 @@ fn a_hundred_lines_at_the_largest_quantity_and_price_are_accepted() {
             )
         })
         .collect();
-    let events = OrderTest::with(())
+    OrderTest::with(())
         .given_no_previous_events()
         .when(place(lines))
-        .inspect_result()
-        .unwrap();
-    let OrderEvent::OrderPlaced(placed) = &events[0] else {
-        panic!("expected OrderPlaced, got {events:?}");
-    };
-    assert_eq!(placed.total_cents, 100 * 10_000 * Money::MAX_PRICE_CENTS);
+        .then_expect_error(OrderError::TotalTooLarge {
+            total_cents: 100 * 10_000 * Money::MAX_PRICE_CENTS,
+            max: crate::payment::MAX_CHARGE_CENTS,
+        });
+    let just_over = vec![line("SKU-0", 101, eur(crate::payment::MAX_CHARGE_CENTS / 100))];
+    OrderTest::with(())
+        .given_no_previous_events()
+        .when(place(just_over))
+        .then_expect_error(OrderError::TotalTooLarge {
+            total_cents: crate::payment::MAX_CHARGE_CENTS / 100 * 101,
+            max: crate::payment::MAX_CHARGE_CENTS,
+        });
 }
 
 #[test]

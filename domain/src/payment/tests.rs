@@ -87,11 +87,13 @@ fn requesting_a_second_charge_on_one_payment_is_refused() {
 }
 
 #[test]
-fn a_negative_amount_is_refused() {
-    PaymentTest::with(())
-        .given_no_previous_events()
-        .when(request_command(-1))
-        .then_expect_error(PaymentError::NegativeAmount);
+fn an_amount_outside_what_the_gateway_charges_is_refused() {
+    for amount in [-1, MAX_CHARGE_CENTS + 1] {
+        PaymentTest::with(())
+            .given_no_previous_events()
+            .when(request_command(amount))
+            .then_expect_error(PaymentError::AmountOutOfRange);
+    }
 }
 
 #[test]

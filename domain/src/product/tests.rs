@@ -233,13 +233,45 @@ fn committing_a_reservation_sells_its_units() {
 #[test]
 fn committing_without_a_reservation_is_refused() {
     ProductTest::with(())
+        .given(vec![created(), added(3)])
+        .when(ProductCommand::CommitReservation { order_id: order(1) })
+        .then_expect_error(ProductError::NoReservation { order_id: order(1) });
+}
+
+#[test]
+fn committing_or_releasing_a_committed_reservation_says_the_units_are_sold() {
+    // The refusal tells a caller that the units left the stock, so that an
+    // undo returns them instead of taking "nothing to release" for done.
+    for command in [
+        ProductCommand::CommitReservation { order_id: order(1) },
+        ProductCommand::ReleaseReservation { order_id: order(1) },
+    ] {
+        ProductTest::with(())
+            .given(vec![
+                created(),
+                added(3),
+                reserved(order(1), 2),
+                committed(order(1), 2),
+            ])
+            .when(command)
+            .then_expect_error(ProductError::AlreadySold { order_id: order(1) });
+    }
+}
+
+#[test]
+fn once_sold_units_are_returned_nothing_is_left_to_release() {
+    ProductTest::with(())
         .given(vec![
             created(),
             added(3),
             reserved(order(1), 2),
             committed(order(1), 2),
+            ProductEvent::SoldStockReturned(SoldStockReturned {
+                order_id: order(1),
+                quantity: 2,
+            }),
         ])
-        .when(ProductCommand::CommitReservation { order_id: order(1) })
+        .when(ProductCommand::ReleaseReservation { order_id: order(1) })
         .then_expect_error(ProductError::NoReservation { order_id: order(1) });
 }
 

@@ -38,6 +38,12 @@ impl Refusal for OrderError {
                     "is priced in {found}, but the order is in {expected}; an order has one currency"
                 ),
             ),
+            Self::TotalTooLarge { total_cents, max } => invalid(
+                "lines".into(),
+                format!(
+                    "the order's total of {total_cents} minor units is more than the {max} the payment gateway can charge at once; split the order"
+                ),
+            ),
             refusal @ (Self::AlreadyPlaced | Self::AlreadyConfirmed | Self::AlreadyCancelled) => {
                 ApiError::Refused(refusal.to_string())
             }

@@ -32,6 +32,7 @@ impl Refusal for ProductError {
             | Self::InsufficientStock { .. }
             | Self::AlreadyReserved { .. }
             | Self::NoReservation { .. }
+            | Self::AlreadySold { .. }
             | Self::NothingToReturn { .. }) => ApiError::Refused(refusal.to_string()),
         }
     }
