@@ -108,6 +108,9 @@ async fn work(repository: PgEventRepository, queue: Arc<Mutex<mpsc::Receiver<Job
 }
 
 async fn append_batch(repository: &PgEventRepository, batch: &mut Vec<Job>) {
+    // A caller that stopped waiting (it timed out and will try again, or
+    // settle the key) gets no append behind its back.
+    batch.retain(|job| !job.done.is_closed());
     if batch.len() > 1 {
         let pending: Vec<PendingAppend<'_>> = batch
             .iter()

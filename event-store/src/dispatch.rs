@@ -71,6 +71,15 @@ pub enum CommandError<E: std::error::Error> {
     Store(#[from] StoreError),
 }
 
+/// What [`CommandBus::settle`] learned about a keyed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// It landed, with this outcome.
+    Landed(Outcome),
+    /// It has not landed and now never will.
+    Never,
+}
+
 /// A failure of the event store itself.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,6 +89,37 @@ pub enum StoreError {
     /// Stored events could not be read back into the aggregate.
     #[error("stored events cannot be read: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database is out of reach for now (down, restarting,
+    /// saturated, the connection lost): the caller should answer "try again
+    /// later" rather than report a fault.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(error) => database_unavailable(error),
+            Self::Corrupt(_) => false,
+        }
+    }
+}
+
+/// See [`StoreError::is_unavailable`]: connection failures, pool exhaustion,
+/// and the SQLSTATE classes of a server that cannot serve now (08 connection
+/// exception, 53 insufficient resources, 57 operator intervention such as a
+/// shutdown, 58 system error).
+pub fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c))),
+        _ => false,
+    }
 }
 
 /// How often and how patiently to retry a command that lost a race.
@@ -241,11 +281,17 @@ impl CommandBus {
                 });
             }
             let sink = EventSink::default();
-            aggregate
-                .aggregate
-                .handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Refused)?;
+            if let Err(refusal) = aggregate.aggregate.handle(command.clone(), &(), &sink).await {
+                // The same request may have landed since the first look (a
+                // second sender of one keyed command): its outcome, not a
+                // refusal of what it already did, is the answer.
+                if let Some(claim) = &context.idempotency
+                    && let Some(outcome) = self.remembered::<A>(claim).await?
+                {
+                    return Ok(outcome);
+                }
+                return Err(CommandError::Refused(refusal));
+            }
             let events = sink.collect().await;
             if events.is_empty() {
                 return Ok(Outcome {
@@ -271,6 +317,13 @@ impl CommandBus {
                 Err(AppendError::Conflict) => {
                     metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
+                    // The writer that won may have been this very request,
+                    // sent twice.
+                    if let Some(claim) = &context.idempotency
+                        && let Some(outcome) = self.remembered::<A>(claim).await?
+                    {
+                        return Ok(outcome);
+                    }
                     if attempt >= self.retry.max_attempts {
                         return Err(CommandError::Conflict { attempts: attempt });
                     }
@@ -286,7 +339,7 @@ impl CommandBus {
                     if let Some(outcome) = self.remembered::<A>(claim).await? {
                         return Ok(outcome);
                     }
-                    idempotency::forget_if_expired(self.pool(), &claim.key)
+                    idempotency::forget_if_expired(self.pool(), claim.key.as_str())
                         .await
                         .map_err(StoreError::from)?;
                     if attempt >= self.retry.max_attempts {
@@ -296,6 +349,55 @@ impl CommandBus {
                 Err(AppendError::Database(error)) => return Err(StoreError::from(error).into()),
             }
         }
+    }
+
+    /// Learns whether the keyed command `claim` names has landed on
+    /// `aggregate_id`, and makes sure the answer stays true: if it has not, it
+    /// never will (the key is fenced, so a copy still queued or running
+    /// appends nothing and answers [`CommandError::KeyReused`]). Callers use it
+    /// before undoing work whose last try had no answer.
+    pub async fn settle<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        claim: &IdempotencyClaim,
+    ) -> Result<Settled, CommandError<A::Error>> {
+        let holder = idempotency::fence(
+            self.pool(),
+            claim.key.as_str(),
+            A::TYPE,
+            aggregate_id,
+            claim.ttl,
+        )
+        .await
+        .map_err(StoreError::from)?;
+        if holder.request_fingerprint == idempotency::FENCE_FINGERPRINT {
+            return Ok(Settled::Never);
+        }
+        if holder.request_fingerprint != claim.fingerprint || holder.aggregate_type != A::TYPE {
+            return Err(CommandError::KeyReused);
+        }
+        Ok(Settled::Landed(Outcome {
+            aggregate_id: holder.aggregate_id,
+            version: holder.version,
+            replayed: true,
+        }))
+    }
+
+    /// The aggregate as its events leave it, with its version; the default
+    /// (version 0) when it has none.
+    pub async fn load<A>(&self, aggregate_id: &str) -> Result<(A, u64), StoreError>
+    where
+        A: Aggregate<Services = ()>,
+    {
+        let store = PersistedEventStore::<_, A>::new_event_store(self.repository.clone());
+        let loaded = store
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(|error| match store_error(error) {
+                CommandError::Store(error) => error,
+                other => StoreError::Corrupt(other.to_string()),
+            })?;
+        Ok((loaded.aggregate, loaded.current_sequence as u64))
     }
 
     /// The outcome remembered under the claim's key, if the same request made it.
@@ -311,7 +413,7 @@ impl CommandBus {
             aggregate_type,
             aggregate_id,
             version,
-        }) = idempotency::remembered(self.pool(), &claim.key)
+        }) = idempotency::remembered(self.pool(), claim.key.as_str())
             .await
             .map_err(StoreError::from)?
         else {
@@ -349,7 +451,7 @@ fn serialize<A: Aggregate>(
     if let Some(claim) = &context.idempotency {
         metadata.insert(
             metadata::IDEMPOTENCY_KEY.to_owned(),
-            claim.key.clone().into(),
+            claim.key.as_str().into(),
         );
     }
     let metadata = serde_json::Value::Object(metadata).to_string();

@@ -67,3 +67,45 @@ pub async fn forget_if_expired(pool: &PgPool, key: &str) -> Result<bool, sqlx::E
         .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// The fingerprint a fence records in place of a request's: no request has it,
+/// so a command that comes with the fenced key is refused as a reused key.
+pub const FENCE_FINGERPRINT: &str = "fence: this key will never be used";
+
+/// Makes sure the command that would use `key` either has landed or never
+/// will, and says which: it records a fence under the key unless a command
+/// holds it already. A command still on its way (queued, or its statement
+/// running) either committed before the fence, and is found, or finds the
+/// fence and appends nothing. Returns the row holding the key afterwards.
+pub async fn fence(
+    pool: &PgPool,
+    key: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    ttl: std::time::Duration,
+) -> Result<RememberedOutcome, sqlx::Error> {
+    // Two rounds at most: the second runs only when an expired row held the key.
+    for _ in 0..2 {
+        // Waits for a transaction that is inserting the same key right now.
+        sqlx::query(
+            "INSERT INTO idempotency_keys
+                 (key, request_fingerprint, aggregate_type, aggregate_id, version, expires_at)
+             VALUES ($1, $2, $3, $4, 0, now() + make_interval(secs => $5))
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(FENCE_FINGERPRINT)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(ttl.as_secs_f64())
+        .execute(pool)
+        .await?;
+        if let Some(holder) = remembered(pool, key).await? {
+            return Ok(holder);
+        }
+        forget_if_expired(pool, key).await?;
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "idempotency key {key} neither held nor fenceable"
+    )))
+}

@@ -28,10 +28,12 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use catalog::Catalog;
-pub use dispatch::{CommandBus, CommandContext, CommandError, Expect, Outcome, StoreError};
+pub use dispatch::{
+    CommandBus, CommandContext, CommandError, Expect, Outcome, Settled, StoreError,
+};
 pub use envelope::{Envelope, Topics};
 pub use reader::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
-pub use repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
+pub use repository::{AppendError, IdempotencyClaim, IdempotencyKey, NewEvent, PgEventRepository};
 
 /// The event store's schema migrations, embedded from `event-store/migrations`.
 /// Other crates keep migrations of their own in the same database (the read

@@ -19,10 +19,49 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+/// An idempotency key, in the namespace of whoever chose it. Keys that
+/// clients send live under `client:`; keys the platform derives itself (a
+/// saga step's, say) live outside it. No client key can therefore name a key
+/// of the platform's, nor block or replay one of its commands.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    const CLIENT: &'static str = "client:";
+
+    /// A key a client sent in `Idempotency-Key`.
+    pub fn client(raw: &str) -> Self {
+        Self(format!("{}{raw}", Self::CLIENT))
+    }
+
+    /// A key the platform derives itself, such as `saga:<order>:reserve:<sku>`.
+    /// It is stored as given unless it would fall into the clients'
+    /// namespace, which it is then moved out of.
+    pub fn internal(name: impl Into<String>) -> Self {
+        let name = name.into();
+        if name.starts_with(Self::CLIENT) {
+            Self(format!("internal:{name}"))
+        } else {
+            Self(name)
+        }
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An idempotency key to record with a command's events.
 #[derive(Debug, Clone)]
 pub struct IdempotencyClaim {
-    pub key: String,
+    pub key: IdempotencyKey,
     /// Identifies the request the key was first used with (see `command-api`).
     pub fingerprint: String,
     /// How long the key is remembered.
@@ -348,7 +387,7 @@ impl<'e> Columns<'e> {
                 columns.event_ids.push(event.event_id);
             }
             if let (Some(claim), Some(last)) = (command.claim, command.events.last()) {
-                columns.keys.push(&claim.key);
+                columns.keys.push(claim.key.as_str());
                 columns.fingerprints.push(&claim.fingerprint);
                 columns.key_aggregate_types.push(&last.aggregate_type);
                 columns.key_aggregate_ids.push(&last.aggregate_id);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::migrated_database;
 use event_store::batch::AppendBatcher;
 use event_store::repository::PendingAppend;
-use event_store::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
+use event_store::{AppendError, IdempotencyClaim, IdempotencyKey, NewEvent, PgEventRepository};
 use sqlx::PgPool;
 
 fn event(aggregate_id: &str, sequence: i64) -> NewEvent {
@@ -27,7 +27,7 @@ fn event(aggregate_id: &str, sequence: i64) -> NewEvent {
 
 fn claim(key: &str) -> IdempotencyClaim {
     IdempotencyClaim {
-        key: key.into(),
+        key: IdempotencyKey::internal(key),
         fingerprint: format!("fingerprint-{key}"),
         ttl: Duration::from_secs(60),
     }

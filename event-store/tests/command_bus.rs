@@ -12,7 +12,8 @@ use cqrs_es::persist::PersistedEventRepository;
 use domain::values::{OrderId, Sku};
 use domain::{Product, ProductCommand, ProductError};
 use event_store::{
-    Catalog, CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, PgEventRepository,
+    Catalog, CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey,
+    PgEventRepository, Settled,
 };
 use sqlx::{PgPool, Row};
 
@@ -30,7 +31,7 @@ fn add_stock(quantity: u32) -> ProductCommand {
 fn keyed(key: &str, fingerprint: &str) -> CommandContext {
     CommandContext {
         idempotency: Some(IdempotencyClaim {
-            key: key.into(),
+            key: IdempotencyKey::internal(key),
             fingerprint: fingerprint.into(),
             ttl: Duration::from_secs(3600),
         }),
@@ -282,7 +283,7 @@ async fn an_expired_key_is_forgotten_and_can_be_used_again() {
     create_product(&bus, "MUG", 1250, "EUR").await;
     let short_lived = |fingerprint: &str| CommandContext {
         idempotency: Some(IdempotencyClaim {
-            key: "k".into(),
+            key: IdempotencyKey::internal("k"),
             fingerprint: fingerprint.into(),
             ttl: Duration::ZERO,
         }),
@@ -386,4 +387,198 @@ async fn postgres_es_and_this_store_read_each_others_events() {
     .await
     .unwrap();
     assert_eq!(unpositioned, 0);
+}
+
+fn reserve(order: u128) -> ProductCommand {
+    ProductCommand::ReserveStock {
+        order_id: OrderId::new(uuid::Uuid::from_u128(order)),
+        quantity: 1,
+    }
+}
+
+#[tokio::test]
+async fn every_sender_of_one_keyed_command_learns_that_it_landed() {
+    // Two processes driving one saga send the same step at once. The one that
+    // loses the race must not read the winner's work as a refusal ("already
+    // reserved") or a conflict: the key says the command is done.
+    let (_db, pool) = migrated_database().await;
+    let bus = Arc::new(CommandBus::new(pool.clone()));
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    bus.execute::<Product>("MUG", add_stock(100), &context("stock"), Expect::Existing)
+        .await
+        .unwrap();
+
+    for round in 0..10u128 {
+        let key = format!("saga:{round}:reserve:MUG");
+        let senders: Vec<_> = (0..6)
+            .map(|_| {
+                let (bus, context) = (Arc::clone(&bus), keyed(&key, &key));
+                tokio::spawn(async move {
+                    bus.execute::<Product>("MUG", reserve(round), &context, Expect::Existing)
+                        .await
+                })
+            })
+            .collect();
+        for sender in senders {
+            let outcome = sender.await.unwrap();
+            assert!(outcome.is_ok(), "round {round}: {outcome:?}");
+        }
+    }
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReserved'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(reserved, 10);
+}
+
+#[tokio::test]
+async fn a_client_key_never_reaches_a_key_of_the_platform() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    let name = "saga:0197:refund";
+    let client = CommandContext {
+        idempotency: Some(IdempotencyClaim {
+            key: IdempotencyKey::client(name),
+            fingerprint: "client request".into(),
+            ttl: Duration::from_secs(3600),
+        }),
+        ..context("client")
+    };
+    bus.execute::<Product>("MUG", add_stock(1), &client, Expect::Existing)
+        .await
+        .unwrap();
+
+    // The platform's own command under the same name is untouched by it.
+    let internal = bus
+        .execute::<Product>("MUG", add_stock(2), &keyed(name, name), Expect::Existing)
+        .await
+        .unwrap();
+    assert!(!internal.replayed);
+    assert_eq!(internal.version, 3);
+    assert_ne!(
+        IdempotencyKey::internal("client:x"),
+        IdempotencyKey::client("x")
+    );
+}
+
+#[tokio::test]
+async fn settling_a_command_still_on_its_way_makes_sure_it_never_lands() {
+    let (_db, pool) = migrated_database().await;
+    let bus = Arc::new(CommandBus::new(pool.clone()));
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    let before = event_count(&pool).await;
+
+    // Every write to the events table waits behind this lock, so the command
+    // is stuck in its append statement, as under an overloaded database.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let key = "saga:o-1:commit:MUG";
+    let stuck = {
+        let (bus, context) = (Arc::clone(&bus), keyed(key, key));
+        tokio::spawn(async move {
+            bus.execute::<Product>("MUG", add_stock(3), &context, Expect::Existing)
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the append never blocked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let claim = keyed(key, key).idempotency.unwrap();
+    let settled = bus.settle::<Product>("MUG", &claim).await.unwrap();
+    assert_eq!(settled, Settled::Never);
+    locker.rollback().await.unwrap();
+
+    let late = stuck.await.unwrap();
+    assert!(matches!(late, Err(CommandError::KeyReused)), "{late:?}");
+    assert_eq!(event_count(&pool).await, before);
+    // Asking again gives the same answer.
+    assert_eq!(
+        bus.settle::<Product>("MUG", &claim).await.unwrap(),
+        Settled::Never
+    );
+
+    // A command that landed is found, with its version.
+    let landed = "saga:o-2:commit:MUG";
+    bus.execute::<Product>("MUG", add_stock(1), &keyed(landed, landed), Expect::Existing)
+        .await
+        .unwrap();
+    let claim = keyed(landed, landed).idempotency.unwrap();
+    match bus.settle::<Product>("MUG", &claim).await.unwrap() {
+        Settled::Landed(outcome) => assert_eq!(outcome.version, 2),
+        Settled::Never => panic!("a landed command was not found"),
+    }
+}
+
+#[tokio::test]
+async fn the_bus_loads_an_aggregate_with_its_version() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    bus.execute::<Product>("MUG", add_stock(4), &context("s"), Expect::Existing)
+        .await
+        .unwrap();
+    let (product, version) = bus.load::<Product>("MUG").await.unwrap();
+    assert_eq!((product.on_hand(), version), (4, 2));
+    let (missing, version) = bus.load::<Product>("NOPE").await.unwrap();
+    assert_eq!((missing.details().is_none(), version), (true, 0));
+}
+
+#[tokio::test]
+async fn keys_stored_before_the_namespaces_move_into_the_clients_one() {
+    let database = platform::testing::TestDatabase::create().await.unwrap();
+    let pool = database.pool(2).await.unwrap();
+    let mut before = event_store::migrator();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|migration| migration.version < 4)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    // A client's key (fingerprint: a hash of its request), one squatting a
+    // saga's key, and a saga's own (fingerprint: the key itself).
+    for (key, fingerprint) in [
+        ("checkout-1", "9f86d081"),
+        ("saga:o:refund", "2c26b46b"),
+        ("saga:o:reserve:MUG", "saga:o:reserve:MUG"),
+    ] {
+        sqlx::query(
+            "INSERT INTO idempotency_keys
+                 (key, request_fingerprint, aggregate_type, aggregate_id, version, expires_at)
+             VALUES ($1, $2, 'Product', 'MUG', 1, now() + interval '1 hour')",
+        )
+        .bind(key)
+        .bind(fingerprint)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    event_store::migrate(&pool).await.unwrap();
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["client:checkout-1", "client:saga:o:refund", "saga:o:reserve:MUG"]
+    );
 }

@@ -15,7 +15,9 @@ use domain::{
     Order, OrderCommand, Payment, PaymentCommand, PaymentError, Product, ProductCommand,
     ProductError,
 };
-use event_store::{CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim};
+use event_store::{
+    CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey,
+};
 use sqlx::PgPool;
 
 use crate::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer};
@@ -431,7 +433,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             causation_id: key.clone(),
             idempotency: Some(IdempotencyClaim {
                 fingerprint: key.clone(),
-                key,
+                key: IdempotencyKey::internal(key),
                 ttl: KEY_TTL,
             }),
             expected_version: None,

@@ -9,7 +9,7 @@ pub mod products;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use event_store::{CommandContext, CommandError, IdempotencyClaim, StoreError};
+use event_store::{CommandContext, CommandError, IdempotencyClaim, IdempotencyKey};
 use serde::Serialize;
 use utoipa::{IntoParams, IntoResponses};
 
@@ -68,7 +68,7 @@ impl AppState {
             causation_id: headers.request_id.clone(),
             idempotency: headers.idempotency_key.as_ref().zip(fingerprint).map(
                 |(key, fingerprint)| IdempotencyClaim {
-                    key: key.clone(),
+                    key: IdempotencyKey::client(key),
                     fingerprint: fingerprint.to_owned(),
                     ttl: self.idempotency_ttl(),
                 },
@@ -93,18 +93,11 @@ pub fn command_failed<E: Refusal>(error: CommandError<E>, subject: &str) -> ApiE
         }
         CommandError::Conflict { .. } => ApiError::Conflict,
         CommandError::KeyReused => ApiError::IdempotencyKeyReused,
-        CommandError::Store(StoreError::Database(error)) if is_unavailable(&error) => {
+        CommandError::Store(error) if error.is_unavailable() => {
             ApiError::Unavailable(error.into())
         }
         CommandError::Store(error) => ApiError::Internal(error.into()),
     }
-}
-
-fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
 }
 
 /// Collects field errors while a request is turned into a command.
