@@ -6,6 +6,8 @@
 //!   events into rows (so the live worker and the rebuild agree by construction).
 //! - `worker`: a Kafka consumer group per projection; each batch is applied,
 //!   recorded and checkpointed in one PostgreSQL transaction.
+//! - `registry`: the list of read models that everything else goes through
+//!   (workers, rebuild, audit).
 //!
 //! Read models are never a source of truth: everything here can be dropped and
 //! rebuilt from the events. This crate never writes to the event store.
@@ -13,7 +15,10 @@
 pub mod graphql;
 pub mod model;
 pub mod rebuild;
+pub mod registry;
 pub mod worker;
+
+pub use registry::Projection;
 
 use sqlx::PgPool;
 

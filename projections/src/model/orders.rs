@@ -139,7 +139,8 @@ impl ReadModel for OrderSummary {
                 cancellation_reason = EXCLUDED.cancellation_reason,
                 updated_at = EXCLUDED.updated_at,
                 version = EXCLUDED.version,
-                global_position = EXCLUDED.global_position"
+                global_position = EXCLUDED.global_position
+             WHERE {table}.version < EXCLUDED.version"
         ))
         .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
         .bind(

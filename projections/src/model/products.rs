@@ -138,7 +138,8 @@ impl ReadModel for ProductStock {
                 reserved = EXCLUDED.reserved,
                 updated_at = EXCLUDED.updated_at,
                 version = EXCLUDED.version,
-                global_position = EXCLUDED.global_position"
+                global_position = EXCLUDED.global_position
+             WHERE {table}.version < EXCLUDED.version"
         ))
         .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())

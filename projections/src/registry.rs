@@ -1,0 +1,157 @@
+//! Every read model the platform keeps, in one list: what `orders run` starts
+//! workers for, what `orders rebuild` and `orders audit` know, and what the
+//! test platform runs. A new read model is one line here.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+
+use crate::model::customer_orders::CustomerOrders;
+use crate::model::orders::OrderSummary;
+use crate::model::products::ProductStock;
+use crate::model::{ReadModel, fold_untracked};
+use crate::rebuild::RebuildReport;
+use crate::worker::WorkerConfig;
+
+/// One of the platform's read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// `order_summary`: one row per order.
+    Orders,
+    /// `product_stock`: one row per product with its stock.
+    Products,
+    /// `customer_order`: orders by customer.
+    CustomerOrders,
+}
+
+/// Runs `$body` with `$model` standing for the read model type of `$which`.
+macro_rules! with_model {
+    ($which:expr, $model:ident => $body:expr) => {
+        match $which {
+            Projection::Orders => {
+                type $model = OrderSummary;
+                $body
+            }
+            Projection::Products => {
+                type $model = ProductStock;
+                $body
+            }
+            Projection::CustomerOrders => {
+                type $model = CustomerOrders;
+                $body
+            }
+        }
+    };
+}
+
+/// How a read model's table compares with the fold of the event store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Rows at the version the events give, but different from their fold.
+    pub wrong: Vec<String>,
+    /// Aggregates whose row is missing or older than their last event: the
+    /// projection has not caught up (yet).
+    pub behind: Vec<String>,
+    /// Rows for which no events exist.
+    pub orphans: i64,
+    /// Events the fold refused.
+    pub refused: usize,
+}
+
+impl Projection {
+    pub const ALL: [Self; 3] = [Self::Orders, Self::Products, Self::CustomerOrders];
+
+    /// The projection's name: its consumer group, lock and checkpoint
+    /// (`orders`, `products`, `customer_orders`).
+    pub fn name(self) -> &'static str {
+        with_model!(self, M => M::NAME)
+    }
+
+    /// The live table.
+    pub fn table(self) -> &'static str {
+        with_model!(self, M => M::TABLE)
+    }
+
+    /// The projection named `name` (`customer-orders` works for
+    /// `customer_orders`, as on the command line).
+    pub fn named(name: &str) -> Option<Self> {
+        let name = name.replace('-', "_");
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The projection's worker, until `shutdown` completes.
+    pub fn worker(
+        self,
+        pool: PgPool,
+        config: WorkerConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        with_model!(self, M => Box::pin(crate::worker::run::<M>(pool, config, shutdown)))
+    }
+
+    /// Rebuilds the read model into a fresh table and swaps it in.
+    pub async fn rebuild(self, pool: &PgPool, progress: &ProgressBar) -> anyhow::Result<RebuildReport> {
+        with_model!(self, M => crate::rebuild::rebuild::<M>(pool, progress).await)
+    }
+
+    /// Folds every event of the model's aggregate from the store and compares
+    /// each row of the live table with it.
+    pub async fn compare(self, pool: &PgPool) -> anyhow::Result<Comparison> {
+        with_model!(self, M => compare::<M>(pool).await)
+    }
+}
+
+async fn compare<M: ReadModel>(pool: &PgPool) -> anyhow::Result<Comparison> {
+    let filter = ReadFilter {
+        min_position: None,
+        aggregate_types: Some(vec![M::AGGREGATE_TYPE.to_owned()]),
+    };
+    let reader = GlobalReader::new(pool.clone());
+    let mut folded: HashMap<String, M::Row> = HashMap::new();
+    let mut refused = 0;
+    let mut events = reader
+        .stream_text(GlobalCheckpoint::default(), &filter)
+        .try_chunks(10_000)
+        .map_err(|error| error.1);
+    while let Some(batch) = events.try_next().await? {
+        refused += fold_untracked::<M>(&mut folded, &batch).poisoned.len();
+    }
+    let mut comparison = Comparison {
+        refused,
+        ..Comparison::default()
+    };
+    let mut connection = pool.acquire().await?;
+    let ids: Vec<&str> = folded.keys().map(String::as_str).collect();
+    let mut found = 0i64;
+    for chunk in ids.chunks(1000) {
+        let live = M::load(&mut connection, M::TABLE, chunk).await?;
+        found += live.len() as i64;
+        for id in chunk {
+            let expected = &folded[*id];
+            match live.get(*id) {
+                Some(row) if M::version(row) == M::version(expected) => {
+                    if row != expected {
+                        comparison.wrong.push(format!(
+                            "{} row {id} differs from the fold of its events: {row:?}, expected {expected:?}",
+                            M::TABLE
+                        ));
+                    }
+                }
+                Some(row) if M::version(row) > M::version(expected) => comparison.wrong.push(
+                    format!("{} row {id} is at version {}, past its events", M::TABLE, M::version(row)),
+                ),
+                _ => comparison.behind.push((*id).to_owned()),
+            }
+        }
+    }
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", M::TABLE))
+        .fetch_one(&mut *connection)
+        .await?;
+    comparison.orphans = rows - found;
+    Ok(comparison)
+}
