@@ -281,7 +281,11 @@ impl CommandBus {
                 });
             }
             let sink = EventSink::default();
-            if let Err(refusal) = aggregate.aggregate.handle(command.clone(), &(), &sink).await {
+            if let Err(refusal) = aggregate
+                .aggregate
+                .handle(command.clone(), &(), &sink)
+                .await
+            {
                 // The same request may have landed since the first look (a
                 // second sender of one keyed command): its outcome, not a
                 // refusal of what it already did, is the answer.
@@ -390,13 +394,14 @@ impl CommandBus {
         A: Aggregate<Services = ()>,
     {
         let store = PersistedEventStore::<_, A>::new_event_store(self.repository.clone());
-        let loaded = store
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(|error| match store_error(error) {
-                CommandError::Store(error) => error,
-                other => StoreError::Corrupt(other.to_string()),
-            })?;
+        let loaded =
+            store
+                .load_aggregate(aggregate_id)
+                .await
+                .map_err(|error| match store_error(error) {
+                    CommandError::Store(error) => error,
+                    other => StoreError::Corrupt(other.to_string()),
+                })?;
         Ok((loaded.aggregate, loaded.current_sequence as u64))
     }
 

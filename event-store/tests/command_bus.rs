@@ -497,7 +497,10 @@ async fn settling_a_command_still_on_its_way_makes_sure_it_never_lands() {
         if waiting > 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the append never blocked");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the append never blocked"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -517,9 +520,14 @@ async fn settling_a_command_still_on_its_way_makes_sure_it_never_lands() {
 
     // A command that landed is found, with its version.
     let landed = "saga:o-2:commit:MUG";
-    bus.execute::<Product>("MUG", add_stock(1), &keyed(landed, landed), Expect::Existing)
-        .await
-        .unwrap();
+    bus.execute::<Product>(
+        "MUG",
+        add_stock(1),
+        &keyed(landed, landed),
+        Expect::Existing,
+    )
+    .await
+    .unwrap();
     let claim = keyed(landed, landed).idempotency.unwrap();
     match bus.settle::<Product>("MUG", &claim).await.unwrap() {
         Settled::Landed(outcome) => assert_eq!(outcome.version, 2),
@@ -579,6 +587,10 @@ async fn keys_stored_before_the_namespaces_move_into_the_clients_one() {
         .unwrap();
     assert_eq!(
         keys,
-        ["client:checkout-1", "client:saga:o:refund", "saga:o:reserve:MUG"]
+        [
+            "client:checkout-1",
+            "client:saga:o:refund",
+            "saga:o:reserve:MUG"
+        ]
     );
 }

@@ -95,7 +95,11 @@ impl Projection {
     }
 
     /// Rebuilds the read model into a fresh table and swaps it in.
-    pub async fn rebuild(self, pool: &PgPool, progress: &ProgressBar) -> anyhow::Result<RebuildReport> {
+    pub async fn rebuild(
+        self,
+        pool: &PgPool,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<RebuildReport> {
         with_model!(self, M => crate::rebuild::rebuild::<M>(pool, progress).await)
     }
 
@@ -142,9 +146,13 @@ async fn compare<M: ReadModel>(pool: &PgPool) -> anyhow::Result<Comparison> {
                         ));
                     }
                 }
-                Some(row) if M::version(row) > M::version(expected) => comparison.wrong.push(
-                    format!("{} row {id} is at version {}, past its events", M::TABLE, M::version(row)),
-                ),
+                Some(row) if M::version(row) > M::version(expected) => {
+                    comparison.wrong.push(format!(
+                        "{} row {id} is at version {}, past its events",
+                        M::TABLE,
+                        M::version(row)
+                    ))
+                }
                 _ => comparison.behind.push((*id).to_owned()),
             }
         }

@@ -14,7 +14,13 @@ use projections::model::products::ProductStock;
 use projections::model::{EventRef, ReadModel, fold_all};
 use serde_json::{Value, json};
 
-fn envelope(aggregate_type: &str, id: &str, sequence: i64, event_type: &str, payload: Value) -> Envelope {
+fn envelope(
+    aggregate_type: &str,
+    id: &str,
+    sequence: i64,
+    event_type: &str,
+    payload: Value,
+) -> Envelope {
     Envelope {
         event_id: uuid::Uuid::now_v7(),
         aggregate_type: aggregate_type.into(),
@@ -87,7 +93,8 @@ async fn customer_orders_keeps_its_newest_row() {
 
 #[tokio::test]
 async fn product_stock_keeps_its_newest_row() {
-    let created = json!({"sku": "MUG", "name": "Mug", "price": {"amount_cents": 250, "currency": "EUR"}});
+    let created =
+        json!({"sku": "MUG", "name": "Mug", "price": {"amount_cents": 250, "currency": "EUR"}});
     newest_row_survives_older_writes::<ProductStock>(&[
         envelope("Product", "MUG", 1, "ProductCreated", created),
         envelope("Product", "MUG", 2, "StockAdded", json!({"quantity": 5})),

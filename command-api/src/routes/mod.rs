@@ -93,9 +93,7 @@ pub fn command_failed<E: Refusal>(error: CommandError<E>, subject: &str) -> ApiE
         }
         CommandError::Conflict { .. } => ApiError::Conflict,
         CommandError::KeyReused => ApiError::IdempotencyKeyReused,
-        CommandError::Store(error) if error.is_unavailable() => {
-            ApiError::Unavailable(error.into())
-        }
+        CommandError::Store(error) if error.is_unavailable() => ApiError::Unavailable(error.into()),
         CommandError::Store(error) => ApiError::Internal(error.into()),
     }
 }

@@ -109,7 +109,11 @@ fn an_order_with_more_than_a_hundred_lines_is_refused() {
 #[test]
 fn a_total_up_to_the_largest_charge_is_accepted() {
     // 100 units at 100 million cents: exactly the gateway's limit.
-    let lines = vec![line("SKU-0", 100, eur(crate::payment::MAX_CHARGE_CENTS / 100))];
+    let lines = vec![line(
+        "SKU-0",
+        100,
+        eur(crate::payment::MAX_CHARGE_CENTS / 100),
+    )];
     let events = OrderTest::with(())
         .given_no_previous_events()
         .when(place(lines))
@@ -140,7 +144,11 @@ fn a_total_the_gateway_could_never_charge_is_refused() {
             total_cents: 100 * 10_000 * Money::MAX_PRICE_CENTS,
             max: crate::payment::MAX_CHARGE_CENTS,
         });
-    let just_over = vec![line("SKU-0", 101, eur(crate::payment::MAX_CHARGE_CENTS / 100))];
+    let just_over = vec![line(
+        "SKU-0",
+        101,
+        eur(crate::payment::MAX_CHARGE_CENTS / 100),
+    )];
     OrderTest::with(())
         .given_no_previous_events()
         .when(place(just_over))

@@ -1,0 +1,332 @@
+//! The gateway's HTTP API, as a provider would publish it. Bodies are JSON;
+//! errors are `application/problem+json` (RFC 9457).
+//!
+//! - `POST /charges` `{"key","amount_cents","currency","payment_method"}`:
+//!   takes the charge once per key and answers the charge (below); `503`
+//!   means "try again", `409` that the key was used for another charge.
+//! - `POST /charges/{key}/refund`: refunds a captured charge, voids one not
+//!   captured (or not seen yet); answers the charge.
+//! - `GET /charges/{key}`: the charge, or `404`.
+//! - `GET /charges?after=<key>&limit=<n>`: charges in key order, for
+//!   operators (`{"charges":[...],"next_after":<key or null>}`).
+//! - `GET /healthz`, `GET /readyz`.
+//!
+//! A charge: `{"key","status","amount_cents","currency","payment_method",
+//! "reference","reason","created_at","updated_at"}` with `status` one of
+//! `pending`, `approved`, `declined`, `refunded`, `voided`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{self, Answer, ChargeRequest, LedgerError, MAX_AMOUNT_CENTS};
+
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// How long a charge that never answers (`tok_timeout`) holds its request
+/// before the gateway gives up on the caller.
+const NEVER: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub(crate) struct State {
+    pub(crate) pool: PgPool,
+    pub(crate) slow_answer: Duration,
+    pub(crate) stopping: CancellationToken,
+}
+
+pub(crate) fn router(state: State) -> axum::Router {
+    axum::Router::new()
+        .route("/charges", post(charge).get(list))
+        .route("/charges/{key}", get(find))
+        .route("/charges/{key}/refund", post(refund))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route".into()) })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChargeBody {
+    key: String,
+    amount_cents: i64,
+    currency: String,
+    payment_method: String,
+}
+
+async fn charge(
+    axum::extract::State(state): axum::extract::State<State>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or_default().trim() == "application/json");
+    if !is_json {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the body as application/json".into(),
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "bad-body", rejection.body_text());
+        }
+    };
+    let body: ChargeBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            return problem(StatusCode::BAD_REQUEST, "malformed-json", error.to_string());
+        }
+        Err(error) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                error.to_string(),
+            );
+        }
+    };
+    let errors = validate(&body);
+    if !errors.is_empty() {
+        let errors = errors
+            .iter()
+            .map(|(field, message)| json!({"field": field, "message": message}))
+            .collect();
+        return problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "the charge breaks the gateway's rules".into(),
+            errors,
+        );
+    }
+    let request = ChargeRequest {
+        key: body.key,
+        amount_cents: body.amount_cents,
+        currency: body.currency,
+        payment_method: body.payment_method,
+    };
+    match ledger::charge(&state.pool, &request).await {
+        Ok(Answer::Now(charge)) => Json(charge).into_response(),
+        Ok(Answer::Later(charge)) => {
+            tokio::select! {
+                () = tokio::time::sleep(state.slow_answer) => Json(charge).into_response(),
+                () = state.stopping.cancelled() => stopping(),
+            }
+        }
+        Ok(Answer::Never) => {
+            tokio::select! {
+                () = tokio::time::sleep(NEVER) => problem(StatusCode::GATEWAY_TIMEOUT, "no-answer", "the card network never answered".into()),
+                () = state.stopping.cancelled() => stopping(),
+            }
+        }
+        Ok(Answer::TryAgain) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily-unavailable",
+            "the card network failed for now; try again with the same key".into(),
+        ),
+        Err(LedgerError::KeyReused(key)) => problem(
+            StatusCode::CONFLICT,
+            "key-reused",
+            format!("the key {key} was used for a different charge; use a new key"),
+        ),
+        Err(LedgerError::Database(error)) => unavailable(&error),
+    }
+}
+
+fn validate(body: &ChargeBody) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    if !valid_key(&body.key) {
+        errors.push((
+            "key",
+            "must be 1-255 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':'".into(),
+        ));
+    }
+    if !(0..=MAX_AMOUNT_CENTS).contains(&body.amount_cents) {
+        errors.push((
+            "amount_cents",
+            format!("must be between 0 and {MAX_AMOUNT_CENTS}"),
+        ));
+    }
+    if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        errors.push((
+            "currency",
+            "must be three upper-case letters (ISO 4217)".into(),
+        ));
+    }
+    let method = &body.payment_method;
+    if method.is_empty()
+        || method.len() > 64
+        || !method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        errors.push((
+            "payment_method",
+            "must be 1-64 characters of A-Z, a-z, 0-9 or '_'".into(),
+        ));
+    }
+    errors
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 255
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+async fn refund(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(key): Path<String>,
+) -> Response {
+    if !valid_key(&key) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no charge can have that key".into(),
+        );
+    }
+    match ledger::refund(&state.pool, &key).await {
+        Ok(charge) => Json(charge).into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
+async fn find(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(key): Path<String>,
+) -> Response {
+    match ledger::find(&state.pool, &key).await {
+        Ok(Some(charge)) => Json(charge).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no charge has key {key}"),
+        ),
+        Err(error) => unavailable(&error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: String,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listed {
+    charges: Vec<ledger::Charge>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    next_after: Option<String>,
+}
+
+async fn list(
+    axum::extract::State(state): axum::extract::State<State>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(page)) = page else {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "after is a key, limit a number of 1-1000".into(),
+        );
+    };
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "limit must be between 1 and 1000".into(),
+        );
+    }
+    match ledger::list(&state.pool, &page.after, limit).await {
+        Ok(charges) => {
+            let next_after = (charges.len() as i64 == limit)
+                .then(|| charges.last().map(|c| c.key.clone()))
+                .flatten();
+            Json(Listed {
+                charges,
+                next_after,
+            })
+            .into_response()
+        }
+        Err(error) => unavailable(&error),
+    }
+}
+
+async fn ready(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.pool).await {
+        Ok(_) => Json(json!({"status": "ready", "checks": {"database": "ok"}})).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "the payment gateway's database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "checks": {"database": "failing"}})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn stopping() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting-down",
+        "the gateway is stopping; try again".into(),
+    )
+}
+
+/// The database failed: the caller may try again; the cause is logged, not sent.
+fn unavailable(error: &sqlx::Error) -> Response {
+    tracing::error!(%error, "payment gateway database error");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service-unavailable",
+        "the gateway cannot reach its ledger now; try again with the same key".into(),
+    )
+}
+
+fn problem(status: StatusCode, slug: &str, detail: String) -> Response {
+    problem_with(status, slug, detail, Vec::new())
+}
+
+/// A problem+json answer; `errors` name the invalid fields, when any.
+fn problem_with(
+    status: StatusCode,
+    slug: &str,
+    detail: String,
+    errors: Vec<serde_json::Value>,
+) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let mut body = json!({
+        "type": format!("/problems/{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if !errors.is_empty() {
+        body["errors"] = errors.into();
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}

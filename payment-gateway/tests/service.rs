@@ -1,0 +1,301 @@
+//! The gateway over HTTP against its own real PostgreSQL database: the tokens,
+//! one charge per key, refunds and voids, and nothing forgotten by a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use payment_gateway::{Gateway, GatewayConfig};
+use platform::testing::TestDatabase;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    base: String,
+    client: reqwest::Client,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn start(database: &TestDatabase, listen: SocketAddr) -> Self {
+        let config = GatewayConfig {
+            listen,
+            database_url: database.url.clone(),
+            pool_size: 4,
+            slow_answer: Duration::from_millis(300),
+        };
+        let gateway = Gateway::build(config).await.unwrap();
+        let base = format!("http://{}", gateway.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(gateway.run_until(stop.clone().cancelled_owned()));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            stop,
+            served,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.served.await.unwrap().unwrap();
+    }
+
+    async fn charge(&self, key: &str, token: &str, amount: i64) -> (u16, Value) {
+        let body = json!({"key": key, "amount_cents": amount, "currency": "EUR", "payment_method": token});
+        let response = self
+            .client
+            .post(format!("{}/charges", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn refund(&self, key: &str) -> Value {
+        let response = self
+            .client
+            .post(format!("{}/charges/{key}/refund", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    async fn find(&self, key: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}/charges/{key}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+#[tokio::test]
+async fn each_token_answers_as_the_contract_says() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+
+    let (status, visa) = gateway.charge("k-visa", "tok_visa", 1250).await;
+    assert_eq!((status, visa["status"].clone()), (200, json!("approved")));
+    assert!(visa["reference"].as_str().unwrap().starts_with("ch_"));
+    assert_eq!(visa["amount_cents"], 1250);
+
+    let (_, declined) = gateway.charge("k-declined", "tok_declined", 1250).await;
+    assert_eq!(declined["status"], "declined");
+    assert_eq!(declined["reason"], "card declined");
+    let (_, unknown) = gateway.charge("k-unknown", "tok_nope", 1250).await;
+    assert_eq!(unknown["reason"], "unknown payment method");
+
+    for _ in 0..payment_gateway::ledger::FLAKY_FAILURES {
+        let (status, problem) = gateway.charge("k-flaky", "tok_flaky", 1250).await;
+        assert_eq!(status, 503, "{problem}");
+        assert_eq!(problem["type"], "/problems/temporarily-unavailable");
+    }
+    assert_eq!(gateway.charge("k-flaky", "tok_flaky", 1250).await.1["status"], "approved");
+
+    let silent = tokio::time::timeout(
+        Duration::from_millis(300),
+        gateway.charge("k-timeout", "tok_timeout", 1250),
+    )
+    .await;
+    assert!(silent.is_err(), "tok_timeout answered");
+    assert_eq!(gateway.find("k-timeout").await.1["status"], "pending");
+
+    let started = std::time::Instant::now();
+    let (_, slow) = gateway.charge("k-slow", "tok_slow", 1250).await;
+    assert_eq!(slow["status"], "approved");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // A gateway that stops does not wait for answers that never come.
+    let hanging = tokio::spawn({
+        let base = gateway.base.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/charges"))
+                .json(&json!({"key": "k-hang", "amount_cents": 1, "currency": "EUR", "payment_method": "tok_timeout"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), gateway.stop())
+        .await
+        .expect("the gateway stops despite a hanging charge");
+    assert_eq!(hanging.await.unwrap(), 503);
+}
+
+#[tokio::test]
+async fn a_key_charges_once_and_cannot_be_reused_for_another_charge() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+
+    let tries = (0..8).map(|_| gateway.charge("k-1", "tok_visa", 500));
+    let answers = futures::future::join_all(tries).await;
+    let references: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|(status, charge)| {
+            assert_eq!(*status, 200);
+            charge["reference"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(references.len(), 1, "one key, one capture");
+
+    let (status, problem) = gateway.charge("k-1", "tok_visa", 501).await;
+    assert_eq!(status, 409);
+    assert_eq!(problem["type"], "/problems/key-reused");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn refunds_give_captures_back_and_void_what_was_not_taken() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+
+    gateway.charge("k-visa", "tok_visa", 700).await;
+    assert_eq!(gateway.refund("k-visa").await["status"], "refunded");
+    assert_eq!(gateway.refund("k-visa").await["status"], "refunded");
+    // The charge, asked again, says what became of it.
+    assert_eq!(gateway.charge("k-visa", "tok_visa", 700).await.1["status"], "refunded");
+
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        gateway.charge("k-timeout", "tok_timeout", 700),
+    )
+    .await;
+    assert_eq!(gateway.refund("k-timeout").await["status"], "voided");
+
+    // Refunded before the charge arrived: the charge is never taken.
+    let voided = gateway.refund("k-early").await;
+    assert_eq!(voided["status"], "voided");
+    assert!(voided["amount_cents"].is_null());
+    assert_eq!(gateway.charge("k-early", "tok_visa", 700).await.1["status"], "voided");
+
+    gateway.charge("k-declined", "tok_declined", 700).await;
+    assert_eq!(gateway.refund("k-declined").await["status"], "declined");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_forgets_nothing() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+    let (_, approved) = gateway.charge("k-kept", "tok_visa", 900).await;
+    gateway.charge("k-flaky", "tok_flaky", 900).await;
+    gateway.stop().await;
+
+    let gateway = Running::start(&database, any_port()).await;
+    let (status, found) = gateway.find("k-kept").await;
+    assert_eq!(status, 200);
+    assert_eq!(found["reference"], approved["reference"]);
+    // The flaky charge remembers its first failure.
+    assert_eq!(gateway.charge("k-flaky", "tok_flaky", 900).await.0, 503);
+    assert_eq!(gateway.charge("k-flaky", "tok_flaky", 900).await.1["status"], "approved");
+    assert_eq!(gateway.refund("k-kept").await["status"], "refunded");
+    assert_eq!(gateway.find("nope").await.0, 404);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn bad_charges_are_refused_with_the_fields_named() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+    let url = format!("{}/charges", gateway.base);
+
+    let body = json!({"key": "has space", "amount_cents": 10_000_000_001i64, "currency": "eur", "payment_method": ""});
+    let response = gateway.client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["key", "amount_cents", "currency", "payment_method"]);
+
+    let not_json = gateway
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    let text = gateway.client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(text.status(), 415);
+    let huge = gateway
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn operators_page_through_every_charge() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+    for n in 0..5 {
+        gateway.charge(&format!("k-{n}"), "tok_visa", 100).await;
+    }
+    let mut keys = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page: Value = gateway
+            .client
+            .get(format!("{}/charges?limit=2&after={after}", gateway.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for charge in page["charges"].as_array().unwrap() {
+            keys.push(charge["key"].as_str().unwrap().to_owned());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["k-0", "k-1", "k-2", "k-3", "k-4"]);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_creates_its_database_when_the_server_has_none() {
+    let database = TestDatabase::create().await.unwrap();
+    // Drop it, so that only the name is left.
+    let admin = TestDatabase::create().await.unwrap();
+    let pool = admin.pool(1).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", database.name))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let gateway = Running::start(&database, any_port()).await;
+    assert_eq!(gateway.charge("k", "tok_visa", 1).await.0, 200);
+    gateway.stop().await;
+}
