@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use platform_tests::TestGateway;
 use platform_tests::TestPlatform;
 use saga_orchestrator::driver::{Policy, charge_key};
-use saga_orchestrator::gateway::Simulator;
 use serde_json::{Value, json};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -84,7 +84,7 @@ async fn stock_is(platform: &TestPlatform, sku: &str, on_hand: i64, reserved: i6
 /// at its stock with nothing reserved, and the gateway holds no money.
 async fn ends_cancelled_holding_nothing(
     platform: &TestPlatform,
-    gateway: &Simulator,
+    gateway: &TestGateway,
     id: &str,
     reason: &str,
     stock: &[(&str, i64)],
@@ -94,10 +94,10 @@ async fn ends_cancelled_holding_nothing(
     for (sku, on_hand) in stock {
         stock_is(platform, sku, *on_hand, 0).await;
     }
-    assert!(gateway.captured().is_empty());
+    assert!(gateway.captured().await.is_empty());
 }
 
-async fn start(policy: Policy) -> (TestPlatform, Simulator) {
+async fn start(policy: Policy) -> (TestPlatform, TestGateway) {
     TestPlatform::start_with_saga(policy).await
 }
 
@@ -122,7 +122,7 @@ async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
     assert!(order_ends(&platform, &id, "CONFIRMED").await.is_null());
     stock_is(&platform, "MUG", 8, 0).await;
     stock_is(&platform, "TEA", 9, 0).await;
-    assert_eq!(gateway.captured(), vec![charge_key(&id)]);
+    assert_eq!(gateway.captured().await, vec![charge_key(&id)]);
 
     let saga = platform
         .graphql(
@@ -213,7 +213,7 @@ async fn a_flaky_gateway_is_retried_until_it_approves() {
     settled(&platform, &id).await;
     order_ends(&platform, &id, "CONFIRMED").await;
     stock_is(&platform, "MUG", 9, 0).await;
-    assert_eq!(gateway.captured(), vec![charge_key(&id)]);
+    assert_eq!(gateway.captured().await, vec![charge_key(&id)]);
     platform.stop().await;
 }
 
@@ -304,7 +304,7 @@ async fn twenty_orders_for_the_last_five_units_confirm_exactly_five() {
     }
     assert_eq!(confirmed, 5);
     stock_is(&platform, "MUG", 0, 0).await;
-    assert_eq!(gateway.captured().len(), 5);
+    assert_eq!(gateway.captured().await.len(), 5);
     platform.stop().await;
 }
 
@@ -327,9 +327,9 @@ async fn an_approval_that_arrives_after_the_deadline_is_refunded() {
         "payment timed out"
     );
     stock_is(&platform, "MUG", 10, 0).await;
-    let charges: HashMap<String, String> = gateway.charges().into_iter().collect();
+    let charges: HashMap<String, String> = gateway.charges().await;
     assert_eq!(charges[&charge_key(&id)], "refunded");
-    assert!(gateway.captured().is_empty());
+    assert!(gateway.captured().await.is_empty());
     platform.stop().await;
 }
 
@@ -339,13 +339,13 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
         attention_after: 3,
         ..quick()
     };
-    let (platform, gateway) = start(policy).await;
+    let (platform, mut gateway) = start(policy).await;
     platform.create_product("MUG", 1250, 10).await;
     let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
     settled(&platform, &id).await;
     order_ends(&platform, &id, "CONFIRMED").await;
 
-    gateway.set_refunds_failing(true);
+    gateway.outage().await;
     cancel(&platform, &id, "arrived broken").await;
     let saga = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status } } } }";
     let flagged = platform
@@ -362,7 +362,6 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
         .filter(|step| step["name"] == "refund" && step["status"] == "FAILED")
         .count();
     assert!(failed_refunds >= 3, "{flagged:#}");
-    assert_eq!(gateway.captured(), vec![charge_key(&id)]);
     // The census counts it within a few seconds.
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {
@@ -385,7 +384,7 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     }
 
     // The gateway recovers: the saga finishes the undo and the flag clears.
-    gateway.set_refunds_failing(false);
+    gateway.resume(&platform).await;
     settled(&platform, &id).await;
     let done = platform.graphql(saga, json!({"id": id})).await;
     assert_eq!(done["data"]["order"]["saga"]["state"], "CANCELLED");
@@ -395,6 +394,6 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
         "arrived broken"
     );
     stock_is(&platform, "MUG", 10, 0).await;
-    assert!(gateway.captured().is_empty());
+    assert!(gateway.captured().await.is_empty());
     platform.stop().await;
 }

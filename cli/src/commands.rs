@@ -3,34 +3,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use projections::Projection;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
 
-/// The parts of the platform a process can run. Any number of processes may
-/// run any role against the same database and brokers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// Every role in this process.
-    All,
-    /// HTTP: the REST command API and the GraphQL query API, with health,
-    /// metrics and OpenAPI.
-    Api,
-    /// The relay from the event store to Kafka (one leads, others stand by).
-    Relay,
-    /// The projection workers that keep the read models.
-    Projections,
-    /// The order saga orchestrator (it charges through `payment_gateway_url`).
-    Saga,
-}
-
-impl Role {
-    fn runs(self, role: Role) -> bool {
-        self == Role::All || self == role
-    }
-}
+pub use crate::assembly::Role;
 
 /// Connects to PostgreSQL, retrying for up to a minute so the platform can
 /// start alongside its database.
@@ -61,17 +41,13 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     }
 }
 
-/// `orders run`: runs the chosen roles until SIGINT or SIGTERM, then lets
-/// each finish what it is doing. A role that fails stops the others.
+/// `orders run`: runs the chosen role (or all of them) until SIGINT or
+/// SIGTERM, then lets each finish what it is doing. A role that fails stops
+/// the others.
 pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Result<()> {
-    use projections::model::customer_orders::CustomerOrders;
-    use projections::model::orders::OrderSummary;
-    use projections::model::products::ProductStock;
-    use projections::worker;
-
     platform::telemetry::init_logging(settings.log_format, &settings.log_filter);
-    let pool = connect(settings).await?;
-    if migrate {
+    if migrate && role != Role::Gateway {
+        let pool = connect(settings).await?;
         apply_migrations(&pool).await?;
     }
     let stop = CancellationToken::new();
@@ -82,68 +58,14 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
             stop.cancel();
         }
     });
-    let mut roles = tokio::task::JoinSet::new();
-    if role.runs(Role::Api) {
-        let updates = projections::graphql::updates::Updates::listen(pool.clone());
-        let mut routes =
-            projections::graphql::router(projections::graphql::schema(pool.clone(), updates));
-        if settings.payment_gateway_simulator {
-            let simulator = saga_orchestrator::gateway::Simulator::new();
-            routes = routes.nest(
-                "/gateway",
-                saga_orchestrator::gateway::http::simulator_routes(simulator),
-            );
-        }
-        let api =
-            command_api::Application::build_with(&settings.api(), pool.clone(), routes).await?;
-        let stopped = stop.clone().cancelled_owned();
-        roles.spawn(async move { api.run_until(stopped).await.context("serving HTTP") });
-    }
-    if role.runs(Role::Relay) {
-        let relay = relay::run(
-            pool.clone(),
-            settings.relay(),
-            stop.clone().cancelled_owned(),
-        );
-        roles.spawn(async move { relay.await.context("relay") });
-    }
-    if role.runs(Role::Projections) {
-        let config = settings.projections();
-        let (a, b, c) = (
-            stop.clone().cancelled_owned(),
-            stop.clone().cancelled_owned(),
-            stop.clone().cancelled_owned(),
-        );
-        roles.spawn(worker::run::<OrderSummary>(pool.clone(), config.clone(), a));
-        roles.spawn(worker::run::<ProductStock>(pool.clone(), config.clone(), b));
-        roles.spawn(worker::run::<CustomerOrders>(pool.clone(), config, c));
-    }
-    if role.runs(Role::Saga) {
-        let gateway =
-            saga_orchestrator::gateway::http::HttpGateway::new(settings.payment_gateway())?;
-        let saga = saga_orchestrator::orchestrator::run(
-            pool.clone(),
-            settings.saga(),
-            gateway,
-            stop.clone().cancelled_owned(),
-        );
-        roles.spawn(async move { saga.await.context("saga orchestrator") });
-    }
-    let mut failure = None;
-    while let Some(ended) = roles.join_next().await {
-        let result = ended.map_err(anyhow::Error::from).and_then(|result| result);
-        if let Err(error) = result {
-            tracing::error!(error = %format!("{error:#}"), "a role failed; stopping the others");
-            stop.cancel();
-            failure.get_or_insert(error);
-        }
-    }
+    let running = crate::assembly::start(settings, &[role], stop).await?;
+    let result = running.wait().await;
     tracing::info!("stopped");
-    failure.map_or(Ok(()), Err)
+    result
 }
 
 /// The event store's migrations, then the read models' and the sagas'.
-async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
+pub async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
     event_store::migrate(pool)
         .await
         .context("applying the event store's migrations")?;
@@ -156,10 +78,17 @@ async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `orders migrate`.
+/// `orders migrate`: the platform's database, then the payment gateway's
+/// (created when missing).
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     apply_migrations(&pool).await?;
+    let gateway = settings.gateway();
+    let gateway_pool = payment_gateway::connect(&gateway.database_url, 1).await?;
+    payment_gateway::migrator()
+        .run(&gateway_pool)
+        .await
+        .context("applying the payment gateway's migrations")?;
     println!("migrations applied");
     Ok(())
 }
@@ -203,6 +132,19 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         }
         Err(error) => println!("sagas: unavailable ({error})"),
     }
+    let gateway = settings.payment_gateway_url(None);
+    let ready = async {
+        reqwest::Client::new()
+            .get(format!("{gateway}/readyz"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .and_then(|response| response.error_for_status())
+    };
+    match ready.await {
+        Ok(_) => println!("payment gateway: ready at {gateway}"),
+        Err(error) => println!("payment gateway: not ready at {gateway} ({error})"),
+    }
     let kafka = platform::kafka::KafkaProbe::new(&settings.kafka_brokers)?;
     match kafka.check(Duration::from_secs(3)).await {
         Ok(()) => println!("kafka: reachable at {}", settings.kafka_brokers),
@@ -211,39 +153,21 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The read models `orders rebuild` can rebuild.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Projection {
-    /// `order_summary`.
-    Orders,
-    /// `product_stock`.
-    Products,
-    /// `customer_order`.
-    CustomerOrders,
-    /// All of them, one after the other.
-    All,
-}
-
-/// `orders rebuild`: one progress bar per read model, then a summary line.
-pub async fn rebuild(settings: &Settings, projection: Projection) -> anyhow::Result<()> {
-    use projections::model::customer_orders::CustomerOrders;
-    use projections::model::orders::OrderSummary;
-    use projections::model::products::ProductStock;
-    use projections::rebuild::rebuild;
-
+/// `orders rebuild <name|all>`: one progress bar per read model, then a
+/// summary line each. `which` is a read model's name from the registry
+/// (`orders`, `products`, `customer-orders`) or `all`.
+pub async fn rebuild(settings: &Settings, which: &str) -> anyhow::Result<()> {
+    let chosen: Vec<Projection> = if which == "all" {
+        Projection::ALL.to_vec()
+    } else {
+        vec![Projection::named(which).with_context(|| format!("no read model is named {which}"))?]
+    };
     platform::telemetry::init_logging(settings.log_format, "warn");
     let pool = connect(settings).await?;
     apply_migrations(&pool).await?;
-    let wanted = |p: Projection| projection == Projection::All || projection == p;
     let mut reports = Vec::new();
-    if wanted(Projection::Orders) {
-        reports.push(rebuild::<OrderSummary>(&pool, &progress_bar()).await?);
-    }
-    if wanted(Projection::Products) {
-        reports.push(rebuild::<ProductStock>(&pool, &progress_bar()).await?);
-    }
-    if wanted(Projection::CustomerOrders) {
-        reports.push(rebuild::<CustomerOrders>(&pool, &progress_bar()).await?);
+    for projection in chosen {
+        reports.push(projection.rebuild(&pool, &progress_bar()).await?);
     }
     for report in reports {
         let seconds = report.elapsed.as_secs_f64();
@@ -267,6 +191,15 @@ pub async fn rebuild(settings: &Settings, projection: Projection) -> anyhow::Res
     Ok(())
 }
 
+/// The names `orders rebuild` takes: every read model's, and `all`.
+pub fn rebuild_names() -> Vec<&'static str> {
+    Projection::ALL
+        .iter()
+        .map(|p| p.slug())
+        .chain(["all"])
+        .collect()
+}
+
 fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -277,6 +210,22 @@ fn progress_bar() -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     bar
+}
+
+/// `orders audit`: prints the report; an error (exit status 1) if the books
+/// do not balance.
+pub async fn audit(settings: &Settings, settle: Duration) -> anyhow::Result<()> {
+    platform::telemetry::init_logging(settings.log_format, "warn");
+    let pool = connect(settings).await?;
+    let report =
+        crate::audit::audit_settled(&pool, &settings.payment_gateway_url(None), settle).await?;
+    println!("{report}");
+    anyhow::ensure!(
+        report.is_clean(),
+        "the books do not balance: {} violations",
+        report.violations.len()
+    );
+    Ok(())
 }
 
 /// `orders republish --from N`.

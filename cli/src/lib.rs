@@ -4,6 +4,8 @@
 //! This crate wires the other crates together; it holds no business rules and
 //! no SQL of its own beyond status queries.
 
+pub mod assembly;
+pub mod audit;
 pub mod commands;
 pub mod schemas;
 pub mod settings;

@@ -34,9 +34,9 @@ enum Command {
     /// Rebuild read models from the event store into fresh tables and swap
     /// them in, while queries and live projection workers keep running.
     Rebuild {
-        /// Which read model.
-        #[arg(value_enum)]
-        projection: commands::Projection,
+        /// Which read model (`orders`, `products`, `customer-orders`), or `all`.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(commands::rebuild_names()))]
+        projection: String,
     },
     /// Publish the events from a global position on again (for a new
     /// consumer); the relay's own progress is left alone.
@@ -44,6 +44,14 @@ enum Command {
         /// The first global position to publish.
         #[arg(long)]
         from: i64,
+    },
+    /// Check the books of a running platform (events, read models, sagas,
+    /// the payment gateway's ledger); print every violation, exit 1 if any.
+    Audit {
+        /// Seconds to keep auditing while violations remain, for a platform
+        /// still digesting its last events.
+        #[arg(long, default_value_t = 10)]
+        settle_secs: u64,
     },
     /// Write the generated contract (OpenAPI, event schemas) into a folder.
     Schemas {
@@ -75,9 +83,13 @@ fn main() -> ExitCode {
                     Command::Migrate => commands::migrate(&settings).await,
                     Command::Status => commands::status(&settings).await,
                     Command::Rebuild { projection } => {
-                        commands::rebuild(&settings, projection).await
+                        commands::rebuild(&settings, &projection).await
                     }
                     Command::Republish { from } => commands::republish(&settings, from).await,
+                    Command::Audit { settle_secs } => {
+                        commands::audit(&settings, std::time::Duration::from_secs(settle_secs))
+                            .await
+                    }
                     Command::Schemas { .. } => Ok(()),
                 }
             })

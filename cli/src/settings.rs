@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use config::{Config, Environment, File, FileFormat};
 use platform::telemetry::LogFormat;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Everything a process of the platform can be told.
@@ -62,13 +62,27 @@ pub struct Settings {
     pub saga_step_attempts: u32,
     /// Failures in a row of an undo before the saga is flagged as needing attention.
     pub saga_attention_after: u32,
-    /// The payment gateway the saga charges through. Empty: the simulator this
-    /// platform serves at `/gateway` on `listen`.
+    /// First wait in milliseconds before a failed saga step is tried again;
+    /// it doubles with every failure up to `saga_max_backoff_ms`.
+    pub saga_first_backoff_ms: u64,
+    pub saga_max_backoff_ms: u64,
+    /// Milliseconds between looks for sagas with work due (retries, and sagas
+    /// a stopped process left).
+    pub saga_scan_interval_ms: u64,
+    /// Sagas one process drives at once.
+    pub saga_concurrency: usize,
+    /// The payment gateway the saga charges through. Empty: the gateway
+    /// service at `gateway_listen` (this process's own with `--role all`).
     pub payment_gateway_url: String,
     /// Milliseconds one request to the gateway may take.
     pub payment_gateway_timeout_ms: u64,
-    /// Serve the payment gateway simulator at `/gateway` (with the API role).
-    pub payment_gateway_simulator: bool,
+    /// Where the payment gateway service listens (`--role gateway`).
+    pub gateway_listen: SocketAddr,
+    /// The gateway service's own database, created when missing. Empty: the
+    /// database `payment_gateway` on the server of `database_url`.
+    pub gateway_database_url: SecretString,
+    /// Milliseconds a `tok_slow` charge takes to answer.
+    pub gateway_slow_answer_ms: u64,
 }
 
 impl Settings {
@@ -112,9 +126,15 @@ impl Settings {
             .set_default("saga_step_deadline_ms", 10_000)?
             .set_default("saga_step_attempts", 5)?
             .set_default("saga_attention_after", 5)?
+            .set_default("saga_first_backoff_ms", 50)?
+            .set_default("saga_max_backoff_ms", 30_000)?
+            .set_default("saga_scan_interval_ms", 500)?
+            .set_default("saga_concurrency", 32)?
             .set_default("payment_gateway_url", "")?
             .set_default("payment_gateway_timeout_ms", 5_000)?
-            .set_default("payment_gateway_simulator", true)?
+            .set_default("gateway_listen", "127.0.0.1:8081")?
+            .set_default("gateway_database_url", "")?
+            .set_default("gateway_slow_answer_ms", 3_000)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -164,27 +184,55 @@ impl Settings {
                 step_deadline: Duration::from_millis(self.saga_step_deadline_ms),
                 forward_attempts: self.saga_step_attempts,
                 attention_after: self.saga_attention_after,
-                ..saga_orchestrator::driver::Policy::default()
+                first_backoff: Duration::from_millis(self.saga_first_backoff_ms),
+                max_backoff: Duration::from_millis(self.saga_max_backoff_ms),
             },
-            ..saga_orchestrator::orchestrator::OrchestratorConfig::default()
+            scan_interval: Duration::from_millis(self.saga_scan_interval_ms.max(1)),
+            concurrency: self.saga_concurrency,
         }
     }
 
-    pub fn payment_gateway(&self) -> saga_orchestrator::gateway::http::HttpGatewayConfig {
-        let base_url = if self.payment_gateway_url.is_empty() {
-            // The simulator of this platform's own API.
-            let ip = match self.listen.ip() {
-                ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-                ip => ip,
-            };
-            format!("http://{}/gateway", SocketAddr::new(ip, self.listen.port()))
-        } else {
-            self.payment_gateway_url.clone()
-        };
+    /// The saga's client of the gateway at `base_url` (see
+    /// [`payment_gateway_url`](Self::payment_gateway_url)).
+    pub fn payment_gateway(
+        &self,
+        base_url: String,
+    ) -> saga_orchestrator::gateway::http::HttpGatewayConfig {
         saga_orchestrator::gateway::http::HttpGatewayConfig {
             base_url,
             request_timeout: Duration::from_millis(self.payment_gateway_timeout_ms),
             ..saga_orchestrator::gateway::http::HttpGatewayConfig::default()
+        }
+    }
+
+    /// Where the saga reaches the gateway: `payment_gateway_url`, or the
+    /// gateway service at `gateway` (this process's, or `gateway_listen`).
+    pub fn payment_gateway_url(&self, gateway: Option<SocketAddr>) -> String {
+        if !self.payment_gateway_url.is_empty() {
+            return self.payment_gateway_url.clone();
+        }
+        let address = gateway.unwrap_or(self.gateway_listen);
+        let ip = match address.ip() {
+            ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, address.port()))
+    }
+
+    /// The payment gateway service (`--role gateway`).
+    pub fn gateway(&self) -> payment_gateway::GatewayConfig {
+        let database_url = match self.gateway_database_url.expose_secret() {
+            "" => platform::postgres::with_database(
+                self.database_url.expose_secret(),
+                "payment_gateway",
+            ),
+            url => url.to_owned(),
+        };
+        payment_gateway::GatewayConfig {
+            listen: self.gateway_listen,
+            database_url,
+            pool_size: self.database_pool_size.clamp(2, 16),
+            slow_answer: Duration::from_millis(self.gateway_slow_answer_ms),
         }
     }
 
@@ -203,8 +251,6 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-
-    use secrecy::ExposeSecret;
 
     use super::*;
 

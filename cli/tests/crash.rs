@@ -289,15 +289,20 @@ async fn a_saga_orchestrator_killed_at_random_moments_still_ends_every_order_cle
     let topics = TestTopics::new();
     let port = free_port().to_string();
     let base = format!("http://127.0.0.1:{port}");
-    let gateway_url = format!("{base}/gateway");
+    let gateway_port = free_port();
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+    let gateway_database = TestDatabase::create().await.unwrap();
     let settings = [
         ("ORDERS_LISTEN", format!("127.0.0.1:{port}")),
+        ("ORDERS_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}")),
+        ("ORDERS_GATEWAY_DATABASE_URL", gateway_database.url.clone()),
         ("ORDERS_PAYMENT_GATEWAY_URL", gateway_url.clone()),
         ("ORDERS_SAGA_PAYMENT_DEADLINE_MS", "1500".to_owned()),
     ];
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // The API (with the gateway simulator, whose memory is the record of
-    // every charge) and the relay live through the test; the saga does not.
+    // The API, the gateway and the relay live through the test; the saga
+    // does not.
+    let _gateway = spawn("gateway", &database, &topics, &settings);
     let _api = spawn("api", &database, &topics, &settings);
     let _relay = spawn("relay", &database, &topics, &settings);
     let client = reqwest::Client::new();
@@ -463,14 +468,26 @@ async fn a_saga_orchestrator_killed_at_random_moments_still_ends_every_order_cle
 
     // Money: confirmed orders hold one captured charge, cancelled ones none,
     // and no payment was approved or refunded twice.
-    let charges: HashMap<String, String> = client
-        .get(format!("{gateway_url}/charges"))
+    let listed: serde_json::Value = client
+        .get(format!("{gateway_url}/charges?limit=1000"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    let charges: HashMap<String, String> = listed["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(listed["next_after"].is_null() || charges.len() == 1000);
     for (id, last) in &endings {
         let charge = charges
             .get(&saga_orchestrator::driver::charge_key(id))

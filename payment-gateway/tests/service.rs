@@ -43,7 +43,8 @@ impl Running {
     }
 
     async fn charge(&self, key: &str, token: &str, amount: i64) -> (u16, Value) {
-        let body = json!({"key": key, "amount_cents": amount, "currency": "EUR", "payment_method": token});
+        let body =
+            json!({"key": key, "amount_cents": amount, "currency": "EUR", "payment_method": token});
         let response = self
             .client
             .post(format!("{}/charges", self.base))
@@ -103,7 +104,10 @@ async fn each_token_answers_as_the_contract_says() {
         assert_eq!(status, 503, "{problem}");
         assert_eq!(problem["type"], "/problems/temporarily-unavailable");
     }
-    assert_eq!(gateway.charge("k-flaky", "tok_flaky", 1250).await.1["status"], "approved");
+    assert_eq!(
+        gateway.charge("k-flaky", "tok_flaky", 1250).await.1["status"],
+        "approved"
+    );
 
     let silent = tokio::time::timeout(
         Duration::from_millis(300),
@@ -168,7 +172,10 @@ async fn refunds_give_captures_back_and_void_what_was_not_taken() {
     assert_eq!(gateway.refund("k-visa").await["status"], "refunded");
     assert_eq!(gateway.refund("k-visa").await["status"], "refunded");
     // The charge, asked again, says what became of it.
-    assert_eq!(gateway.charge("k-visa", "tok_visa", 700).await.1["status"], "refunded");
+    assert_eq!(
+        gateway.charge("k-visa", "tok_visa", 700).await.1["status"],
+        "refunded"
+    );
 
     let _ = tokio::time::timeout(
         Duration::from_millis(200),
@@ -181,7 +188,10 @@ async fn refunds_give_captures_back_and_void_what_was_not_taken() {
     let voided = gateway.refund("k-early").await;
     assert_eq!(voided["status"], "voided");
     assert!(voided["amount_cents"].is_null());
-    assert_eq!(gateway.charge("k-early", "tok_visa", 700).await.1["status"], "voided");
+    assert_eq!(
+        gateway.charge("k-early", "tok_visa", 700).await.1["status"],
+        "voided"
+    );
 
     gateway.charge("k-declined", "tok_declined", 700).await;
     assert_eq!(gateway.refund("k-declined").await["status"], "declined");
@@ -202,7 +212,10 @@ async fn a_restart_forgets_nothing() {
     assert_eq!(found["reference"], approved["reference"]);
     // The flaky charge remembers its first failure.
     assert_eq!(gateway.charge("k-flaky", "tok_flaky", 900).await.0, 503);
-    assert_eq!(gateway.charge("k-flaky", "tok_flaky", 900).await.1["status"], "approved");
+    assert_eq!(
+        gateway.charge("k-flaky", "tok_flaky", 900).await.1["status"],
+        "approved"
+    );
     assert_eq!(gateway.refund("k-kept").await["status"], "refunded");
     assert_eq!(gateway.find("nope").await.0, 404);
     gateway.stop().await;
@@ -228,7 +241,10 @@ async fn bad_charges_are_refused_with_the_fields_named() {
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["key", "amount_cents", "currency", "payment_method"]);
+    assert_eq!(
+        fields,
+        ["key", "amount_cents", "currency", "payment_method"]
+    );
 
     let not_json = gateway
         .client

@@ -6,6 +6,7 @@
 //! this crate.
 
 pub mod kafka;
+pub mod postgres;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;

@@ -61,6 +61,8 @@ pub struct Comparison {
     pub orphans: i64,
     /// Events the fold refused.
     pub refused: usize,
+    /// Aggregates whose row was compared.
+    pub compared: usize,
 }
 
 impl Projection {
@@ -72,16 +74,25 @@ impl Projection {
         with_model!(self, M => M::NAME)
     }
 
+    /// The name on the command line (`orders rebuild customer-orders`).
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::Orders => "orders",
+            Self::Products => "products",
+            Self::CustomerOrders => "customer-orders",
+        }
+    }
+
     /// The live table.
     pub fn table(self) -> &'static str {
         with_model!(self, M => M::TABLE)
     }
 
-    /// The projection named `name` (`customer-orders` works for
-    /// `customer_orders`, as on the command line).
+    /// The projection named `name`, or with that [`slug`](Self::slug).
     pub fn named(name: &str) -> Option<Self> {
-        let name = name.replace('-', "_");
-        Self::ALL.into_iter().find(|p| p.name() == name)
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name || p.slug() == name)
     }
 
     /// The projection's worker, until `shutdown` completes.
@@ -127,6 +138,7 @@ async fn compare<M: ReadModel>(pool: &PgPool) -> anyhow::Result<Comparison> {
     }
     let mut comparison = Comparison {
         refused,
+        compared: folded.len(),
         ..Comparison::default()
     };
     let mut connection = pool.acquire().await?;

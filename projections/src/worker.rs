@@ -16,8 +16,8 @@ use anyhow::Context;
 use event_store::{Envelope, Topics};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
@@ -215,7 +215,8 @@ async fn apply_batch<M: ReadModel>(
             .map(|(position, error)| (envelopes[*position].0, error.to_string())),
     );
     for (index, error) in &poison {
-        send_to_dead_letters(producer, dead_letters, &batch[*index], error).await?;
+        platform::kafka::send_to_dead_letters(producer, dead_letters, &batch[*index], error)
+            .await?;
     }
     metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
         .increment(poison.len() as u64);
@@ -310,59 +311,6 @@ fn next_offsets(batch: &[BorrowedMessage<'_>]) -> anyhow::Result<TopicPartitionL
         list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     Ok(list)
-}
-
-/// Forwards a message as it came, with why it was refused and where it was.
-async fn send_to_dead_letters(
-    producer: &FutureProducer,
-    topic: &str,
-    message: &BorrowedMessage<'_>,
-    error: &str,
-) -> anyhow::Result<()> {
-    tracing::warn!(
-        source_topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        %error,
-        "message sent to the dead-letter topic"
-    );
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
-    let mut headers = OwnedHeaders::new();
-    if let Some(original) = message.headers() {
-        for header in original.iter() {
-            headers = headers.insert(header);
-        }
-    }
-    let headers = headers
-        .insert(Header {
-            key: "error",
-            value: Some(error),
-        })
-        .insert(Header {
-            key: "source_topic",
-            value: Some(message.topic()),
-        })
-        .insert(Header {
-            key: "source_partition",
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: "source_offset",
-            value: Some(&offset),
-        });
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-    if let Some(key) = message.key() {
-        record = record.key(key);
-    }
-    if let Some(payload) = message.payload() {
-        record = record.payload(payload);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
-    Ok(())
 }
 
 /// The `projection_lag_events` gauge: messages in the assigned partitions not

@@ -1,10 +1,20 @@
 //! Carries out a saga's actions: commands through the event store's dispatch,
 //! charges and refunds through the payment gateway.
 //!
-//! Every command carries the action's idempotency key, and the gateway gets
-//! one per charge, so an action done again (a crash before its outcome was
-//! saved, two drivers racing) changes nothing. The saga is saved after each
-//! action with optimistic locking.
+//! The saga records a step as done only when it learned that it happened:
+//!
+//! - every command carries the step's idempotency key, so doing a step again
+//!   (after a crash, or by a second driver) finds the first result;
+//! - a step whose outcome is unknown (its last try failed or had no answer,
+//!   and may still land from the append queue) is *settled* before the saga
+//!   gives it up or undoes around it: the store says whether the key landed,
+//!   and fences it if not, so that it never does;
+//! - the undo of a charge asks the gateway what it holds under the charge's
+//!   key and records exactly that in the payment's ledger.
+//!
+//! A driver leases a saga while it drives it, so that two processes do not
+//! work on one saga at once; the keys and the saga's version keep it right
+//! even when a lease runs out under a driver that is still busy.
 
 use std::time::Duration;
 
@@ -12,11 +22,11 @@ use chrono::Utc;
 use cqrs_es::Aggregate;
 use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason};
 use domain::{
-    Order, OrderCommand, Payment, PaymentCommand, PaymentError, Product, ProductCommand,
-    ProductError,
+    Order, OrderCommand, OrderError, Payment, PaymentCommand, PaymentError, PaymentStatus, Product,
+    ProductCommand, ProductError,
 };
 use event_store::{
-    CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey,
+    CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey, Settled,
 };
 use sqlx::PgPool;
 
@@ -62,6 +72,12 @@ impl Policy {
             .min(self.max_backoff);
         ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
     }
+
+    /// How long a driver holds a saga: longer than any one step takes, so
+    /// that a lease runs out only under a driver that is gone or stuck.
+    pub fn lease(&self) -> Duration {
+        self.payment_deadline.max(self.step_deadline) * 2 + Duration::from_secs(5)
+    }
 }
 
 /// How often a charge in flight looks for the customer's cancel.
@@ -70,6 +86,10 @@ const CANCEL_POLL: Duration = Duration::from_millis(200);
 /// How long the saga's idempotency keys are remembered.
 const KEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// A charge whose deadline passed before the step started (a restart after a
+/// crash) still asks the gateway once, this long, for an answer it may hold.
+const LAST_LOOK: Duration = Duration::from_secs(2);
+
 /// Runs sagas to their end.
 #[derive(Debug, Clone)]
 pub struct Driver<G> {
@@ -77,6 +97,8 @@ pub struct Driver<G> {
     bus: CommandBus,
     gateway: G,
     policy: Policy,
+    /// Names this driver in the leases it takes.
+    owner: String,
 }
 
 impl<G: PaymentGateway + Clone> Driver<G> {
@@ -86,56 +108,72 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             pool,
             gateway,
             policy,
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
     }
 
     /// Runs the order's saga until it ends or waits for a retry. Safe to call
-    /// at any time, any number of times, from any process.
+    /// at any time, any number of times, from any process: a saga another
+    /// driver holds is left to it.
     pub async fn drive(&self, order_id: &str) -> anyhow::Result<()> {
+        let result = self.drive_leased(order_id).await;
+        // Let the next driver in at once rather than when the lease runs out.
+        store::release(&self.pool, order_id, &self.owner).await?;
+        result
+    }
+
+    async fn drive_leased(&self, order_id: &str) -> anyhow::Result<()> {
         loop {
-            let Some(loaded) = store::load(&self.pool, order_id).await? else {
+            let Some(loaded) =
+                store::claim(&self.pool, order_id, &self.owner, self.policy.lease()).await?
+            else {
                 return Ok(());
             };
             let mut saga = loaded.saga;
+            let mut version = loaded.version;
             if let Some(reason) = &loaded.cancel_reason
                 && !saga.order_cancelled
             {
                 // The step the saga was taking when the cancel came may have
-                // landed without being recorded (a crash, a timeout). Learn
-                // its outcome first (the same key finds it), so that the undo
-                // knows what to undo.
+                // landed without being recorded (a crash, a timeout, a queued
+                // append). Settle it first, so that the undo knows what to
+                // undo. (A charge in flight is settled by the refund.)
                 if let Some(pending) = saga
                     .next_action()
                     .filter(|action| !action.is_compensation() && *action != Action::Charge)
                 {
-                    let outcome = self.bounded_command(&saga, &pending).await;
-                    let failed = matches!(outcome, Outcome::Failed { .. });
-                    saga.record(&pending, outcome, Utc::now());
-                    if failed {
-                        let wait = self.policy.backoff(saga.attempts);
-                        self.save(&saga, loaded.version, wait).await?;
-                        return Ok(());
+                    match self.settle(&saga, &pending).await {
+                        Ok(landed) => saga.settled(&pending, landed, Utc::now()),
+                        Err(detail) => {
+                            tracing::warn!(order_id, step = %pending.name(), %detail, "cannot settle a step; will retry");
+                            saga.record(&pending, Outcome::Failed { detail }, Utc::now());
+                            let wait = self.policy.backoff(saga.attempts);
+                            self.save(&saga, version, wait).await?;
+                            return Ok(());
+                        }
                     }
                 }
                 saga.order_cancelled(reason, Utc::now());
             }
             let Some(action) = saga.next_action() else {
                 // Nothing to do, but a cancel may have just been taken in.
-                self.save(&saga, loaded.version, Duration::ZERO).await?;
+                self.save(&saga, version, Duration::ZERO).await?;
                 return Ok(());
             };
-            let mut version = loaded.version;
             let Some(outcome) = self.execute(&mut saga, &mut version, &action).await? else {
                 // Someone else saved the saga meanwhile: start over from it.
                 continue;
             };
-            if let Outcome::Failed { detail } = &outcome {
+            let failed = matches!(
+                outcome,
+                Outcome::Failed { .. } | Outcome::Inconsistent { .. }
+            );
+            if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = &outcome {
                 tracing::warn!(order_id, step = %action.name(), %detail, "saga step failed; will retry");
             }
-            let failed = matches!(outcome, Outcome::Failed { .. });
             saga.record(&action, outcome, Utc::now());
             if failed && saga.attempts >= self.policy.forward_attempts {
-                saga.give_up(&action, Utc::now());
+                self.give_up(&mut saga, &action).await;
             }
             let wait = if saga.attempts > 0 {
                 self.policy.backoff(saga.attempts)
@@ -155,10 +193,40 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
+    /// A forward step failed too often: learn whether it landed after all
+    /// (then it is done), else undo. A step that cannot even be settled now
+    /// stays next, to be tried again.
+    async fn give_up(&self, saga: &mut OrderSaga, action: &Action) {
+        if action.is_compensation() {
+            return;
+        }
+        if *action == Action::Charge {
+            // The refund asks the gateway what it took.
+            saga.give_up(action, Utc::now());
+            return;
+        }
+        match self.settle(saga, action).await {
+            Ok(true) => saga.settled(action, true, Utc::now()),
+            Ok(false) => saga.give_up(action, Utc::now()),
+            Err(detail) => {
+                tracing::warn!(order_id = %saga.order_id, step = %action.name(), %detail, "cannot settle a step given up; will retry");
+            }
+        }
+    }
+
     async fn save(&self, saga: &OrderSaga, version: i64, wait: Duration) -> sqlx::Result<Saved> {
         let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
         let attention = saga.needs_attention(self.policy.attention_after);
-        store::save(&self.pool, saga, version, next, attention).await
+        store::save(
+            &self.pool,
+            saga,
+            version,
+            next,
+            attention,
+            &self.owner,
+            self.policy.lease(),
+        )
+        .await
     }
 
     /// Does `action`. `None`: the saga changed under us before a charge
@@ -190,9 +258,9 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     }
 
     /// [`command`](Self::command) within the step deadline. A command that
-    /// did not answer in time may still land: its outcome is unknown, so it is
-    /// tried again under the same key (which finds it if it landed) rather
-    /// than taken for a refusal.
+    /// did not answer in time may still land: its outcome is unknown, so it
+    /// is tried again under the same key (which finds it if it landed), or
+    /// settled before it is given up.
     async fn bounded_command(&self, saga: &OrderSaga, action: &Action) -> Outcome {
         let deadline = self.policy.step_deadline;
         tokio::time::timeout(deadline, self.command(saga, action))
@@ -200,6 +268,36 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             .unwrap_or_else(|_| Outcome::Failed {
                 detail: format!("no answer within {deadline:?}"),
             })
+    }
+
+    /// Whether the forward command `action` landed; afterwards it cannot
+    /// land any more. `Err`: the store could not say (try again later).
+    async fn settle(&self, saga: &OrderSaga, action: &Action) -> Result<bool, String> {
+        let claim = claim(action.key(&saga.order_id));
+        let settled = async {
+            match action {
+                Action::ReserveStock { sku, .. } | Action::CommitReservation { sku } => {
+                    self.bus.settle::<Product>(sku, &claim).await.map_err(text)
+                }
+                Action::RequestCharge => self
+                    .bus
+                    .settle::<Payment>(&saga.order_id, &claim)
+                    .await
+                    .map_err(text),
+                Action::ConfirmOrder => self
+                    .bus
+                    .settle::<Order>(&saga.order_id, &claim)
+                    .await
+                    .map_err(text),
+                other => Err(format!("{} is not settled by key", other.name())),
+            }
+        };
+        match tokio::time::timeout(self.policy.step_deadline, settled).await {
+            Ok(Ok(Settled::Landed(_))) => Ok(true),
+            Ok(Ok(Settled::Never)) => Ok(false),
+            Ok(Err(detail)) => Err(detail),
+            Err(_) => Err("the store did not answer in time".into()),
+        }
     }
 
     /// Returns once the order's cancel has arrived (polling the saga's row).
@@ -218,53 +316,61 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
-    /// The charge, bounded by what is left of the payment deadline.
+    /// The charge, bounded by what is left of the payment deadline. Only
+    /// the gateway's own decision is written to the payment's ledger: no
+    /// answer in time is a timeout for the saga (which then undoes, and the
+    /// refund learns what the gateway did), never a decline on the record.
     async fn charge_within(&self, saga: &OrderSaga) -> Outcome {
         let started = saga.action_started_at.unwrap_or_else(Utc::now);
         let spent = (Utc::now() - started).to_std().unwrap_or_default();
         let left = self.policy.payment_deadline.saturating_sub(spent);
-        let answer = tokio::time::timeout(left, self.charge(saga)).await;
-        let context = self.context(saga, Action::Charge.key(&saga.order_id));
-        let payment = |command| self.run::<Payment>(&saga.order_id, command, &context);
-        match answer {
+        // Past the deadline already (a restart): one last look, for an answer
+        // the gateway gave before the crash.
+        let window = if left.is_zero() { LAST_LOOK } else { left };
+        match tokio::time::timeout(window, self.charge(saga)).await {
             Ok(Ok(ChargeAnswer::Approved { reference })) => {
-                let approve = PaymentCommand::ApproveCharge {
-                    provider_reference: reference.clone(),
-                };
-                match payment(approve).await {
-                    Outcome::Done => Outcome::Approved { reference },
-                    // Declined on a timeout before a crash: undo it.
-                    Outcome::Refused { .. } => Outcome::TimedOut,
-                    other => other,
-                }
+                self.record_approval(saga, reference).await
             }
             Ok(Ok(ChargeAnswer::Declined { reason })) => {
                 let decline = match reason_of(&reason) {
                     Ok(reason) => PaymentCommand::DeclineCharge { reason },
                     Err(refused) => return refused,
                 };
-                match payment(decline).await {
-                    Outcome::Done | Outcome::Refused { .. } => Outcome::Declined { reason },
-                    other => other,
+                let context = context(saga, Action::decline_key(&saga.order_id));
+                match self.payment(saga, decline, &context).await {
+                    Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
+                        Outcome::Declined { reason }
+                    }
+                    Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                        detail: format!("the gateway declined, but the ledger says: {refusal}"),
+                    },
+                    Err(other) => failed(other),
                 }
             }
+            // Refunded or voided first: nothing is held, and the undo settles it.
+            Ok(Ok(ChargeAnswer::Undone)) => Outcome::TimedOut,
+            Ok(Err(_)) if left.is_zero() => Outcome::TimedOut,
             Ok(Err(unavailable)) => Outcome::Failed {
                 detail: unavailable.to_string(),
             },
-            Err(_) => {
-                let decline = match reason_of("payment timed out") {
-                    Ok(reason) => PaymentCommand::DeclineCharge { reason },
-                    Err(refused) => return refused,
-                };
-                match payment(decline).await {
-                    Outcome::Done => Outcome::TimedOut,
-                    // Approved before a crash: the money is there.
-                    Outcome::Refused { .. } => Outcome::Approved {
-                        reference: "recorded before".into(),
-                    },
-                    other => other,
-                }
+            Err(_) => Outcome::TimedOut,
+        }
+    }
+
+    /// Records the gateway's approval on the payment, under its own key.
+    async fn record_approval(&self, saga: &OrderSaga, reference: String) -> Outcome {
+        let approve = PaymentCommand::ApproveCharge {
+            provider_reference: reference.clone(),
+        };
+        let context = context(saga, Action::approval_key(&saga.order_id));
+        match self.payment(saga, approve, &context).await {
+            Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyApproved)) => {
+                Outcome::Approved { reference }
             }
+            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                detail: format!("the gateway approved, but the ledger says: {refusal}"),
+            },
+            Err(other) => failed(other),
         }
     }
 
@@ -290,8 +396,105 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
-    /// Every action but the charge: one command (the refund also asks the
-    /// gateway first).
+    /// The undo of the payment: the gateway refunds what it captured under
+    /// the charge's key (or voids it), and the ledger then records exactly
+    /// what the gateway says happened. A disagreement is flagged, not passed.
+    async fn refund(&self, saga: &OrderSaga) -> Outcome {
+        let answer = match self.gateway.refund(&charge_key(&saga.order_id)).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                return Outcome::Failed {
+                    detail: error.to_string(),
+                };
+            }
+        };
+        let ledger = match self.bus.load::<Payment>(&saga.order_id).await {
+            Ok((payment, _)) => payment.status(),
+            Err(error) => {
+                return Outcome::Failed {
+                    detail: error.to_string(),
+                };
+            }
+        };
+        let why = saga.reason.as_deref().unwrap_or("cancelled");
+        match (answer, ledger) {
+            (RefundAnswer::Refunded { .. }, Some(PaymentStatus::Refunded)) => Outcome::Done,
+            (RefundAnswer::Refunded { .. }, Some(PaymentStatus::Approved)) => {
+                self.record_refund(saga, why).await
+            }
+            // Captured after the saga stopped waiting: the ledger learns of
+            // the capture, then of its refund.
+            (RefundAnswer::Refunded { reference }, Some(PaymentStatus::Requested)) => {
+                let reference = reference.unwrap_or_else(|| "captured late".into());
+                match self.record_approval(saga, reference).await {
+                    Outcome::Approved { .. } => self.record_refund(saga, why).await,
+                    other => other,
+                }
+            }
+            (RefundAnswer::Refunded { .. }, ledger) => Outcome::Inconsistent {
+                detail: format!(
+                    "the gateway refunded a capture, but the ledger holds the payment {}",
+                    describe(ledger)
+                ),
+            },
+            (RefundAnswer::NothingCaptured, None | Some(PaymentStatus::Declined)) => Outcome::Done,
+            // The charge is voided: the ledger closes it as declined.
+            (RefundAnswer::NothingCaptured, Some(PaymentStatus::Requested)) => {
+                let decline = match reason_of(&format!("voided: {why}")) {
+                    Ok(reason) => PaymentCommand::DeclineCharge { reason },
+                    Err(refused) => return refused,
+                };
+                let context = context(saga, Action::decline_key(&saga.order_id));
+                match self.payment(saga, decline, &context).await {
+                    Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
+                        Outcome::Done
+                    }
+                    // Approved meanwhile by a late answer: refund it next time.
+                    Err(CommandError::Refused(refusal)) => Outcome::Failed {
+                        detail: format!("cannot close the voided charge: {refusal}"),
+                    },
+                    Err(other) => failed(other),
+                }
+            }
+            (RefundAnswer::NothingCaptured, ledger) => Outcome::Inconsistent {
+                detail: format!(
+                    "the ledger holds the payment {}, but the gateway says nothing was captured",
+                    describe(ledger)
+                ),
+            },
+        }
+    }
+
+    async fn record_refund(&self, saga: &OrderSaga, why: &str) -> Outcome {
+        let refund = match reason_of(why) {
+            Ok(reason) => PaymentCommand::RefundPayment { reason },
+            Err(refused) => return refused,
+        };
+        let context = context(saga, Action::Refund.key(&saga.order_id));
+        match self.payment(saga, refund, &context).await {
+            Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyRefunded)) => Outcome::Done,
+            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                detail: format!("the gateway refunded, but the ledger says: {refusal}"),
+            },
+            Err(other) => failed(other),
+        }
+    }
+
+    async fn payment(
+        &self,
+        saga: &OrderSaga,
+        command: PaymentCommand,
+        context: &CommandContext,
+    ) -> Result<(), CommandError<PaymentError>> {
+        self.bus
+            .execute::<Payment>(&saga.order_id, command, context, Expect::Existing)
+            .await
+            .map(drop)
+    }
+
+    /// Every action but the charge: one command (the refund asks the
+    /// gateway first). Refusals that say the step's effect is already there
+    /// count as done.
     async fn command(&self, saga: &OrderSaga, action: &Action) -> Outcome {
         let order_id = match OrderId::parse(&saga.order_id) {
             Ok(id) => id,
@@ -301,18 +504,14 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 };
             }
         };
-        let context = self.context(saga, action.key(&saga.order_id));
+        let context = context(saga, action.key(&saga.order_id));
         match action {
             Action::ReserveStock { sku, quantity } => {
                 let reserve = ProductCommand::ReserveStock {
                     order_id,
                     quantity: *quantity,
                 };
-                let reserved = self
-                    .bus
-                    .execute::<Product>(sku, reserve, &context, Expect::Existing)
-                    .await;
-                match reserved {
+                match self.run::<Product>(sku, reserve, &context).await {
                     // The order holds it already: an earlier try landed.
                     Err(CommandError::Refused(ProductError::AlreadyReserved { .. })) => {
                         Outcome::Done
@@ -321,29 +520,25 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 }
             }
             Action::CommitReservation { sku } => {
-                self.run::<Product>(
-                    sku,
-                    ProductCommand::CommitReservation { order_id },
-                    &context,
-                )
-                .await
+                let commit = ProductCommand::CommitReservation { order_id };
+                match self.run::<Product>(sku, commit, &context).await {
+                    Err(CommandError::Refused(ProductError::AlreadySold { .. })) => Outcome::Done,
+                    other => outcome_of(other),
+                }
             }
             Action::ReleaseReservation { sku } => {
-                self.run::<Product>(
-                    sku,
-                    ProductCommand::ReleaseReservation { order_id },
-                    &context,
-                )
-                .await
+                let release = ProductCommand::ReleaseReservation { order_id };
+                match self.run::<Product>(sku, release, &context).await {
+                    Err(CommandError::Refused(ProductError::AlreadySold { .. })) => {
+                        Outcome::AlreadySold
+                    }
+                    other => outcome_of(other),
+                }
             }
             Action::ReturnStock { sku, quantity } => {
                 let quantity = *quantity;
-                self.run::<Product>(
-                    sku,
-                    ProductCommand::ReturnSoldStock { order_id, quantity },
-                    &context,
-                )
-                .await
+                let give_back = ProductCommand::ReturnSoldStock { order_id, quantity };
+                outcome_of(self.run::<Product>(sku, give_back, &context).await)
             }
             Action::RequestCharge => {
                 let amount = match Currency::parse(&saga.currency)
@@ -379,33 +574,25 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     other => outcome_of(other),
                 }
             }
-            Action::Refund => {
-                match self.gateway.refund(&charge_key(&saga.order_id)).await {
-                    Err(error) => Outcome::Failed {
-                        detail: error.to_string(),
-                    },
-                    // Voided before it was taken: the payment never held money.
-                    Ok(RefundAnswer::NothingCaptured) => Outcome::Done,
-                    Ok(RefundAnswer::Refunded) => {
-                        let reason = saga.reason.as_deref().unwrap_or("cancelled");
-                        let refund = match reason_of(reason) {
-                            Ok(reason) => PaymentCommand::RefundPayment { reason },
-                            Err(refused) => return refused,
-                        };
-                        self.run::<Payment>(&saga.order_id, refund, &context).await
-                    }
-                }
-            }
+            Action::Refund => self.refund(saga).await,
             Action::ConfirmOrder => {
-                self.run::<Order>(&saga.order_id, OrderCommand::ConfirmOrder, &context)
+                match self
+                    .run::<Order>(&saga.order_id, OrderCommand::ConfirmOrder, &context)
                     .await
+                {
+                    Err(CommandError::Refused(OrderError::AlreadyConfirmed)) => Outcome::Done,
+                    other => outcome_of(other),
+                }
             }
             Action::CancelOrder { reason } => {
                 let cancel = match reason_of(reason) {
                     Ok(reason) => OrderCommand::CancelOrder { reason },
                     Err(refused) => return refused,
                 };
-                self.run::<Order>(&saga.order_id, cancel, &context).await
+                match self.run::<Order>(&saga.order_id, cancel, &context).await {
+                    Err(CommandError::Refused(OrderError::AlreadyCancelled)) => Outcome::Done,
+                    other => outcome_of(other),
+                }
             }
             Action::Charge => Outcome::Failed {
                 detail: "the charge runs on its own path".into(),
@@ -413,31 +600,40 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
-    async fn run<A>(&self, id: &str, command: A::Command, context: &CommandContext) -> Outcome
+    async fn run<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<event_store::Outcome, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()>,
         A::Command: Clone,
     {
-        outcome_of(
-            self.bus
-                .execute::<A>(id, command, context, Expect::Existing)
-                .await,
-        )
+        self.bus
+            .execute::<A>(id, command, context, Expect::Existing)
+            .await
     }
+}
 
-    /// The command's metadata: the order's correlation id, and the step's
-    /// key as causation and idempotency key.
-    fn context(&self, saga: &OrderSaga, key: String) -> CommandContext {
-        CommandContext {
-            correlation_id: saga.correlation_id.clone(),
-            causation_id: key.clone(),
-            idempotency: Some(IdempotencyClaim {
-                fingerprint: key.clone(),
-                key: IdempotencyKey::internal(key),
-                ttl: KEY_TTL,
-            }),
-            expected_version: None,
-        }
+/// The command's metadata: the order's correlation id, and the step's key
+/// as causation and idempotency key.
+fn context(saga: &OrderSaga, key: String) -> CommandContext {
+    CommandContext {
+        correlation_id: saga.correlation_id.clone(),
+        causation_id: key.clone(),
+        idempotency: Some(claim(key)),
+        expected_version: None,
+    }
+}
+
+/// The claim of a saga command's key: the key itself is the fingerprint,
+/// since every step has a key of its own.
+fn claim(key: String) -> IdempotencyClaim {
+    IdempotencyClaim {
+        fingerprint: key.clone(),
+        key: IdempotencyKey::internal(key),
+        ttl: KEY_TTL,
     }
 }
 
@@ -454,9 +650,32 @@ fn outcome_of<E: std::error::Error>(
         Err(CommandError::Refused(refusal)) => Outcome::Refused {
             detail: refusal.to_string(),
         },
-        Err(other) => Outcome::Failed {
+        // Only a settled (fenced) key is taken by another request.
+        Err(CommandError::KeyReused) => Outcome::NeverDone,
+        Err(other) => failed(other),
+    }
+}
+
+fn failed<E: std::error::Error>(error: CommandError<E>) -> Outcome {
+    match error {
+        CommandError::KeyReused => Outcome::NeverDone,
+        other => Outcome::Failed {
             detail: other.to_string(),
         },
+    }
+}
+
+fn text<E: std::error::Error>(error: CommandError<E>) -> String {
+    error.to_string()
+}
+
+fn describe(status: Option<PaymentStatus>) -> &'static str {
+    match status {
+        None => "never requested",
+        Some(PaymentStatus::Requested) => "requested",
+        Some(PaymentStatus::Approved) => "approved",
+        Some(PaymentStatus::Declined) => "declined",
+        Some(PaymentStatus::Refunded) => "refunded",
     }
 }
 

@@ -4,7 +4,9 @@
 //! sagas a crash left in the middle).
 //!
 //! An event is stored in the `sagas` table before its offset is committed, so
-//! a crash loses none; a redelivered event changes nothing.
+//! a crash or a shutdown loses none; a redelivered event changes nothing. A
+//! message that is not an order event goes to `<topic>.dlq` (with the reason
+//! in an `error` header) before its offset is committed.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -17,6 +19,8 @@ use domain::OrderEvent;
 use event_store::{Envelope, Topics};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 
 use crate::driver::{Driver, Policy};
@@ -69,11 +73,11 @@ pub async fn run<G: PaymentGateway + Clone>(
         .context("orders have no topic")?;
     let mut shutdown = pin!(shutdown);
     // The broker may not be up yet; the orchestrator waits for it.
-    let topic_list = std::slice::from_ref(&topic);
+    let topic_list = [topic.clone(), Topics::dead_letter(&topic)];
     let (partitions, replication) = (config.partitions, config.replication);
     if !platform::kafka::create_topics_when_up(
         &config.brokers,
-        topic_list,
+        &topic_list,
         partitions,
         replication,
         shutdown.as_mut(),
@@ -82,10 +86,15 @@ pub async fn run<G: PaymentGateway + Clone>(
     {
         return Ok(());
     }
+    let dead_letters = Topics::dead_letter(&topic);
     let group = format!("{}orders-platform.saga", config.group_prefix);
     let consumer: StreamConsumer =
         platform::kafka::group_consumer_config(&config.brokers, "orders-saga", &group).create()?;
     consumer.subscribe(&[&topic])?;
+    let producer: FutureProducer =
+        platform::kafka::client_config(&config.brokers, "orders-saga-dead-letters")
+            .set("enable.idempotence", "true")
+            .create()?;
     let sagas = Sagas {
         driver: Arc::new(Driver::new(pool.clone(), gateway, config.policy.clone())),
         running: Arc::default(),
@@ -105,14 +114,16 @@ pub async fn run<G: PaymentGateway + Clone>(
                         continue;
                     }
                 };
-                let envelope = message
-                    .payload()
-                    .map(serde_json::from_slice::<Envelope>);
-                match envelope {
-                    Some(Ok(envelope)) => take_in(&pool, &sagas, &envelope, &mut shutdown).await,
-                    other => tracing::warn!(offset = message.offset(), error = ?other.map(|r| r.err()), "skipping a message that is not an envelope"),
+                let taken = match decode(&message) {
+                    Ok((envelope, event)) => take_in(&pool, &sagas, &envelope, &event, &mut shutdown).await,
+                    Err(error) => dead_letter(&producer, &dead_letters, &message, &error, &mut shutdown).await,
+                };
+                match taken {
+                    Taken::Done => consumer.commit_message(&message, CommitMode::Async)?,
+                    // Shutting down before the event was stored: its offset
+                    // stays, and the next member of the group takes it again.
+                    Taken::Interrupted => break,
                 }
-                consumer.commit_message(&message, CommitMode::Async)?;
             }
             _ = scan.tick() => {
                 match store::due(&pool, 200).await {
@@ -159,54 +170,108 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
     }
 }
 
-/// Stores what an order event means for its saga (retrying until the
-/// database takes it), then sets the saga going.
-async fn take_in<G: PaymentGateway + Clone>(
-    pool: &PgPool,
-    sagas: &Sagas<G>,
-    envelope: &Envelope,
+/// Whether a message was dealt with, so that its offset may be committed.
+enum Taken {
+    Done,
+    Interrupted,
+}
+
+/// The envelope and the order event it carries, or why it is poison.
+fn decode(message: &BorrowedMessage<'_>) -> Result<(Envelope, OrderEvent), String> {
+    let payload = message.payload().ok_or("the message has no payload")?;
+    let envelope: Envelope = serde_json::from_slice(payload)
+        .map_err(|error| format!("cannot decode the envelope: {error}"))?;
+    let event = envelope
+        .decode::<OrderEvent>()
+        .map_err(|error| format!("cannot decode {}: {error}", envelope.event_type))?;
+    Ok((envelope, event))
+}
+
+/// Retries `attempt` with backoff until it succeeds or `shutdown` completes.
+async fn until_done<F: Future<Output = anyhow::Result<()>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) {
-    let event = match envelope.decode::<OrderEvent>() {
-        Ok(event) => event,
-        Err(error) => {
-            tracing::warn!(event_id = %envelope.event_id, %error, "skipping an order event that does not decode");
-            return;
-        }
-    };
+) -> Taken {
     let mut delay = Duration::from_millis(100);
     loop {
-        let stored = match &event {
-            OrderEvent::OrderPlaced(placed) => {
-                let correlation = envelope
-                    .metadata
-                    .get(event_store::dispatch::metadata::CORRELATION_ID)
-                    .and_then(|value| value.as_str())
-                    .unwrap_or_default();
-                let saga = OrderSaga::start(placed, correlation, envelope.recorded_at);
-                store::insert(pool, &saga).await.map(|_| true)
-            }
-            OrderEvent::OrderCancelled(cancelled) => {
-                store::request_cancel(pool, &envelope.aggregate_id, cancelled.reason.as_str()).await
-            }
-            OrderEvent::OrderConfirmed(_) => return,
+        // A shutdown interrupts a try that hangs too (the database blocked):
+        // whether or not it went through, the offset is not committed, and
+        // taking the message in again changes nothing.
+        let tried = tokio::select! {
+            () = shutdown.as_mut() => return Taken::Interrupted,
+            tried = attempt() => tried,
         };
-        match stored {
-            Ok(true) => {
-                sagas.drive(envelope.aggregate_id.clone());
-                return;
-            }
-            Ok(false) => return,
+        match tried {
+            Ok(()) => return Taken::Done,
             Err(error) => {
-                tracing::warn!(%error, "cannot store an order event for its saga; retrying");
+                tracing::warn!(error = %format!("{error:#}"), "cannot {what}; retrying");
                 tokio::select! {
-                    () = shutdown.as_mut() => return,
+                    () = shutdown.as_mut() => return Taken::Interrupted,
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
+}
+
+/// Forwards a poison message to the dead-letter topic.
+async fn dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    message: &BorrowedMessage<'_>,
+    error: &str,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Taken {
+    metrics::counter!("saga_dead_letters_total").increment(1);
+    until_done(
+        "write a dead letter",
+        || platform::kafka::send_to_dead_letters(producer, topic, message, error),
+        shutdown,
+    )
+    .await
+}
+
+/// Stores what an order event means for its saga (retrying until the
+/// database takes it), then sets the saga going.
+async fn take_in<G: PaymentGateway + Clone>(
+    pool: &PgPool,
+    sagas: &Sagas<G>,
+    envelope: &Envelope,
+    event: &OrderEvent,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Taken {
+    let drive = std::sync::atomic::AtomicBool::new(false);
+    let taken = until_done(
+        "store an order event for its saga",
+        || async {
+            let stored = match event {
+                OrderEvent::OrderPlaced(placed) => {
+                    let correlation = envelope
+                        .metadata
+                        .get(event_store::dispatch::metadata::CORRELATION_ID)
+                        .and_then(|value| value.as_str())
+                        .unwrap_or_default();
+                    let saga = OrderSaga::start(placed, correlation, envelope.recorded_at);
+                    store::insert(pool, &saga).await?
+                }
+                OrderEvent::OrderCancelled(cancelled) => {
+                    store::request_cancel(pool, &envelope.aggregate_id, cancelled.reason.as_str())
+                        .await?
+                }
+                OrderEvent::OrderConfirmed(_) => false,
+            };
+            drive.store(stored, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        },
+        shutdown,
+    )
+    .await;
+    if drive.load(std::sync::atomic::Ordering::Relaxed) {
+        sagas.drive(envelope.aggregate_id.clone());
+    }
+    taken
 }
 
 /// Sagas by state and those needing attention, as gauges.

@@ -77,6 +77,7 @@ pub enum Charge {
     /// The gateway did not answer within the deadline; any late approval is
     /// refunded.
     TimedOut,
+    /// Settled by the undo: refunded if it had been captured, voided if not.
     Refunded,
 }
 
@@ -110,7 +111,8 @@ pub enum Action {
     },
     /// Record the charge on the payment aggregate.
     RequestCharge,
-    /// Ask the gateway to take the money, and record its answer.
+    /// Ask the gateway to take the money, and record its answer (under the
+    /// keys of [`Action::approval_key`] and [`Action::decline_key`]).
     Charge,
     ConfirmOrder,
     CommitReservation {
@@ -162,6 +164,19 @@ impl Action {
         format!("saga:{order_id}:{step}")
     }
 
+    /// The key under which the payment records the gateway's approval.
+    /// Approving and declining have keys of their own, so that the record of
+    /// one is never replayed as the other.
+    pub fn approval_key(order_id: &str) -> String {
+        format!("saga:{order_id}:approve")
+    }
+
+    /// The key under which the payment records a decline (the gateway's, or
+    /// a void that the undo learned of).
+    pub fn decline_key(order_id: &str) -> String {
+        format!("saga:{order_id}:decline")
+    }
+
     /// Whether this action undoes an earlier one.
     pub fn is_compensation(&self) -> bool {
         matches!(
@@ -189,6 +204,15 @@ pub enum Outcome {
     TimedOut,
     /// A failure of the platform or the gateway; worth trying again.
     Failed { detail: String },
+    /// Like `Failed`, but the records disagree (the payment's ledger and the
+    /// gateway): tried again, and someone should look at once.
+    Inconsistent { detail: String },
+    /// Releasing found the reservation committed: the units are sold, and
+    /// the undo must return them instead.
+    AlreadySold,
+    /// The command's key was settled as never to run (another driver gave
+    /// the step up): it did not happen and never will.
+    NeverDone,
 }
 
 /// The saga of one order.
@@ -213,6 +237,10 @@ pub struct OrderSaga {
     pub attempts: u32,
     /// When the next action first started, for its deadline.
     pub action_started_at: Option<DateTime<Utc>>,
+    /// Why someone should look now, whatever the count of failures: the
+    /// records disagree. Cleared when the step goes through.
+    #[serde(default)]
+    pub attention: Option<String>,
     pub steps: Vec<StepRecord>,
     pub updated_at: DateTime<Utc>,
 }
@@ -233,6 +261,7 @@ impl OrderSaga {
             reason: None,
             attempts: 0,
             action_started_at: None,
+            attention: None,
             steps: Vec::new(),
             updated_at: at,
         }
@@ -312,6 +341,9 @@ impl OrderSaga {
             Outcome::Declined { reason } => ("REFUSED", Some(reason.clone())),
             Outcome::TimedOut => ("TIMED_OUT", None),
             Outcome::Failed { detail } => ("FAILED", Some(detail.clone())),
+            Outcome::Inconsistent { detail } => ("FAILED", Some(detail.clone())),
+            Outcome::AlreadySold => ("DONE", Some("the units were sold".into())),
+            Outcome::NeverDone => ("REFUSED", Some("given up: it never happened".into())),
         };
         self.steps.push(StepRecord {
             name: action.name(),
@@ -320,17 +352,27 @@ impl OrderSaga {
             detail,
         });
         let outcome = match outcome {
-            // An undo is never abandoned: a timeout is one more failure.
-            Outcome::TimedOut if action.is_compensation() => Outcome::Failed {
+            // An undo is never abandoned: a timeout is one more failure, and
+            // so is a key given up on (only forward steps are given up).
+            Outcome::TimedOut | Outcome::NeverDone if action.is_compensation() => Outcome::Failed {
                 detail: "timed out".into(),
             },
             other => other,
         };
-        if let Outcome::Failed { .. } = outcome {
-            self.attempts += 1;
-            return;
+        match outcome {
+            Outcome::Failed { .. } => {
+                self.attempts += 1;
+                return;
+            }
+            Outcome::Inconsistent { detail } => {
+                self.attempts += 1;
+                self.attention = Some(detail);
+                return;
+            }
+            _ => {}
         }
         self.attempts = 0;
+        self.attention = None;
         self.action_started_at = None;
         match (action, outcome) {
             (Action::ReserveStock { sku, .. }, Outcome::Done) => {
@@ -344,6 +386,7 @@ impl OrderSaga {
             (Action::ReserveStock { sku, .. }, Outcome::TimedOut) => {
                 self.compensate(format!("stock reservation timed out: {sku}"));
             }
+            (action, Outcome::NeverDone) => self.compensate(format!("{} failed", action.name())),
             (Action::ReserveStock { sku, .. }, _) => {
                 self.compensate(format!("out of stock: {sku}"));
             }
@@ -368,7 +411,7 @@ impl OrderSaga {
                 self.charge = Charge::Declined;
                 self.compensate("payment declined".into());
             }
-            (Action::CommitReservation { sku }, Outcome::Done) => {
+            (Action::CommitReservation { sku }, Outcome::Done | Outcome::AlreadySold) => {
                 self.set_stock(sku, Stock::Committed);
             }
             (Action::CommitReservation { sku }, _) => {
@@ -379,6 +422,10 @@ impl OrderSaga {
                 // Only a cancelled order refuses to be confirmed.
                 self.order_cancelled = true;
                 self.compensate("cancelled by customer".into());
+            }
+            // The reservation was committed after all: return the units.
+            (Action::ReleaseReservation { sku }, Outcome::AlreadySold) => {
+                self.set_stock(sku, Stock::Committed);
             }
             // A refusal of an undo means there was nothing left to undo.
             (Action::ReleaseReservation { sku }, _) => self.set_stock(sku, Stock::Released),
@@ -391,27 +438,41 @@ impl OrderSaga {
         }
     }
 
-    /// The next forward action kept failing: stop trying and undo, with the
-    /// step's name as the reason. Compensations are never given up.
+    /// What the driver learned of a forward step whose outcome it did not
+    /// know (its last try failed or never answered): it `landed`, or it
+    /// never will. A landed step is taken in as done; otherwise nothing
+    /// changes, and what follows (an undo, a cancel) knows there is nothing of
+    /// it to undo.
+    pub fn settled(&mut self, action: &Action, landed: bool, at: DateTime<Utc>) {
+        if landed {
+            self.record(action, Outcome::Done, at);
+        } else {
+            self.updated_at = at;
+            self.steps.push(StepRecord {
+                name: action.name(),
+                status: "REFUSED".into(),
+                at,
+                detail: Some("settled: it did not happen".into()),
+            });
+        }
+    }
+
+    /// The next forward action kept failing and the driver settled that it
+    /// did not happen: stop trying and undo, with the step's name as the
+    /// reason. Compensations are never given up.
     pub fn give_up(&mut self, action: &Action, at: DateTime<Utc>) {
         if action.is_compensation() || self.state.is_final() {
             return;
         }
         self.updated_at = at;
-        if let Action::ReserveStock { sku, .. } = action {
-            // The failed tries may have landed after all: release it too (a
-            // release of nothing is refused, and taken as done).
-            if let Some(line) = self.lines.iter_mut().find(|l| &l.sku == sku) {
-                line.stock = Stock::Reserved;
-            }
-        }
         self.compensate(format!("{} failed", action.name()));
     }
 
-    /// Whether an undo has failed `limit` times in a row: it is still retried,
-    /// but someone should look.
+    /// Whether someone should look: an undo has failed `limit` times in a
+    /// row (it is still retried), or the records disagree.
     pub fn needs_attention(&self, limit: u32) -> bool {
-        self.state == SagaState::Compensating && self.attempts >= limit
+        self.attention.is_some()
+            || (self.state == SagaState::Compensating && self.attempts >= limit)
     }
 
     /// The customer cancelled the order (its `OrderCancelled` event, whoever

@@ -36,15 +36,49 @@ pub async fn load(pool: &PgPool, order_id: &str) -> sqlx::Result<Option<Loaded>>
         .bind(order_id)
         .fetch_optional(pool)
         .await?;
-    row.map(|row| {
-        let sqlx::types::Json(saga) = row.try_get("saga")?;
-        Ok(Loaded {
-            saga,
-            version: row.try_get("version")?,
-            cancel_reason: row.try_get("cancel_reason")?,
-        })
+    row.as_ref().map(loaded).transpose()
+}
+
+/// Loads the saga and leases it to `owner` for `lease`, unless another
+/// driver holds an unexpired lease on it (or there is no such saga): `None`.
+pub async fn claim(
+    pool: &PgPool,
+    order_id: &str,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Option<Loaded>> {
+    let row = sqlx::query(
+        "UPDATE sagas SET lease_owner = $2,
+                leased_until = now() + make_interval(secs => $3)
+          WHERE order_id = $1
+            AND (leased_until IS NULL OR leased_until < now() OR lease_owner = $2)
+      RETURNING saga, version, cancel_reason",
+    )
+    .bind(order_id)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(loaded).transpose()
+}
+
+/// Gives up `owner`'s lease on the saga, if it still holds it.
+pub async fn release(pool: &PgPool, order_id: &str, owner: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sagas SET leased_until = NULL WHERE order_id = $1 AND lease_owner = $2")
+        .bind(order_id)
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn loaded(row: &sqlx::postgres::PgRow) -> sqlx::Result<Loaded> {
+    let sqlx::types::Json(saga) = row.try_get("saga")?;
+    Ok(Loaded {
+        saga,
+        version: row.try_get("version")?,
+        cancel_reason: row.try_get("cancel_reason")?,
     })
-    .transpose()
 }
 
 /// How a save went.
@@ -57,19 +91,23 @@ pub enum Saved {
     Stale,
 }
 
-/// Saves `saga` over version `expected`.
+/// Saves `saga` over version `expected`, renewing `owner`'s lease.
+#[allow(clippy::too_many_arguments)] // One statement's parameters, each named.
 pub async fn save(
     pool: &PgPool,
     saga: &OrderSaga,
     expected: i64,
     next_attempt_at: DateTime<Utc>,
     needs_attention: bool,
+    owner: &str,
+    lease: std::time::Duration,
 ) -> sqlx::Result<Saved> {
     // A cancel that arrives after the saga took in the last one reopens it.
     let updated = sqlx::query(
         "UPDATE sagas SET state = $2, saga = $3, version = version + 1,
                 done = $4 AND (cancel_reason IS NULL OR $5),
-                needs_attention = $6, next_attempt_at = $7, updated_at = $8
+                needs_attention = $6, next_attempt_at = $7, updated_at = $8,
+                lease_owner = $10, leased_until = now() + make_interval(secs => $11)
           WHERE order_id = $1 AND version = $9",
     )
     .bind(&saga.order_id)
@@ -81,6 +119,8 @@ pub async fn save(
     .bind(next_attempt_at)
     .bind(saga.updated_at)
     .bind(expected)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(if updated.rows_affected() == 1 {
@@ -107,11 +147,14 @@ pub async fn request_cancel(pool: &PgPool, order_id: &str, reason: &str) -> sqlx
     Ok(updated.rows_affected() == 1)
 }
 
-/// Sagas with something to do now: new ones, ones whose retry is due, and
-/// ones a crash left in the middle.
+/// Sagas with something to do now that no driver holds: new ones, ones
+/// whose retry is due, and ones a crash left in the middle (once their
+/// driver's lease ran out).
 pub async fn due(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
-        "SELECT order_id FROM sagas WHERE NOT done AND next_attempt_at <= now()
+        "SELECT order_id FROM sagas
+          WHERE NOT done AND next_attempt_at <= now()
+            AND (leased_until IS NULL OR leased_until < now())
           ORDER BY next_attempt_at LIMIT $1",
     )
     .bind(limit)

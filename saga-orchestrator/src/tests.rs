@@ -325,20 +325,119 @@ fn a_forward_step_that_keeps_failing_is_given_up_and_undone() {
     );
     assert_eq!(saga.next_action(), Some(failing.clone()));
 
+    // The driver settled that TEA's reservation never landed: only MUG's
+    // is released.
+    saga.settled(&failing, false, at(3));
     saga.give_up(&failing, at(3));
 
     assert_eq!(saga.reason.as_deref(), Some("reserve TEA failed"));
     assert_eq!(
         drive(&mut saga, done),
         vec![
-            // TEA's tries may have landed: it is released too.
-            Action::ReleaseReservation { sku: "TEA".into() },
             Action::ReleaseReservation { sku: "MUG".into() },
             Action::CancelOrder {
                 reason: "reserve TEA failed".into()
             }
         ]
     );
+}
+
+#[test]
+fn a_step_that_failed_but_landed_after_all_is_taken_as_done() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.record(&Action::RequestCharge, Outcome::Done, at(2));
+    saga.record(&Action::Charge, approving(&Action::Charge), at(3));
+    let commit = saga.next_action().unwrap();
+    assert_eq!(commit, Action::CommitReservation { sku: "MUG".into() });
+    saga.record(
+        &commit,
+        Outcome::Failed {
+            detail: "no answer".into(),
+        },
+        at(4),
+    );
+
+    // Settled: the queued commit landed. The saga goes on, it does not undo.
+    saga.settled(&commit, true, at(5));
+
+    assert_eq!(drive(&mut saga, done), vec![Action::ConfirmOrder]);
+    assert_eq!(saga.state, SagaState::Confirmed);
+}
+
+#[test]
+fn a_release_that_finds_the_units_sold_returns_them() {
+    // A commit landed that the saga never learned of (before settling, or
+    // from an older version): the undo must not take "nothing reserved" for
+    // done, or the units stay sold to a cancelled order.
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.order_cancelled("changed my mind", at(2));
+    let release = saga.next_action().unwrap();
+    saga.record(&release, Outcome::AlreadySold, at(3));
+
+    assert_eq!(
+        drive(&mut saga, done),
+        vec![Action::ReturnStock {
+            sku: "MUG".into(),
+            quantity: 2
+        },]
+    );
+    assert_eq!(saga.lines[0].stock, Stock::Returned);
+    assert_eq!(saga.state, SagaState::Cancelled);
+}
+
+#[test]
+fn records_that_disagree_flag_the_saga_at_once_and_keep_the_undo_open() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.record(&Action::RequestCharge, Outcome::Done, at(2));
+    saga.record(&Action::Charge, approving(&Action::Charge), at(3));
+    saga.order_cancelled("arrived broken", at(4));
+    assert_eq!(saga.next_action(), Some(Action::Refund));
+
+    let disagree = Outcome::Inconsistent {
+        detail: "the ledger holds the payment approved, but the gateway says nothing was captured"
+            .into(),
+    };
+    saga.record(&Action::Refund, disagree, at(5));
+
+    assert!(saga.needs_attention(5), "flagged after one failure");
+    assert_eq!(saga.next_action(), Some(Action::Refund));
+    assert_eq!(saga.charge, Charge::Approved);
+    saga.record(&Action::Refund, Outcome::Done, at(6));
+    assert!(!saga.needs_attention(5));
+    assert_eq!(saga.charge, Charge::Refunded);
+}
+
+#[test]
+fn a_step_another_driver_gave_up_is_undone_not_retried() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.record(&reserve("TEA"), Outcome::NeverDone, at(2));
+
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(
+        drive(&mut saga, done),
+        vec![
+            Action::ReleaseReservation { sku: "MUG".into() },
+            Action::CancelOrder {
+                reason: "reserve TEA failed".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn approval_and_decline_are_recorded_under_keys_of_their_own() {
+    let keys = [
+        Action::Charge.key("o-1"),
+        Action::approval_key("o-1"),
+        Action::decline_key("o-1"),
+        Action::Refund.key("o-1"),
+    ];
+    let distinct: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len());
 }
 
 #[test]
@@ -382,6 +481,12 @@ enum World {
     Declined,
     TimedOut,
     Failed,
+    /// The ledger and the gateway disagree (a failure that flags the saga).
+    Inconsistent,
+    /// Another driver settled the step's key as never to run.
+    GivenUpElsewhere,
+    /// A release finds the reservation committed.
+    Sold,
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -391,6 +496,9 @@ fn world() -> impl Strategy<Value = World> {
         1 => Just(World::Declined),
         1 => Just(World::TimedOut),
         2 => Just(World::Failed),
+        1 => Just(World::Inconsistent),
+        1 => Just(World::GivenUpElsewhere),
+        1 => Just(World::Sold),
     ]
 }
 
@@ -423,6 +531,10 @@ proptest! {
                 (World::Declined, _) => Outcome::Done,
                 (World::TimedOut, _) => Outcome::TimedOut,
                 (World::Failed, _) => Outcome::Failed { detail: "down".into() },
+                (World::Inconsistent, _) => Outcome::Inconsistent { detail: "disagree".into() },
+                (World::GivenUpElsewhere, _) => Outcome::NeverDone,
+                (World::Sold, Action::ReleaseReservation { .. }) => Outcome::AlreadySold,
+                (World::Sold, _) => Outcome::Done,
             };
             saga.record(&action, outcome, at(step as i64));
             if saga.attempts >= 3 {

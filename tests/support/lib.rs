@@ -4,7 +4,7 @@
 
 mod platform_under_test;
 
-pub use platform_under_test::TestPlatform;
+pub use platform_under_test::{TestGateway, TestPlatform, settings};
 
 use std::net::SocketAddr;
 

@@ -1,24 +1,18 @@
-//! The whole platform in this process: the HTTP API with GraphQL, the relay,
-//! the projection workers and, when asked, the saga orchestrator, on a
-//! database and Kafka topics of its own.
+//! The whole platform in this process, built by the same assembly as
+//! `orders run` (`orders_cli::assembly`): the HTTP API with GraphQL, the
+//! relay, the projection workers and, when asked, the saga orchestrator with
+//! the payment gateway service, on databases and Kafka topics of their own.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use command_api::{ApiConfig, Application};
-use event_store::Topics;
+use orders_cli::Settings;
+use orders_cli::assembly::{self, Role, Running};
 use platform::testing::{TestDatabase, TestTopics, kafka_brokers};
-use projections::model::customer_orders::CustomerOrders;
-use projections::model::orders::OrderSummary;
-use projections::model::products::ProductStock;
-use projections::worker::{self, WorkerConfig};
-use relay::RelayConfig;
 use saga_orchestrator::driver::Policy;
-use saga_orchestrator::gateway::Simulator;
-use saga_orchestrator::orchestrator::{self, OrchestratorConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestPlatform {
@@ -26,111 +20,122 @@ pub struct TestPlatform {
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub topics: TestTopics,
+    running: Option<Running>,
     stop: CancellationToken,
-    roles: JoinSet<anyhow::Result<()>>,
     pub database: TestDatabase,
 }
 
+/// The payment gateway service of a test platform, in a process role of its
+/// own so that a test can stop it (an outage) and start it again.
+pub struct TestGateway {
+    pub url: String,
+    pub address: SocketAddr,
+    pub database: TestDatabase,
+    client: reqwest::Client,
+    running: Option<Running>,
+}
+
+/// The settings a test platform runs with: defaults, the test's databases and
+/// topics, quick polling, then `extra`.
+pub fn settings(
+    database: &TestDatabase,
+    topics: &TestTopics,
+    extra: &[(&str, String)],
+) -> Settings {
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", database.url.clone()),
+        ("KAFKA_BROKERS", kafka_brokers()),
+        ("ORDERS_LISTEN", "127.0.0.1:0".into()),
+        ("ORDERS_GATEWAY_LISTEN", "127.0.0.1:0".into()),
+        ("ORDERS_KAFKA_TOPIC_PREFIX", topics.prefix.clone()),
+        ("ORDERS_DATABASE_POOL_SIZE", "30".into()),
+        ("ORDERS_RELAY_POLL_INTERVAL_MS", "100".into()),
+        ("ORDERS_SAGA_SCAN_INTERVAL_MS", "100".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    Settings::load_with_env(None, env).expect("test settings")
+}
+
+/// The saga settings that say `policy`.
+fn policy_settings(policy: &Policy) -> Vec<(&'static str, String)> {
+    let ms = |d: Duration| d.as_millis().to_string();
+    vec![
+        (
+            "ORDERS_SAGA_PAYMENT_DEADLINE_MS",
+            ms(policy.payment_deadline),
+        ),
+        ("ORDERS_SAGA_STEP_DEADLINE_MS", ms(policy.step_deadline)),
+        (
+            "ORDERS_SAGA_STEP_ATTEMPTS",
+            policy.forward_attempts.to_string(),
+        ),
+        (
+            "ORDERS_SAGA_ATTENTION_AFTER",
+            policy.attention_after.to_string(),
+        ),
+        ("ORDERS_SAGA_FIRST_BACKOFF_MS", ms(policy.first_backoff)),
+        ("ORDERS_SAGA_MAX_BACKOFF_MS", ms(policy.max_backoff)),
+    ]
+}
+
 impl TestPlatform {
-    /// Every role but the saga: orders stay as the tests' commands leave them.
+    /// Every role but the saga and the gateway: orders stay as the tests'
+    /// commands leave them.
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        let (database, pool) = migrated().await;
+        let topics = TestTopics::new();
+        let settings = settings(&database, &topics, &[]);
+        Self::start_roles(
+            database,
+            pool,
+            topics,
+            &settings,
+            &[Role::Api, Role::Relay, Role::Projections],
+        )
+        .await
     }
 
-    /// Every role, the saga included, with `policy` and a payment gateway
-    /// simulator that the test can inspect.
-    pub async fn start_with_saga(policy: Policy) -> (Self, Simulator) {
-        let gateway = Simulator::new();
-        let platform = Self::start_with(Some((policy, gateway.clone()))).await;
+    /// Every role, the saga with `policy` included, and the payment gateway
+    /// service (with a database of its own) that the test can inspect.
+    pub async fn start_with_saga(policy: Policy) -> (Self, TestGateway) {
+        let (database, pool) = migrated().await;
+        let topics = TestTopics::new();
+        let gateway = TestGateway::start(&database, &topics).await;
+        let mut extra = policy_settings(&policy);
+        extra.push(("ORDERS_PAYMENT_GATEWAY_URL", gateway.url.clone()));
+        let settings = settings(&database, &topics, &extra);
+        let platform = Self::start_roles(
+            database,
+            pool,
+            topics,
+            &settings,
+            &[Role::Api, Role::Relay, Role::Projections, Role::Saga],
+        )
+        .await;
         (platform, gateway)
     }
 
-    async fn start_with(saga: Option<(Policy, Simulator)>) -> Self {
-        platform::telemetry::init_logging(platform::telemetry::LogFormat::Text, "warn,sqlx=error");
-        let database = TestDatabase::create().await.expect("test database");
-        let pool = database.pool(30).await.expect("pool");
-        event_store::migrate(&pool)
-            .await
-            .expect("event store migrations");
-        projections::migrate(&pool)
-            .await
-            .expect("read model migrations");
-        saga_orchestrator::migrate(&pool)
-            .await
-            .expect("saga migrations");
-        let topics = TestTopics::new();
+    async fn start_roles(
+        database: TestDatabase,
+        pool: PgPool,
+        topics: TestTopics,
+        settings: &Settings,
+        roles: &[Role],
+    ) -> Self {
         let stop = CancellationToken::new();
-        let mut roles = JoinSet::new();
-
-        let updates = projections::graphql::updates::Updates::listen(pool.clone());
-        let graphql =
-            projections::graphql::router(projections::graphql::schema(pool.clone(), updates));
-        let config = ApiConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..ApiConfig::default()
-        };
-        let api = Application::build_with(&config, pool.clone(), graphql)
+        let running = assembly::start(settings, roles, stop.clone())
             .await
-            .expect("api");
-        let address = api.local_addr().expect("address");
-        let stopped = stop.clone().cancelled_owned();
-        roles.spawn(async move { Ok(api.run_until(stopped).await?) });
-
-        let relay = RelayConfig {
-            brokers: kafka_brokers(),
-            topics: Topics::with_prefix(&topics.prefix),
-            poll_interval: Duration::from_millis(100),
-            ..RelayConfig::default()
-        };
-        roles.spawn(relay::run(
-            pool.clone(),
-            relay,
-            stop.clone().cancelled_owned(),
-        ));
-        let workers = WorkerConfig {
-            brokers: kafka_brokers(),
-            topics: Topics::with_prefix(&topics.prefix),
-            group_prefix: topics.prefix.clone(),
-            ..WorkerConfig::default()
-        };
-        roles.spawn(worker::run::<OrderSummary>(
-            pool.clone(),
-            workers.clone(),
-            stop.clone().cancelled_owned(),
-        ));
-        roles.spawn(worker::run::<ProductStock>(
-            pool.clone(),
-            workers.clone(),
-            stop.clone().cancelled_owned(),
-        ));
-        roles.spawn(worker::run::<CustomerOrders>(
-            pool.clone(),
-            workers,
-            stop.clone().cancelled_owned(),
-        ));
-        if let Some((policy, gateway)) = saga {
-            let config = OrchestratorConfig {
-                brokers: kafka_brokers(),
-                topics: Topics::with_prefix(&topics.prefix),
-                group_prefix: topics.prefix.clone(),
-                policy,
-                scan_interval: Duration::from_millis(100),
-                ..OrchestratorConfig::default()
-            };
-            roles.spawn(orchestrator::run(
-                pool.clone(),
-                config,
-                gateway,
-                stop.clone().cancelled_owned(),
-            ));
-        }
+            .expect("platform starts");
         Self {
-            address,
+            address: running.api.expect("the API runs"),
             client: reqwest::Client::new(),
             pool,
             topics,
+            running: Some(running),
             stop,
-            roles,
             database,
         }
     }
@@ -211,10 +216,8 @@ impl TestPlatform {
 
     /// Stops every role and waits for them.
     pub async fn stop(mut self) {
-        self.stop.cancel();
-        while let Some(role) = self.roles.join_next().await {
-            role.expect("role did not panic")
-                .expect("role ended cleanly");
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("roles ended cleanly");
         }
     }
 }
@@ -222,5 +225,98 @@ impl TestPlatform {
 impl Drop for TestPlatform {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// A fresh platform database with every migration applied.
+async fn migrated() -> (TestDatabase, PgPool) {
+    platform::telemetry::init_logging(platform::telemetry::LogFormat::Text, "warn,sqlx=error");
+    let database = TestDatabase::create().await.expect("test database");
+    let pool = database.pool(30).await.expect("pool");
+    orders_cli::commands::apply_migrations(&pool)
+        .await
+        .expect("migrations");
+    (database, pool)
+}
+
+impl TestGateway {
+    async fn start(platform: &TestDatabase, topics: &TestTopics) -> Self {
+        let database = TestDatabase::create().await.expect("gateway database");
+        let mut gateway = Self {
+            url: String::new(),
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database,
+            client: reqwest::Client::new(),
+            running: None,
+        };
+        gateway.serve(platform, topics).await;
+        gateway
+    }
+
+    /// Starts the gateway role, on the port it had before if it ran already.
+    async fn serve(&mut self, platform: &TestDatabase, topics: &TestTopics) {
+        let extra = [
+            ("ORDERS_GATEWAY_LISTEN", self.address.to_string()),
+            ("ORDERS_GATEWAY_DATABASE_URL", self.database.url.clone()),
+        ];
+        let settings = settings(platform, topics, &extra);
+        let running = assembly::start(&settings, &[Role::Gateway], CancellationToken::new())
+            .await
+            .expect("gateway starts");
+        self.address = running.gateway.expect("the gateway runs");
+        self.url = format!("http://{}", self.address);
+        self.running = Some(running);
+    }
+
+    /// Stops the gateway: every call to it fails until [`resume`](Self::resume).
+    pub async fn outage(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("gateway stopped cleanly");
+        }
+    }
+
+    /// Starts the gateway again on the same port and database.
+    pub async fn resume(&mut self, platform: &TestPlatform) {
+        self.serve(&platform.database, &platform.topics).await;
+    }
+
+    /// Every charge's status by key (`approved`, `refunded`, `voided`, ...).
+    pub async fn charges(&self) -> HashMap<String, String> {
+        let mut charges = HashMap::new();
+        let mut after = String::new();
+        loop {
+            let page: Value = self
+                .client
+                .get(format!("{}/charges?limit=1000&after={after}", self.url))
+                .send()
+                .await
+                .expect("gateway answers")
+                .json()
+                .await
+                .expect("JSON answer");
+            for charge in page["charges"].as_array().expect("a page of charges") {
+                charges.insert(
+                    charge["key"].as_str().unwrap_or_default().to_owned(),
+                    charge["status"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+            match page["next_after"].as_str() {
+                Some(next) => after = next.to_owned(),
+                None => return charges,
+            }
+        }
+    }
+
+    /// Keys of the charges captured and not refunded: the money the gateway holds.
+    pub async fn captured(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .charges()
+            .await
+            .into_iter()
+            .filter(|(_, status)| status == "approved")
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort();
+        keys
     }
 }

@@ -1,54 +1,43 @@
-//! The payment gateway over HTTP: the client the saga uses ([`HttpGateway`],
-//! with timeouts and a circuit breaker), and the simulator served as HTTP
-//! routes ([`simulator_routes`]) that `orders run` mounts under `/gateway`.
-//!
-//! The wire protocol:
+//! The saga's client of the payment gateway over HTTP, with a timeout per
+//! request and a circuit breaker. It speaks the gateway service's API
+//! (`payment-gateway`'s routes):
 //!
 //! - `POST {base}/charges` with `{"key","amount_cents","currency","payment_method"}`
-//!   answers `{"status":"approved","reference"}` or `{"status":"declined","reason"}`;
-//!   `503` means "try again".
-//! - `POST {base}/charges/{key}/refund` answers `{"status":"refunded"}` or
-//!   `{"status":"nothing_captured"}`.
-//! - `GET {base}/charges` lists every charge the simulator knows, by key.
+//!   answers the charge, `{"key","status","reference","reason",...}`, with
+//!   `status` `approved`, `declined`, `refunded` or `voided`; `503` means
+//!   "try again";
+//! - `POST {base}/charges/{key}/refund` answers the charge after the refund:
+//!   `refunded` (it had been captured), `voided` or `declined` (nothing was).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer, Simulator, Unavailable};
+use super::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer, Unavailable};
 
-#[derive(Debug, Serialize, Deserialize)]
-struct ChargeBody {
-    key: String,
+#[derive(Debug, Serialize)]
+struct ChargeBody<'a> {
+    key: &'a str,
     amount_cents: i64,
-    currency: String,
-    payment_method: String,
+    currency: &'a str,
+    payment_method: &'a str,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-enum ChargeReply {
-    Approved { reference: String },
-    Declined { reason: String },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-enum RefundReply {
-    Refunded,
-    NothingCaptured,
+/// The charge as the gateway answers it; fields the saga does not use are
+/// left out.
+#[derive(Debug, Deserialize)]
+struct Charge {
+    status: String,
+    reference: Option<String>,
+    reason: Option<String>,
 }
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
 pub struct HttpGatewayConfig {
-    /// Such as `http://127.0.0.1:8080/gateway`.
+    /// Such as `http://127.0.0.1:8081`.
     pub base_url: String,
     /// How long one request may take.
     pub request_timeout: Duration,
@@ -61,7 +50,7 @@ pub struct HttpGatewayConfig {
 impl Default for HttpGatewayConfig {
     fn default() -> Self {
         Self {
-            base_url: "http://127.0.0.1:8080/gateway".into(),
+            base_url: "http://127.0.0.1:8081".into(),
             request_timeout: Duration::from_secs(5),
             failure_threshold: 5,
             open_for: Duration::from_secs(5),
@@ -92,13 +81,12 @@ impl HttpGateway {
         })
     }
 
-    /// Sends `body` to `path` through the breaker; a 503, a timeout or a
-    /// connection failure counts against the gateway.
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&ChargeBody>,
-    ) -> Result<T, Unavailable> {
+    /// Sends `body` to `path` through the breaker and reads the charge it
+    /// answers; a 5xx, a timeout or a connection failure counts against the
+    /// gateway. Any other refusal (a 409 for a key used with another charge,
+    /// say) is reported as unavailable too: the saga keeps its step open and
+    /// never reads a refusal it cannot explain as a decline.
+    async fn call(&self, path: &str, body: Option<&ChargeBody<'_>>) -> Result<Charge, Unavailable> {
         if !self.breaker.allow() {
             return Err(Unavailable(
                 "circuit open: the gateway failed repeatedly".into(),
@@ -116,11 +104,20 @@ impl HttpGateway {
                 .await
                 .map_err(|error| Unavailable(error.to_string()))?;
             let status = response.status();
+            if status == StatusCode::UNPROCESSABLE_ENTITY {
+                // The charge breaks the gateway's rules: a decline.
+                let detail = response.text().await.unwrap_or_default();
+                return Ok(Charge {
+                    status: "declined".into(),
+                    reference: None,
+                    reason: Some(format!("refused by the gateway: {detail}")),
+                });
+            }
             if !status.is_success() {
                 return Err(Unavailable(format!("gateway answered {status}")));
             }
             response
-                .json::<T>()
+                .json::<Charge>()
                 .await
                 .map_err(|error| Unavailable(format!("unreadable answer: {error}")))
         }
@@ -136,25 +133,33 @@ impl HttpGateway {
 impl PaymentGateway for HttpGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeAnswer, Unavailable> {
         let body = ChargeBody {
-            key: request.key.clone(),
+            key: &request.key,
             amount_cents: request.amount_cents,
-            currency: request.currency.clone(),
-            payment_method: request.payment_method.clone(),
+            currency: &request.currency,
+            payment_method: &request.payment_method,
         };
-        Ok(
-            match self.call::<ChargeReply>("/charges", Some(&body)).await? {
-                ChargeReply::Approved { reference } => ChargeAnswer::Approved { reference },
-                ChargeReply::Declined { reason } => ChargeAnswer::Declined { reason },
-            },
-        )
+        let charge = self.call("/charges", Some(&body)).await?;
+        match charge.status.as_str() {
+            "approved" => Ok(ChargeAnswer::Approved {
+                reference: charge.reference.unwrap_or_default(),
+            }),
+            "declined" => Ok(ChargeAnswer::Declined {
+                reason: charge.reason.unwrap_or_else(|| "declined".into()),
+            }),
+            "refunded" | "voided" => Ok(ChargeAnswer::Undone),
+            other => Err(Unavailable(format!("the charge is still {other}"))),
+        }
     }
 
     async fn refund(&self, key: &str) -> Result<RefundAnswer, Unavailable> {
-        let path = format!("/charges/{key}/refund");
-        Ok(match self.call::<RefundReply>(&path, None).await? {
-            RefundReply::Refunded => RefundAnswer::Refunded,
-            RefundReply::NothingCaptured => RefundAnswer::NothingCaptured,
-        })
+        let charge = self.call(&format!("/charges/{key}/refund"), None).await?;
+        match charge.status.as_str() {
+            "refunded" => Ok(RefundAnswer::Refunded {
+                reference: charge.reference,
+            }),
+            "voided" | "declined" => Ok(RefundAnswer::NothingCaptured),
+            other => Err(Unavailable(format!("the refunded charge is still {other}"))),
+        }
     }
 }
 
@@ -232,44 +237,4 @@ impl CircuitBreaker {
             .open_until
             .is_some_and(|until| Instant::now() < until)
     }
-}
-
-/// The simulator as HTTP routes, to mount under a prefix such as `/gateway`.
-pub fn simulator_routes(simulator: Simulator) -> Router {
-    Router::new()
-        .route("/charges", post(charge).get(list))
-        .route("/charges/{key}/refund", post(refund))
-        .with_state(simulator)
-}
-
-async fn charge(State(simulator): State<Simulator>, Json(body): Json<ChargeBody>) -> Response {
-    let request = ChargeRequest {
-        key: body.key,
-        amount_cents: body.amount_cents,
-        currency: body.currency,
-        payment_method: body.payment_method,
-    };
-    match simulator.charge(&request).await {
-        Ok(ChargeAnswer::Approved { reference }) => {
-            Json(ChargeReply::Approved { reference }).into_response()
-        }
-        Ok(ChargeAnswer::Declined { reason }) => {
-            Json(ChargeReply::Declined { reason }).into_response()
-        }
-        Err(unavailable) => (StatusCode::SERVICE_UNAVAILABLE, unavailable.0).into_response(),
-    }
-}
-
-async fn refund(State(simulator): State<Simulator>, Path(key): Path<String>) -> Response {
-    match simulator.refund(&key).await {
-        Ok(RefundAnswer::Refunded) => Json(RefundReply::Refunded).into_response(),
-        Ok(RefundAnswer::NothingCaptured) => Json(RefundReply::NothingCaptured).into_response(),
-        Err(unavailable) => (StatusCode::SERVICE_UNAVAILABLE, unavailable.0).into_response(),
-    }
-}
-
-async fn list(
-    State(simulator): State<Simulator>,
-) -> Json<std::collections::BTreeMap<String, String>> {
-    Json(simulator.charges().into_iter().collect())
 }

@@ -1,24 +1,32 @@
-//! The HTTP gateway client against the simulator served over HTTP, as
-//! `orders run` wires them: tokens, idempotency, timeouts, the breaker.
+//! The saga's HTTP client of the payment gateway against the gateway service
+//! itself (its own database, real HTTP): the contract between the two.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use saga_orchestrator::gateway::http::{
-    CircuitBreaker, HttpGateway, HttpGatewayConfig, simulator_routes,
-};
-use saga_orchestrator::gateway::{
-    ChargeAnswer, ChargeRequest, FLAKY_FAILURES, PaymentGateway, RefundAnswer, Simulator,
-};
+use payment_gateway::ledger::FLAKY_FAILURES;
+use payment_gateway::{Gateway, GatewayConfig};
+use platform::testing::TestDatabase;
+use saga_orchestrator::gateway::http::{CircuitBreaker, HttpGateway, HttpGatewayConfig};
+use saga_orchestrator::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer};
+use tokio_util::sync::CancellationToken;
 
-/// Serves a fresh simulator under `/gateway` on a free port.
-async fn serve() -> (String, Simulator) {
-    let simulator = Simulator::new();
-    let app = axum::Router::new().nest("/gateway", simulator_routes(simulator.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}/gateway"), simulator)
+/// Serves a gateway on a free port with a fresh database; stops with the token.
+async fn serve() -> (String, TestDatabase, CancellationToken) {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Gateway::build(GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: database.url.clone(),
+        pool_size: 4,
+        slow_answer: Duration::from_millis(200),
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", gateway.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(gateway.run_until(stop.clone().cancelled_owned()));
+    (url, database, stop)
 }
 
 fn client(base_url: String, threshold: u32) -> HttpGateway {
@@ -42,7 +50,7 @@ fn request(key: &str, token: &str) -> ChargeRequest {
 
 #[tokio::test]
 async fn charges_and_refunds_go_over_http_once_per_key() {
-    let (url, simulator) = serve().await;
+    let (url, _database, stop) = serve().await;
     let gateway = client(url, 5);
 
     let first = gateway.charge(&request("a", "tok_visa")).await.unwrap();
@@ -62,28 +70,41 @@ async fn charges_and_refunds_go_over_http_once_per_key() {
         gateway.charge(&request("c", "tok_flaky")).await.unwrap(),
         ChargeAnswer::Approved { .. }
     ));
-    assert_eq!(gateway.refund("a").await.unwrap(), RefundAnswer::Refunded);
+    let ChargeAnswer::Approved { reference } = first else {
+        unreachable!()
+    };
+    assert_eq!(
+        gateway.refund("a").await.unwrap(),
+        RefundAnswer::Refunded {
+            reference: Some(reference)
+        }
+    );
+    // Asked again after its refund, the charge says it was undone.
+    assert_eq!(
+        gateway.charge(&request("a", "tok_visa")).await.unwrap(),
+        ChargeAnswer::Undone
+    );
     assert_eq!(
         gateway.refund("never-charged").await.unwrap(),
         RefundAnswer::NothingCaptured
     );
-
-    let mut charges = simulator.charges();
-    charges.sort();
     assert_eq!(
-        charges,
-        [
-            ("a".to_owned(), "refunded".to_owned()),
-            ("b".to_owned(), "declined".to_owned()),
-            ("c".to_owned(), "approved".to_owned()),
-            ("never-charged".to_owned(), "voided".to_owned()),
-        ]
+        gateway.refund("b").await.unwrap(),
+        RefundAnswer::NothingCaptured
     );
+    // A charge the gateway's rules refuse is a decline, not an outage.
+    let mut huge = request("d", "tok_visa");
+    huge.amount_cents = payment_gateway::ledger::MAX_AMOUNT_CENTS + 1;
+    assert!(matches!(
+        gateway.charge(&huge).await.unwrap(),
+        ChargeAnswer::Declined { .. }
+    ));
+    stop.cancel();
 }
 
 #[tokio::test]
 async fn a_gateway_that_hangs_times_out_and_then_the_circuit_opens() {
-    let (url, _simulator) = serve().await;
+    let (url, _database, stop) = serve().await;
     let gateway = client(url, 2);
 
     for _ in 0..2 {
@@ -101,13 +122,14 @@ async fn a_gateway_that_hangs_times_out_and_then_the_circuit_opens() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(gateway.charge(&request("v", "tok_visa")).await.is_ok());
     assert!(gateway.charge(&request("w", "tok_visa")).await.is_ok());
+    stop.cancel();
 }
 
 #[tokio::test]
 async fn an_unreachable_gateway_is_unavailable_not_a_decline() {
     // Nothing listens on this port once the listener is dropped.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/gateway", listener.local_addr().unwrap());
+    let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let gateway = client(url, 5);
     assert!(gateway.charge(&request("x", "tok_visa")).await.is_err());
