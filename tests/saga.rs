@@ -232,6 +232,12 @@ async fn a_gateway_that_never_answers_times_out_into_compensation() {
         &[("MUG", 10)],
     )
     .await;
+    // Nothing was captured: the voided charge is closed as declined.
+    assert_eq!(
+        payment_events(&platform, &id).await,
+        ["ChargeRequested", "ChargeDeclined"]
+    );
+    assert_eq!(gateway.charges().await[&charge_key(&id)], "voided");
     platform.stop().await;
 }
 
@@ -330,6 +336,11 @@ async fn an_approval_that_arrives_after_the_deadline_is_refunded() {
     let charges: HashMap<String, String> = gateway.charges().await;
     assert_eq!(charges[&charge_key(&id)], "refunded");
     assert!(gateway.captured().await.is_empty());
+    // The late capture is on the record, and so is its refund.
+    assert_eq!(
+        payment_events(&platform, &id).await,
+        ["ChargeRequested", "ChargeApproved", "PaymentRefunded"]
+    );
     platform.stop().await;
 }
 
@@ -395,5 +406,184 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     );
     stock_is(&platform, "MUG", 10, 0).await;
     assert!(gateway.captured().await.is_empty());
+    platform.stop().await;
+}
+
+/// The order's Payment events, oldest first.
+async fn payment_events(platform: &TestPlatform, order_id: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'Payment' AND aggregate_id = $1
+          ORDER BY sequence",
+    )
+    .bind(order_id)
+    .fetch_all(&platform.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_the_gateway_restarted_refunds_on_both_books() {
+    let (platform, mut gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+
+    // The gateway restarts; it keeps its ledger in its own database.
+    gateway.outage().await;
+    gateway.resume(&platform).await;
+    cancel(&platform, &id, "arrived broken").await;
+
+    platform
+        .eventually(PRODUCT, json!({"sku": "MUG"}), WITHIN, |data| {
+            (data["product"]["onHand"] == 10).then_some(())
+        })
+        .await;
+    ends_cancelled_holding_nothing(&platform, &gateway, &id, "arrived broken", &[("MUG", 10)])
+        .await;
+    assert_eq!(
+        payment_events(&platform, &id).await,
+        ["ChargeRequested", "ChargeApproved", "PaymentRefunded"]
+    );
+    assert_eq!(gateway.charges().await[&charge_key(&id)], "refunded");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+
+    // Someone squats the keys of this order's refund and stock return.
+    for step in ["refund", "return:MUG"] {
+        let response = platform
+            .client
+            .post(platform.url("/api/products/MUG/stock"))
+            .header("idempotency-key", format!("saga:{id}:{step}"))
+            .json(&json!({"quantity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    cancel(&platform, &id, "arrived broken").await;
+
+    platform
+        .eventually(PRODUCT, json!({"sku": "MUG"}), WITHIN, |data| {
+            (data["product"]["onHand"] == 12).then_some(())
+        })
+        .await;
+    ends_cancelled_holding_nothing(&platform, &gateway, &id, "arrived broken", &[("MUG", 12)])
+        .await;
+    assert_eq!(
+        payment_events(&platform, &id)
+            .await
+            .last()
+            .map(String::as_str),
+        Some("PaymentRefunded")
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+
+    // The provider forgets the capture the ledger holds approved.
+    let ledger = gateway.database.pool(1).await.unwrap();
+    sqlx::query("DELETE FROM charges WHERE key = $1")
+        .bind(charge_key(&id))
+        .execute(&ledger)
+        .await
+        .unwrap();
+    cancel(&platform, &id, "arrived broken").await;
+
+    let saga = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status detail } } } }";
+    let flagged = platform
+        .eventually(saga, json!({"id": id}), WITHIN, |data| {
+            let saga = &data["order"]["saga"];
+            (saga["needsAttention"] == true).then(|| saga.clone())
+        })
+        .await;
+    assert_eq!(flagged["state"], "COMPENSATING");
+    let refund = flagged["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|step| step["name"] == "refund")
+        .unwrap();
+    assert_eq!(refund["status"], "FAILED");
+    assert!(
+        refund["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the gateway says nothing was captured"),
+        "{refund}"
+    );
+    assert_eq!(
+        payment_events(&platform, &id).await,
+        ["ChargeRequested", "ChargeApproved"],
+        "no refund is recorded for money nobody gave back"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let (platform, _gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let topic = event_store::Topics::with_prefix(&platform.topics.prefix)
+        .for_aggregate("Order")
+        .unwrap();
+    let producer: FutureProducer =
+        platform::kafka::client_config(&platform::testing::kafka_brokers(), "poison")
+            .create()
+            .unwrap();
+    for payload in ["not json", r#"{"event_type":"OrderPlaced"}"#] {
+        producer
+            .send(
+                FutureRecord::to(&topic).key("poison").payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    let id = place(&platform, &[("MUG", 1)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+
+    let dead = platform::testing::consume(
+        &[event_store::Topics::dead_letter(&topic)],
+        // Two poison messages, refused by the saga and by the two order models.
+        6,
+        WITHIN,
+    )
+    .await
+    .unwrap();
+    let by_saga: Vec<_> = dead
+        .iter()
+        .filter(|message| {
+            message.headers().is_some_and(|headers| {
+                headers
+                    .iter()
+                    .any(|h| h.key == "consumer" && h.value == Some(&b"saga"[..]))
+            })
+        })
+        .collect();
+    assert_eq!(by_saga.len(), 2, "{dead:?}");
+    assert!(by_saga.iter().all(|m| m.key() == Some(&b"poison"[..])));
     platform.stop().await;
 }

@@ -130,15 +130,18 @@ pub async fn create_topics(
 }
 
 /// Forwards a message as it came to the dead-letter `topic`, with why it was
-/// refused (`error` header) and where it was (`source_topic`,
-/// `source_partition`, `source_offset`). Returns once the broker has it.
+/// refused (`error` header), who refused it (`consumer`) and where it was
+/// (`source_topic`, `source_partition`, `source_offset`). Returns once the
+/// broker has it.
 pub async fn send_to_dead_letters(
     producer: &FutureProducer,
     topic: &str,
     message: &BorrowedMessage<'_>,
+    consumer: &str,
     error: &str,
 ) -> anyhow::Result<()> {
     tracing::warn!(
+        consumer,
         source_topic = message.topic(),
         partition = message.partition(),
         offset = message.offset(),
@@ -157,6 +160,10 @@ pub async fn send_to_dead_letters(
         .insert(Header {
             key: "error",
             value: Some(error),
+        })
+        .insert(Header {
+            key: "consumer",
+            value: Some(consumer),
         })
         .insert(Header {
             key: "source_topic",

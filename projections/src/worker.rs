@@ -129,7 +129,13 @@ pub async fn run<M: ReadModel>(
                 _ => break,
             }
         }
-        apply_with_retries::<M>(&pool, &producer, &dead_letters, &batch).await;
+        if !apply_with_retries::<M>(&pool, &producer, &dead_letters, &batch, shutdown.as_mut())
+            .await
+        {
+            // Stopping before the batch committed: its offsets stay, and the
+            // next member of the group applies it.
+            break;
+        }
         consumer.commit(&next_offsets(&batch)?, CommitMode::Async)?;
         lag.update(&consumer);
     }
@@ -137,29 +143,38 @@ pub async fn run<M: ReadModel>(
 }
 
 /// Applies a batch, retrying on database failures until it commits: the
-/// messages stay unacknowledged meanwhile, so nothing is skipped.
+/// messages stay unacknowledged meanwhile, so nothing is skipped. Returns
+/// `false` if `shutdown` came first.
 async fn apply_with_retries<M: ReadModel>(
     pool: &PgPool,
     producer: &FutureProducer,
     dead_letters: &str,
     batch: &[BorrowedMessage<'_>],
-) {
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        match apply_batch::<M>(pool, producer, dead_letters, batch).await {
+        let applied = tokio::select! {
+            () = shutdown.as_mut() => return false,
+            applied = apply_batch::<M>(pool, producer, dead_letters, batch) => applied,
+        };
+        match applied {
             Ok(applied) => {
                 metrics::counter!("projection_events_total", "projection" => M::NAME)
                     .increment(applied as u64);
                 metrics::histogram!("projection_batch_seconds", "projection" => M::NAME)
                     .record(started.elapsed().as_secs_f64());
-                return;
+                return true;
             }
             Err(error) => {
                 metrics::counter!("projection_failures_total", "projection" => M::NAME)
                     .increment(1);
                 tracing::error!(error = %format!("{error:#}"), projection = M::NAME, "applying a batch failed; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = shutdown.as_mut() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
@@ -215,8 +230,14 @@ async fn apply_batch<M: ReadModel>(
             .map(|(position, error)| (envelopes[*position].0, error.to_string())),
     );
     for (index, error) in &poison {
-        platform::kafka::send_to_dead_letters(producer, dead_letters, &batch[*index], error)
-            .await?;
+        platform::kafka::send_to_dead_letters(
+            producer,
+            dead_letters,
+            &batch[*index],
+            M::NAME,
+            error,
+        )
+        .await?;
     }
     metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
         .increment(poison.len() as u64);

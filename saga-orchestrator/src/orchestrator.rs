@@ -126,12 +126,21 @@ pub async fn run<G: PaymentGateway + Clone>(
                 }
             }
             _ = scan.tick() => {
-                match store::due(&pool, 200).await {
+                let due = tokio::select! {
+                    () = &mut shutdown => break,
+                    due = store::due(&pool, 200) => due,
+                };
+                match due {
                     Ok(due) => due.into_iter().for_each(|order_id| sagas.drive(order_id)),
                     Err(error) => tracing::warn!(%error, "cannot look for due sagas"),
                 }
             }
-            _ = census.tick() => census_metrics(&pool).await,
+            _ = census.tick() => {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = census_metrics(&pool) => {}
+                }
+            }
         }
     }
     Ok(())
@@ -227,7 +236,7 @@ async fn dead_letter(
     metrics::counter!("saga_dead_letters_total").increment(1);
     until_done(
         "write a dead letter",
-        || platform::kafka::send_to_dead_letters(producer, topic, message, error),
+        || platform::kafka::send_to_dead_letters(producer, topic, message, "saga", error),
         shutdown,
     )
     .await

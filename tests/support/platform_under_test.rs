@@ -240,7 +240,9 @@ async fn migrated() -> (TestDatabase, PgPool) {
 }
 
 impl TestGateway {
-    async fn start(platform: &TestDatabase, topics: &TestTopics) -> Self {
+    /// A gateway service with a fresh database of its own, for the platform
+    /// on `platform` and `topics`.
+    pub async fn start(platform: &TestDatabase, topics: &TestTopics) -> Self {
         let database = TestDatabase::create().await.expect("gateway database");
         let mut gateway = Self {
             url: String::new(),

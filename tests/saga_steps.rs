@@ -1,0 +1,367 @@
+//! Saga steps whose outcome the driver did not see: a crash right after the
+//! gateway's approval was recorded, a commit stuck behind a lock when the saga
+//! gives it up, an orchestrator stopped while the database holds its event.
+//! Each starts from the state such a moment leaves in the real stores, then
+//! lets a driver (or orchestrator) carry on, and checks the books.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::order::OrderPlaced;
+use domain::values::{Currency, Money, OrderId};
+use domain::{Order, Payment, PaymentCommand, Product, ProductCommand};
+use event_store::{CommandBus, CommandContext, Expect, IdempotencyClaim, IdempotencyKey};
+use orders_cli::audit::audit_settled;
+use platform_tests::{TestGateway, TestPlatform, settings};
+use saga_orchestrator::driver::{Driver, Policy, charge_key};
+use saga_orchestrator::gateway::http::HttpGateway;
+use saga_orchestrator::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway};
+use saga_orchestrator::saga::{Action, OrderSaga, Outcome, SagaState};
+use saga_orchestrator::store;
+use serde_json::json;
+use sqlx::PgPool;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// The platform without its saga role, its gateway, and the saga's tools.
+struct Stage {
+    platform: TestPlatform,
+    gateway: TestGateway,
+    bus: CommandBus,
+    client: HttpGateway,
+}
+
+async fn stage() -> Stage {
+    let platform = TestPlatform::start().await;
+    let gateway = TestGateway::start(&platform.database, &platform.topics).await;
+    let settings = settings(&platform.database, &platform.topics, &[]);
+    let client = HttpGateway::new(settings.payment_gateway(gateway.url.clone())).unwrap();
+    platform.create_product("MUG", 1250, 10).await;
+    Stage {
+        bus: CommandBus::new(platform.pool.clone()),
+        platform,
+        gateway,
+        client,
+    }
+}
+
+/// A step's command context, keyed as the driver keys it.
+fn step(key: String) -> CommandContext {
+    CommandContext {
+        correlation_id: "staged".into(),
+        causation_id: key.clone(),
+        idempotency: Some(IdempotencyClaim {
+            fingerprint: key.clone(),
+            key: IdempotencyKey::internal(key),
+            ttl: Duration::from_secs(3600),
+        }),
+        expected_version: None,
+    }
+}
+
+impl Stage {
+    /// Places a `tok_visa` order for two mugs and starts its saga's record
+    /// (not stored yet).
+    async fn placed(&self) -> OrderSaga {
+        let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}], "payment_method": "tok_visa"});
+        let placed = self.platform.command("/api/orders", &body, 202).await;
+        let id = placed["order_id"].as_str().unwrap();
+        let (order, _) = self.bus.load::<Order>(id).await.unwrap();
+        let order = order.placed().unwrap().clone();
+        let event = OrderPlaced {
+            order_id: OrderId::parse(id).unwrap(),
+            customer_id: order.customer_id,
+            lines: order.lines,
+            currency: order.currency,
+            total_cents: order.total_cents,
+            payment_method: order.payment_method,
+        };
+        OrderSaga::start(&event, "staged", Utc::now())
+    }
+
+    /// Reserves the stock, requests and takes the charge, and records the
+    /// approval: everything up to the moment the saga would save that the
+    /// charge is approved.
+    async fn charged(&self, saga: &mut OrderSaga) {
+        let order_id = OrderId::parse(&saga.order_id).unwrap();
+        let reserve = Action::ReserveStock {
+            sku: "MUG".into(),
+            quantity: 2,
+        };
+        self.bus
+            .execute::<Product>(
+                "MUG",
+                ProductCommand::ReserveStock {
+                    order_id,
+                    quantity: 2,
+                },
+                &step(reserve.key(&saga.order_id)),
+                Expect::Existing,
+            )
+            .await
+            .unwrap();
+        saga.record(&reserve, Outcome::Done, Utc::now());
+        let amount = Money::price(saga.amount_cents, Currency::parse("EUR").unwrap()).unwrap();
+        self.bus
+            .execute::<Payment>(
+                &saga.order_id,
+                PaymentCommand::RequestCharge {
+                    order_id,
+                    amount,
+                    payment_method: domain::values::PaymentMethod::parse("tok_visa").unwrap(),
+                },
+                &step(Action::RequestCharge.key(&saga.order_id)),
+                Expect::New,
+            )
+            .await
+            .unwrap();
+        saga.record(&Action::RequestCharge, Outcome::Done, Utc::now());
+        let answer = self
+            .client
+            .charge(&ChargeRequest {
+                key: charge_key(&saga.order_id),
+                amount_cents: saga.amount_cents,
+                currency: saga.currency.clone(),
+                payment_method: saga.payment_method.clone(),
+            })
+            .await
+            .unwrap();
+        let ChargeAnswer::Approved { reference } = answer else {
+            panic!("tok_visa was not approved: {answer:?}");
+        };
+        self.bus
+            .execute::<Payment>(
+                &saga.order_id,
+                PaymentCommand::ApproveCharge {
+                    provider_reference: reference,
+                },
+                &step(Action::approval_key(&saga.order_id)),
+                Expect::Existing,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Drives the saga until it has nothing left to do.
+    async fn drive_to_the_end(&self, driver: &Driver<HttpGateway>, order_id: &str) -> OrderSaga {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            driver.drive(order_id).await.unwrap();
+            let saga = store::load(&self.platform.pool, order_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .saga;
+            if saga.state.is_final() {
+                return saga;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{saga:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn books_balance(&self) {
+        let report = audit_settled(
+            &self.platform.pool,
+            &self.gateway.url,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        assert!(report.is_clean(), "{report}");
+    }
+}
+
+fn quick() -> Policy {
+    Policy {
+        payment_deadline: Duration::from_secs(2),
+        step_deadline: Duration::from_millis(300),
+        forward_attempts: 2,
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+        ..Policy::default()
+    }
+}
+
+async fn event_types(pool: &PgPool, aggregate_id: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_id = $1 OR payload::text LIKE '%' || $1 || '%'
+          ORDER BY global_position",
+    )
+    .bind(aggregate_id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_approved_just_before_a_crash_is_honoured_on_resume() {
+    let stage = stage().await;
+    let mut saga = stage.placed().await;
+    stage.charged(&mut saga).await;
+    // The crash: the saga never saved the approval, and by the time it
+    // resumes, the payment deadline is long over.
+    saga.action_started_at = Some(Utc::now() - chrono::Duration::hours(1));
+    assert_eq!(saga.state, SagaState::Charging);
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    let ended = stage.drive_to_the_end(&driver, &saga.order_id).await;
+
+    assert_eq!(ended.state, SagaState::Confirmed, "{ended:#?}");
+    let (order, _) = stage.bus.load::<Order>(&saga.order_id).await.unwrap();
+    assert_eq!(order.status(), Some(domain::OrderStatus::Confirmed));
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_still_queued_when_the_saga_gives_up_never_lands() {
+    let stage = stage().await;
+    let mut saga = stage.placed().await;
+    stage.charged(&mut saga).await;
+    saga.record(
+        &Action::Charge,
+        Outcome::Approved {
+            reference: "staged".into(),
+        },
+        Utc::now(),
+    );
+    assert_eq!(
+        saga.next_action(),
+        Some(Action::CommitReservation { sku: "MUG".into() })
+    );
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+
+    // Every write to the events table waits: the commit times out, is tried
+    // again, and given up while its appends still wait in the queue.
+    let mut locker = stage.platform.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        driver.drive(&saga.order_id).await.unwrap();
+        let now = store::load(&stage.platform.pool, &saga.order_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .saga;
+        if now.state == SagaState::Compensating {
+            assert_eq!(now.reason.as_deref(), Some("commit MUG failed"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:#?}");
+    }
+    locker.rollback().await.unwrap();
+
+    let ended = stage.drive_to_the_end(&driver, &saga.order_id).await;
+    assert_eq!(ended.state, SagaState::Cancelled, "{ended:#?}");
+    let events = event_types(&stage.platform.pool, &saga.order_id).await;
+    assert!(
+        !events.iter().any(|e| e == "ReservationCommitted"),
+        "the given-up commit landed: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e == "ReservationReleased"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "PaymentRefunded"), "{events:?}");
+    let (mug, _) = stage.bus.load::<Product>("MUG").await.unwrap();
+    assert_eq!((mug.on_hand(), mug.reserved()), (10, 0));
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_stopped_while_its_event_waits_for_the_database_takes_it_in_later() {
+    let stage = stage().await;
+    let platform = &stage.platform;
+    let settings = settings(
+        &platform.database,
+        &platform.topics,
+        &[
+            ("ORDERS_PAYMENT_GATEWAY_URL", stage.gateway.url.clone()),
+            ("ORDERS_SAGA_PAYMENT_DEADLINE_MS", "2000".into()),
+        ],
+    );
+    let orchestrator = |stop: tokio_util::sync::CancellationToken| {
+        let (pool, config) = (platform.pool.clone(), settings.saga());
+        let client = stage.client.clone();
+        tokio::spawn(saga_orchestrator::orchestrator::run(
+            pool,
+            config,
+            client,
+            stop.cancelled_owned(),
+        ))
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first = orchestrator(stop.clone());
+
+    // The sagas table takes no writes: the orchestrator cannot store the
+    // order's saga and keeps trying.
+    let mut locker = platform.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sagas IN EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 1}], "payment_method": "tok_visa"});
+    let placed = platform.command("/api/orders", &body, 202).await;
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE 'INSERT INTO sagas%'",
+        )
+        .fetch_one(&platform.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga was never being stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Stopping does not wait for the database, and commits no offset for an
+    // event it did not store.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the orchestrator stops while the database hangs")
+        .unwrap()
+        .unwrap();
+    locker.rollback().await.unwrap();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let second = orchestrator(stop.clone());
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM sagas WHERE order_id = $1")
+                .bind(&id)
+                .fetch_optional(&platform.pool)
+                .await
+                .unwrap();
+        if state.as_deref() == Some("CONFIRMED") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the order's event was lost: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    second.await.unwrap().unwrap();
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}
