@@ -33,7 +33,8 @@ fn client(base_url: String, threshold: u32) -> HttpGateway {
     HttpGateway::new(HttpGatewayConfig {
         base_url,
         request_timeout: Duration::from_millis(300),
-        failure_threshold: threshold,
+        window: threshold,
+        failure_ratio: 1.0,
         open_for: Duration::from_millis(500),
     })
     .unwrap()
@@ -138,7 +139,7 @@ async fn an_unreachable_gateway_is_unavailable_not_a_decline() {
 
 #[test]
 fn the_breaker_opens_after_the_threshold_and_a_success_closes_it() {
-    let breaker = CircuitBreaker::new(3, Duration::from_secs(60));
+    let breaker = CircuitBreaker::new(3, 1.0, Duration::from_secs(60));
     breaker.failure();
     breaker.failure();
     assert!(breaker.allow());
@@ -148,4 +149,26 @@ fn the_breaker_opens_after_the_threshold_and_a_success_closes_it() {
     breaker.success();
     assert!(!breaker.is_open());
     assert!(breaker.allow());
+}
+
+#[test]
+fn single_charges_failing_among_successes_do_not_open_the_breaker() {
+    // A charge whose card network never answers, another that fails twice
+    // first: the gateway itself answers most calls.
+    let breaker = CircuitBreaker::new(20, 0.8, Duration::from_secs(60));
+    for call in 0..200 {
+        if call % 7 < 3 {
+            breaker.failure();
+        } else {
+            breaker.success();
+        }
+        assert!(!breaker.is_open(), "opened at call {call}");
+    }
+    for _ in 0..16 {
+        breaker.failure();
+    }
+    assert!(
+        breaker.is_open(),
+        "a gateway failing most calls is left alone"
+    );
 }

@@ -41,12 +41,12 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     }
 }
 
-/// `orders run`: runs the chosen role (or all of them) until SIGINT or
+/// `orders run`: runs the chosen roles (or all of them) until SIGINT or
 /// SIGTERM, then lets each finish what it is doing. A role that fails stops
 /// the others.
-pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, roles: &[Role], migrate: bool) -> anyhow::Result<()> {
     platform::telemetry::init_logging(settings.log_format, &settings.log_filter);
-    if migrate && role != Role::Gateway {
+    if migrate && roles.iter().any(|role| *role != Role::Gateway) {
         let pool = connect(settings).await?;
         apply_migrations(&pool).await?;
     }
@@ -58,7 +58,7 @@ pub async fn run(settings: &Settings, role: Role, migrate: bool) -> anyhow::Resu
             stop.cancel();
         }
     });
-    let running = crate::assembly::start(settings, &[role], stop).await?;
+    let running = crate::assembly::start(settings, roles, stop).await?;
     let result = running.wait().await;
     tracing::info!("stopped");
     result

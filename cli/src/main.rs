@@ -20,9 +20,10 @@ struct Cli {
 enum Command {
     /// Run the platform in the foreground until Ctrl-C or SIGTERM.
     Run {
-        /// Which part of the platform to run.
-        #[arg(long, value_enum, default_value_t = commands::Role::All)]
-        role: commands::Role,
+        /// Which parts of the platform to run, comma-separated (for example
+        /// `api,relay`); `all` is every one.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+        role: Vec<commands::Role>,
         /// Do not apply pending database migrations at start.
         #[arg(long)]
         no_migrate: bool,
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
             runtime.block_on(async move {
                 match command {
                     Command::Run { role, no_migrate } => {
-                        commands::run(&settings, role, !no_migrate).await
+                        commands::run(&settings, &role, !no_migrate).await
                     }
                     Command::Migrate => commands::migrate(&settings).await,
                     Command::Status => commands::status(&settings).await,

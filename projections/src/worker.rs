@@ -136,7 +136,13 @@ pub async fn run<M: ReadModel>(
             // next member of the group applies it.
             break;
         }
-        consumer.commit(&next_offsets(&batch)?, CommitMode::Async)?;
+        // A commit that fails (the broker is away) only means the batch comes
+        // again, which the rows' versions make harmless.
+        if let Err(error) = next_offsets(&batch)
+            .and_then(|offsets| Ok(consumer.commit(&offsets, CommitMode::Async)?))
+        {
+            tracing::debug!(error = %format!("{error:#}"), projection = M::NAME, "cannot commit offsets; they will be redelivered");
+        }
         lag.update(&consumer);
     }
     Ok(())

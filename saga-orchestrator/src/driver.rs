@@ -166,7 +166,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             };
             let failed = matches!(
                 outcome,
-                Outcome::Failed { .. } | Outcome::Inconsistent { .. }
+                Outcome::Failed { .. } | Outcome::Inconsistent { .. } | Outcome::Contended
             );
             if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = &outcome {
                 tracing::warn!(order_id, step = %action.name(), %detail, "saga step failed; will retry");
@@ -261,13 +261,32 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// did not answer in time may still land: its outcome is unknown, so it
     /// is tried again under the same key (which finds it if it landed), or
     /// settled before it is given up.
+    ///
+    /// A command that keeps losing the race for a busy aggregate (every
+    /// order of a sale reserving one product) did not land: it is tried
+    /// again at once, until the deadline, rather than counted as a failure
+    /// after the bus's own few tries.
     async fn bounded_command(&self, saga: &OrderSaga, action: &Action) -> Outcome {
         let deadline = self.policy.step_deadline;
-        tokio::time::timeout(deadline, self.command(saga, action))
-            .await
-            .unwrap_or_else(|_| Outcome::Failed {
+        let contended = std::sync::atomic::AtomicBool::new(false);
+        let attempt = async {
+            loop {
+                match self.command(saga, action).await {
+                    Outcome::Contended => {
+                        contended.store(true, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(fastrand::u64(5..50))).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) if contended.load(std::sync::atomic::Ordering::Relaxed) => Outcome::Contended,
+            Err(_) => Outcome::Failed {
                 detail: format!("no answer within {deadline:?}"),
-            })
+            },
+        }
     }
 
     /// Whether the forward command `action` landed; afterwards it cannot
@@ -652,6 +671,7 @@ fn outcome_of<E: std::error::Error>(
         },
         // Only a settled (fenced) key is taken by another request.
         Err(CommandError::KeyReused) => Outcome::NeverDone,
+        Err(CommandError::Conflict { .. }) => Outcome::Contended,
         Err(other) => failed(other),
     }
 }

@@ -119,7 +119,13 @@ pub async fn run<G: PaymentGateway + Clone>(
                     Err(error) => dead_letter(&producer, &dead_letters, &message, &error, &mut shutdown).await,
                 };
                 match taken {
-                    Taken::Done => consumer.commit_message(&message, CommitMode::Async)?,
+                    Taken::Done => {
+                        // A commit that fails (the broker is away) only means
+                        // the event comes again, which changes nothing.
+                        if let Err(error) = consumer.commit_message(&message, CommitMode::Async) {
+                            tracing::debug!(%error, "cannot commit an offset; it will be redelivered");
+                        }
+                    }
                     // Shutting down before the event was stored: its offset
                     // stays, and the next member of the group takes it again.
                     Taken::Interrupted => break,

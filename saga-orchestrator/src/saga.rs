@@ -210,6 +210,10 @@ pub enum Outcome {
     /// Releasing found the reservation committed: the units are sold, and
     /// the undo must return them instead.
     AlreadySold,
+    /// The command lost the race for a busy aggregate every time it was
+    /// tried: it did not land. The driver tries again at once, within the
+    /// step's deadline; recorded, it counts as a failure.
+    Contended,
     /// The command's key was settled as never to run (another driver gave
     /// the step up): it did not happen and never will.
     NeverDone,
@@ -342,6 +346,7 @@ impl OrderSaga {
             Outcome::TimedOut => ("TIMED_OUT", None),
             Outcome::Failed { detail } => ("FAILED", Some(detail.clone())),
             Outcome::Inconsistent { detail } => ("FAILED", Some(detail.clone())),
+            Outcome::Contended => ("FAILED", Some("the aggregate stayed busy".into())),
             Outcome::AlreadySold => ("DONE", Some("the units were sold".into())),
             Outcome::NeverDone => ("REFUSED", Some("given up: it never happened".into())),
         };
@@ -360,7 +365,7 @@ impl OrderSaga {
             other => other,
         };
         match outcome {
-            Outcome::Failed { .. } => {
+            Outcome::Failed { .. } | Outcome::Contended => {
                 self.attempts += 1;
                 return;
             }

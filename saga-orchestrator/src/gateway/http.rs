@@ -41,8 +41,14 @@ pub struct HttpGatewayConfig {
     pub base_url: String,
     /// How long one request may take.
     pub request_timeout: Duration,
-    /// Failures in a row that open the circuit.
-    pub failure_threshold: u32,
+    /// Calls the circuit breaker looks back on: when every one of the last
+    /// `window` calls failed (or `failure_ratio` of them), it opens.
+    pub window: u32,
+    /// Share of failures among the last `window` calls that opens the
+    /// circuit. Single charges fail for reasons of their own (a card network
+    /// that never answers one charge, a transient failure of another); only a
+    /// gateway failing most of its calls is one to stop calling.
+    pub failure_ratio: f64,
     /// How long an open circuit refuses calls before letting one through.
     pub open_for: Duration,
 }
@@ -52,7 +58,8 @@ impl Default for HttpGatewayConfig {
         Self {
             base_url: "http://127.0.0.1:8081".into(),
             request_timeout: Duration::from_secs(5),
-            failure_threshold: 5,
+            window: 20,
+            failure_ratio: 0.8,
             open_for: Duration::from_secs(5),
         }
     }
@@ -74,7 +81,8 @@ impl HttpGateway {
         Ok(Self {
             client,
             breaker: Arc::new(CircuitBreaker::new(
-                config.failure_threshold,
+                config.window,
+                config.failure_ratio,
                 config.open_for,
             )),
             config,
@@ -102,7 +110,7 @@ impl HttpGateway {
             let response = request
                 .send()
                 .await
-                .map_err(|error| Unavailable(error.to_string()))?;
+                .map_err(|error| Unavailable(with_causes(&error)))?;
             let status = response.status();
             if status == StatusCode::UNPROCESSABLE_ENTITY {
                 // The charge breaks the gateway's rules: a decline.
@@ -163,26 +171,29 @@ impl PaymentGateway for HttpGateway {
     }
 }
 
-/// Stops calling a gateway that keeps failing: after `threshold` failures in
-/// a row it refuses calls for `open_for`, then lets one through; a success
-/// closes it again.
+/// Stops calling a gateway that keeps failing: once `ratio` of its last
+/// `window` calls failed (the window full), it refuses calls for `open_for`,
+/// then lets one through; a success closes it again.
 #[derive(Debug)]
 pub struct CircuitBreaker {
-    threshold: u32,
+    window: usize,
+    ratio: f64,
     open_for: Duration,
     state: Mutex<Breaker>,
 }
 
 #[derive(Debug, Default)]
 struct Breaker {
-    failures: u32,
+    /// The last calls' outcomes, newest last: `true` for a failure.
+    recent: std::collections::VecDeque<bool>,
     open_until: Option<Instant>,
 }
 
 impl CircuitBreaker {
-    pub fn new(threshold: u32, open_for: Duration) -> Self {
+    pub fn new(window: u32, ratio: f64, open_for: Duration) -> Self {
         Self {
-            threshold: threshold.max(1),
+            window: usize::try_from(window.max(1)).unwrap_or(1),
+            ratio: ratio.clamp(0.0, 1.0),
             open_for,
             state: Mutex::default(),
         }
@@ -210,8 +221,9 @@ impl CircuitBreaker {
 
     pub fn success(&self) {
         let mut state = self.lock();
-        state.failures = 0;
+        self.remember(&mut state, false);
         if state.open_until.take().is_some() {
+            state.recent.clear();
             metrics::gauge!("payment_gateway_circuit_open").set(0.0);
             tracing::info!("payment gateway answers again; circuit closed");
         }
@@ -219,16 +231,26 @@ impl CircuitBreaker {
 
     pub fn failure(&self) {
         let mut state = self.lock();
-        state.failures += 1;
-        if state.failures >= self.threshold {
+        self.remember(&mut state, true);
+        let failures = state.recent.iter().filter(|failed| **failed).count();
+        let full = state.recent.len() >= self.window;
+        if full && failures as f64 >= self.ratio * self.window as f64 {
             if state.open_until.is_none() {
                 metrics::gauge!("payment_gateway_circuit_open").set(1.0);
                 tracing::warn!(
-                    failures = state.failures,
+                    failures,
+                    calls = state.recent.len(),
                     "payment gateway keeps failing; circuit open"
                 );
             }
             state.open_until = Some(Instant::now() + self.open_for);
+        }
+    }
+
+    fn remember(&self, state: &mut Breaker, failed: bool) {
+        state.recent.push_back(failed);
+        while state.recent.len() > self.window {
+            state.recent.pop_front();
         }
     }
 
@@ -237,4 +259,17 @@ impl CircuitBreaker {
             .open_until
             .is_some_and(|until| Instant::now() < until)
     }
+}
+
+/// An error with the chain of its causes, as reqwest's own message hides why
+/// a request failed (refused, reset, timed out).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
