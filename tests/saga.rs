@@ -80,6 +80,19 @@ async fn stock_is(platform: &TestPlatform, sku: &str, on_hand: i64, reserved: i6
         .await;
 }
 
+/// The order's saga as GraphQL shows it.
+const SAGA: &str = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status detail } } } }";
+
+/// Waits until the order's saga needs attention, and returns it as GraphQL shows it.
+async fn flagged(platform: &TestPlatform, order_id: &str) -> Value {
+    platform
+        .eventually(SAGA, json!({"id": order_id}), WITHIN, |data| {
+            let saga = &data["order"]["saga"];
+            (saga["needsAttention"] == true).then(|| saga.clone())
+        })
+        .await
+}
+
 /// The saga ended, the order is cancelled for `reason`, every product is back
 /// at its stock with nothing reserved, and the gateway holds no money.
 async fn ends_cancelled_holding_nothing(
@@ -95,6 +108,31 @@ async fn ends_cancelled_holding_nothing(
         stock_is(platform, sku, *on_hand, 0).await;
     }
     assert!(gateway.captured().await.is_empty());
+}
+
+/// Places a `tok_visa` order and waits until its saga confirmed it.
+async fn confirmed(platform: &TestPlatform, lines: &[(&str, i64)]) -> String {
+    let id = place(platform, lines, "tok_visa").await;
+    settled(platform, &id).await;
+    order_ends(platform, &id, "CONFIRMED").await;
+    id
+}
+
+/// A confirmed order the customer cancelled: the cancel reopens the saga,
+/// which returns the stock (`sku` back at `on_hand`) and the money.
+async fn undone_after_confirmation(
+    platform: &TestPlatform,
+    gateway: &TestGateway,
+    id: &str,
+    reason: &str,
+    (sku, on_hand): (&str, i64),
+) {
+    platform
+        .eventually(PRODUCT, json!({"sku": sku}), WITHIN, |data| {
+            (data["product"]["onHand"] == on_hand).then_some(())
+        })
+        .await;
+    ends_cancelled_holding_nothing(platform, gateway, id, reason, &[(sku, on_hand)]).await;
 }
 
 async fn start(policy: Policy) -> (TestPlatform, TestGateway) {
@@ -265,21 +303,13 @@ async fn a_customer_cancel_in_flight_stops_the_saga_and_undoes_it() {
 async fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
-    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
-    settled(&platform, &id).await;
-    order_ends(&platform, &id, "CONFIRMED").await;
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
     stock_is(&platform, "MUG", 8, 0).await;
 
     cancel(&platform, &id, "arrived broken").await;
 
     // The cancel reopens the saga; wait for it to pick the cancel up.
-    platform
-        .eventually(PRODUCT, json!({"sku": "MUG"}), WITHIN, |data| {
-            (data["product"]["onHand"] == 10).then_some(())
-        })
-        .await;
-    ends_cancelled_holding_nothing(&platform, &gateway, &id, "arrived broken", &[("MUG", 10)])
-        .await;
+    undone_after_confirmation(&platform, &gateway, &id, "arrived broken", ("MUG", 10)).await;
     platform.stop().await;
 }
 
@@ -352,19 +382,11 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     };
     let (platform, mut gateway) = start(policy).await;
     platform.create_product("MUG", 1250, 10).await;
-    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
-    settled(&platform, &id).await;
-    order_ends(&platform, &id, "CONFIRMED").await;
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
 
     gateway.outage().await;
     cancel(&platform, &id, "arrived broken").await;
-    let saga = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status } } } }";
-    let flagged = platform
-        .eventually(saga, json!({"id": id}), WITHIN, |data| {
-            let saga = &data["order"]["saga"];
-            (saga["needsAttention"] == true).then(|| saga.clone())
-        })
-        .await;
+    let flagged = flagged(&platform, &id).await;
     assert_eq!(flagged["state"], "COMPENSATING");
     let failed_refunds = flagged["steps"]
         .as_array()
@@ -397,7 +419,7 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     // The gateway recovers: the saga finishes the undo and the flag clears.
     gateway.resume(&platform).await;
     settled(&platform, &id).await;
-    let done = platform.graphql(saga, json!({"id": id})).await;
+    let done = platform.graphql(SAGA, json!({"id": id})).await;
     assert_eq!(done["data"]["order"]["saga"]["state"], "CANCELLED");
     assert_eq!(done["data"]["order"]["saga"]["needsAttention"], false);
     assert_eq!(
@@ -425,22 +447,14 @@ async fn payment_events(platform: &TestPlatform, order_id: &str) -> Vec<String> 
 async fn a_cancel_after_the_gateway_restarted_refunds_on_both_books() {
     let (platform, mut gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
-    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
-    settled(&platform, &id).await;
-    order_ends(&platform, &id, "CONFIRMED").await;
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
 
     // The gateway restarts; it keeps its ledger in its own database.
     gateway.outage().await;
     gateway.resume(&platform).await;
     cancel(&platform, &id, "arrived broken").await;
 
-    platform
-        .eventually(PRODUCT, json!({"sku": "MUG"}), WITHIN, |data| {
-            (data["product"]["onHand"] == 10).then_some(())
-        })
-        .await;
-    ends_cancelled_holding_nothing(&platform, &gateway, &id, "arrived broken", &[("MUG", 10)])
-        .await;
+    undone_after_confirmation(&platform, &gateway, &id, "arrived broken", ("MUG", 10)).await;
     assert_eq!(
         payment_events(&platform, &id).await,
         ["ChargeRequested", "ChargeApproved", "PaymentRefunded"]
@@ -453,9 +467,7 @@ async fn a_cancel_after_the_gateway_restarted_refunds_on_both_books() {
 async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
-    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
-    settled(&platform, &id).await;
-    order_ends(&platform, &id, "CONFIRMED").await;
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
 
     // Someone squats the keys of this order's refund and stock return.
     for step in ["refund", "return:MUG"] {
@@ -471,13 +483,7 @@ async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
     }
     cancel(&platform, &id, "arrived broken").await;
 
-    platform
-        .eventually(PRODUCT, json!({"sku": "MUG"}), WITHIN, |data| {
-            (data["product"]["onHand"] == 12).then_some(())
-        })
-        .await;
-    ends_cancelled_holding_nothing(&platform, &gateway, &id, "arrived broken", &[("MUG", 12)])
-        .await;
+    undone_after_confirmation(&platform, &gateway, &id, "arrived broken", ("MUG", 12)).await;
     assert_eq!(
         payment_events(&platform, &id)
             .await
@@ -492,9 +498,7 @@ async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
 async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
-    let id = place(&platform, &[("MUG", 2)], "tok_visa").await;
-    settled(&platform, &id).await;
-    order_ends(&platform, &id, "CONFIRMED").await;
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
 
     // The provider forgets the capture the ledger holds approved.
     let ledger = gateway.database.pool(1).await.unwrap();
@@ -505,13 +509,7 @@ async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() 
         .unwrap();
     cancel(&platform, &id, "arrived broken").await;
 
-    let saga = "query($id: ID!) { order(id: $id) { saga { state needsAttention steps { name status detail } } } }";
-    let flagged = platform
-        .eventually(saga, json!({"id": id}), WITHIN, |data| {
-            let saga = &data["order"]["saga"];
-            (saga["needsAttention"] == true).then(|| saga.clone())
-        })
-        .await;
+    let flagged = flagged(&platform, &id).await;
     assert_eq!(flagged["state"], "COMPENSATING");
     let refund = flagged["steps"]
         .as_array()
@@ -540,26 +538,19 @@ async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() 
 async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
     use rdkafka::Message;
     use rdkafka::message::Headers;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let (platform, _gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
     let topic = event_store::Topics::with_prefix(&platform.topics.prefix)
         .for_aggregate("Order")
         .unwrap();
-    let producer: FutureProducer =
-        platform::kafka::client_config(&platform::testing::kafka_brokers(), "poison")
-            .create()
-            .unwrap();
-    for payload in ["not json", r#"{"event_type":"OrderPlaced"}"#] {
-        producer
-            .send(
-                FutureRecord::to(&topic).key("poison").payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    platform::testing::produce_poison(
+        &topic,
+        "poison",
+        &["not json", r#"{"event_type":"OrderPlaced"}"#],
+    )
+    .await
+    .unwrap();
 
     let id = place(&platform, &[("MUG", 1)], "tok_visa").await;
     settled(&platform, &id).await;

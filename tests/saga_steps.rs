@@ -311,25 +311,9 @@ async fn an_orchestrator_stopped_while_its_event_waits_for_the_database_takes_it
     let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 1}], "payment_method": "tok_visa"});
     let placed = platform.command("/api/orders", &body, 202).await;
     let id = placed["order_id"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'
-                AND query LIKE 'INSERT INTO sagas%'",
-        )
-        .fetch_one(&platform.pool)
+    platform::testing::lock_waiter(&platform.pool, Some("INSERT INTO sagas"), WITHIN)
         .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the saga was never being stored"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .expect("the saga waits for the lock while being stored");
 
     // Stopping does not wait for the database, and commits no offset for an
     // event it did not store.

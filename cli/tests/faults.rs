@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use support::{Cluster, FlowPlan, FlowReport, flow, services, services_are_ours};
 
@@ -116,44 +115,35 @@ async fn a_event_writes_blocked_longer_than_the_step_deadline() {
     ends_clean(&cluster, &report).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b_postgresql_stopped_and_started() {
+/// A service of `scripts/services` stopped for a few seconds mid-flow, then
+/// started again.
+async fn service_restarted_mid_flow(test: &str, service: &str) {
     let _serial = ONE_AT_A_TIME.lock().await;
     assert!(
-        services_are_ours("postgres"),
-        "this case stops and starts PostgreSQL: run it against the one scripts/services starts"
+        services_are_ours(service),
+        "this case stops and starts {service}: run it against the one scripts/services starts"
     );
-    let cluster = one_of_each("faults-b-postgres").await;
+    let cluster = one_of_each(test).await;
     let plan = FlowPlan::mixed(scaled(150), &skus(8));
     let (flowing, progress) = start_flow(&cluster, plan.clone());
     accepted(&progress, plan.orders / 3).await;
 
-    services(&["stop", "postgres"]);
+    services(&["stop", service]);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    services(&["start", "postgres"]);
+    services(&["start", service]);
 
     let report = flowing.await.unwrap();
     ends_clean(&cluster, &report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_postgresql_stopped_and_started() {
+    service_restarted_mid_flow("faults-b-postgres", "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_kafka_stopped_and_started() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    assert!(
-        services_are_ours("kafka"),
-        "this case stops and starts Kafka: run it against the broker scripts/services starts"
-    );
-    let cluster = one_of_each("faults-c-kafka").await;
-    let plan = FlowPlan::mixed(scaled(150), &skus(8));
-    let (flowing, progress) = start_flow(&cluster, plan.clone());
-    accepted(&progress, plan.orders / 3).await;
-
-    services(&["stop", "kafka"]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    services(&["start", "kafka"]);
-
-    let report = flowing.await.unwrap();
-    ends_clean(&cluster, &report).await;
+    service_restarted_mid_flow("faults-c-kafka", "kafka").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,10 +223,6 @@ async fn f_a_poison_message_on_each_topic_the_platform_consumes() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = one_of_each("faults-f-poison").await;
     let topics = event_store::Topics::with_prefix(&cluster.topics.prefix);
-    let producer: FutureProducer =
-        platform::kafka::client_config(&platform::testing::kafka_brokers(), "poison")
-            .create()
-            .unwrap();
     let plan = FlowPlan::mixed(scaled(100), &skus(8));
     let (flowing, progress) = start_flow(&cluster, plan.clone());
     accepted(&progress, plan.orders / 3).await;
@@ -244,15 +230,10 @@ async fn f_a_poison_message_on_each_topic_the_platform_consumes() {
     let poisoned = ["Order", "Product"];
     for aggregate in poisoned {
         let topic = topics.for_aggregate(aggregate).unwrap();
-        for payload in ["{not json", r#"{"event_type":"Nonsense","payload":{}}"#] {
-            producer
-                .send(
-                    FutureRecord::to(&topic).key("poison").payload(payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-        }
+        let payloads = ["{not json", r#"{"event_type":"Nonsense","payload":{}}"#];
+        platform::testing::produce_poison(&topic, "poison", &payloads)
+            .await
+            .unwrap();
     }
     let report = flowing.await.unwrap();
     ends_clean(&cluster, &report).await;

@@ -485,24 +485,9 @@ async fn settling_a_command_still_on_its_way_makes_sure_it_never_lands() {
                 .await
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
+    platform::testing::lock_waiter(&pool, None, Duration::from_secs(10))
         .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the append never blocked"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        .expect("the append waits for the lock");
 
     let claim = keyed(key, key).idempotency.unwrap();
     let settled = bus.settle::<Product>("MUG", &claim).await.unwrap();

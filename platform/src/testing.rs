@@ -177,3 +177,50 @@ pub async fn consume(
     }
     Ok(messages)
 }
+
+/// Writes `payloads` to `topic` under `key`, as a broken producer would:
+/// poison for the platform's consumers.
+pub async fn produce_poison(topic: &str, key: &str, payloads: &[&str]) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer =
+        crate::kafka::client_config(&kafka_brokers(), "test-poison").create()?;
+    for payload in payloads {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(*payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
+    }
+    Ok(())
+}
+
+/// Waits until a statement of this database (one starting with
+/// `statement_prefix`, when given) waits for a lock, for at most `within`.
+pub async fn lock_waiter(
+    pool: &PgPool,
+    statement_prefix: Option<&str>,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND ($1::text IS NULL OR starts_with(query, $1))",
+        )
+        .bind(statement_prefix)
+        .fetch_one(pool)
+        .await?;
+        if waiting > 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no statement waited for a lock within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
