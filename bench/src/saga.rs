@@ -1,7 +1,7 @@
 //! `bench saga`: orders from placement to CONFIRMED through the saga.
 //!
 //! The whole platform runs in this process (API, relay, projections, saga
-//! orchestrator with the in-memory gateway simulator) against the real
+//! orchestrator, and the payment gateway service) against the real
 //! PostgreSQL and Kafka. Two measurements:
 //!
 //! - completion time at a steady rate (open loop): from the 202 on

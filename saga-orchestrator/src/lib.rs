@@ -3,8 +3,8 @@
 //!
 //! - [`saga`]: the saga itself, a pure state machine;
 //! - [`driver`]: carries out its actions, through the event store's dispatch
-//!   (never over HTTP) and the payment [`gateway`];
-//! - [`store`]: sagas in PostgreSQL with optimistic locking;
+//!   (never over HTTP) and the payment [`gateway`] (over HTTP only);
+//! - [`store`]: sagas in PostgreSQL with optimistic locking and leases;
 //! - [`orchestrator`]: the Kafka consumer group and the scan that resumes
 //!   sagas after failures and crashes.
 //!
