@@ -531,6 +531,17 @@ async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() 
         ["ChargeRequested", "ChargeApproved"],
         "no refund is recorded for money nobody gave back"
     );
+    // The audit does not call these books balanced.
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains(&id) && v.contains("needs attention")),
+        "{report}"
+    );
     platform.stop().await;
 }
 

@@ -97,6 +97,25 @@ pub async fn start(
     } else {
         None
     };
+    if !runs(Role::Api) && !settings.metrics_listen.is_empty() {
+        let listen: SocketAddr = settings.metrics_listen.parse().with_context(|| {
+            format!(
+                "metrics_listen {:?} is not an address",
+                settings.metrics_listen
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} for metrics"))?;
+        let stopped = stop.clone().cancelled_owned();
+        running.spawn(async move {
+            tracing::info!(addr = %listen, "metrics listening");
+            axum::serve(listener, command_api::routes::meta::metrics_only())
+                .with_graceful_shutdown(stopped)
+                .await
+                .context("serving metrics")
+        });
+    }
     let mut api = None;
     if let Some(pool) = pool {
         if runs(Role::Api) {

@@ -66,6 +66,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Audit { settle_secs } = cli.command {
+        return audit(cli.config.as_deref(), settle_secs);
+    }
     let result = match cli.command {
         Command::Schemas { check, dir } => {
             if check {
@@ -87,11 +90,7 @@ fn main() -> ExitCode {
                         commands::rebuild(&settings, &projection).await
                     }
                     Command::Republish { from } => commands::republish(&settings, from).await,
-                    Command::Audit { settle_secs } => {
-                        commands::audit(&settings, std::time::Duration::from_secs(settle_secs))
-                            .await
-                    }
-                    Command::Schemas { .. } => Ok(()),
+                    Command::Audit { .. } | Command::Schemas { .. } => Ok(()),
                 }
             })
         }),
@@ -101,6 +100,26 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `orders audit`: exit status 0 when the books balance, 1 when they do not
+/// (every violation printed), 2 when the audit could not be done.
+fn audit(config: Option<&std::path::Path>, settle_secs: u64) -> ExitCode {
+    let audited = Settings::load(config).and_then(|settings| {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(commands::audit(
+            &settings,
+            std::time::Duration::from_secs(settle_secs),
+        ))
+    });
+    match audited {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: cannot audit: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct Settings {
     pub kafka_brokers: String,
     /// Where the HTTP API listens.
     pub listen: SocketAddr,
+    /// In a process without the API role, serve `/metrics` and `/healthz`
+    /// here (empty: not at all; the API serves them itself).
+    pub metrics_listen: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A `tracing` filter, used when `RUST_LOG` is not set.
@@ -110,6 +113,7 @@ impl Settings {
             .set_default("database_acquire_timeout_secs", 10)?
             .set_default("kafka_brokers", "127.0.0.1:9092")?
             .set_default("listen", "127.0.0.1:8080")?
+            .set_default("metrics_listen", "")?
             .set_default("log_format", "text")?
             .set_default("log_filter", "info,sqlx=warn")?
             .set_default("idempotency_ttl_secs", 24 * 60 * 60)?

@@ -96,8 +96,24 @@ async fn a_relay_killed_mid_stream_publishes_every_event_in_order_after_a_restar
     assert_eq!(total, 5_000);
 
     // Small batches, so that the kill lands in the middle of the stream.
-    cluster.add("relay", "relay", &[("ORDERS_RELAY_BATCH_SIZE", "50")]);
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    cluster.add(
+        "relay",
+        "relay",
+        &[
+            ("ORDERS_RELAY_BATCH_SIZE", "50"),
+            ("ORDERS_METRICS_LISTEN", &metrics),
+        ],
+    );
     let at_kill = wait_for(&pool, PUBLISHED, Duration::from_secs(60), |n| n >= 500).await;
+    // A relay process on its own is scraped at its metrics address.
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(scraped.contains("relay_published_total"), "{scraped}");
     cluster.kill("relay");
     let after_kill = scalar(&pool, PUBLISHED).await;
     assert!(

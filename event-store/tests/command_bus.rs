@@ -551,6 +551,8 @@ async fn keys_stored_before_the_namespaces_move_into_the_clients_one() {
     // saga's key, and a saga's own (fingerprint: the key itself).
     for (key, fingerprint) in [
         ("checkout-1", "9f86d081"),
+        // The same name, once more with the prefix it is about to get.
+        ("client:checkout-1", "e3b0c442"),
         ("saga:o:refund", "2c26b46b"),
         ("saga:o:reserve:MUG", "saga:o:reserve:MUG"),
     ] {
@@ -574,6 +576,7 @@ async fn keys_stored_before_the_namespaces_move_into_the_clients_one() {
         keys,
         [
             "client:checkout-1",
+            "client:client:checkout-1",
             "client:saga:o:refund",
             "saga:o:reserve:MUG"
         ]

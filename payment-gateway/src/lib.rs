@@ -130,6 +130,8 @@ impl Gateway {
 }
 
 /// A pool on `url`, creating the database first if the server lacks it.
+/// The server may still be starting (the gateway starting beside it): a
+/// connection it refuses is tried again for up to a minute.
 pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse()?;
     let options = options.application_name("orders-payment-gateway");
@@ -139,12 +141,25 @@ pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
     };
-    match open().await {
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("3D000") => {
-            create_database(&options).await?;
-            Ok(open().await?)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match open().await {
+            Ok(pool) => return Ok(pool),
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("3D000") => {
+                create_database(&options).await?;
+                return Ok(open().await?);
+            }
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "the gateway's database is not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::from(error)
+                    .context("cannot connect to the payment gateway's database"));
+            }
         }
-        other => Ok(other?),
     }
 }
 
@@ -164,8 +179,10 @@ async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
         .await
     {
         Ok(_) => tracing::info!(database = %name, "created the payment gateway's database"),
-        // Another process created it at the same moment.
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => {}
+        // Another process created it at the same moment (42P04; 23505 when
+        // both got past the catalog's check together).
+        Err(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("42P04" | "23505")) => {}
         Err(error) => return Err(error.into()),
     }
     admin.close().await?;

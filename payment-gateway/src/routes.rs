@@ -34,8 +34,8 @@ use crate::ledger::{self, Answer, ChargeRequest, LedgerError, MAX_AMOUNT_CENTS};
 const BODY_LIMIT: usize = 16 * 1024;
 
 /// How long a charge that never answers (`tok_timeout`) holds its request
-/// before the gateway gives up on the caller.
-const NEVER: Duration = Duration::from_secs(600);
+/// before the gateway gives up on the caller: far past any caller's timeout.
+const NEVER: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub(crate) struct State {

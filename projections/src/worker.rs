@@ -189,7 +189,7 @@ async fn apply_with_retries<M: ReadModel>(
 
 /// One transaction: lock, load the touched rows, fold, store, record offsets
 /// and progress, announce the changes. Poison messages go to the dead-letter
-/// topic before the commit. Returns how many messages were applied.
+/// topic after the commit. Returns how many messages were applied.
 async fn apply_batch<M: ReadModel>(
     pool: &PgPool,
     producer: &FutureProducer,
@@ -235,18 +235,6 @@ async fn apply_batch<M: ReadModel>(
             .iter()
             .map(|(position, error)| (envelopes[*position].0, error.to_string())),
     );
-    for (index, error) in &poison {
-        platform::kafka::send_to_dead_letters(
-            producer,
-            dead_letters,
-            &batch[*index],
-            M::NAME,
-            error,
-        )
-        .await?;
-    }
-    metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
-        .increment(poison.len() as u64);
 
     record_offsets(&mut tx, M::NAME, batch).await?;
     if let Some(position) = envelopes.iter().map(|(_, e)| e.global_position).max() {
@@ -263,6 +251,22 @@ async fn apply_batch<M: ReadModel>(
     }
     announce(&mut tx, M::NAME, &fold.changed).await?;
     tx.commit().await?;
+    // Dead letters go out after the commit (a transaction that has written
+    // must not wait on the broker: it would hold back every reader of the
+    // global order), and before the Kafka offsets move: if sending fails,
+    // the batch is applied again (changing nothing) and they go out then.
+    for (index, error) in &poison {
+        platform::kafka::send_to_dead_letters(
+            producer,
+            dead_letters,
+            &batch[*index],
+            M::NAME,
+            error,
+        )
+        .await?;
+    }
+    metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
+        .increment(poison.len() as u64);
     Ok(batch.len() - poison.len())
 }
 

@@ -346,25 +346,13 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         // Past the deadline already (a restart): one last look, for an answer
         // the gateway gave before the crash.
         let window = if left.is_zero() { LAST_LOOK } else { left };
-        match tokio::time::timeout(window, self.charge(saga)).await {
+        let answer = tokio::time::timeout(window, self.charge(saga)).await;
+        match answer {
             Ok(Ok(ChargeAnswer::Approved { reference })) => {
-                self.record_approval(saga, reference).await
+                self.bounded(self.record_approval(saga, reference)).await
             }
             Ok(Ok(ChargeAnswer::Declined { reason })) => {
-                let decline = match reason_of(&reason) {
-                    Ok(reason) => PaymentCommand::DeclineCharge { reason },
-                    Err(refused) => return refused,
-                };
-                let context = context(saga, Action::decline_key(&saga.order_id));
-                match self.payment(saga, decline, &context).await {
-                    Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
-                        Outcome::Declined { reason }
-                    }
-                    Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
-                        detail: format!("the gateway declined, but the ledger says: {refusal}"),
-                    },
-                    Err(other) => failed(other),
-                }
+                self.bounded(self.record_decline(saga, reason)).await
             }
             // Refunded or voided first: nothing is held, and the undo settles it.
             Ok(Ok(ChargeAnswer::Undone)) => Outcome::TimedOut,
@@ -373,6 +361,37 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 detail: unavailable.to_string(),
             },
             Err(_) => Outcome::TimedOut,
+        }
+    }
+
+    /// `record` within the step deadline: recording the gateway's answer is a
+    /// step of its own.
+    async fn bounded(&self, record: impl std::future::Future<Output = Outcome>) -> Outcome {
+        let deadline = self.policy.step_deadline;
+        tokio::time::timeout(deadline, record)
+            .await
+            .unwrap_or_else(|_| Outcome::Failed {
+                detail: format!("the ledger did not answer within {deadline:?}"),
+            })
+    }
+
+    /// Records the gateway's decline on the payment, under its own key.
+    async fn record_decline(&self, saga: &OrderSaga, reason: String) -> Outcome {
+        // A gateway's reason the domain cannot take (blank, say) still ends
+        // the payment: the decline is what matters.
+        let decline = match reason_of(&reason).or_else(|_| reason_of("declined by the gateway")) {
+            Ok(reason) => PaymentCommand::DeclineCharge { reason },
+            Err(refused) => return refused,
+        };
+        let context = context(saga, Action::decline_key(&saga.order_id));
+        match self.payment(saga, decline, &context).await {
+            Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
+                Outcome::Declined { reason }
+            }
+            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                detail: format!("the gateway declined, but the ledger says: {refusal}"),
+            },
+            Err(other) => failed(other),
         }
     }
 

@@ -102,13 +102,20 @@ pub async fn save(
     owner: &str,
     lease: std::time::Duration,
 ) -> sqlx::Result<Saved> {
-    // A cancel that arrives after the saga took in the last one reopens it.
+    // A cancel that arrives after the saga took in the last one reopens it,
+    // and is due at once, whatever backoff the save asks for. A driver whose
+    // lease ran out and went to another saves nothing.
     let updated = sqlx::query(
         "UPDATE sagas SET state = $2, saga = $3, version = version + 1,
                 done = $4 AND (cancel_reason IS NULL OR $5),
-                needs_attention = $6, next_attempt_at = $7, updated_at = $8,
+                needs_attention = $6,
+                next_attempt_at = CASE WHEN cancel_reason IS NOT NULL AND NOT $5
+                                       THEN now() ELSE $7 END,
+                updated_at = $8,
                 lease_owner = $10, leased_until = now() + make_interval(secs => $11)
-          WHERE order_id = $1 AND version = $9",
+          WHERE order_id = $1 AND version = $9
+            AND (lease_owner IS NULL OR lease_owner = $10
+                 OR leased_until IS NULL OR leased_until < now())",
     )
     .bind(&saga.order_id)
     .bind(saga.state.as_str())

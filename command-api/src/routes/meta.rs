@@ -99,3 +99,13 @@ pub async fn wrong_method(method: Method) -> ApiError {
         method: method.to_string(),
     }
 }
+
+/// `/metrics` and `/healthz` alone, for a process that runs no API (a saga,
+/// relay, projections or gateway process) but should still be scraped.
+pub fn metrics_only() -> axum::Router {
+    // Install the recorder before anything records.
+    platform::telemetry::metrics();
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(healthz))
+}

@@ -90,11 +90,22 @@ impl HttpGateway {
     }
 
     /// Sends `body` to `path` through the breaker and reads the charge it
-    /// answers; a 5xx, a timeout or a connection failure counts against the
-    /// gateway. Any other refusal (a 409 for a key used with another charge,
-    /// say) is reported as unavailable too: the saga keeps its step open and
-    /// never reads a refusal it cannot explain as a decline.
-    async fn call(&self, path: &str, body: Option<&ChargeBody<'_>>) -> Result<Charge, Unavailable> {
+    /// answers. Any failure is "unavailable" to the caller, who keeps its
+    /// step open rather than reading a refusal it cannot explain as a
+    /// decline. `invalid_is_decline`: a 422 (the charge breaks the gateway's
+    /// rules) is a decline; only for charges.
+    ///
+    /// Only failures of the gateway itself count against it in the breaker:
+    /// refused or broken connections, unreadable answers, 5xx other than
+    /// "this charge failed for now". A call that timed out, or a charge the
+    /// card network failed, is that call's failure: no customer's tokens can
+    /// open the breaker for everyone else.
+    async fn call(
+        &self,
+        path: &str,
+        body: Option<&ChargeBody<'_>>,
+        invalid_is_decline: bool,
+    ) -> Result<Charge, Unavailable> {
         if !self.breaker.allow() {
             return Err(Unavailable(
                 "circuit open: the gateway failed repeatedly".into(),
@@ -106,36 +117,66 @@ impl HttpGateway {
             Some(body) => request.json(body),
             None => request,
         };
-        let result = async {
-            let response = request
-                .send()
-                .await
-                .map_err(|error| Unavailable(with_causes(&error)))?;
-            let status = response.status();
-            if status == StatusCode::UNPROCESSABLE_ENTITY {
-                // The charge breaks the gateway's rules: a decline.
-                let detail = response.text().await.unwrap_or_default();
-                return Ok(Charge {
-                    status: "declined".into(),
-                    reference: None,
-                    reason: Some(format!("refused by the gateway: {detail}")),
-                });
+        let (result, health) = match request.send().await {
+            Err(error) if error.is_timeout() => {
+                (Err(Unavailable(with_causes(&error))), Health::Unknown)
             }
-            if !status.is_success() {
-                return Err(Unavailable(format!("gateway answered {status}")));
-            }
-            response
-                .json::<Charge>()
-                .await
-                .map_err(|error| Unavailable(format!("unreadable answer: {error}")))
-        }
-        .await;
-        match &result {
-            Ok(_) => self.breaker.success(),
-            Err(_) => self.breaker.failure(),
+            Err(error) => (Err(Unavailable(with_causes(&error))), Health::Failing),
+            Ok(response) => read(response, invalid_is_decline).await,
+        };
+        match health {
+            Health::Answering => self.breaker.success(),
+            Health::Failing => self.breaker.failure(),
+            Health::Unknown => {}
         }
         result
     }
+}
+
+/// What a call says of the gateway's health.
+enum Health {
+    Answering,
+    Failing,
+    /// Nothing: it timed out, which a single slow charge does too.
+    Unknown,
+}
+
+/// The charge a response carries, and what the response says of the gateway.
+async fn read(
+    response: reqwest::Response,
+    invalid_is_decline: bool,
+) -> (Result<Charge, Unavailable>, Health) {
+    let status = response.status();
+    if status.is_success() {
+        return match response.json::<Charge>().await {
+            Ok(charge) => (Ok(charge), Health::Answering),
+            Err(error) => (
+                Err(Unavailable(format!("unreadable answer: {error}"))),
+                Health::Failing,
+            ),
+        };
+    }
+    let text = response.text().await.unwrap_or_default();
+    if status == StatusCode::UNPROCESSABLE_ENTITY && invalid_is_decline {
+        let declined = Charge {
+            status: "declined".into(),
+            reference: None,
+            reason: Some(format!("refused by the gateway: {text}")),
+        };
+        return (Ok(declined), Health::Answering);
+    }
+    let this_call = status.is_client_error()
+        || (status == StatusCode::SERVICE_UNAVAILABLE
+            && text.contains("/problems/temporarily-unavailable"));
+    let health = if this_call {
+        Health::Answering
+    } else {
+        Health::Failing
+    };
+    (
+        Err(Unavailable(format!("gateway answered {status}: {text}"))),
+        health,
+    )
 }
 
 impl PaymentGateway for HttpGateway {
@@ -146,7 +187,7 @@ impl PaymentGateway for HttpGateway {
             currency: &request.currency,
             payment_method: &request.payment_method,
         };
-        let charge = self.call("/charges", Some(&body)).await?;
+        let charge = self.call("/charges", Some(&body), true).await?;
         match charge.status.as_str() {
             "approved" => Ok(ChargeAnswer::Approved {
                 reference: charge.reference.unwrap_or_default(),
@@ -160,7 +201,9 @@ impl PaymentGateway for HttpGateway {
     }
 
     async fn refund(&self, key: &str) -> Result<RefundAnswer, Unavailable> {
-        let charge = self.call(&format!("/charges/{key}/refund"), None).await?;
+        let charge = self
+            .call(&format!("/charges/{key}/refund"), None, false)
+            .await?;
         match charge.status.as_str() {
             "refunded" => Ok(RefundAnswer::Refunded {
                 reference: charge.reference,
