@@ -161,6 +161,14 @@ async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
     stock_is(&platform, "MUG", 8, 0).await;
     stock_is(&platform, "TEA", 9, 0).await;
     assert_eq!(gateway.captured().await, vec![charge_key(&id)]);
+    // The gateway is a service of its own: the public API has no route to it.
+    for path in [
+        "/gateway/charges",
+        &format!("/gateway/charges/{}/refund", charge_key(&id)),
+    ] {
+        let answer = platform.post(path, &json!({})).await;
+        assert_eq!(answer.status(), 404, "{path}");
+    }
 
     let saga = platform
         .graphql(
