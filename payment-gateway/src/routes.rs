@@ -44,6 +44,18 @@ pub(crate) struct State {
     pub(crate) stopping: CancellationToken,
 }
 
+impl State {
+    /// `work`, unless the gateway starts stopping first (`None`): a handler
+    /// waiting on a database that hangs must not hold the shutdown. A
+    /// transaction cut short rolls back; the caller retries under its key.
+    async fn unless_stopping<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            () = self.stopping.cancelled() => None,
+            done = work => Some(done),
+        }
+    }
+}
+
 pub(crate) fn router(state: State) -> axum::Router {
     axum::Router::new()
         .route("/charges", post(charge).get(list))
@@ -119,7 +131,13 @@ async fn charge(
         currency: body.currency,
         payment_method: body.payment_method,
     };
-    match ledger::charge(&state.pool, &request).await {
+    let Some(charged) = state
+        .unless_stopping(ledger::charge(&state.pool, &request))
+        .await
+    else {
+        return stopping();
+    };
+    match charged {
         Ok(Answer::Now(charge)) => Json(charge).into_response(),
         Ok(Answer::Later(charge)) => {
             tokio::select! {
@@ -201,7 +219,13 @@ async fn refund(
             "no charge can have that key".into(),
         );
     }
-    match ledger::refund(&state.pool, &key).await {
+    let Some(refunded) = state
+        .unless_stopping(ledger::refund(&state.pool, &key))
+        .await
+    else {
+        return stopping();
+    };
+    match refunded {
         Ok(charge) => Json(charge).into_response(),
         Err(error) => unavailable(&error),
     }
@@ -211,7 +235,10 @@ async fn find(
     axum::extract::State(state): axum::extract::State<State>,
     Path(key): Path<String>,
 ) -> Response {
-    match ledger::find(&state.pool, &key).await {
+    let Some(found) = state.unless_stopping(ledger::find(&state.pool, &key)).await else {
+        return stopping();
+    };
+    match found {
         Ok(Some(charge)) => Json(charge).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
@@ -255,7 +282,13 @@ async fn list(
             "limit must be between 1 and 1000".into(),
         );
     }
-    match ledger::list(&state.pool, &page.after, limit).await {
+    let Some(listed) = state
+        .unless_stopping(ledger::list(&state.pool, &page.after, limit))
+        .await
+    else {
+        return stopping();
+    };
+    match listed {
         Ok(charges) => {
             let next_after = (charges.len() as i64 == limit)
                 .then(|| charges.last().map(|c| c.key.clone()))
@@ -271,7 +304,11 @@ async fn list(
 }
 
 async fn ready(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
+    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    let Some(probed) = state.unless_stopping(probe).await else {
+        return stopping();
+    };
+    match probed {
         Ok(_) => Json(json!({"status": "ready", "checks": {"database": "ok"}})).into_response(),
         Err(error) => {
             tracing::warn!(%error, "the payment gateway's database does not answer");

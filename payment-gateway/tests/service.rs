@@ -315,3 +315,37 @@ async fn the_gateway_creates_its_database_when_the_server_has_none() {
     assert_eq!(gateway.charge("k", "tok_visa", 1).await.0, 200);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_gateway_stops_even_while_its_database_hangs() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+    gateway.charge("k-first", "tok_visa", 100).await;
+    // Another session holds the ledger: every charge waits for it.
+    let pool = database.pool(2).await.unwrap();
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE charges IN EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let (client, base) = (gateway.client.clone(), gateway.base.clone());
+        async move {
+            client
+                .post(format!("{base}/charges"))
+                .json(&json!({"key": "k-stuck", "amount_cents": 1, "currency": "EUR", "payment_method": "tok_visa"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    platform::testing::lock_waiter(&pool, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), gateway.stop())
+        .await
+        .expect("the gateway stops while its database hangs");
+    assert_eq!(waiting.await.unwrap(), 503);
+    locker.rollback().await.unwrap();
+}
