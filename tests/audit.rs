@@ -118,6 +118,14 @@ async fn balanced_books_pass_and_every_kind_of_broken_book_is_reported() {
         .unwrap();
     broken("has no matching capture at the gateway").await;
 
+    // The gateway refunded another amount than the cancelled order's total.
+    sqlx::query("UPDATE charges SET amount_cents = 1 WHERE key = $1")
+        .bind(format!("order-{cancelled}"))
+        .execute(&gateway_pool)
+        .await
+        .unwrap();
+    broken("refunded 1, not its total").await;
+
     // A read model row that is not the fold of its events.
     sqlx::query("UPDATE product_stock SET on_hand = on_hand + 1 WHERE sku = 'MUG'")
         .execute(&platform.pool)

@@ -83,7 +83,8 @@ async fn charges_and_refunds_go_over_http_once_per_key() {
     assert_eq!(
         gateway.refund("a").await.unwrap(),
         RefundAnswer::Refunded {
-            reference: Some(reference)
+            reference: Some(reference),
+            amount_cents: Some(1250),
         }
     );
     // Asked again after its refund, the charge says it was undone.
@@ -206,4 +207,29 @@ fn single_charges_failing_among_successes_do_not_open_the_breaker() {
         breaker.is_open(),
         "a gateway failing most calls is left alone"
     );
+}
+
+#[test]
+fn a_half_open_circuit_is_not_held_shut_by_calls_that_time_out() {
+    // After an outage, the calls let through to test the gateway may be
+    // charges whose card network never answers: their timeouts say nothing
+    // of the gateway, and must not keep everyone else's calls out.
+    let breaker = CircuitBreaker::new(2, 1.0, Duration::from_millis(50));
+    breaker.failure();
+    breaker.failure();
+    assert!(!breaker.allow());
+    std::thread::sleep(Duration::from_millis(60));
+    // Half open: a call goes through and times out (no verdict) ...
+    assert!(breaker.allow());
+    // ... and the next caller is not kept out by it.
+    assert!(breaker.allow(), "a timed-out trial held the circuit shut");
+    breaker.success();
+    assert!(!breaker.is_open());
+    // A failure while half open opens it again at once.
+    breaker.failure();
+    breaker.failure();
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(breaker.allow());
+    breaker.failure();
+    assert!(!breaker.allow());
 }

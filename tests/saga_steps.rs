@@ -84,6 +84,35 @@ impl Stage {
     /// approval: everything up to the moment the saga would save that the
     /// charge is approved.
     async fn charged(&self, saga: &mut OrderSaga) {
+        self.requested(saga).await;
+        let answer = self
+            .client
+            .charge(&ChargeRequest {
+                key: charge_key(&saga.order_id),
+                amount_cents: saga.amount_cents,
+                currency: saga.currency.clone(),
+                payment_method: saga.payment_method.clone(),
+            })
+            .await
+            .unwrap();
+        let ChargeAnswer::Approved { reference } = answer else {
+            panic!("tok_visa was not approved: {answer:?}");
+        };
+        self.bus
+            .execute::<Payment>(
+                &saga.order_id,
+                PaymentCommand::ApproveCharge {
+                    provider_reference: reference,
+                },
+                &step(Action::approval_key(&saga.order_id)),
+                Expect::Existing,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Reserves the stock and requests the charge on the payment.
+    async fn requested(&self, saga: &mut OrderSaga) {
         let order_id = OrderId::parse(&saga.order_id).unwrap();
         let reserve = Action::ReserveStock {
             sku: "MUG".into(),
@@ -117,30 +146,6 @@ impl Stage {
             .await
             .unwrap();
         saga.record(&Action::RequestCharge, Outcome::Done, Utc::now());
-        let answer = self
-            .client
-            .charge(&ChargeRequest {
-                key: charge_key(&saga.order_id),
-                amount_cents: saga.amount_cents,
-                currency: saga.currency.clone(),
-                payment_method: saga.payment_method.clone(),
-            })
-            .await
-            .unwrap();
-        let ChargeAnswer::Approved { reference } = answer else {
-            panic!("tok_visa was not approved: {answer:?}");
-        };
-        self.bus
-            .execute::<Payment>(
-                &saga.order_id,
-                PaymentCommand::ApproveCharge {
-                    provider_reference: reference,
-                },
-                &step(Action::approval_key(&saga.order_id)),
-                Expect::Existing,
-            )
-            .await
-            .unwrap();
     }
 
     /// Drives the saga until it has nothing left to do.
@@ -347,5 +352,47 @@ async fn an_orchestrator_stopped_while_its_event_waits_for_the_database_takes_it
     stop.cancel();
     second.await.unwrap().unwrap();
     stage.books_balance().await;
+    stage.platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_of_another_amount_than_the_order_is_flagged_not_recorded() {
+    let stage = stage().await;
+    let mut saga = stage.placed().await;
+    stage.requested(&mut saga).await;
+    // Someone took a charge under the order's key first, for another amount:
+    // the saga's own charge is refused (409) until its deadline passes.
+    let forged = stage
+        .client
+        .charge(&ChargeRequest {
+            key: charge_key(&saga.order_id),
+            amount_cents: 1,
+            currency: saga.currency.clone(),
+            payment_method: "tok_visa".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(forged, ChargeAnswer::Approved { .. }));
+    saga.record(&Action::Charge, Outcome::TimedOut, Utc::now());
+    assert_eq!(saga.next_action(), Some(Action::Refund));
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    driver.drive(&saga.order_id).await.unwrap();
+
+    let now = store::load(&stage.platform.pool, &saga.order_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .saga;
+    assert_eq!(now.state, SagaState::Compensating);
+    assert!(now.needs_attention(5), "{now:#?}");
+    let events = event_types(&stage.platform.pool, &saga.order_id).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e == "ChargeApproved" || e == "PaymentRefunded"),
+        "a refund of 1 cent was booked as the order's: {events:?}"
+    );
     stage.platform.stop().await;
 }

@@ -433,8 +433,20 @@ fn check_orders(
                 ));
             }
         }
-        // A capture the gateway gave back is on the record, and only then.
+        // A capture the gateway gave back is on the record, and only then,
+        // and it was this order's total.
         let gateway_refunded = charge.is_some_and(|c| c.status == "refunded");
+        if let Some(c) = charge
+            && gateway_refunded
+            && c.amount_cents != Some(placed.total_cents)
+        {
+            violations.push(format!(
+                "order {id}: the gateway refunded {}, not its total of {}",
+                c.amount_cents
+                    .map_or("an unknown amount".into(), |a| a.to_string()),
+                placed.total_cents
+            ));
+        }
         let ledger_refunded = ledger_status == Some(PaymentStatus::Refunded);
         if gateway_refunded != ledger_refunded {
             violations.push(format!(

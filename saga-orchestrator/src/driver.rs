@@ -455,6 +455,18 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             }
         };
         let why = saga.reason.as_deref().unwrap_or("cancelled");
+        // A refund of another amount is not this order's charge (its key was
+        // used by someone else first): nothing of it goes on the record.
+        if let RefundAnswer::Refunded { amount_cents, .. } = &answer
+            && *amount_cents != Some(saga.amount_cents)
+        {
+            return Outcome::Inconsistent {
+                detail: format!(
+                    "the gateway refunded {amount_cents:?} under the order's key, not its total of {}",
+                    saga.amount_cents
+                ),
+            };
+        }
         match (answer, ledger) {
             (RefundAnswer::Refunded { .. }, Some(PaymentStatus::Refunded)) => Outcome::Done,
             (RefundAnswer::Refunded { .. }, Some(PaymentStatus::Approved)) => {
@@ -462,7 +474,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             }
             // Captured after the saga stopped waiting: the ledger learns of
             // the capture, then of its refund.
-            (RefundAnswer::Refunded { reference }, Some(PaymentStatus::Requested)) => {
+            (RefundAnswer::Refunded { reference, .. }, Some(PaymentStatus::Requested)) => {
                 let reference = reference.unwrap_or_else(|| "captured late".into());
                 match self.record_approval(saga, reference).await {
                     Outcome::Approved { .. } => self.record_refund(saga, why).await,

@@ -172,16 +172,32 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let permit = this.permits.acquire().await;
+            // Out of the running set however the task ends (a panic
+            // included), so that the scan can hand the saga out again.
+            let _running = Running {
+                running: Arc::clone(&this.running),
+                order_id: order_id.clone(),
+            };
+            let _permit = this.permits.acquire().await;
             if let Err(error) = this.driver.drive(&order_id).await {
                 tracing::warn!(%order_id, error = %format!("{error:#}"), "saga interrupted; the scan resumes it");
             }
-            this.running
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&order_id);
-            drop(permit);
         });
+    }
+}
+
+/// A saga in the running set while this lives.
+struct Running {
+    running: Arc<Mutex<HashSet<String>>>,
+    order_id: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.order_id);
     }
 }
 

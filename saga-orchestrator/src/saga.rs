@@ -473,11 +473,12 @@ impl OrderSaga {
         self.compensate(format!("{} failed", action.name()));
     }
 
-    /// Whether someone should look: an undo has failed `limit` times in a
-    /// row (it is still retried), or the records disagree.
+    /// Whether someone should look: a step has failed `limit` times in a row
+    /// and is still retried (an undo is never given up; a forward step whose
+    /// outcome the store cannot settle is not either), or the records
+    /// disagree.
     pub fn needs_attention(&self, limit: u32) -> bool {
-        self.attention.is_some()
-            || (self.state == SagaState::Compensating && self.attempts >= limit)
+        self.attention.is_some() || (!self.state.is_final() && self.attempts >= limit)
     }
 
     /// The customer cancelled the order (its `OrderCancelled` event, whoever

@@ -343,6 +343,25 @@ fn a_forward_step_that_keeps_failing_is_given_up_and_undone() {
 }
 
 #[test]
+fn a_forward_step_that_keeps_failing_without_being_settled_needs_attention() {
+    // The store cannot even say whether the step landed (so it is neither
+    // done nor given up): the saga retries, and someone should look.
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let reserve = reserve("MUG");
+    for second in 1..=5 {
+        saga.record(
+            &reserve,
+            Outcome::Failed {
+                detail: "the store did not answer in time".into(),
+            },
+            at(second),
+        );
+    }
+    assert_eq!(saga.state, SagaState::Reserving);
+    assert!(saga.needs_attention(5));
+}
+
+#[test]
 fn a_step_that_failed_but_landed_after_all_is_taken_as_done() {
     let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));

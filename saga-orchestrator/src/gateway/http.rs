@@ -32,6 +32,7 @@ struct Charge {
     status: String,
     reference: Option<String>,
     reason: Option<String>,
+    amount_cents: Option<i64>,
 }
 
 /// How the client behaves.
@@ -156,25 +157,32 @@ async fn read(
             ),
         };
     }
-    let text = response.text().await.unwrap_or_default();
+    // A problem+json body: its type says whose failure it is. Its text is
+    // not passed on: it ends up in the saga's step log, which customers read.
+    let problem: serde_json::Value = response.json().await.unwrap_or_default();
+    let kind = problem["type"].as_str().unwrap_or_default();
     if status == StatusCode::UNPROCESSABLE_ENTITY && invalid_is_decline {
         let declined = Charge {
             status: "declined".into(),
             reference: None,
-            reason: Some(format!("refused by the gateway: {text}")),
+            reason: Some("refused by the gateway: the charge breaks its rules".into()),
+            amount_cents: None,
         };
         return (Ok(declined), Health::Answering);
     }
+    // This charge's own trouble: a refusal of the request, the card network
+    // failing for now, or never answering.
     let this_call = status.is_client_error()
         || (status == StatusCode::SERVICE_UNAVAILABLE
-            && text.contains("/problems/temporarily-unavailable"));
+            && kind == "/problems/temporarily-unavailable")
+        || (status == StatusCode::GATEWAY_TIMEOUT && kind == "/problems/no-answer");
     let health = if this_call {
         Health::Answering
     } else {
         Health::Failing
     };
     (
-        Err(Unavailable(format!("gateway answered {status}: {text}"))),
+        Err(Unavailable(format!("gateway answered {status} {kind}"))),
         health,
     )
 }
@@ -207,6 +215,7 @@ impl PaymentGateway for HttpGateway {
         match charge.status.as_str() {
             "refunded" => Ok(RefundAnswer::Refunded {
                 reference: charge.reference,
+                amount_cents: charge.amount_cents,
             }),
             "voided" | "declined" => Ok(RefundAnswer::NothingCaptured),
             other => Err(Unavailable(format!("the refunded charge is still {other}"))),
@@ -216,7 +225,8 @@ impl PaymentGateway for HttpGateway {
 
 /// Stops calling a gateway that keeps failing: once `ratio` of its last
 /// `window` calls failed (the window full), it refuses calls for `open_for`,
-/// then lets one through; a success closes it again.
+/// then lets calls through again; the first answer closes it, the first
+/// failure of the gateway opens it again.
 #[derive(Debug)]
 pub struct CircuitBreaker {
     window: usize,
@@ -250,16 +260,11 @@ impl CircuitBreaker {
 
     /// Whether a call may go out now.
     pub fn allow(&self) -> bool {
-        let mut state = self.lock();
-        match state.open_until {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                // Half open: this call is the trial; others wait for its outcome.
-                state.open_until = Some(Instant::now() + self.open_for);
-                true
-            }
-            None => true,
-        }
+        // Past the pause the circuit is half open: calls go through until
+        // one answers (closed again) or one fails for the gateway's own
+        // reasons (open again). A call that only times out decides nothing,
+        // and keeps no other call out.
+        !self.is_open()
     }
 
     pub fn success(&self) {
@@ -275,17 +280,20 @@ impl CircuitBreaker {
     pub fn failure(&self) {
         let mut state = self.lock();
         self.remember(&mut state, true);
+        if state.open_until.is_some() {
+            // Failing while half open: open again.
+            state.open_until = Some(Instant::now() + self.open_for);
+            return;
+        }
         let failures = state.recent.iter().filter(|failed| **failed).count();
         let full = state.recent.len() >= self.window;
         if full && failures as f64 >= self.ratio * self.window as f64 {
-            if state.open_until.is_none() {
-                metrics::gauge!("payment_gateway_circuit_open").set(1.0);
-                tracing::warn!(
-                    failures,
-                    calls = state.recent.len(),
-                    "payment gateway keeps failing; circuit open"
-                );
-            }
+            metrics::gauge!("payment_gateway_circuit_open").set(1.0);
+            tracing::warn!(
+                failures,
+                calls = state.recent.len(),
+                "payment gateway keeps failing; circuit open"
+            );
             state.open_until = Some(Instant::now() + self.open_for);
         }
     }

@@ -37,8 +37,12 @@ pub enum ChargeAnswer {
 /// The gateway's answer to a refund.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundAnswer {
-    /// The charge had been captured; the money went back to the customer.
-    Refunded { reference: Option<String> },
+    /// The charge had been captured; the money (`amount_cents`, as the
+    /// gateway says) went back to the customer.
+    Refunded {
+        reference: Option<String>,
+        amount_cents: Option<i64>,
+    },
     /// Nothing was captured under the key; nothing ever will be.
     NothingCaptured,
 }
