@@ -177,8 +177,8 @@ pub async fn audit(pool: &PgPool, gateway_url: &str) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Every charge the gateway lists, by key.
-async fn gateway_charges(base: &str) -> anyhow::Result<HashMap<String, GatewayCharge>> {
+/// Every charge the gateway at `base` lists, by key.
+pub async fn gateway_charges(base: &str) -> anyhow::Result<HashMap<String, GatewayCharge>> {
     #[derive(serde::Deserialize)]
     struct Page {
         charges: Vec<GatewayCharge>,
@@ -305,31 +305,32 @@ impl Store {
     }
 
     fn product_event(&mut self, sku: String, event: ProductEvent) {
-        let mut moved = |order: &domain::values::OrderId, f: &dyn Fn(&mut Moved)| {
-            f(self
-                .moved
-                .entry((sku.clone(), order.to_string()))
-                .or_default());
-        };
         match &event {
             ProductEvent::StockAdded(added) => {
                 *self.added.entry(sku.clone()).or_default() += i64::from(added.quantity);
             }
             ProductEvent::StockReserved(e) => {
-                moved(&e.order_id, &|m| m.reserved += i64::from(e.quantity))
+                self.moved(&sku, &e.order_id).reserved += i64::from(e.quantity);
             }
             ProductEvent::ReservationReleased(e) => {
-                moved(&e.order_id, &|m| m.released += i64::from(e.quantity))
+                self.moved(&sku, &e.order_id).released += i64::from(e.quantity);
             }
             ProductEvent::ReservationCommitted(e) => {
-                moved(&e.order_id, &|m| m.committed += i64::from(e.quantity))
+                self.moved(&sku, &e.order_id).committed += i64::from(e.quantity);
             }
             ProductEvent::SoldStockReturned(e) => {
-                moved(&e.order_id, &|m| m.returned += i64::from(e.quantity))
+                self.moved(&sku, &e.order_id).returned += i64::from(e.quantity);
             }
             ProductEvent::ProductCreated(_) => {}
         }
         self.products.entry(sku).or_default().apply(event);
+    }
+
+    /// What `order` moved on `sku` so far.
+    fn moved(&mut self, sku: &str, order: &domain::values::OrderId) -> &mut Moved {
+        self.moved
+            .entry((sku.to_owned(), order.to_string()))
+            .or_default()
     }
 }
 

@@ -177,14 +177,7 @@ async fn e_two_of_every_role_then_one_of_each_killed_in_turn() {
     // No fault: every paid order on one product must confirm. (Not scaled:
     // every order writes the one product's stream, which is loaded whole for
     // each step; thousands of them outlast the 2 s step deadline.)
-    let plan = FlowPlan {
-        orders: 120,
-        clients: 8,
-        skus: vec!["SKU-0".into()],
-        tokens: vec!["tok_visa"],
-        cancel_every: 0,
-        rate: None,
-    };
+    let plan = FlowPlan::paid(120, "SKU-0", 8);
     let report = flow(cluster.apis(), plan, Arc::default()).await;
     let confirmed = ends_clean(&cluster, &report).await;
     assert_eq!(
@@ -258,14 +251,7 @@ async fn f_a_poison_message_on_each_topic_the_platform_consumes() {
 async fn g_a_restart_then_a_cancel_and_squatted_keys() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = one_of_each("faults-g-restart-cancel").await;
-    let plan = FlowPlan {
-        orders: 4,
-        clients: 2,
-        skus: vec!["SKU-0".into()],
-        tokens: vec!["tok_visa"],
-        cancel_every: 0,
-        rate: None,
-    };
+    let plan = FlowPlan::paid(4, "SKU-0", 2);
     let report = flow(cluster.apis(), plan, Arc::default()).await;
     assert_eq!(cluster.all_ended(&report.accepted, ENDED_WITHIN).await, 4);
 

@@ -123,12 +123,19 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     }
 
     async fn drive_leased(&self, order_id: &str) -> anyhow::Result<()> {
+        // Claimed once; every save renews the lease, and a save refused
+        // (another driver saved, or took the lease) sends us to claim again.
+        let mut held = false;
         loop {
-            let Some(loaded) =
+            let loaded = if held {
+                store::load(&self.pool, order_id).await?
+            } else {
                 store::claim(&self.pool, order_id, &self.owner, self.policy.lease()).await?
-            else {
+            };
+            let Some(loaded) = loaded else {
                 return Ok(());
             };
+            held = true;
             let mut saga = loaded.saga;
             let mut version = loaded.version;
             if let Some(reason) = &loaded.cancel_reason
@@ -162,6 +169,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             };
             let Some(outcome) = self.execute(&mut saga, &mut version, &action).await? else {
                 // Someone else saved the saga meanwhile: start over from it.
+                held = false;
                 continue;
             };
             let failed = matches!(
@@ -181,6 +189,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 Duration::ZERO
             };
             if self.save(&saga, version, wait).await? == Saved::Stale {
+                held = false;
                 continue;
             }
             if saga.next_action().is_none() {
@@ -268,21 +277,22 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// after the bus's own few tries.
     async fn bounded_command(&self, saga: &OrderSaga, action: &Action) -> Outcome {
         let deadline = self.policy.step_deadline;
-        let contended = std::sync::atomic::AtomicBool::new(false);
+        let mut contended = false;
         let attempt = async {
             loop {
                 match self.command(saga, action).await {
                     Outcome::Contended => {
-                        contended.store(true, std::sync::atomic::Ordering::Relaxed);
+                        contended = true;
                         tokio::time::sleep(Duration::from_millis(fastrand::u64(5..50))).await;
                     }
                     other => return other,
                 }
             }
         };
-        match tokio::time::timeout(deadline, attempt).await {
+        let answered = tokio::time::timeout(deadline, attempt).await;
+        match answered {
             Ok(outcome) => outcome,
-            Err(_) if contended.load(std::sync::atomic::Ordering::Relaxed) => Outcome::Contended,
+            Err(_) if contended => Outcome::Contended,
             Err(_) => Outcome::Failed {
                 detail: format!("no answer within {deadline:?}"),
             },
@@ -384,8 +394,8 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             Err(refused) => return refused,
         };
         let context = context(saga, Action::decline_key(&saga.order_id));
-        match self.payment(saga, decline, &context).await {
-            Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
+        match self.run::<Payment>(&saga.order_id, decline, &context).await {
+            Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
                 Outcome::Declined { reason }
             }
             Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
@@ -401,8 +411,8 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             provider_reference: reference.clone(),
         };
         let context = context(saga, Action::approval_key(&saga.order_id));
-        match self.payment(saga, approve, &context).await {
-            Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyApproved)) => {
+        match self.run::<Payment>(&saga.order_id, approve, &context).await {
+            Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyApproved)) => {
                 Outcome::Approved { reference }
             }
             Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
@@ -495,8 +505,8 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     Err(refused) => return refused,
                 };
                 let context = context(saga, Action::decline_key(&saga.order_id));
-                match self.payment(saga, decline, &context).await {
-                    Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
+                match self.run::<Payment>(&saga.order_id, decline, &context).await {
+                    Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
                         Outcome::Done
                     }
                     // Approved meanwhile by a late answer: refund it next time.
@@ -521,25 +531,13 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             Err(refused) => return refused,
         };
         let context = context(saga, Action::Refund.key(&saga.order_id));
-        match self.payment(saga, refund, &context).await {
-            Ok(()) | Err(CommandError::Refused(PaymentError::AlreadyRefunded)) => Outcome::Done,
+        match self.run::<Payment>(&saga.order_id, refund, &context).await {
+            Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyRefunded)) => Outcome::Done,
             Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
                 detail: format!("the gateway refunded, but the ledger says: {refusal}"),
             },
             Err(other) => failed(other),
         }
-    }
-
-    async fn payment(
-        &self,
-        saga: &OrderSaga,
-        command: PaymentCommand,
-        context: &CommandContext,
-    ) -> Result<(), CommandError<PaymentError>> {
-        self.bus
-            .execute::<Payment>(&saga.order_id, command, context, Expect::Existing)
-            .await
-            .map(drop)
     }
 
     /// Every action but the charge: one command (the refund asks the
@@ -700,8 +698,6 @@ fn outcome_of<E: std::error::Error>(
         Err(CommandError::Refused(refusal)) => Outcome::Refused {
             detail: refusal.to_string(),
         },
-        // Only a settled (fenced) key is taken by another request.
-        Err(CommandError::KeyReused) => Outcome::NeverDone,
         Err(CommandError::Conflict { .. }) => Outcome::Contended,
         Err(other) => failed(other),
     }
@@ -709,6 +705,7 @@ fn outcome_of<E: std::error::Error>(
 
 fn failed<E: std::error::Error>(error: CommandError<E>) -> Outcome {
     match error {
+        // Only a settled (fenced) key is taken by another request.
         CommandError::KeyReused => Outcome::NeverDone,
         other => Outcome::Failed {
             detail: other.to_string(),

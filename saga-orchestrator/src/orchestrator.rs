@@ -219,26 +219,26 @@ fn decode(message: &BorrowedMessage<'_>) -> Result<(Envelope, OrderEvent), Strin
 }
 
 /// Retries `attempt` with backoff until it succeeds or `shutdown` completes.
-async fn until_done<F: Future<Output = anyhow::Result<()>>>(
+async fn until_done<T, F: Future<Output = anyhow::Result<T>>>(
     what: &str,
     mut attempt: impl FnMut() -> F,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Taken {
+) -> Option<T> {
     let mut delay = Duration::from_millis(100);
     loop {
         // A shutdown interrupts a try that hangs too (the database blocked):
         // whether or not it went through, the offset is not committed, and
         // taking the message in again changes nothing.
         let tried = tokio::select! {
-            () = shutdown.as_mut() => return Taken::Interrupted,
+            () = shutdown.as_mut() => return None,
             tried = attempt() => tried,
         };
         match tried {
-            Ok(()) => return Taken::Done,
+            Ok(done) => return Some(done),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "cannot {what}; retrying");
                 tokio::select! {
-                    () = shutdown.as_mut() => return Taken::Interrupted,
+                    () = shutdown.as_mut() => return None,
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -256,12 +256,13 @@ async fn dead_letter(
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Taken {
     metrics::counter!("saga_dead_letters_total").increment(1);
-    until_done(
+    let sent = until_done(
         "write a dead letter",
         || platform::kafka::send_to_dead_letters(producer, topic, message, "saga", error),
         shutdown,
     )
-    .await
+    .await;
+    sent.map_or(Taken::Interrupted, |()| Taken::Done)
 }
 
 /// Stores what an order event means for its saga (retrying until the
@@ -273,8 +274,7 @@ async fn take_in<G: PaymentGateway + Clone>(
     event: &OrderEvent,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Taken {
-    let drive = std::sync::atomic::AtomicBool::new(false);
-    let taken = until_done(
+    let stored = until_done(
         "store an order event for its saga",
         || async {
             let stored = match event {
@@ -293,16 +293,20 @@ async fn take_in<G: PaymentGateway + Clone>(
                 }
                 OrderEvent::OrderConfirmed(_) => false,
             };
-            drive.store(stored, std::sync::atomic::Ordering::Relaxed);
-            Ok(())
+            Ok(stored)
         },
         shutdown,
     )
     .await;
-    if drive.load(std::sync::atomic::Ordering::Relaxed) {
-        sagas.drive(envelope.aggregate_id.clone());
+    match stored {
+        Some(drive) => {
+            if drive {
+                sagas.drive(envelope.aggregate_id.clone());
+            }
+            Taken::Done
+        }
+        None => Taken::Interrupted,
     }
-    taken
 }
 
 /// Sagas by state and those needing attention, as gauges.

@@ -31,7 +31,6 @@ pub struct TestGateway {
     pub url: String,
     pub address: SocketAddr,
     pub database: TestDatabase,
-    client: reqwest::Client,
     running: Option<Running>,
 }
 
@@ -248,7 +247,6 @@ impl TestGateway {
             url: String::new(),
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             database,
-            client: reqwest::Client::new(),
             running: None,
         };
         gateway.serve(platform, topics).await;
@@ -284,29 +282,12 @@ impl TestGateway {
 
     /// Every charge's status by key (`approved`, `refunded`, `voided`, ...).
     pub async fn charges(&self) -> HashMap<String, String> {
-        let mut charges = HashMap::new();
-        let mut after = String::new();
-        loop {
-            let page: Value = self
-                .client
-                .get(format!("{}/charges?limit=1000&after={after}", self.url))
-                .send()
-                .await
-                .expect("gateway answers")
-                .json()
-                .await
-                .expect("JSON answer");
-            for charge in page["charges"].as_array().expect("a page of charges") {
-                charges.insert(
-                    charge["key"].as_str().unwrap_or_default().to_owned(),
-                    charge["status"].as_str().unwrap_or_default().to_owned(),
-                );
-            }
-            match page["next_after"].as_str() {
-                Some(next) => after = next.to_owned(),
-                None => return charges,
-            }
-        }
+        orders_cli::audit::gateway_charges(&self.url)
+            .await
+            .expect("the gateway lists its charges")
+            .into_iter()
+            .map(|(key, charge)| (key, charge.status))
+            .collect()
     }
 
     /// Keys of the charges captured and not refunded: the money the gateway holds.

@@ -320,6 +320,19 @@ pub struct FlowPlan {
 }
 
 impl FlowPlan {
+    /// `orders` paid orders (`tok_visa`) of `sku`, as fast as `clients` go,
+    /// none cancelled.
+    pub fn paid(orders: usize, sku: &str, clients: usize) -> Self {
+        Self {
+            orders,
+            clients,
+            skus: vec![sku.to_owned()],
+            tokens: vec!["tok_visa"],
+            cancel_every: 0,
+            rate: None,
+        }
+    }
+
     /// Mixed tokens over `skus`, some orders cancelled.
     pub fn mixed(orders: usize, skus: &[String]) -> Self {
         Self {
