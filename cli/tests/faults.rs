@@ -183,7 +183,9 @@ async fn e_two_of_every_role_then_one_of_each_killed_in_turn() {
     assert_eq!(
         confirmed,
         report.accepted.len(),
-        "a paid order did not confirm"
+        "a paid order did not confirm: {:?} (logs: {})",
+        cluster.cancellations(&report.accepted).await,
+        cluster.logs.display()
     );
 
     // Then one process of each role is killed and restarted, in turn.

@@ -8,14 +8,15 @@
 use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
+use cqrs_es::persist::PersistedEventRepository;
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::batch::AppendBatcher;
 use crate::idempotency::{self, RememberedOutcome};
 use crate::repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
+use crate::streams::StreamLocks;
 
 /// Metadata keys written on every event.
 pub mod metadata {
@@ -172,6 +173,7 @@ pub struct CommandBus {
     repository: PgEventRepository,
     batcher: AppendBatcher,
     retry: RetryPolicy,
+    streams: StreamLocks,
 }
 
 impl CommandBus {
@@ -180,6 +182,7 @@ impl CommandBus {
             repository: PgEventRepository::new(pool.clone()),
             batcher: AppendBatcher::new(pool, DEFAULT_APPEND_WORKERS),
             retry: RetryPolicy::default(),
+            streams: StreamLocks::default(),
         }
     }
 
@@ -217,7 +220,7 @@ impl CommandBus {
         expect: Expect,
     ) -> Result<Outcome, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
         A::Command: Clone,
     {
         let started = Instant::now();
@@ -246,7 +249,7 @@ impl CommandBus {
         expect: Expect,
     ) -> Result<Outcome, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
         A::Command: Clone,
     {
         if let Some(claim) = &context.idempotency
@@ -254,38 +257,38 @@ impl CommandBus {
         {
             return Ok(outcome);
         }
-        let store = PersistedEventStore::<_, A>::new_event_store(self.repository.clone());
+        // Commands on one stream from this process take turns; see `streams`.
+        let mut turn = self
+            .streams
+            .turn(format!("{}/{aggregate_id}", A::TYPE))
+            .await;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut aggregate = if expect == Expect::New && attempt == 1 {
-                EventStoreAggregateContext {
-                    aggregate_id: aggregate_id.to_owned(),
-                    aggregate: A::default(),
-                    current_sequence: 0,
-                    current_snapshot: None,
-                }
+            let (mut aggregate, version) = if expect == Expect::New && attempt == 1 {
+                (A::default(), 0)
             } else {
-                store
-                    .load_aggregate(aggregate_id)
+                self.current::<A>(aggregate_id, turn.take())
                     .await
-                    .map_err(store_error)?
+                    .map_err(CommandError::Store)?
             };
-            let version = aggregate.current_sequence as u64;
             if let Some(expected) = context.expected_version
                 && expected != version
             {
+                turn.keep(aggregate, version);
                 return Err(CommandError::VersionMismatch {
                     expected,
                     actual: version,
                 });
             }
+            // `handle` applies what it decides to the aggregate as it goes
+            // (cqrs-es's sink): from here on it is at `version` only while
+            // nothing was decided.
             let sink = EventSink::default();
-            if let Err(refusal) = aggregate
-                .aggregate
-                .handle(command.clone(), &(), &sink)
-                .await
-            {
+            if let Err(refusal) = aggregate.handle(command.clone(), &(), &sink).await {
+                if sink.collect().await.is_empty() {
+                    turn.keep(aggregate, version);
+                }
                 // The same request may have landed since the first look (a
                 // second sender of one keyed command): its outcome, not a
                 // refusal of what it already did, is the answer.
@@ -298,6 +301,7 @@ impl CommandBus {
             }
             let events = sink.collect().await;
             if events.is_empty() {
+                turn.keep(aggregate, version);
                 return Ok(Outcome {
                     aggregate_id: aggregate_id.to_owned(),
                     version,
@@ -312,6 +316,9 @@ impl CommandBus {
                 .await
             {
                 Ok(()) => {
+                    // Committed: the aggregate, with its new events applied
+                    // by `handle`, is the stream as it now stands.
+                    turn.keep(aggregate, new_version);
                     return Ok(Outcome {
                         aggregate_id: aggregate_id.to_owned(),
                         version: new_version,
@@ -319,6 +326,8 @@ impl CommandBus {
                     });
                 }
                 Err(AppendError::Conflict) => {
+                    // The aggregate holds events that were never stored: the
+                    // next try reads the stream afresh.
                     metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
                     // The writer that won may have been this very request,
@@ -393,16 +402,36 @@ impl CommandBus {
     where
         A: Aggregate<Services = ()>,
     {
-        let store = PersistedEventStore::<_, A>::new_event_store(self.repository.clone());
-        let loaded =
-            store
-                .load_aggregate(aggregate_id)
-                .await
-                .map_err(|error| match store_error(error) {
-                    CommandError::Store(error) => error,
-                    other => StoreError::Corrupt(other.to_string()),
-                })?;
-        Ok((loaded.aggregate, loaded.current_sequence as u64))
+        self.current(aggregate_id, None).await
+    }
+
+    /// The aggregate at its latest version: `kept` (its state at a known
+    /// version) brought up to date with the events since, or a fold of all.
+    async fn current<A>(
+        &self,
+        aggregate_id: &str,
+        kept: Option<(A, u64)>,
+    ) -> Result<(A, u64), StoreError>
+    where
+        A: Aggregate,
+    {
+        let (mut aggregate, mut version) = kept.unwrap_or_default();
+        let after = usize::try_from(version).unwrap_or(usize::MAX);
+        let events = self
+            .repository
+            .get_last_events::<A>(aggregate_id, after)
+            .await
+            .map_err(|error| match store_error::<A::Error>(error.into()) {
+                CommandError::Store(error) => error,
+                other => StoreError::Corrupt(other.to_string()),
+            })?;
+        for serialized in events {
+            let envelope = EventEnvelope::<A>::try_from(serialized)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            version = envelope.sequence as u64;
+            aggregate.apply(envelope.payload);
+        }
+        Ok((aggregate, version))
     }
 
     /// The outcome remembered under the claim's key, if the same request made it.

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod idempotency;
 pub mod reader;
 pub mod repository;
+mod streams;
 
 use std::time::Duration;
 

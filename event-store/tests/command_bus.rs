@@ -582,3 +582,51 @@ async fn keys_stored_before_the_namespaces_move_into_the_clients_one() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_queueing_on_one_stream_never_decide_on_a_stale_copy() {
+    // Each bus is a process: its writers take turns on the stream and pass
+    // the aggregate along, while the other process appends in between. Every
+    // decision must see every unit sold by either, or the stock oversells.
+    let (_db, pool) = migrated_database().await;
+    let buses = [
+        Arc::new(CommandBus::new(pool.clone())),
+        Arc::new(CommandBus::new(pool.clone())),
+    ];
+    create_product(&buses[0], "MUG", 1250, "EUR").await;
+    buses[0]
+        .execute::<Product>("MUG", add_stock(50), &context("stock"), Expect::Existing)
+        .await
+        .unwrap();
+
+    let writers: Vec<_> = (0..80u128)
+        .map(|order| {
+            let bus = Arc::clone(&buses[order as usize % 2]);
+            tokio::spawn(async move {
+                bus.execute::<Product>(
+                    "MUG",
+                    reserve(order),
+                    &context(&order.to_string()),
+                    Expect::Existing,
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut reserved, mut refused) = (0, 0);
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(_) => reserved += 1,
+            Err(CommandError::Refused(_)) => refused += 1,
+            Err(other) => panic!("neither reserved nor refused: {other:?}"),
+        }
+    }
+    assert_eq!((reserved, refused), (50, 30));
+
+    // Each bus's own view, read fresh, agrees with the stream.
+    for bus in &buses {
+        let (product, version) = bus.load::<Product>("MUG").await.unwrap();
+        assert_eq!(version, 52);
+        assert_eq!(product.available(), 0);
+    }
+}

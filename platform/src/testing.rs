@@ -167,12 +167,20 @@ pub async fn consume(
     while messages.len() < expected {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(message)) => messages.push(message.detach()),
-            // The topics may not have been created yet.
-            Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            ))) => {}
+            // A topic not created yet, a partition without its leader for a
+            // moment (a broker that just started): the reader keeps reading
+            // until the deadline, and says what it saw.
+            Ok(Err(error @ rdkafka::error::KafkaError::MessageConsumption(_))) => {
+                eprintln!("test reader: {error} (reading on)");
+            }
             Ok(Err(error)) => return Err(error.into()),
-            Err(_) => break,
+            Err(_) => {
+                eprintln!(
+                    "test reader: {} of {expected} messages from {topics:?} within {within:?}",
+                    messages.len()
+                );
+                break;
+            }
         }
     }
     Ok(messages)

@@ -248,7 +248,7 @@ async fn republishing_from_a_position_sends_that_event_and_everything_after() {
         .map(|e| e.global_position)
         .collect();
     got.sort_unstable();
-    assert_eq!(got, positions[2..]);
+    assert_eq!(got, positions[2..], "republished from {}", positions[2]);
     let checkpoints: i64 = sqlx::query_scalar("SELECT count(*) FROM relay_checkpoints")
         .fetch_one(&pool)
         .await

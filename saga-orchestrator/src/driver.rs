@@ -655,7 +655,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         context: &CommandContext,
     ) -> Result<event_store::Outcome, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
         A::Command: Clone,
     {
         self.bus

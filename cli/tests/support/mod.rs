@@ -288,6 +288,21 @@ impl Cluster {
         }
     }
 
+    /// The orders in `ids` that were cancelled, with their reasons: what a
+    /// failed expectation of confirmations prints.
+    pub async fn cancellations(&self, ids: &[String]) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT aggregate_id, payload->'OrderCancelled'->>'reason'
+               FROM events
+              WHERE aggregate_type = 'Order' AND aggregate_id = ANY($1)
+                AND event_type = 'OrderCancelled'",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
     /// `orders audit`'s checks, given `settle` to catch up: the books balance.
     pub async fn books_balance(&self, settle: Duration) -> orders_cli::audit::Report {
         let report = orders_cli::audit::audit_settled(&self.pool, &self.gateway(), settle)
