@@ -49,3 +49,19 @@ ensure_build_tools() {
 port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
+
+# Exports ORDERS_AUTH_HS256_SECRET: as already set, or the development secret
+# kept in .local/auth/hs256-secret (created once, readable by its owner only).
+ensure_dev_secret() {
+  if [ -n "${ORDERS_AUTH_HS256_SECRET:-}" ] || [ -n "${ORDERS_AUTH_JWKS_URL:-}" ]; then
+    return 0
+  fi
+  local file="$LOCAL_DIR/auth/hs256-secret"
+  if [ ! -s "$file" ]; then
+    mkdir -p "$LOCAL_DIR/auth"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file.tmp" && mv "$file.tmp" "$file")
+    say "created a development signing secret in $file"
+  fi
+  ORDERS_AUTH_HS256_SECRET=$(cat "$file")
+  export ORDERS_AUTH_HS256_SECRET
+}

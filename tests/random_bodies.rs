@@ -1,5 +1,5 @@
 //! Whatever a client sends, the API answers with a 2xx or a 4xx problem, never a
-//! 5xx, and a refused request appends nothing.
+//! 5xx, and a refused request appends nothing, whatever Authorization it carries.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::collections::BTreeMap;
@@ -100,15 +100,39 @@ fn headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
     let optional = |name: &'static str| {
         prop::option::weighted(0.3, "[ -~]{0,300}").prop_map(move |v| v.map(|v| (name, v)))
     };
+    // Without one, the client's administrator token is sent.
+    let authorization = prop::option::weighted(
+        0.4,
+        prop_oneof![
+            "[ -~]{0,300}",
+            "[ -~]{0,300}".prop_map(|token| format!("Bearer {token}")),
+            ("[a-z]{1,8}", "(orders|admin|orders admin|profile|)").prop_map(
+                |(sub, scope)| format!("Bearer {}", identity::testing::token(&sub, &scope))
+            ),
+            Just(format!(
+                "Bearer {}",
+                identity::mint_hs256(
+                    identity::testing::SECRET,
+                    &identity::Claims {
+                        exp: identity::now() - 3600,
+                        ..identity::Claims::new("late", "admin", std::time::Duration::ZERO)
+                    }
+                )
+                .expect("signed")
+            )),
+        ],
+    )
+    .prop_map(|value| value.map(|value| ("authorization", value)));
     (
         content_type,
         optional("if-match"),
         optional("idempotency-key"),
         optional("x-request-id"),
+        authorization,
     )
-        .prop_map(|(content_type, a, b, c)| {
+        .prop_map(|(content_type, a, b, c, d)| {
             let mut headers = vec![("content-type", content_type)];
-            headers.extend([a, b, c].into_iter().flatten());
+            headers.extend([a, b, c, d].into_iter().flatten());
             headers
         })
 }

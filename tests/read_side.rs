@@ -243,7 +243,10 @@ async fn subscribers_see_each_change_of_their_order_over_websocket() {
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let send = |value: Value| Message::Text(value.to_string().into());
     socket
-        .send(send(json!({"type": "connection_init"})))
+        .send(send(json!({
+            "type": "connection_init",
+            "payload": {"Authorization": format!("Bearer {}", identity::testing::admin_token())},
+        })))
         .await
         .unwrap();
     let ack = loop {

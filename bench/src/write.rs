@@ -125,6 +125,11 @@ pub fn run(
         let config = ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             append_workers: options.append_workers,
+            // Every request's token is checked, as in production.
+            authenticator: identity::Authenticator::new(&identity::AuthConfig {
+                hs256_secret: Some(identity::testing::SECRET.into()),
+                ..identity::AuthConfig::default()
+            })?,
             ..ApiConfig::default()
         };
         let application = Application::build(&config, pool).await?;
@@ -358,7 +363,7 @@ impl CpuTimes {
 }
 
 async fn create_catalogue(base: &str, products: usize) -> anyhow::Result<Arc<Vec<String>>> {
-    let client = reqwest::Client::new();
+    let client = identity::testing::admin_client();
     let mut skus = Vec::with_capacity(products);
     for n in 0..products {
         let sku = format!("BENCH-{n:04}");
@@ -383,6 +388,8 @@ async fn create_catalogue(base: &str, products: usize) -> anyhow::Result<Arc<Vec
 struct PlaceOrders {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     authority: String,
+    /// An administrator's bearer token: the bench places orders for many customers.
+    authorization: String,
     skus: Arc<Vec<String>>,
 }
 
@@ -396,6 +403,7 @@ impl PlaceOrders {
         Ok(Self {
             sender,
             authority: address.to_string(),
+            authorization: format!("Bearer {}", identity::testing::admin_token()),
             skus,
         })
     }
@@ -420,6 +428,7 @@ impl Operation for PlaceOrders {
         let request = hyper::Request::post("/api/orders")
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::AUTHORIZATION, &self.authorization)
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;

@@ -120,10 +120,15 @@ pub async fn start(
     if let Some(pool) = pool {
         if runs(Role::Api) {
             let updates = projections::graphql::updates::Updates::listen(pool.clone());
-            let routes =
-                projections::graphql::router(projections::graphql::schema(pool.clone(), updates));
+            let config = settings.api()?;
+            let limits = settings.graphql_limits();
+            let routes = projections::graphql::router(
+                projections::graphql::schema(pool.clone(), updates, limits),
+                config.authenticator.clone(),
+                limits,
+            );
             let service =
-                command_api::Application::build_with(&settings.api(), pool.clone(), routes).await?;
+                command_api::Application::build_with(&config, pool.clone(), routes).await?;
             api = Some(service.local_addr()?);
             let stopped = stop.clone().cancelled_owned();
             running.spawn(async move { service.run_until(stopped).await.context("serving HTTP") });

@@ -230,3 +230,30 @@ pub async fn republish(settings: &Settings, from: i64) -> anyhow::Result<()> {
     println!("republished {count} events from global position {from}");
     Ok(())
 }
+
+/// `orders token`: a development token for `sub` with `scope`, signed with
+/// the configured HS256 secret and naming the configured issuer and audience.
+pub fn token(settings: &Settings, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Result<String> {
+    let secret = settings.auth_hs256_secret.expose_secret();
+    if secret.is_empty() {
+        anyhow::bail!(
+            "no ORDERS_AUTH_HS256_SECRET is set: `orders token` signs with that secret \
+             (scripts/up keeps a development secret in .local/auth/hs256-secret)"
+        );
+    }
+    if secret.len() < identity::MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "ORDERS_AUTH_HS256_SECRET must be at least {} bytes",
+            identity::MIN_SECRET_BYTES
+        );
+    }
+    domain::values::CustomerId::parse(sub).map_err(|error| anyhow::anyhow!("--sub {error}"))?;
+    if ttl_secs == 0 {
+        anyhow::bail!("--ttl must be at least 1 second");
+    }
+    let nonempty = |value: &str| (!value.is_empty()).then_some(value.to_owned());
+    let claims = identity::Claims::new(sub, scope, Duration::from_secs(ttl_secs))
+        .issuer(nonempty(&settings.auth_issuer).as_deref())
+        .audience(nonempty(&settings.auth_audience).as_deref());
+    identity::mint_hs256(secret, &claims).context("signing the token")
+}

@@ -27,6 +27,23 @@ enum Command {
         /// Do not apply pending database migrations at start.
         #[arg(long)]
         no_migrate: bool,
+        /// Switch authentication off: every caller is an administrator.
+        /// Only for a trusted network; logged as a warning.
+        #[arg(long)]
+        no_auth: bool,
+    },
+    /// Print a bearer token signed with the configured HS256 secret
+    /// (ORDERS_AUTH_HS256_SECRET), for development.
+    Token {
+        /// The customer id the token names (its `sub`).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes: `orders` (one's own orders), `admin`.
+        #[arg(long, default_value = "orders")]
+        scope: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -77,11 +94,19 @@ fn main() -> ExitCode {
                 orders_cli::schemas::write(&dir)
             }
         }
-        command => Settings::load(cli.config.as_deref()).and_then(|settings| {
+        Command::Token { sub, scope, ttl } => Settings::load(cli.config.as_deref())
+            .and_then(|settings| commands::token(&settings, &sub, &scope, ttl))
+            .map(|token| println!("{token}")),
+        command => Settings::load(cli.config.as_deref()).and_then(|mut settings| {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async move {
                 match command {
-                    Command::Run { role, no_migrate } => {
+                    Command::Run {
+                        role,
+                        no_migrate,
+                        no_auth,
+                    } => {
+                        settings.auth_disabled |= no_auth;
                         commands::run(&settings, &role, !no_migrate).await
                     }
                     Command::Migrate => commands::migrate(&settings).await,
@@ -90,7 +115,9 @@ fn main() -> ExitCode {
                         commands::rebuild(&settings, &projection).await
                     }
                     Command::Republish { from } => commands::republish(&settings, from).await,
-                    Command::Audit { .. } | Command::Schemas { .. } => Ok(()),
+                    Command::Audit { .. } | Command::Schemas { .. } | Command::Token { .. } => {
+                        Ok(())
+                    }
                 }
             })
         }),

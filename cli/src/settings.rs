@@ -86,6 +86,42 @@ pub struct Settings {
     pub gateway_database_url: SecretString,
     /// Milliseconds a `tok_slow` charge takes to answer.
     pub gateway_slow_answer_ms: u64,
+    /// HS256 secret that signs callers' tokens (development and tests; at
+    /// least 32 bytes). Kept secret.
+    pub auth_hs256_secret: SecretString,
+    /// An identity provider's JWKS URL (RS256/ES256 keys), instead of a secret.
+    pub auth_jwks_url: String,
+    /// Checked against the tokens' `iss` when not empty.
+    pub auth_issuer: String,
+    /// Checked against the tokens' `aud` when not empty.
+    pub auth_audience: String,
+    /// Shortest time in seconds between two fetches of the JWKS.
+    pub auth_jwks_min_refetch_secs: u64,
+    /// Every caller is an administrator. Only for a trusted network.
+    pub auth_disabled: bool,
+    /// Per-caller REST command rate (requests per second; 0 switches it off)
+    /// and burst.
+    pub rate_limit_commands_per_sec: u32,
+    pub rate_limit_commands_burst: u32,
+    /// Per-caller GraphQL rate (requests and WebSocket upgrades per second;
+    /// 0 switches it off) and burst.
+    pub rate_limit_graphql_per_sec: u32,
+    pub rate_limit_graphql_burst: u32,
+    /// Operations in one batched GraphQL request.
+    pub graphql_max_batch: usize,
+    /// Fields one GraphQL document may select, and aliases among them.
+    pub graphql_max_fields: usize,
+    pub graphql_max_aliases: usize,
+    /// Root fields of one GraphQL operation (each runs its own statement).
+    pub graphql_max_root_fields: usize,
+    /// Open subscription connections in all, and per caller.
+    pub ws_max_connections: usize,
+    pub ws_max_connections_per_caller: usize,
+    /// Subscriptions one connection may run.
+    pub ws_max_subscriptions: usize,
+    /// Seconds a subscription connection may stay silent (no message, not
+    /// even a ping) before it is closed.
+    pub ws_idle_timeout_secs: u64,
 }
 
 impl Settings {
@@ -139,6 +175,24 @@ impl Settings {
             .set_default("gateway_listen", "127.0.0.1:8081")?
             .set_default("gateway_database_url", "")?
             .set_default("gateway_slow_answer_ms", 3_000)?
+            .set_default("auth_hs256_secret", "")?
+            .set_default("auth_jwks_url", "")?
+            .set_default("auth_issuer", "")?
+            .set_default("auth_audience", "")?
+            .set_default("auth_jwks_min_refetch_secs", 10)?
+            .set_default("auth_disabled", false)?
+            .set_default("rate_limit_commands_per_sec", 20)?
+            .set_default("rate_limit_commands_burst", 40)?
+            .set_default("rate_limit_graphql_per_sec", 50)?
+            .set_default("rate_limit_graphql_burst", 100)?
+            .set_default("graphql_max_batch", 10)?
+            .set_default("graphql_max_fields", 500)?
+            .set_default("graphql_max_aliases", 30)?
+            .set_default("graphql_max_root_fields", 10)?
+            .set_default("ws_max_connections", 1_000)?
+            .set_default("ws_max_connections_per_caller", 5)?
+            .set_default("ws_max_subscriptions", 20)?
+            .set_default("ws_idle_timeout_secs", 120)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -153,14 +207,51 @@ impl Settings {
             .context("invalid configuration")
     }
 
-    pub fn api(&self) -> command_api::ApiConfig {
-        command_api::ApiConfig {
+    pub fn api(&self) -> anyhow::Result<command_api::ApiConfig> {
+        Ok(command_api::ApiConfig {
             listen: self.listen,
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             kafka_brokers: Some(self.kafka_brokers.clone()),
             command_attempts: self.command_attempts,
             append_workers: self.append_workers,
+            authenticator: self.authenticator()?,
+            command_rate: command_api::auth::Rate {
+                per_second: self.rate_limit_commands_per_sec,
+                burst: self.rate_limit_commands_burst,
+            },
+            graphql_rate: command_api::auth::Rate {
+                per_second: self.rate_limit_graphql_per_sec,
+                burst: self.rate_limit_graphql_burst,
+            },
+        })
+    }
+
+    /// How the API checks its callers.
+    pub fn authenticator(&self) -> anyhow::Result<identity::Authenticator> {
+        identity::Authenticator::new(&identity::AuthConfig {
+            hs256_secret: Some(self.auth_hs256_secret.expose_secret().to_owned()),
+            jwks_url: Some(self.auth_jwks_url.clone()),
+            issuer: Some(self.auth_issuer.clone()),
+            audience: Some(self.auth_audience.clone()),
+            jwks_min_refetch: Duration::from_secs(self.auth_jwks_min_refetch_secs),
+            disabled: self.auth_disabled,
+        })
+        .map_err(anyhow::Error::new)
+    }
+
+    /// The GraphQL endpoint's limits.
+    pub fn graphql_limits(&self) -> projections::graphql::limits::GraphqlLimits {
+        projections::graphql::limits::GraphqlLimits {
+            body_bytes: command_api::extract::BODY_LIMIT,
+            batch: self.graphql_max_batch.max(1),
+            fields: self.graphql_max_fields,
+            aliases: self.graphql_max_aliases,
+            root_fields: self.graphql_max_root_fields.max(1),
+            ws_connections: self.ws_max_connections,
+            ws_connections_per_caller: self.ws_max_connections_per_caller,
+            ws_subscriptions: self.ws_max_subscriptions,
+            ws_idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs.max(1)),
         }
     }
 

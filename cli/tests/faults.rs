@@ -267,7 +267,7 @@ async fn g_a_restart_then_a_cancel_and_squatted_keys() {
     }
     cluster.ready().await;
 
-    let client = reqwest::Client::new();
+    let client = identity::testing::admin_client();
     let api = &cluster.apis()[0];
     // Someone squats the keys of the second order's undo.
     let squatted = &report.accepted[1];

@@ -26,6 +26,7 @@ impl Platform {
             .env("DATABASE_URL", database_url)
             .env("ORDERS_LISTEN", format!("127.0.0.1:{port}"))
             .env("ORDERS_LOG_FILTER", "warn")
+            .env("ORDERS_AUTH_HS256_SECRET", identity::testing::SECRET)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -53,7 +54,7 @@ impl Platform {
     }
 
     async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
-        reqwest::Client::new()
+        identity::testing::admin_client()
             .post(format!("{}{path}", self.base))
             .header("idempotency-key", key)
             .json(body)

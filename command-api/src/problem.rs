@@ -90,6 +90,16 @@ pub enum ApiError {
     /// If-Match named a version the resource is not at.
     #[error("If-Match expected version {expected}, but the resource is at version {actual}")]
     VersionMismatch { expected: u64, actual: u64 },
+    /// No caller could be identified: no token (`None`) or one that is not
+    /// accepted (why).
+    #[error("{}", .0.as_deref().unwrap_or("this request needs Authorization: Bearer <token>"))]
+    Unauthenticated(Option<String>),
+    /// The caller is known but its token lacks the scope this needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller sent more requests than its rate allows.
+    #[error("too many requests from this caller; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     /// The database is unreachable or saturated; retrying later may succeed.
     #[error("the service is temporarily unavailable; retry the request")]
     Unavailable(#[source] anyhow::Error),
@@ -163,6 +173,21 @@ pub const PROBLEM_TYPES: &[(&str, &str, &str)] = &[
         "If-Match named a version the resource is no longer at. Read the resource again and decide whether to retry.",
     ),
     (
+        "unauthenticated",
+        "Unauthenticated",
+        "The request carries no bearer token, or one that is forged, expired, not yet valid, or for another issuer or audience. Send Authorization: Bearer <token> with a valid token.",
+    ),
+    (
+        "forbidden",
+        "Forbidden",
+        "The token is valid but lacks the scope this needs (orders for one's own orders, admin for products, stock and other customers' orders).",
+    ),
+    (
+        "too-many-requests",
+        "Too many requests",
+        "This caller sent more requests than its rate allows. Wait the seconds named in Retry-After.",
+    ),
+    (
         "service-unavailable",
         "Service unavailable",
         "The service cannot reach its database or is saturated. Retry later; with an Idempotency-Key a retry is safe.",
@@ -185,6 +210,9 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Refused(_) | Self::Conflict => StatusCode::CONFLICT,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -203,6 +231,9 @@ impl ApiError {
             Self::Refused(_) => "command-refused",
             Self::Conflict => "concurrent-update",
             Self::VersionMismatch { .. } => "version-mismatch",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyRequests { .. } => "too-many-requests",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -251,8 +282,40 @@ impl IntoResponse for ApiError {
             }
         }
         let status = self.status();
-        problem_response(status, &self.problem())
+        let mut response = problem_response(status, &self.problem());
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthenticated(reason) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    www_authenticate(reason.as_deref()),
+                );
+            }
+            Self::TooManyRequests { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
     }
+}
+
+/// The RFC 6750 challenge: `error="invalid_token"` only when a token was sent.
+fn www_authenticate(reason: Option<&str>) -> HeaderValue {
+    let Some(reason) = reason else {
+        return HeaderValue::from_static("Bearer");
+    };
+    // A quoted-string holds printable ASCII other than `"` and `\`; the
+    // reason may quote parts of the token, so anything else is dropped.
+    let description: String = reason
+        .chars()
+        .filter(|c| (' '..='~').contains(c) && !matches!(c, '"' | '\\'))
+        .take(200)
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
 }
 
 /// Serializes a problem with the problem+json media type.
@@ -291,6 +354,9 @@ mod tests {
                 expected: 1,
                 actual: 2,
             },
+            ApiError::Unauthenticated(None),
+            ApiError::Forbidden("x".into()),
+            ApiError::TooManyRequests { retry_after: 1 },
             ApiError::Unavailable(anyhow::anyhow!("x")),
             ApiError::Internal(anyhow::anyhow!("x")),
         ];
@@ -308,6 +374,25 @@ mod tests {
     fn internal_errors_do_not_leak_their_cause() {
         let problem = ApiError::Internal(anyhow::anyhow!("password=hunter2")).problem();
         assert!(!problem.detail.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_challenge_never_carries_what_breaks_a_quoted_string() {
+        let response =
+            ApiError::Unauthenticated(Some("no key has kid \"a\\b\"\u{7f}\u{e9}x".into()))
+                .into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ASCII");
+        assert_eq!(
+            challenge,
+            r#"Bearer error="invalid_token", error_description="no key has kid abx""#
+        );
+        let bare = ApiError::Unauthenticated(None).into_response();
+        assert_eq!(bare.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let limited = ApiError::TooManyRequests { retry_after: 3 }.into_response();
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "3");
     }
 
     #[test]

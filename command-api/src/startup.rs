@@ -20,9 +20,11 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::{Limiter, Rate, limited, limiter};
 use crate::extract::BODY_LIMIT;
 use crate::problem::ApiError;
 use crate::routes::{meta, orders, products};
+use identity::Authenticator;
 
 /// What the API needs to know beyond its database.
 #[derive(Debug, Clone)]
@@ -40,8 +42,16 @@ pub struct ApiConfig {
     /// Append statements in flight at once; concurrent commands beyond that
     /// share a statement and a commit.
     pub append_workers: usize,
+    /// Checks the bearer token of every request.
+    pub authenticator: Authenticator,
+    /// Per-caller rate of REST commands.
+    pub command_rate: Rate,
+    /// Per-caller rate of GraphQL requests (and WebSocket upgrades).
+    pub graphql_rate: Rate,
 }
 
+/// The bare API: no authentication, no rate limits. `orders run` configures
+/// both from its settings (on by default); embedders must do the same.
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -51,6 +61,9 @@ impl Default for ApiConfig {
             kafka_brokers: None,
             command_attempts: RetryPolicy::default().max_attempts,
             append_workers: event_store::dispatch::DEFAULT_APPEND_WORKERS,
+            authenticator: Authenticator::disabled(),
+            command_rate: Rate::UNLIMITED,
+            graphql_rate: Rate::UNLIMITED,
         }
     }
 }
@@ -140,14 +153,28 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole HTTP surface: commands, health, metrics, documentation, and
 /// `extra` routes served beside them (the GraphQL API) with the same request
-/// ids, metrics, limits and problem answers for unknown routes.
-pub fn router(state: AppState, request_timeout: Duration, extra: Router) -> Router {
+/// ids, metrics, authentication, limits and problem answers for unknown
+/// routes. Also returns the rate limiters, whose idle callers
+/// [`forget_idle_callers`](crate::auth::forget_idle_callers) forgets.
+pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Vec<Limiter>) {
+    let request_timeout = config.request_timeout;
     let (commands, document) = command_routes().split_for_parts();
+    let command_limiter = limiter(config.command_rate);
+    let graphql_limiter = limiter(config.graphql_rate);
+    let commands = limited(
+        commands.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
+        command_limiter.as_ref(),
+    );
+    let extra = limited(
+        extra.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
+        graphql_limiter.as_ref(),
+    );
+    let limiters = command_limiter.into_iter().chain(graphql_limiter).collect();
     let document: Arc<str> = document
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".into())
         .into();
-    Router::new()
+    let router = Router::new()
         .merge(commands)
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
@@ -170,13 +197,18 @@ pub fn router(state: AppState, request_timeout: Duration, extra: Router) -> Rout
         .fallback(meta::no_route)
         .method_not_allowed_fallback(meta::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            config.authenticator.clone(),
+            crate::auth::identify,
+        ))
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 crate::observe::time_limit(request_timeout, request, next)
             },
         ))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::from_fn(crate::observe::observe))
+        .layer(axum::middleware::from_fn(crate::observe::observe));
+    (router, limiters)
 }
 
 /// A handler panicked: answer 500 like any other unexpected failure.
@@ -193,6 +225,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limiters: Vec<Limiter>,
     pool: PgPool,
 }
 
@@ -217,12 +250,20 @@ impl Application {
         extra: Router,
     ) -> anyhow::Result<Self> {
         let state = AppState::new(pool.clone(), config)?;
+        if !config.authenticator.is_enabled() {
+            tracing::warn!(
+                "authentication is switched off: every caller is an administrator; \
+                 never expose this API beyond a trusted network"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+        let (router, limiters) = router(state, config, extra);
         Ok(Self {
             listener,
-            router: router(state, config.request_timeout, extra),
+            router,
+            limiters,
             pool,
         })
     }
@@ -238,11 +279,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let cleanup = tokio::spawn(forget_expired_keys(self.pool));
+        let forget = tokio::spawn(crate::auth::forget_idle_callers(self.limiters));
         tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // Connection info gives anonymous callers their own rate bucket.
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         cleanup.abort();
+        forget.abort();
         served
     }
 }

@@ -39,8 +39,12 @@ pub enum OrderCommand {
     },
     /// The order's stock is reserved and its payment captured.
     ConfirmOrder,
-    /// Cancel a placed or confirmed order.
-    CancelOrder { reason: Reason },
+    /// Cancel a placed or confirmed order. With `customer`, only that
+    /// customer's order: anyone else's is as unknown as a missing one.
+    CancelOrder {
+        reason: Reason,
+        customer: Option<CustomerId>,
+    },
 }
 
 /// A line as recorded in an `OrderPlaced` event.
@@ -213,7 +217,7 @@ impl Order {
                 OrderStatus::Confirmed => return Err(OrderError::AlreadyConfirmed),
                 OrderStatus::Cancelled => return Err(OrderError::AlreadyCancelled),
             },
-            OrderCommand::CancelOrder { reason } => match self.current_status()? {
+            OrderCommand::CancelOrder { reason, customer } => match self.status_for(customer)? {
                 previous_status @ (OrderStatus::Placed | OrderStatus::Confirmed) => {
                     OrderEvent::OrderCancelled(OrderCancelled {
                         reason,
@@ -224,6 +228,16 @@ impl Order {
             },
         };
         Ok(vec![event])
+    }
+
+    /// The status, if the order exists and belongs to `customer` (when named).
+    fn status_for(&self, customer: Option<CustomerId>) -> Result<OrderStatus, OrderError> {
+        match (&self.placed, customer) {
+            (Some(order), Some(customer)) if order.customer_id != customer => {
+                Err(OrderError::NotFound)
+            }
+            _ => self.current_status(),
+        }
     }
 
     fn current_status(&self) -> Result<OrderStatus, OrderError> {

@@ -29,9 +29,11 @@ pub struct IdempotencyKey(String);
 impl IdempotencyKey {
     const CLIENT: &'static str = "client:";
 
-    /// A key a client sent in `Idempotency-Key`.
-    pub fn client(raw: &str) -> Self {
-        Self(format!("{}{raw}", Self::CLIENT))
+    /// A key the caller `caller` sent in `Idempotency-Key`. Each caller has
+    /// its own namespace: the caller's length comes first, so no choice of
+    /// caller and key can spell another caller's key.
+    pub fn client(caller: &str, raw: &str) -> Self {
+        Self(format!("{}{}:{caller}:{raw}", Self::CLIENT, caller.len()))
     }
 
     /// A key the platform derives itself, such as `saga:<order>:reserve:<sku>`.

@@ -440,7 +440,7 @@ async fn a_client_key_never_reaches_a_key_of_the_platform() {
     let name = "saga:0197:refund";
     let client = CommandContext {
         idempotency: Some(IdempotencyClaim {
-            key: IdempotencyKey::client(name),
+            key: IdempotencyKey::client("customer-1", name),
             fingerprint: "client request".into(),
             ttl: Duration::from_secs(3600),
         }),
@@ -459,7 +459,24 @@ async fn a_client_key_never_reaches_a_key_of_the_platform() {
     assert_eq!(internal.version, 3);
     assert_ne!(
         IdempotencyKey::internal("client:x"),
-        IdempotencyKey::client("x")
+        IdempotencyKey::client("c", "x")
+    );
+}
+
+#[test]
+fn two_callers_never_share_a_key() {
+    // Splitting the same text differently between caller and key.
+    assert_ne!(
+        IdempotencyKey::client("a:b", "c"),
+        IdempotencyKey::client("a", "b:c")
+    );
+    assert_ne!(
+        IdempotencyKey::client("alice", "k"),
+        IdempotencyKey::client("bob", "k")
+    );
+    assert_eq!(
+        IdempotencyKey::client("alice", "k"),
+        IdempotencyKey::client("alice", "k")
     );
 }
 

@@ -634,7 +634,10 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             }
             Action::CancelOrder { reason } => {
                 let cancel = match reason_of(reason) {
-                    Ok(reason) => OrderCommand::CancelOrder { reason },
+                    Ok(reason) => OrderCommand::CancelOrder {
+                        reason,
+                        customer: None,
+                    },
                     Err(refused) => return refused,
                 };
                 match self.run::<Order>(&saga.order_id, cancel, &context).await {

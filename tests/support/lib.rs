@@ -39,7 +39,7 @@ impl TestApp {
         let (address, stop, server) = start(pool.clone()).await;
         Self {
             address,
-            client: reqwest::Client::new(),
+            client: identity::testing::admin_client(),
             pool,
             database,
             stop: Some(stop),
@@ -112,6 +112,11 @@ type Server = (
 async fn start(pool: PgPool) -> Server {
     let config = ApiConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        authenticator: identity::Authenticator::new(&identity::AuthConfig {
+            hs256_secret: Some(identity::testing::SECRET.into()),
+            ..identity::AuthConfig::default()
+        })
+        .expect("a valid configuration"),
         ..ApiConfig::default()
     };
     let application = Application::build(&config, pool)

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestPlatform {
     pub address: SocketAddr,
+    /// Sends an administrator's token.
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub topics: TestTopics,
@@ -50,6 +51,11 @@ pub fn settings(
         ("ORDERS_DATABASE_POOL_SIZE", "30".into()),
         ("ORDERS_RELAY_POLL_INTERVAL_MS", "100".into()),
         ("ORDERS_SAGA_SCAN_INTERVAL_MS", "100".into()),
+        // Callers prove who they are with tokens signed by the test secret;
+        // rate limits are off unless a test asks for them.
+        ("ORDERS_AUTH_HS256_SECRET", identity::testing::SECRET.into()),
+        ("ORDERS_RATE_LIMIT_COMMANDS_PER_SEC", "0".into()),
+        ("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -84,9 +90,14 @@ impl TestPlatform {
     /// Every role but the saga and the gateway: orders stay as the tests'
     /// commands leave them.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`start`](Self::start), with `extra` settings (for example rate limits).
+    pub async fn start_with(extra: &[(&str, String)]) -> Self {
         let (database, pool) = migrated().await;
         let topics = TestTopics::new();
-        let settings = settings(&database, &topics, &[]);
+        let settings = settings(&database, &topics, extra);
         Self::start_roles(
             database,
             pool,
@@ -130,7 +141,7 @@ impl TestPlatform {
             .expect("platform starts");
         Self {
             address: running.api.expect("the API runs"),
-            client: reqwest::Client::new(),
+            client: identity::testing::admin_client(),
             pool,
             topics,
             running: Some(running),

@@ -74,7 +74,7 @@ impl Cluster {
             logs,
             members: BTreeMap::new(),
             gateways: Vec::new(),
-            client: reqwest::Client::new(),
+            client: identity::testing::admin_client(),
         }
     }
 
@@ -109,6 +109,9 @@ impl Cluster {
             ("ORDERS_SAGA_SCAN_INTERVAL_MS", "200".into()),
             ("ORDERS_GATEWAY_SLOW_ANSWER_MS", "2000".into()),
             ("ORDERS_PAYMENT_GATEWAY_TIMEOUT_MS", "1000".into()),
+            ("ORDERS_AUTH_HS256_SECRET", identity::testing::SECRET.into()),
+            ("ORDERS_RATE_LIMIT_COMMANDS_PER_SEC", "0".into()),
+            ("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -391,7 +394,7 @@ pub async fn flow(
     progress: Arc<std::sync::atomic::AtomicUsize>,
 ) -> FlowReport {
     let report = Arc::new(Mutex::new(FlowReport::default()));
-    let client = reqwest::Client::builder()
+    let client = identity::testing::client_builder("operator", "admin")
         // Past the API's own limit plus slack: an answer later than this is a hang.
         .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
         .build()

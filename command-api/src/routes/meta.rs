@@ -30,17 +30,19 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     .await;
     let database = match database {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
+        Ok(Err(error)) => {
+            // The driver's text is for the log: it can name hosts and users.
+            tracing::warn!(%error, "readiness: the database is unreachable");
+            Err("unavailable".to_owned())
+        }
         Err(_) => Err("no answer within 2 s".to_owned()),
     };
     let kafka = match app.kafka() {
         None => None,
-        Some(probe) => Some(
-            probe
-                .check(PROBE_TIMEOUT)
-                .await
-                .map_err(|error| error.to_string()),
-        ),
+        Some(probe) => Some(probe.check(PROBE_TIMEOUT).await.map_err(|error| {
+            tracing::warn!(%error, "readiness: Kafka is unreachable");
+            "unavailable".to_owned()
+        })),
     };
     let mut checks = serde_json::Map::new();
     let mut ready = true;

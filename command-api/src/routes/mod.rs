@@ -13,6 +13,8 @@ use event_store::{CommandContext, CommandError, IdempotencyClaim, IdempotencyKey
 use serde::Serialize;
 use utoipa::{IntoParams, IntoResponses};
 
+use identity::Caller;
+
 use crate::extract::CommandHeaders;
 use crate::problem::{ApiError, FieldError, Problem};
 use crate::startup::AppState;
@@ -57,9 +59,11 @@ impl<T: Serialize> IntoResponse for Accepted<T> {
 
 impl AppState {
     /// The command context for a request: the request id correlates the
-    /// events, and the idempotency key (if any) is claimed with them.
+    /// events, and the idempotency key (if any) is claimed with them, in the
+    /// caller's own namespace.
     pub fn command_context(
         &self,
+        caller: &Caller,
         headers: &CommandHeaders,
         fingerprint: Option<&str>,
     ) -> CommandContext {
@@ -68,7 +72,7 @@ impl AppState {
             causation_id: headers.request_id.clone(),
             idempotency: headers.idempotency_key.as_ref().zip(fingerprint).map(
                 |(key, fingerprint)| IdempotencyClaim {
-                    key: IdempotencyKey::client(key),
+                    key: IdempotencyKey::client(caller.customer().as_str(), key),
                     fingerprint: fingerprint.to_owned(),
                     ttl: self.idempotency_ttl(),
                 },

@@ -80,7 +80,7 @@ impl TestApi {
         event_store::migrate(&pool).await.expect("migrations");
         let state = AppState::new(pool.clone(), &config).expect("state");
         Self {
-            router: command_api::router(state, config.request_timeout, axum::Router::new()),
+            router: command_api::router(state, &config, axum::Router::new()).0,
             pool,
             _database: database,
         }

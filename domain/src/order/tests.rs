@@ -62,7 +62,40 @@ fn cancelled(previous_status: OrderStatus) -> OrderEvent {
 fn cancel() -> OrderCommand {
     OrderCommand::CancelOrder {
         reason: Reason::parse("changed my mind").unwrap(),
+        customer: None,
     }
+}
+
+fn cancel_as(customer: &str) -> OrderCommand {
+    OrderCommand::CancelOrder {
+        reason: Reason::parse("changed my mind").unwrap(),
+        customer: Some(CustomerId::parse(customer).unwrap()),
+    }
+}
+
+#[test]
+fn a_customer_cancels_their_own_order() {
+    OrderTest::with(())
+        .given(vec![placed()])
+        .when(cancel_as("customer-1"))
+        .then_expect_events(vec![cancelled(OrderStatus::Placed)]);
+}
+
+#[test]
+fn another_customers_order_is_as_unknown_as_a_missing_one() {
+    OrderTest::with(())
+        .given(vec![placed()])
+        .when(cancel_as("customer-2"))
+        .then_expect_error(OrderError::NotFound);
+    // Even where the owner would hear "already cancelled".
+    OrderTest::with(())
+        .given(vec![placed(), cancelled(OrderStatus::Placed)])
+        .when(cancel_as("customer-2"))
+        .then_expect_error(OrderError::NotFound);
+    OrderTest::with(())
+        .given_no_previous_events()
+        .when(cancel_as("customer-2"))
+        .then_expect_error(OrderError::NotFound);
 }
 
 #[test]

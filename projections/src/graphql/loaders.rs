@@ -7,8 +7,9 @@ use async_graphql::dataloader::Loader;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::types::{EventRecord, Order, SagaState, SagaStep};
+use super::types::{EventRecord, Order, Product, SagaState, SagaStep};
 use crate::model::orders::{COLUMNS, order_row};
+use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
 
 /// Orders' histories from the event store, by order id.
 #[derive(Debug)]
@@ -109,6 +110,34 @@ impl Loader<String> for SagaLoader {
                     needs_attention: row.try_get("needs_attention")?,
                 };
                 Ok((row.try_get("order_id")?, saga))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Arc::new)
+    }
+}
+
+/// Products by SKU, so that any number of `product` lookups in one request
+/// cost one statement.
+#[derive(Debug)]
+pub struct ProductLoader {
+    pub pool: PgPool,
+}
+
+impl Loader<String> for ProductLoader {
+    type Value = Product;
+    type Error = Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Product>, Self::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PRODUCT_COLUMNS} FROM product_stock WHERE sku = ANY($1)"
+        ))
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let product = product_row(row)?;
+                Ok((product.sku.clone(), Product(product)))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Arc::new)

@@ -1,7 +1,11 @@
 //! The GraphQL query API over the read models (async-graphql on axum):
 //! queries with Relay cursor pages, the `orderUpdated` subscription over
-//! WebSocket, GraphiQL on GET, and depth and complexity limits.
+//! WebSocket, GraphiQL on GET; callers identified by bearer token, and
+//! depth, complexity, size, batch, alias and connection limits.
 
+pub mod access;
+pub mod http;
+pub mod limits;
 pub mod loaders;
 pub mod query;
 pub mod subscription;
@@ -11,16 +15,17 @@ pub mod updates;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{EmptyMutation, Schema};
-use async_graphql_axum::{GraphQL, GraphQLSubscription};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::post_service;
+use axum::routing::post;
+use identity::Authenticator;
 use sqlx::PgPool;
-use tower::ServiceExt;
 
-use loaders::{HistoryLoader, OrderLoader, SagaLoader};
+use http::Endpoint;
+use limits::GraphqlLimits;
+use loaders::{HistoryLoader, OrderLoader, ProductLoader, SagaLoader};
 use query::Query;
 use subscription::Subscription;
 use updates::Updates;
@@ -34,15 +39,26 @@ pub const MAX_COMPLEXITY: usize = 5_000;
 /// Largest page.
 pub const MAX_PAGE: i32 = 100;
 
+/// Most directives on one field.
+pub const MAX_DIRECTIVES: usize = 5;
+
 fn builder() -> async_graphql::SchemaBuilder<Query, EmptyMutation, Subscription> {
     Schema::build(Query, EmptyMutation, Subscription)
         .limit_depth(MAX_DEPTH)
+        .limit_recursive_depth(MAX_DEPTH * 2)
         .limit_complexity(MAX_COMPLEXITY)
+        .limit_directives(MAX_DIRECTIVES)
 }
 
-/// The schema, reading from `pool` and announcing changes from `updates`.
-pub fn schema(pool: PgPool, updates: Updates) -> OrdersSchema {
+/// The schema, reading from `pool` and announcing changes from `updates`,
+/// refusing documents over `limits`.
+pub fn schema(pool: PgPool, updates: Updates, limits: GraphqlLimits) -> OrdersSchema {
     builder()
+        .extension(limits)
+        .data(DataLoader::new(
+            ProductLoader { pool: pool.clone() },
+            tokio::spawn,
+        ))
         .data(DataLoader::new(
             HistoryLoader { pool: pool.clone() },
             tokio::spawn,
@@ -66,24 +82,23 @@ pub fn sdl() -> String {
 }
 
 /// `POST /graphql` for queries; `GET /graphql` opens GraphiQL in a browser or
-/// upgrades to a WebSocket for subscriptions.
-pub fn router(schema: OrdersSchema) -> Router {
-    let subscriptions = GraphQLSubscription::new(schema.clone());
+/// upgrades to a WebSocket for subscriptions. The caller's identity comes
+/// from the request (the command API's authentication layer records it) or,
+/// on a WebSocket, from `connection_init`, checked by `authenticator`.
+pub fn router(schema: OrdersSchema, authenticator: Authenticator, limits: GraphqlLimits) -> Router {
+    let endpoint = Endpoint::new(schema, authenticator, limits);
+    let subscriptions = endpoint.clone();
     Router::new().route(
         "/graphql",
-        post_service(GraphQL::new(schema)).get(move |request: Request| {
-            let subscriptions = subscriptions.clone();
-            async move {
+        post(move |request: Request| async move { endpoint.execute(request).await }).get(
+            move |request: Request| async move {
                 if request.headers().contains_key(header::UPGRADE) {
-                    match subscriptions.oneshot(request).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
+                    subscriptions.subscribe(request).await
                 } else {
                     graphiql()
                 }
-            }
-        }),
+            },
+        ),
     )
 }
 

@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::MAX_PAGE;
-use super::loaders::OrderLoader;
+use super::access::order_reader;
+use super::loaders::{OrderLoader, ProductLoader};
 use super::types::{Order, OrderStatus, Product};
 use crate::model::orders::{COLUMNS as ORDER_COLUMNS, order_row};
 use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
@@ -28,15 +29,20 @@ pub struct Query;
 
 #[Object]
 impl Query {
-    /// One order by id; `null` if the read side does not know it (yet).
+    /// One order by id; `null` if the read side does not know it (yet), or
+    /// if it is another customer's (scope `orders`; `admin` sees every order).
     async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>> {
+        let caller = order_reader(ctx)?;
         let Ok(id) = Uuid::parse_str(&id) else {
             return Ok(None);
         };
-        Ok(ctx.data::<DataLoader<OrderLoader>>()?.load_one(id).await?)
+        let order = ctx.data::<DataLoader<OrderLoader>>()?.load_one(id).await?;
+        Ok(order.filter(|order| caller.may_see(&order.0.customer_id)))
     }
 
-    /// Orders, newest first, optionally one customer's and of one status.
+    /// Orders, newest first, optionally one customer's and of one status. A
+    /// customer (scope `orders`) sees only their own: without `customerId`
+    /// the list is theirs, with someone else's it is empty.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn orders(
         &self,
@@ -46,8 +52,16 @@ impl Query {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<OrderConnection> {
+        let caller = order_reader(ctx)?;
         let limit = page_size(first)?;
         let after = decode_cursor::<OrderCursor>(after)?;
+        let customer_id = match customer_id {
+            _ if caller.is_admin() => customer_id,
+            Some(named) if named != caller.customer().as_str() => {
+                return Ok(Connection::new(false, false));
+            }
+            _ => Some(caller.customer().as_str().to_owned()),
+        };
         let pool = ctx.data::<PgPool>()?;
         let status = status.map(OrderStatus::as_str);
         let (after_at, after_id) =
@@ -112,15 +126,13 @@ impl Query {
         Ok(connection)
     }
 
-    /// One product by SKU.
+    /// One product by SKU. Lookups of one request are batched into one
+    /// statement, however many aliases ask.
     async fn product(&self, ctx: &Context<'_>, sku: String) -> Result<Option<Product>> {
-        let row = sqlx::query(&format!(
-            "SELECT {PRODUCT_COLUMNS} FROM product_stock WHERE sku = $1"
-        ))
-        .bind(sku)
-        .fetch_optional(ctx.data::<PgPool>()?)
-        .await?;
-        Ok(row.as_ref().map(product_row).transpose()?.map(Product))
+        Ok(ctx
+            .data::<DataLoader<ProductLoader>>()?
+            .load_one(sku)
+            .await?)
     }
 
     /// Products in SKU order.

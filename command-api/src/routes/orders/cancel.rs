@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::Ordering;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
@@ -31,7 +32,9 @@ pub struct OrderVersion {
     pub version: u64,
 }
 
-/// Cancel an order. The saga refunds the payment and returns the stock.
+/// Cancel an order. The saga refunds the payment and returns the stock. A
+/// customer (scope `orders`) cancels only their own orders: another
+/// customer's order answers 404, as an unknown one does.
 #[utoipa::path(
     post,
     path = "/api/orders/{order_id}/cancel",
@@ -46,6 +49,7 @@ pub struct OrderVersion {
 )]
 pub async fn cancel_order(
     State(app): State<AppState>,
+    Ordering(caller): Ordering,
     PathId(order_id): PathId,
     headers: CommandHeaders,
     body: JsonBody<CancelOrder>,
@@ -57,12 +61,16 @@ pub async fn cancel_order(
     let order_id = OrderId::parse(&order_id)
         .map_err(|_| ApiError::not_found(format!("no order has id {order_id}")))?;
     let id = order_id.to_string();
-    let context = app.command_context(&headers, body.fingerprint.as_deref());
+    let context = app.command_context(&caller, &headers, body.fingerprint.as_deref());
     let outcome = app
         .bus()
         .execute::<Order>(
             &id,
-            OrderCommand::CancelOrder { reason },
+            OrderCommand::CancelOrder {
+                reason,
+                // An administrator cancels any order; a customer only their own.
+                customer: (!caller.is_admin()).then(|| caller.customer().clone()),
+            },
             &context,
             Expect::Existing,
         )

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use identity::Caller;
+
+use crate::auth::Ordering;
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::problem::{ApiError, FieldError};
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
@@ -21,9 +24,12 @@ use crate::startup::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
-    /// The shop's id for the customer, 1–128 characters.
+    /// The shop's id for the customer, 1–128 characters. Optional: it is the
+    /// token's `sub`. When sent it must equal `sub` (403 otherwise), unless
+    /// the caller is an administrator placing an order for a customer.
     #[schema(example = "customer-42")]
-    pub customer_id: String,
+    #[serde(default)]
+    pub customer_id: Option<String>,
     /// 1–100 lines, each SKU at most once, all priced in one currency.
     pub lines: Vec<OrderLineRequest>,
     /// A payment token for the gateway, such as `tok_visa`.
@@ -62,9 +68,12 @@ struct Requested {
 }
 
 impl PlaceOrder {
-    fn check(self) -> Result<Requested, ApiError> {
+    fn check(self, caller: &Caller) -> Result<Requested, ApiError> {
         let mut validation = Validation::default();
-        let customer_id = validation.check("customer_id", CustomerId::parse(&self.customer_id));
+        let customer_id = match &self.customer_id {
+            None => Some(caller.customer().clone()),
+            Some(named) => validation.check("customer_id", CustomerId::parse(named)),
+        };
         let payment_method =
             validation.check("payment_method", PaymentMethod::parse(&self.payment_method));
         if self.lines.is_empty() || self.lines.len() > MAX_LINES {
@@ -91,6 +100,12 @@ impl PlaceOrder {
             lines.extend(sku.zip(quantity));
         }
         let (customer_id, payment_method) = validation.finish(customer_id.zip(payment_method))?;
+        if &customer_id != caller.customer() && !caller.is_admin() {
+            return Err(ApiError::Forbidden(
+                "customer_id must be the token's subject: a customer places orders only for themselves"
+                    .into(),
+            ));
+        }
         Ok(Requested {
             customer_id,
             payment_method,
@@ -115,10 +130,11 @@ impl PlaceOrder {
 )]
 pub async fn place_order(
     State(app): State<AppState>,
+    Ordering(caller): Ordering,
     headers: CommandHeaders,
     body: JsonBody<PlaceOrder>,
 ) -> Result<Accepted<OrderPlacedResponse>, ApiError> {
-    let requested = body.value.check()?;
+    let requested = body.value.check(&caller)?;
     let lines = price(&app, requested.lines).await?;
     let order_id = OrderId::new(Uuid::now_v7());
     let command = OrderCommand::PlaceOrder {
@@ -127,7 +143,7 @@ pub async fn place_order(
         lines,
         payment_method: requested.payment_method,
     };
-    let context = app.command_context(&headers, body.fingerprint.as_deref());
+    let context = app.command_context(&caller, &headers, body.fingerprint.as_deref());
     let id = order_id.to_string();
     let outcome = app
         .bus()

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ProductVersion;
+use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
@@ -38,6 +39,7 @@ pub struct AddStock {
 )]
 pub async fn add_stock(
     State(app): State<AppState>,
+    Admin(caller): Admin,
     PathId(sku): PathId,
     headers: CommandHeaders,
     body: JsonBody<AddStock>,
@@ -53,7 +55,7 @@ pub async fn add_stock(
     // A SKU that cannot exist names no product.
     domain::values::Sku::parse(&sku)
         .map_err(|_| ApiError::not_found(format!("no product has SKU {sku}")))?;
-    let context = app.command_context(&headers, body.fingerprint.as_deref());
+    let context = app.command_context(&caller, &headers, body.fingerprint.as_deref());
     let outcome = app
         .bus()
         .execute::<Product>(

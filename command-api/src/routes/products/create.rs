@@ -9,6 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ProductVersion;
+use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::problem::ApiError;
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
@@ -67,11 +68,12 @@ impl CreateProduct {
 )]
 pub async fn create_product(
     State(app): State<AppState>,
+    Admin(caller): Admin,
     headers: CommandHeaders,
     body: JsonBody<CreateProduct>,
 ) -> Result<Accepted<ProductVersion>, ApiError> {
     let (sku, command) = body.value.into_command()?;
-    let context = app.command_context(&headers, body.fingerprint.as_deref());
+    let context = app.command_context(&caller, &headers, body.fingerprint.as_deref());
     let outcome = app
         .bus()
         .execute::<Product>(sku.as_str(), command, &context, Expect::New)

@@ -1,0 +1,305 @@
+//! GraphQL over HTTP and WebSocket, with the platform's limits: the body is
+//! read only up to its limit, batches are capped, the caller's identity goes
+//! into every request, database errors are logged and never shown, and
+//! subscription connections are counted per caller and in all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::{BatchRequest, BatchResponse, Data, ServerError};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use command_api::problem::ApiError;
+use http_body_util::BodyExt;
+use identity::{AuthError, Authenticator, Identity};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::OrdersSchema;
+use super::access::{FORBIDDEN, UNAUTHENTICATED};
+use super::limits::GraphqlLimits;
+
+/// What the GraphQL handlers share.
+#[derive(Clone)]
+pub struct Endpoint {
+    schema: OrdersSchema,
+    authenticator: Authenticator,
+    limits: GraphqlLimits,
+    connections: Arc<Semaphore>,
+    per_caller: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Endpoint {
+    pub fn new(schema: OrdersSchema, authenticator: Authenticator, limits: GraphqlLimits) -> Self {
+        Self {
+            schema,
+            authenticator,
+            connections: Arc::new(Semaphore::new(limits.ws_connections)),
+            limits,
+            per_caller: Arc::default(),
+        }
+    }
+
+    /// `POST /graphql`: one operation or a batch of them.
+    pub async fn execute(&self, request: Request) -> Response {
+        let identity = request
+            .extensions()
+            .get::<Identity>()
+            .cloned()
+            .unwrap_or(Identity::Anonymous);
+        let batch = match self.read(request).await {
+            Ok(batch) => batch,
+            Err(error) => return error.into_response(),
+        };
+        let size = match &batch {
+            BatchRequest::Single(_) => 1,
+            BatchRequest::Batch(requests) => requests.len(),
+        };
+        if size == 0 || size > self.limits.batch {
+            return ApiError::invalid(
+                "body",
+                format!("a batch holds 1 to {} operations", self.limits.batch),
+            )
+            .into_response();
+        }
+        let batch = batch.data(identity);
+        let mut response = self.schema.execute_batch(batch).await;
+        for_each_error(&mut response, scrub);
+        if let Some(refusal) = refusal(&response) {
+            return refusal.into_response();
+        }
+        graphql_json(&response)
+    }
+
+    /// The body as a GraphQL request, read no further than the limit.
+    async fn read(&self, request: Request) -> Result<BatchRequest, ApiError> {
+        let limit = self.limits.body_bytes;
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let body = http_body_util::Limited::new(request.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|error| {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::MalformedJson("the body could not be read".into())
+                }
+            })?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+        serde_json::from_value(value).map_err(|error| {
+            ApiError::invalid(
+                "body",
+                format!("not a GraphQL request ({{\"query\", \"variables\", \"operationName\"}} or a list of them): {error}"),
+            )
+        })
+    }
+
+    /// `GET /graphql` with `Upgrade: websocket`: subscriptions over
+    /// `graphql-transport-ws` (or the older `graphql-ws`). The token rides in
+    /// `connection_init` as `{"Authorization": "Bearer ..."}`.
+    pub async fn subscribe(&self, request: Request) -> Response {
+        let (mut parts, _body) = request.into_parts();
+        let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
+            Ok(protocol) => protocol,
+            Err(rejection) => return rejection.into_response(),
+        };
+        let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade,
+            Err(rejection) => return rejection.into_response(),
+        };
+        let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+            return ApiError::TooManyRequests { retry_after: 5 }.into_response();
+        };
+        let endpoint = self.clone();
+        upgrade
+            .protocols(ALL_WEBSOCKET_PROTOCOLS)
+            .max_message_size(self.limits.body_bytes)
+            .max_frame_size(self.limits.body_bytes)
+            .on_upgrade(move |socket| async move {
+                let _permit: OwnedSemaphorePermit = permit;
+                let init = endpoint.clone();
+                GraphQLWebSocket::new(socket, endpoint.schema.clone(), protocol)
+                    .on_connection_init(
+                        move |payload| async move { init.connection(payload).await },
+                    )
+                    .keepalive_timeout(endpoint.limits.ws_idle_timeout)
+                    .serve()
+                    .await;
+            })
+    }
+
+    /// Authenticates a connection from its `connection_init` payload and
+    /// counts it against its caller.
+    async fn connection(&self, payload: serde_json::Value) -> async_graphql::Result<Data> {
+        let header = payload
+            .as_object()
+            .and_then(|fields| {
+                fields
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+            })
+            .and_then(|(_, value)| value.as_str());
+        let caller = match self
+            .authenticator
+            .authenticate(header.map(str::as_bytes))
+            .await
+        {
+            Ok(caller) => caller,
+            Err(AuthError::Missing) => {
+                return Err(async_graphql::Error::new(
+                    "connection_init needs {\"Authorization\": \"Bearer <token>\"}",
+                ));
+            }
+            Err(error) => return Err(async_graphql::Error::new(error.to_string())),
+        };
+        let key = caller.customer().as_str().to_owned();
+        let slot =
+            ConnectionSlot::take(&self.per_caller, key, self.limits.ws_connections_per_caller)
+                .ok_or_else(|| {
+                    async_graphql::Error::new(format!(
+                        "this caller already has {} open connections",
+                        self.limits.ws_connections_per_caller
+                    ))
+                })?;
+        let mut data = Data::default();
+        data.insert(Identity::Caller(caller));
+        data.insert(slot);
+        data.insert(super::subscription::SubscriptionBudget::new(
+            self.limits.ws_subscriptions,
+        ));
+        Ok(data)
+    }
+}
+
+/// One of a caller's connections; given back when the connection closes.
+struct ConnectionSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl ConnectionSlot {
+    fn take(
+        counts: &Arc<Mutex<HashMap<String, usize>>>,
+        caller: String,
+        max: usize,
+    ) -> Option<Self> {
+        let mut held = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = held.entry(caller.clone()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            caller,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .is_some_and(|essence| {
+            essence == "application/json"
+                || essence == "application/graphql-response+json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        })
+}
+
+fn for_each_error(response: &mut BatchResponse, mut f: impl FnMut(&mut ServerError)) {
+    match response {
+        BatchResponse::Single(one) => one.errors.iter_mut().for_each(&mut f),
+        BatchResponse::Batch(many) => many
+            .iter_mut()
+            .flat_map(|one| one.errors.iter_mut())
+            .for_each(&mut f),
+    }
+}
+
+/// A database or driver error becomes a plain "unavailable": its text is
+/// for the log, not the client.
+fn scrub(error: &mut ServerError) {
+    let from_database =
+        error.source::<sqlx::Error>().is_some() || error.source::<Arc<sqlx::Error>>().is_some();
+    if from_database {
+        tracing::error!(error = %error.message, path = ?error.path, "GraphQL field failed");
+        error.message = "the read side is unavailable; retry later".into();
+        error.source = None;
+        let mut extensions = async_graphql::ErrorExtensionValues::default();
+        extensions.set("code", "UNAVAILABLE");
+        error.extensions = Some(extensions);
+    }
+}
+
+/// A field that needs a caller (401) or a scope (403) fails the whole request.
+fn refusal(response: &BatchResponse) -> Option<ApiError> {
+    let errors: Vec<&ServerError> = match response {
+        BatchResponse::Single(one) => one.errors.iter().collect(),
+        BatchResponse::Batch(many) => many.iter().flat_map(|one| one.errors.iter()).collect(),
+    };
+    let has = |wanted: &str| {
+        errors.iter().copied().find(|error| {
+            matches!(
+                error.extensions.as_ref().and_then(|e| e.get("code")),
+                Some(async_graphql::Value::String(code)) if code == wanted
+            )
+        })
+    };
+    if has(UNAUTHENTICATED).is_some() {
+        return Some(ApiError::Unauthenticated(None));
+    }
+    has(FORBIDDEN).map(|error| ApiError::Forbidden(error.message.clone()))
+}
+
+fn graphql_json(response: &BatchResponse) -> Response {
+    match serde_json::to_vec(response) {
+        Ok(body) => {
+            let mut answer = Response::new(Body::from(body));
+            answer.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            answer
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot serialize a GraphQL response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
