@@ -531,3 +531,42 @@ async fn a_subscription_connection_needs_a_token_in_connection_init() {
     );
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_signs_in_is_closed_though_it_pings() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let platform = TestPlatform::start_with(&[("ORDERS_WS_INIT_TIMEOUT_SECS", "1".into())]).await;
+    let mut request = format!("ws://{}/graphql", platform.address)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let started = std::time::Instant::now();
+    let closed = loop {
+        // A ping resets the idle timer, but must not keep an unsigned connection.
+        if socket
+            .send(Message::Text(json!({"type": "ping"}).to_string().into()))
+            .await
+            .is_err()
+        {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), socket.next()).await {
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break true,
+            _ if started.elapsed() > WITHIN => break false,
+            _ => {}
+        }
+    };
+    assert!(closed, "an unsigned connection stayed open for {WITHIN:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before its time"
+    );
+    platform.stop().await;
+}

@@ -122,6 +122,9 @@ pub struct Settings {
     /// Seconds a subscription connection may stay silent (no message, not
     /// even a ping) before it is closed.
     pub ws_idle_timeout_secs: u64,
+    /// Seconds a subscription connection has to send `connection_init` with
+    /// a valid token.
+    pub ws_init_timeout_secs: u64,
 }
 
 impl Settings {
@@ -193,6 +196,7 @@ impl Settings {
             .set_default("ws_max_connections_per_caller", 5)?
             .set_default("ws_max_subscriptions", 20)?
             .set_default("ws_idle_timeout_secs", 120)?
+            .set_default("ws_init_timeout_secs", 10)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -252,6 +256,7 @@ impl Settings {
             ws_connections_per_caller: self.ws_max_connections_per_caller,
             ws_subscriptions: self.ws_max_subscriptions,
             ws_idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs.max(1)),
+            ws_init_timeout: Duration::from_secs(self.ws_init_timeout_secs.max(1)),
         }
     }
 

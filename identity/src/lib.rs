@@ -160,6 +160,10 @@ pub enum ConfigError {
     ShortSecret,
     #[error("ORDERS_AUTH_JWKS_URL: {0}")]
     BadUrl(String),
+    #[error(
+        "ORDERS_AUTH_JWKS_URL needs ORDERS_AUTH_AUDIENCE: an identity provider signs tokens for many applications, and only those for this one may be accepted"
+    )]
+    NoAudience,
 }
 
 /// Shortest HS256 secret accepted: the hash's own size.
@@ -178,9 +182,14 @@ impl Authenticator {
                 }
                 Keys::Secret(DecodingKey::from_secret(secret.as_bytes()))
             }
-            (false, None, Some(url)) => Keys::Jwks(
-                JwksKeys::new(url, config.jwks_min_refetch).map_err(ConfigError::BadUrl)?,
-            ),
+            (false, None, Some(url)) => {
+                if config.audience.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError::NoAudience);
+                }
+                Keys::Jwks(
+                    JwksKeys::new(url, config.jwks_min_refetch).map_err(ConfigError::BadUrl)?,
+                )
+            }
             (false, None, None) => return Err(ConfigError::NoKeys),
         };
         let set = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());

@@ -220,9 +220,18 @@ fn configurations_that_cannot_authenticate_are_refused() {
         Err(ConfigError::ShortSecret)
     ));
     assert!(matches!(
-        Authenticator::new(&config(None, Some("file:///etc/passwd"))),
+        Authenticator::new(&config(None, Some("http://127.0.0.1/jwks"))),
+        Err(ConfigError::NoAudience)
+    ));
+    let with_audience = |url: &str| AuthConfig {
+        audience: Some("orders-api".into()),
+        ..config(None, Some(url))
+    };
+    assert!(matches!(
+        Authenticator::new(&with_audience("file:///etc/passwd")),
         Err(ConfigError::BadUrl(_))
     ));
+    assert!(Authenticator::new(&with_audience("https://id.example/jwks")).is_ok());
 }
 
 #[tokio::test]

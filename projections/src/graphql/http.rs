@@ -134,13 +134,28 @@ impl Endpoint {
             .on_upgrade(move |socket| async move {
                 let _permit: OwnedSemaphorePermit = permit;
                 let init = endpoint.clone();
-                GraphQLWebSocket::new(socket, endpoint.schema.clone(), protocol)
-                    .on_connection_init(
-                        move |payload| async move { init.connection(payload).await },
-                    )
+                let (signed_in, on_sign_in) = tokio::sync::oneshot::channel::<()>();
+                let serve = GraphQLWebSocket::new(socket, endpoint.schema.clone(), protocol)
+                    .on_connection_init(move |payload| async move {
+                        let data = init.connection(payload).await?;
+                        let _ = signed_in.send(());
+                        Ok(data)
+                    })
                     .keepalive_timeout(endpoint.limits.ws_idle_timeout)
-                    .serve()
-                    .await;
+                    .serve();
+                tokio::pin!(serve);
+                // Pings keep a connection alive, but not one that never signs
+                // in: that would hold a slot of the total for nothing.
+                tokio::select! {
+                    () = &mut serve => return,
+                    signed = tokio::time::timeout(endpoint.limits.ws_init_timeout, on_sign_in) => {
+                        if signed.is_err() {
+                            tracing::info!("closing a WebSocket that did not sign in in time");
+                            return;
+                        }
+                    }
+                }
+                serve.await;
             })
     }
 

@@ -31,9 +31,11 @@ pub struct GraphqlLimits {
     pub ws_connections_per_caller: usize,
     /// Subscriptions running on one connection.
     pub ws_subscriptions: usize,
-    /// A connection that sends nothing (not even a ping) this long is
-    /// closed; so is one that does not send `connection_init` in time.
+    /// A connection that sends nothing (not even a ping) this long is closed.
     pub ws_idle_timeout: Duration,
+    /// A connection not signed in (`connection_init` with a valid token)
+    /// this long after the upgrade is closed, pings or not.
+    pub ws_init_timeout: Duration,
 }
 
 impl Default for GraphqlLimits {
@@ -48,6 +50,7 @@ impl Default for GraphqlLimits {
             ws_connections_per_caller: 5,
             ws_subscriptions: 20,
             ws_idle_timeout: Duration::from_secs(120),
+            ws_init_timeout: Duration::from_secs(10),
         }
     }
 }
