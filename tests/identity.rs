@@ -306,6 +306,22 @@ async fn a_customer_sees_and_changes_only_their_own_orders() {
         .await
         .unwrap();
     assert_eq!(theirs["type"], missing["type"]);
+    // A version precondition does not tell them apart either: neither the
+    // order's version nor that it exists comes back.
+    for version in ["\"0\"", "\"1\"", "\"7\""] {
+        for target in [id.as_str(), "0197a1b2-0000-7000-8000-000000000000"] {
+            let response = bob
+                .post(platform.url(&format!("/api/orders/{target}/cancel")))
+                .header("if-match", version)
+                .json(&json!({"reason": "mine now"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "If-Match {version} on {target}");
+            let problem: Value = response.json().await.unwrap();
+            assert_eq!(problem["type"], missing["type"]);
+        }
+    }
     assert_eq!(cancel(&alice, &id).await.unwrap().status(), 202);
     // Even cancelled, it stays unknown to bob (not "already cancelled").
     assert_eq!(cancel(&bob, &id).await.unwrap().status(), 404);
@@ -521,7 +537,7 @@ async fn a_subscription_connection_needs_a_token_in_connection_init() {
         }
     }
     let token = format!("Bearer {}", testing::token("alice", "orders"));
-    let (_socket, first) = connect(json!({"Authorization": token})).await;
+    let (mut socket, first) = connect(json!({"Authorization": token})).await;
     let Some(Ok(Message::Text(text))) = first else {
         panic!("no ack: {first:?}");
     };
@@ -529,6 +545,20 @@ async fn a_subscription_connection_needs_a_token_in_connection_init() {
         serde_json::from_str::<Value>(&text).unwrap()["type"],
         "connection_ack"
     );
+    // A signed-in connection carries subscriptions, not queries: those go
+    // through POST /graphql and its rate limit.
+    platform_tests::websocket::send(
+        &mut socket,
+        &json!({"id": "q", "type": "subscribe",
+                "payload": {"query": "{ products { edges { node { sku } } } }"}}),
+    )
+    .await;
+    let reply =
+        platform_tests::websocket::next_where(&mut socket, WITHIN, |reply| reply["id"] == "q")
+            .await;
+    let text = reply.to_string();
+    assert!(text.contains("SUBSCRIPTIONS_ONLY"), "{text}");
+    assert!(reply["payload"]["data"].is_null(), "{text}");
     platform.stop().await;
 }
 

@@ -217,9 +217,7 @@ async fn bad_queries_get_graphql_errors_and_limits_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_each_change_of_their_order_over_websocket() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use platform_tests::websocket;
 
     let platform = TestPlatform::start().await;
     platform.create_product("MUG", 1250, 10).await;
@@ -233,41 +231,26 @@ async fn subscribers_see_each_change_of_their_order_over_websocket() {
         })
         .await;
 
-    let mut request = format!("ws://{}/graphql", platform.address)
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let send = |value: Value| Message::Text(value.to_string().into());
-    socket
-        .send(send(json!({
+    let mut socket = websocket::connect(platform.address).await;
+    websocket::send(
+        &mut socket,
+        &json!({
             "type": "connection_init",
             "payload": {"Authorization": format!("Bearer {}", identity::testing::admin_token())},
-        })))
-        .await
-        .unwrap();
-    let ack = loop {
-        let message = tokio::time::timeout(WITHIN, socket.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(text) = message {
-            break serde_json::from_str::<Value>(&text).unwrap();
-        }
-    };
+        }),
+    )
+    .await;
+    let ack = websocket::next_where(&mut socket, WITHIN, |_| true).await;
     assert_eq!(ack["type"], "connection_ack");
-    socket
-        .send(send(json!({
+    websocket::send(
+        &mut socket,
+        &json!({
             "id": "1",
             "type": "subscribe",
             "payload": {"query": format!("subscription {{ orderUpdated(id: \"{id}\") {{ id status version cancellationReason }} }}")},
-        })))
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     // Give the subscription a moment to be registered before the change.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -279,20 +262,7 @@ async fn subscribers_see_each_change_of_their_order_over_websocket() {
         )
         .await;
 
-    let update = loop {
-        let message = tokio::time::timeout(WITHIN, socket.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let value: Value = serde_json::from_str(&text).unwrap();
-        if value["type"] == "next" {
-            break value;
-        }
-    };
+    let update = websocket::next_where(&mut socket, WITHIN, |value| value["type"] == "next").await;
     let order = &update["payload"]["data"]["orderUpdated"];
     assert_eq!(order["id"], id.as_str());
     assert_eq!(order["status"], "CANCELLED");

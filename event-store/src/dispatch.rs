@@ -272,20 +272,28 @@ impl CommandBus {
                     .await
                     .map_err(CommandError::Store)?
             };
+            // `handle` applies what it decides to the aggregate as it goes
+            // (cqrs-es's sink): from here on it is at `version` only while
+            // nothing was decided.
+            let sink = EventSink::default();
+            let decision = aggregate.handle(command.clone(), &(), &sink).await;
+            // A stale version is reported only for a command the aggregate
+            // would take: its refusal comes first, so an aggregate that hides
+            // itself from this caller (another customer's order reads as a
+            // missing one) does not give its version away to a precondition.
             if let Some(expected) = context.expected_version
                 && expected != version
+                && decision.is_ok()
             {
-                turn.keep(aggregate, version);
+                if sink.collect().await.is_empty() {
+                    turn.keep(aggregate, version);
+                }
                 return Err(CommandError::VersionMismatch {
                     expected,
                     actual: version,
                 });
             }
-            // `handle` applies what it decides to the aggregate as it goes
-            // (cqrs-es's sink): from here on it is at `version` only while
-            // nothing was decided.
-            let sink = EventSink::default();
-            if let Err(refusal) = aggregate.handle(command.clone(), &(), &sink).await {
+            if let Err(refusal) = decision {
                 if sink.collect().await.is_empty() {
                     turn.keep(aggregate, version);
                 }

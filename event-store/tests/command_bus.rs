@@ -135,6 +135,28 @@ async fn a_stale_expected_version_is_refused_and_appends_nothing() {
 }
 
 #[tokio::test]
+async fn a_refusal_comes_before_a_stale_expected_version() {
+    // A precondition must not reveal the version of an aggregate the command
+    // is refused on (an order hidden from this caller reads as missing).
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    for expected in [0, 3] {
+        let stale = CommandContext {
+            expected_version: Some(expected),
+            ..context("r")
+        };
+        let result = bus
+            .execute::<Product>("NOPE", add_stock(1), &stale, Expect::Existing)
+            .await;
+        assert!(
+            matches!(result, Err(CommandError::Refused(ProductError::NotFound))),
+            "expected {expected}: {result:?}"
+        );
+    }
+    assert_eq!(event_count(&pool).await, 0);
+}
+
+#[tokio::test]
 async fn concurrent_writers_of_one_aggregate_all_land_by_retrying() {
     let (_db, pool) = migrated_database().await;
     let bus = Arc::new(CommandBus::new(pool.clone()));

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is the failure report.
 
 mod platform_under_test;
+pub mod websocket;
 
 pub use platform_under_test::{TestGateway, TestPlatform, settings};
 

@@ -6,6 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextSubscribe,
+};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, BatchResponse, Data, ServerError};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
@@ -15,6 +18,8 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use command_api::problem::ApiError;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use http_body_util::BodyExt;
 use identity::{AuthError, Authenticator, Identity};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,8 +72,7 @@ impl Endpoint {
             .into_response();
         }
         let batch = batch.data(identity);
-        let mut response = self.schema.execute_batch(batch).await;
-        for_each_error(&mut response, scrub);
+        let response = self.schema.execute_batch(batch).await;
         if let Some(refusal) = refusal(&response) {
             return refusal.into_response();
         }
@@ -193,6 +197,7 @@ impl Endpoint {
                     ))
                 })?;
         let mut data = Data::default();
+        data.insert(OverWebSocket);
         data.insert(Identity::Caller(caller));
         data.insert(slot);
         data.insert(super::subscription::SubscriptionBudget::new(
@@ -257,13 +262,44 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-fn for_each_error(response: &mut BatchResponse, mut f: impl FnMut(&mut ServerError)) {
-    match response {
-        BatchResponse::Single(one) => one.errors.iter_mut().for_each(&mut f),
-        BatchResponse::Batch(many) => many
-            .iter_mut()
-            .flat_map(|one| one.errors.iter_mut())
-            .for_each(&mut f),
+/// Marks the operations of a WebSocket connection.
+pub(super) struct OverWebSocket;
+
+/// What every operation passes through, over HTTP and over WebSocket alike:
+/// database texts are scrubbed from its errors.
+pub(super) struct Guard;
+
+impl ExtensionFactory for Guard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Guard)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for Guard {
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let mut response = next.run(ctx, operation_name).await;
+        response.errors.iter_mut().for_each(scrub);
+        response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, async_graphql::Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, async_graphql::Response> {
+        next.run(ctx, stream)
+            .map(|mut response| {
+                response.errors.iter_mut().for_each(scrub);
+                response
+            })
+            .boxed()
     }
 }
 

@@ -2,15 +2,17 @@
 //! operations per batch, fields and aliases per document, and root fields
 //! per operation (each root list runs its own SQL statement; nested lists
 //! are batched by the loaders, so root fields bound the statements a query
-//! runs at once).
+//! runs at once). A WebSocket carries subscriptions only.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{ServerError, ServerResult, Variables};
+
+use super::http::OverWebSocket;
 
 /// The GraphQL endpoint's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,18 @@ impl Extension for DocumentLimits {
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
         check(&document, &self.0)?;
+        // Queries belong on `POST /graphql`, where the body limit and the
+        // rate limit count them: a WebSocket carries subscriptions only.
+        let only_subscriptions = document
+            .operations
+            .iter()
+            .all(|(_, operation)| operation.node.ty == OperationType::Subscription);
+        if ctx.data_opt::<OverWebSocket>().is_some() && !only_subscriptions {
+            return Err(coded(
+                "a WebSocket carries subscriptions only; send queries to POST /graphql",
+                "SUBSCRIPTIONS_ONLY",
+            ));
+        }
         Ok(document)
     }
 }
@@ -111,9 +125,13 @@ pub fn check(document: &ExecutableDocument, limits: &GraphqlLimits) -> ServerRes
 }
 
 fn refused(message: String) -> ServerError {
+    coded(message, "QUERY_TOO_LARGE")
+}
+
+fn coded(message: impl Into<String>, code: &str) -> ServerError {
     let mut error = ServerError::new(message, None);
     let mut extensions = async_graphql::ErrorExtensionValues::default();
-    extensions.set("code", "QUERY_TOO_LARGE");
+    extensions.set("code", code);
     error.extensions = Some(extensions);
     error
 }

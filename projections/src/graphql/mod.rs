@@ -55,6 +55,7 @@ fn builder() -> async_graphql::SchemaBuilder<Query, EmptyMutation, Subscription>
 pub fn schema(pool: PgPool, updates: Updates, limits: GraphqlLimits) -> OrdersSchema {
     builder()
         .extension(limits)
+        .extension(http::Guard)
         .data(DataLoader::new(
             ProductLoader { pool: pool.clone() },
             tokio::spawn,
