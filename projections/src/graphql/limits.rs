@@ -208,6 +208,25 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_nothing_but_nesting_is_refused_without_overflowing_the_stack() {
+        // The deepest document a 64 KiB body holds, on a stack no larger than
+        // a runtime worker's: refused, not a crash of the process.
+        let depth = GraphqlLimits::default().body_bytes / 2;
+        for query in [
+            format!("{}{}", "{a".repeat(depth), "}".repeat(depth)),
+            format!("{{a(x:{}){}", "[".repeat(depth * 2 - 8), "}"),
+        ] {
+            let outcome = std::thread::Builder::new()
+                .stack_size(2 * 1024 * 1024)
+                .spawn(move || checked(&query))
+                .expect("a thread")
+                .join()
+                .expect("no stack overflow");
+            assert!(outcome.is_err(), "accepted");
+        }
+    }
+
+    #[test]
     fn ordinary_queries_pass() {
         checked("{ products { edges { node { sku name available } } } }").expect("passes");
         checked("query A { a: product(sku: \"A\") { sku } b: product(sku: \"B\") { sku } }")
