@@ -152,6 +152,47 @@ async fn products_show_stock_and_customers_their_orders_page_by_page() {
 }
 
 #[tokio::test]
+async fn database_texts_never_reach_a_graphql_client() {
+    let platform = TestPlatform::start().await;
+    sqlx::query("ALTER TABLE product_stock RENAME TO product_stock_away")
+        .execute(&platform.pool)
+        .await
+        .unwrap();
+    // A root list and a batched lookup.
+    for query in [
+        "{ products { edges { node { sku } } } }",
+        "{ product(sku: \"MUG\") { sku } }",
+    ] {
+        let answer = platform.graphql(query, json!({})).await;
+        let text = answer.to_string();
+        assert_eq!(
+            answer["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+            "{text}"
+        );
+        assert!(
+            !text.contains("product_stock") && !text.contains("relation"),
+            "{text}"
+        );
+    }
+    // And within a batch request.
+    let batch = platform
+        .client
+        .post(platform.url("/graphql"))
+        .json(&json!([{"query": "{ products { edges { node { sku } } } }"}, {"query": "{ __typename }"}]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        batch.contains("UNAVAILABLE") && !batch.contains("product_stock"),
+        "{batch}"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
 async fn bad_queries_get_graphql_errors_and_limits_hold() {
     let platform = TestPlatform::start().await;
 

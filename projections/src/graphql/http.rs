@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe,
 };
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, BatchResponse, Data, ServerError};
@@ -277,13 +277,14 @@ impl ExtensionFactory for Guard {
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for Guard {
-    async fn execute(
+    // `request` wraps all of a request over HTTP, parse and validation
+    // included; WebSocket streams bypass it and pass `subscribe` instead.
+    async fn request(
         &self,
         ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
+        next: NextRequest<'_>,
     ) -> async_graphql::Response {
-        let mut response = next.run(ctx, operation_name).await;
+        let mut response = next.run(ctx).await;
         response.errors.iter_mut().for_each(scrub);
         response
     }
