@@ -249,8 +249,18 @@ async fn a_customer_sees_and_changes_only_their_own_orders() {
             response["data"]["order"].clone()
         }
     };
+    // Lists read another projection than `order(id)`: wait for both.
+    async fn listed(client: &reqwest::Client, platform: &TestPlatform) -> usize {
+        let all = graphql_as(client, platform, "{ orders { edges { node { id } } } }").await;
+        all["data"]["orders"]["edges"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while seen(&alice, &id).await.is_null() || seen(&bob, &bobs_id).await.is_null() {
+    while seen(&alice, &id).await.is_null()
+        || seen(&bob, &bobs_id).await.is_null()
+        || listed(&platform.client, &platform).await < 2
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "orders not on the read side"
