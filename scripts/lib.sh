@@ -65,3 +65,23 @@ ensure_dev_secret() {
   ORDERS_AUTH_HS256_SECRET=$(cat "$file")
   export ORDERS_AUTH_HS256_SECRET
 }
+
+# The OpenAPI fuzzer the test suite runs (tests/openapi_fuzz.rs): Schemathesis
+# from PyPI, pinned, in a virtual environment under .local/schemathesis.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  local venv="$LOCAL_DIR/schemathesis"
+  if [ -x "$venv/bin/st" ] && [ "$(cat "$venv/.version" 2>/dev/null)" = "$SCHEMATHESIS_VERSION" ]; then
+    return 0
+  fi
+  say "installing Schemathesis $SCHEMATHESIS_VERSION into $venv"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    ensure_packages python3-venv
+    rm -rf "$venv"
+    python3 -m venv "$venv" || fail "python3 -m venv failed"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
+    fail "pip could not install schemathesis==$SCHEMATHESIS_VERSION"
+  echo "$SCHEMATHESIS_VERSION" >"$venv/.version"
+}

@@ -26,3 +26,82 @@ fn the_openapi_document_covers_every_command_route() {
         );
     }
 }
+
+/// Every `$ref` in `value`, with where it was found.
+fn references(value: &serde_json::Value, at: &str, found: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                if key == "$ref" {
+                    found.push((at.to_owned(), item.as_str().unwrap_or_default().to_owned()));
+                } else {
+                    references(item, &format!("{at}/{key}"), found);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                references(item, &format!("{at}/{i}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_reference_of_the_openapi_document_resolves() {
+    let document: serde_json::Value =
+        serde_json::from_str(&command_api::openapi().to_json().unwrap()).unwrap();
+    let mut found = Vec::new();
+    references(&document, "", &mut found);
+    assert!(found.iter().any(|(_, target)| target.ends_with("/Problem")));
+    for (at, target) in found {
+        let pointer = target
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{at}: {target} is not local"));
+        assert!(
+            document.pointer(pointer).is_some(),
+            "{at}: {target} does not resolve"
+        );
+    }
+}
+
+#[test]
+fn every_command_says_how_it_is_authenticated_and_refused() {
+    let document: serde_json::Value =
+        serde_json::from_str(&command_api::openapi().to_json().unwrap()).unwrap();
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let operation = &item["post"];
+        assert_eq!(
+            operation["security"],
+            serde_json::json!([{"bearer": []}]),
+            "{path}"
+        );
+        let responses = operation["responses"].as_object().unwrap();
+        for status in [
+            "400", "401", "403", "409", "412", "413", "415", "422", "429", "500", "503",
+        ] {
+            let response = responses
+                .get(status)
+                .unwrap_or_else(|| panic!("{path} does not list {status}"));
+            assert_eq!(
+                response["content"]["application/problem+json"]["schema"]["$ref"],
+                "#/components/schemas/Problem",
+                "{path} {status}"
+            );
+        }
+        assert!(
+            responses["401"]["headers"]
+                .get("WWW-Authenticate")
+                .is_some()
+        );
+        assert!(responses["429"]["headers"].get("Retry-After").is_some());
+    }
+    let lines = &document["components"]["schemas"]["PlaceOrder"]["properties"]["lines"];
+    assert_eq!(lines["minItems"], 1);
+    assert_eq!(lines["maxItems"], domain::order::MAX_LINES);
+}

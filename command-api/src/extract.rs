@@ -158,6 +158,41 @@ fn plain_types(message: &str) -> String {
     text
 }
 
+/// An integer field as JSON Schema means it: `25`, `25.0` and `2.5e1` are
+/// the same integer. Fractions are refused; integers beyond `i64` saturate,
+/// so that the route's range check names the field and its range.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Whole;
+
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i64, E> {
+            Ok(i64::try_from(value).unwrap_or(i64::MAX))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<i64, E> {
+            if value.is_finite() && value.fract() == 0.0 {
+                // `as` saturates at the ends of i64's range.
+                #[allow(clippy::cast_possible_truncation)]
+                Ok(value as i64)
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Whole)
+}
+
 /// SHA-256 of method, path and canonical body, as lowercase hex.
 pub fn fingerprint(method: &Method, path: &str, body: &Value) -> String {
     let mut canonical = Vec::with_capacity(256);
@@ -283,20 +318,32 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = header_text(headers, "if-match")? else {
-        return Ok(None);
-    };
-    let raw = raw.trim();
+    match header_text(headers, "if-match")? {
+        None => Ok(None),
+        Some(raw) => parse_if_match(raw.trim()),
+    }
+}
+
+/// `*` (no version) or one version of 1–19 digits in quotes, as in `ETag`
+/// (or without the quotes, as some clients send it).
+pub(crate) fn parse_if_match(raw: &str) -> Result<Option<u64>, ApiError> {
     if raw == "*" {
         return Ok(None);
     }
-    raw.strip_prefix('"')
+    let digits = raw
+        .strip_prefix('"')
         .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(raw);
+    Some(digits)
+        .filter(|digits| {
+            (1..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        })
         .and_then(|version| version.parse::<u64>().ok())
         .map(Some)
         .ok_or(ApiError::BadHeader {
             header: "If-Match",
-            message: "must be one version in quotes, as sent in ETag, such as \"3\"".into(),
+            message: "must be one version of 1-19 digits in quotes, as sent in ETag, such as \"3\""
+                .into(),
         })
 }
 
@@ -409,7 +456,8 @@ mod tests {
         };
         assert_eq!(parse("\"3\"").unwrap(), Some(3));
         assert_eq!(parse("*").unwrap(), None);
-        assert!(parse("3").is_err());
+        assert_eq!(parse("3").unwrap(), Some(3));
+        assert!(parse("\"3").is_err());
         assert!(parse("W/\"3\"").is_err());
         assert!(parse("\"three\"").is_err());
     }

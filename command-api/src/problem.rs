@@ -27,6 +27,7 @@ pub struct Problem {
     pub detail: String,
     /// For validation failures: each invalid field and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
 }
 

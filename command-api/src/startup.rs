@@ -134,9 +134,59 @@ impl AppState {
     tags(
         (name = "products", description = "Catalogue and stock"),
         (name = "orders", description = "Placing and cancelling orders"),
-    )
+    ),
+    components(schemas(crate::problem::Problem, crate::problem::FieldError))
 )]
 struct ApiDoc;
+
+/// What the route attributes cannot say: the `bearer` security scheme they
+/// name, the format of every `ETag`, and the `X-Request-Id` every answer
+/// carries.
+fn complete(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::header::Header;
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    use utoipa::openapi::{RefOr, Type};
+
+    let mut request_id =
+        Header::new(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String));
+    request_id.description =
+        Some("The request's id: the client's X-Request-Id when usable, a new one otherwise".into());
+    let mut etag = Header::new(crate::routes::schema::etag());
+    etag.description = Some("The resource's version, quoted".into());
+    for item in openapi.paths.paths.values_mut() {
+        for operation in item.post.iter_mut() {
+            for response in operation.responses.responses.values_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if response.headers.contains_key("ETag") {
+                    response
+                        .headers
+                        .insert("ETag".into(), RefOr::T(etag.clone()));
+                }
+                response
+                    .headers
+                    .insert("X-Request-Id".into(), RefOr::T(request_id.clone()));
+            }
+        }
+    }
+    {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "A JWT (RFC 9068) signed with the configured HS256 secret or a key of the \
+                 configured JWKS. `sub` is the customer id; `scope` holds `orders` (one's own \
+                 orders) and/or `admin` (everything); `exp` is required.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+    openapi
+}
 
 fn command_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -148,7 +198,7 @@ fn command_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the command routes, as served at `/api/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    command_routes().into_openapi()
+    complete(command_routes().into_openapi())
 }
 
 /// The whole HTTP surface: commands, health, metrics, documentation, and
@@ -170,7 +220,7 @@ pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Ve
         graphql_limiter.as_ref(),
     );
     let limiters = command_limiter.into_iter().chain(graphql_limiter).collect();
-    let document: Arc<str> = document
+    let document: Arc<str> = complete(document)
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".into())
         .into();

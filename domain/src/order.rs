@@ -16,8 +16,11 @@ use crate::values::{Currency, CustomerId, Money, OrderId, PaymentMethod, Reason,
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
-/// Most units of one SKU one line may ask for.
+/// Most units one line of a request may ask for.
 pub const MAX_LINE_QUANTITY: u32 = 10_000;
+/// Most units of one SKU an order may hold: a request's lines naming the
+/// same SKU are added together into one line of the order.
+pub const MAX_SKU_QUANTITY: u32 = MAX_LINES as u32 * MAX_LINE_QUANTITY;
 
 /// One line of an order with the unit price taken from the product.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +138,7 @@ pub enum OrderError {
     /// More lines than [`MAX_LINES`].
     #[error("an order has at most {max} lines, got {count}")]
     TooManyLines { count: usize, max: usize },
-    /// A line's quantity is outside 1..=[`MAX_LINE_QUANTITY`].
+    /// A line's quantity is outside 1..=[`MAX_SKU_QUANTITY`].
     #[error("line {line}: quantity {quantity} is outside 1..={max}")]
     QuantityOutOfRange {
         line: usize,
@@ -261,11 +264,11 @@ fn price_lines(lines: Vec<PricedLine>) -> Result<(Vec<OrderLine>, Currency, i64)
     let mut total_cents: i64 = 0;
     let mut recorded = Vec::with_capacity(lines.len());
     for (line, priced) in lines.into_iter().enumerate() {
-        if priced.quantity == 0 || priced.quantity > MAX_LINE_QUANTITY {
+        if priced.quantity == 0 || priced.quantity > MAX_SKU_QUANTITY {
             return Err(OrderError::QuantityOutOfRange {
                 line,
                 quantity: priced.quantity,
-                max: MAX_LINE_QUANTITY,
+                max: MAX_SKU_QUANTITY,
             });
         }
         if !seen.insert(priced.sku.clone()) {
@@ -282,8 +285,8 @@ fn price_lines(lines: Vec<PricedLine>) -> Result<(Vec<OrderLine>, Currency, i64)
                 found: priced.unit_price.currency,
             });
         }
-        // Prices are at most `Money::MAX_PRICE_CENTS` (1e10), quantities 1e4 and
-        // lines 100, so the total stays below 1e17 and cannot overflow an i64.
+        // Prices are at most `Money::MAX_PRICE_CENTS` (1e10), quantities 1e6 and
+        // lines 100, so the total stays below 1e19 / 9 and cannot overflow an i64.
         total_cents += priced.unit_price.amount_cents * i64::from(priced.quantity);
         recorded.push(OrderLine {
             sku: priced.sku,

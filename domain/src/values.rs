@@ -181,6 +181,9 @@ const ISO_4217: &[&str] = &[
 ];
 
 impl Currency {
+    /// Every code [`Currency::parse`] accepts, sorted.
+    pub const CODES: &'static [&'static str] = ISO_4217;
+
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         if ISO_4217.binary_search(&raw).is_err() {
             return Err(invalid(

@@ -5,6 +5,7 @@
 pub mod meta;
 pub mod orders;
 pub mod products;
+pub mod schema;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -158,17 +159,39 @@ impl Validation {
 #[allow(dead_code)] // Describes headers; the values come from `CommandHeaders`.
 pub struct CommandHeaderParams {
     /// Makes the request safe to retry: the same key with the same body returns
-    /// the first answer again and appends nothing (1–255 characters).
-    #[param(rename = "Idempotency-Key")]
+    /// the first answer again and appends nothing; with another body it
+    /// answers 422. Keys are the caller's own: two callers never share one.
+    #[param(rename = "Idempotency-Key", schema_with = schema::idempotency_key, required = false)]
     idempotency_key: Option<String>,
     /// Apply the command only if the resource is at this version, as sent in
     /// `ETag` (for example `"3"`); otherwise answer 412.
-    #[param(rename = "If-Match")]
+    #[param(rename = "If-Match", schema_with = schema::if_match, required = false)]
     if_match: Option<String>,
     /// Correlates the request with the events it records and the logs it
-    /// writes; generated when absent and echoed on every response.
-    #[param(rename = "X-Request-Id")]
+    /// writes. Any value is taken; one of 1–128 visible ASCII characters is
+    /// kept, anything else is replaced by a new id. Echoed on every response.
+    #[param(rename = "X-Request-Id", value_type = String, required = false)]
     request_id: Option<String>,
+}
+
+/// The path of a product route.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Describes the path; the value comes from `PathId`.
+pub struct SkuPath {
+    /// The product's SKU; one that cannot exist answers 404.
+    #[param(schema_with = schema::sku, required = true)]
+    sku: String,
+}
+
+/// The path of an order route.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Describes the path; the value comes from `PathId`.
+pub struct OrderPath {
+    /// The order's id; another customer's order answers 404, as an unknown one does.
+    #[param(schema_with = schema::order_id, required = true)]
+    order_id: String,
 }
 
 /// The problems any command route may answer with.
@@ -178,6 +201,18 @@ pub enum CommandProblems {
     /// The body is not JSON, or a header is malformed.
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(Problem),
+    /// No bearer token, or one that is forged, expired, not yet valid, or for
+    /// another issuer or audience.
+    #[response(
+        status = 401,
+        content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))
+    )]
+    Unauthorized(Problem),
+    /// The token lacks the scope this needs, or a customer named another
+    /// customer in `customer_id`.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
     /// The product or order does not exist.
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(Problem),
@@ -197,7 +232,18 @@ pub enum CommandProblems {
     /// Idempotency-Key was used with a different request.
     #[response(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Problem),
-    /// The database is unreachable or saturated; retry later.
+    /// This caller sent more requests than its rate allows.
+    #[response(
+        status = 429,
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+    )]
+    TooManyRequests(Problem),
+    /// Something unexpected failed; it is logged under the X-Request-Id.
+    #[response(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Problem),
+    /// The database or the identity provider's keys are unreachable, or the
+    /// service is saturated; retry later.
     #[response(status = 503, content_type = "application/problem+json")]
     ServiceUnavailable(Problem),
 }

@@ -165,7 +165,7 @@ fn a_total_the_gateway_could_never_charge_is_refused() {
         .map(|n| {
             line(
                 &format!("SKU-{n}"),
-                MAX_LINE_QUANTITY,
+                MAX_SKU_QUANTITY,
                 eur(Money::MAX_PRICE_CENTS),
             )
         })
@@ -174,7 +174,7 @@ fn a_total_the_gateway_could_never_charge_is_refused() {
         .given_no_previous_events()
         .when(place(lines))
         .then_expect_error(OrderError::TotalTooLarge {
-            total_cents: 100 * 10_000 * Money::MAX_PRICE_CENTS,
+            total_cents: 100 * 1_000_000 * Money::MAX_PRICE_CENTS,
             max: crate::payment::MAX_CHARGE_CENTS,
         });
     let just_over = vec![line(
@@ -193,7 +193,7 @@ fn a_total_the_gateway_could_never_charge_is_refused() {
 
 #[test]
 fn a_line_quantity_out_of_range_is_refused() {
-    for quantity in [0, MAX_LINE_QUANTITY + 1] {
+    for quantity in [0, MAX_SKU_QUANTITY + 1] {
         OrderTest::with(())
             .given_no_previous_events()
             .when(place(vec![
@@ -203,7 +203,7 @@ fn a_line_quantity_out_of_range_is_refused() {
             .then_expect_error(OrderError::QuantityOutOfRange {
                 line: 1,
                 quantity,
-                max: MAX_LINE_QUANTITY,
+                max: MAX_SKU_QUANTITY,
             });
     }
 }

@@ -12,15 +12,16 @@ use uuid::Uuid;
 use crate::auth::Ordering;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
-use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
+use crate::routes::{
+    Accepted, CommandHeaderParams, CommandProblems, OrderPath, Validation, command_failed, schema,
+};
 use crate::startup::AppState;
 
 /// Why the order is cancelled.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOrder {
-    /// 1–500 characters.
-    #[schema(example = "customer changed their mind")]
+    #[schema(schema_with = schema::reason)]
     pub reason: String,
 }
 
@@ -40,10 +41,15 @@ pub struct OrderVersion {
     path = "/api/orders/{order_id}/cancel",
     tag = "orders",
     request_body = CancelOrder,
-    params(("order_id" = Uuid, Path, description = "The order's id"), CommandHeaderParams),
+    params(OrderPath, CommandHeaderParams),
+    security(("bearer" = [])),
     responses(
         (status = 202, description = "The order is cancelled.", body = OrderVersion,
-         headers(("ETag" = String, description = "The order's version, quoted"))),
+         headers(("ETag" = String, description = "The order's version, quoted")),
+         links(
+             ("CancelAgain" = (operation_id = "cancel_order", parameters(("order_id" = "$response.body#/order_id")),
+                               description = "A cancelled order cannot be cancelled again (409)")),
+         )),
         CommandProblems,
     )
 )]

@@ -1,6 +1,6 @@
 //! `POST /api/orders`: place an order at the products' current prices.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,23 +17,23 @@ use identity::Caller;
 use crate::auth::Ordering;
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::problem::{ApiError, FieldError};
-use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
+use crate::routes::{
+    Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, schema,
+};
 use crate::startup::AppState;
 
 /// An order. Unit prices are not sent: they are the products' prices at placement.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
-    /// The shop's id for the customer, 1–128 characters. Optional: it is the
-    /// token's `sub`. When sent it must equal `sub` (403 otherwise), unless
-    /// the caller is an administrator placing an order for a customer.
-    #[schema(example = "customer-42")]
+    #[schema(schema_with = schema::customer_id)]
     #[serde(default)]
     pub customer_id: Option<String>,
-    /// 1–100 lines, each SKU at most once, all priced in one currency.
+    /// 1–100 lines, all priced in one currency; lines naming the same SKU
+    /// are added together.
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<OrderLineRequest>,
-    /// A payment token for the gateway, such as `tok_visa`.
-    #[schema(example = "tok_visa")]
+    #[schema(schema_with = schema::payment_method)]
     pub payment_method: String,
 }
 
@@ -41,10 +41,10 @@ pub struct PlaceOrder {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineRequest {
-    #[schema(example = "MUG-01")]
+    #[schema(schema_with = schema::sku)]
     pub sku: String,
-    /// 1 to 10,000.
-    #[schema(example = 2, minimum = 1, maximum = 10_000)]
+    #[schema(schema_with = schema::line_quantity)]
+    #[serde(deserialize_with = "crate::extract::whole_number")]
     pub quantity: i64,
 }
 
@@ -56,7 +56,7 @@ pub struct OrderPlacedResponse {
     #[schema(example = 1)]
     pub version: u64,
     /// Always `PLACED`: the saga takes it from here.
-    #[schema(example = "PLACED")]
+    #[schema(schema_with = schema::placed)]
     pub status: String,
 }
 
@@ -79,25 +79,29 @@ impl PlaceOrder {
         if self.lines.is_empty() || self.lines.len() > MAX_LINES {
             validation.reject("lines", format!("must have 1 to {MAX_LINES} lines"));
         }
-        let mut seen = HashSet::new();
-        let mut lines = Vec::with_capacity(self.lines.len());
+        // Lines naming one SKU become one line: a cart may repeat a product.
+        let mut position: HashMap<Sku, usize> = HashMap::new();
+        let mut lines: Vec<(Sku, u32)> = Vec::with_capacity(self.lines.len());
         for (i, line) in self.lines.iter().enumerate() {
             let sku = validation.check(format!("lines[{i}].sku"), Sku::parse(&line.sku));
-            if let Some(sku) = &sku
-                && !seen.insert(sku.clone())
-            {
-                validation.reject(
-                    format!("lines[{i}].sku"),
-                    format!("{sku} is on an earlier line; put its whole quantity on one line"),
-                );
-            }
             let quantity = validation.in_range(
                 format!("lines[{i}].quantity"),
                 line.quantity,
                 1,
                 i64::from(MAX_LINE_QUANTITY),
             );
-            lines.extend(sku.zip(quantity));
+            let (Some(sku), Some(quantity)) = (sku, quantity) else {
+                continue;
+            };
+            match position.get(&sku) {
+                // At most 100 lines of 10,000: the sum stays within the
+                // order's limit for one SKU.
+                Some(&earlier) => lines[earlier].1 += quantity,
+                None => {
+                    position.insert(sku.clone(), lines.len());
+                    lines.push((sku, quantity));
+                }
+            }
         }
         let (customer_id, payment_method) = validation.finish(customer_id.zip(payment_method))?;
         if &customer_id != caller.customer() && !caller.is_admin() {
@@ -121,10 +125,16 @@ impl PlaceOrder {
     tag = "orders",
     request_body = PlaceOrder,
     params(CommandHeaderParams),
+    security(("bearer" = [])),
     responses(
-        (status = 202, description = "The order is placed; the saga reserves stock and takes payment.",
+        (status = 202, description = "The order is placed; the saga reserves stock and takes payment. \
+                                      Needs the `orders` or the `admin` scope.",
          body = OrderPlacedResponse,
-         headers(("ETag" = String, description = "The order's version, quoted"))),
+         headers(("ETag" = String, description = "The order's version, quoted")),
+         links(
+             ("CancelOrder" = (operation_id = "cancel_order", parameters(("order_id" = "$response.body#/order_id")),
+                               description = "Cancel the order")),
+         )),
         CommandProblems,
     )
 )]

@@ -12,15 +12,17 @@ use super::ProductVersion;
 use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
-use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
+use crate::routes::{
+    Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, command_failed, schema,
+};
 use crate::startup::AppState;
 
 /// Units received into stock.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddStock {
-    /// 1 to 1,000,000.
-    #[schema(example = 25, minimum = 1, maximum = 1_000_000)]
+    #[schema(schema_with = schema::stock_quantity)]
+    #[serde(deserialize_with = "crate::extract::whole_number")]
     pub quantity: i64,
 }
 
@@ -30,10 +32,16 @@ pub struct AddStock {
     path = "/api/products/{sku}/stock",
     tag = "products",
     request_body = AddStock,
-    params(("sku" = String, Path, description = "The product's SKU"), CommandHeaderParams),
+    params(SkuPath, CommandHeaderParams),
+    security(("bearer" = [])),
     responses(
-        (status = 202, description = "The stock was added.", body = ProductVersion,
-         headers(("ETag" = String, description = "The product's version, quoted"))),
+        (status = 202, description = "The stock was added. Needs the `admin` scope.", body = ProductVersion,
+         headers(("ETag" = String, description = "The product's version, quoted")),
+         links(
+             ("PlaceOrder" = (operation_id = "place_order",
+                              request_body = json!({"lines": [{"sku": "$response.body#/sku", "quantity": 1}]}),
+                              description = "Order the product")),
+         )),
         CommandProblems,
     )
 )]

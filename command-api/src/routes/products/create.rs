@@ -12,24 +12,23 @@ use super::ProductVersion;
 use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::problem::ApiError;
-use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed};
+use crate::routes::{
+    Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, schema,
+};
 use crate::startup::AppState;
 
 /// A new product. It starts with no stock.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
-    /// 1–64 characters of `A-Z a-z 0-9 - _ .`; the product's id.
-    #[schema(example = "MUG-01")]
+    #[schema(schema_with = schema::sku)]
     pub sku: String,
-    /// 1–200 characters.
-    #[schema(example = "Enamel mug")]
+    #[schema(schema_with = schema::product_name)]
     pub name: String,
-    /// Unit price in minor units (cents), 0 to 10,000,000,000.
-    #[schema(example = 1250)]
+    #[schema(schema_with = schema::price_cents)]
+    #[serde(deserialize_with = "crate::extract::whole_number")]
     pub price_cents: i64,
-    /// ISO 4217 code.
-    #[schema(example = "EUR")]
+    #[schema(schema_with = schema::currency)]
     pub currency: String,
 }
 
@@ -60,9 +59,17 @@ impl CreateProduct {
     tag = "products",
     request_body = CreateProduct,
     params(CommandHeaderParams),
+    security(("bearer" = [])),
     responses(
-        (status = 201, description = "The product exists now.", body = ProductVersion,
-         headers(("ETag" = String, description = "The product's version, quoted"))),
+        (status = 201, description = "The product exists now. Needs the `admin` scope.", body = ProductVersion,
+         headers(("ETag" = String, description = "The product's version, quoted")),
+         links(
+             ("AddStock" = (operation_id = "add_stock", parameters(("sku" = "$response.body#/sku")),
+                            description = "Receive stock into the new product")),
+             ("PlaceOrder" = (operation_id = "place_order",
+                              request_body = json!({"lines": [{"sku": "$response.body#/sku", "quantity": 1}]}),
+                              description = "Order the new product")),
+         )),
         CommandProblems,
     )
 )]
