@@ -29,6 +29,8 @@ pub const ADMIN_SCOPE: &str = "admin";
 pub struct Caller {
     customer: CustomerId,
     scopes: BTreeSet<String>,
+    /// The token's `exp`, in seconds since the epoch.
+    expires_at: Option<u64>,
 }
 
 impl Caller {
@@ -36,7 +38,21 @@ impl Caller {
         Self {
             customer,
             scopes: scopes.into_iter().map(Into::into).collect(),
+            expires_at: None,
         }
+    }
+
+    /// The same caller, whose token expires at `exp` (seconds since the epoch).
+    #[must_use]
+    pub fn expiring_at(mut self, exp: u64) -> Self {
+        self.expires_at = Some(exp);
+        self
+    }
+
+    /// When the caller's token expires, if it does: a long-lived connection
+    /// signed in with it must not outlive it.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
     }
 
     /// The caller when authentication is switched off: an administrator.
@@ -267,7 +283,11 @@ impl Authenticator {
         let customer = CustomerId::parse(&data.claims.sub)
             .map_err(|error| AuthError::Invalid(format!("sub {error}")))?;
         let scopes = data.claims.scope.unwrap_or_default();
-        Ok(Caller::new(customer, scopes.split_whitespace()))
+        let caller = Caller::new(customer, scopes.split_whitespace());
+        Ok(match data.claims.exp {
+            Some(exp) => caller.expiring_at(exp),
+            None => caller,
+        })
     }
 }
 
@@ -275,6 +295,10 @@ impl Authenticator {
 #[derive(Debug, Deserialize)]
 struct TokenClaims {
     sub: String,
+    /// Required and checked by the validation; read for connections that
+    /// must end with their token.
+    #[serde(default)]
+    exp: Option<u64>,
     #[serde(default)]
     scope: Option<String>,
 }

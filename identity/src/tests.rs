@@ -36,10 +36,10 @@ fn hour() -> Duration {
 #[tokio::test]
 async fn a_signed_token_names_its_customer_and_scopes() {
     let auth = authenticator(None, None);
-    let caller = check(&auth, &token(&Claims::new("customer-7", "orders", hour())))
-        .await
-        .expect("accepted");
+    let claims = Claims::new("customer-7", "orders", hour());
+    let caller = check(&auth, &token(&claims)).await.expect("accepted");
     assert_eq!(caller.customer().as_str(), "customer-7");
+    assert_eq!(caller.expires_at(), Some(claims.exp));
     assert!(caller.may_order());
     assert!(!caller.is_admin());
     assert!(caller.may_see("customer-7"));

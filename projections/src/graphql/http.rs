@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe,
@@ -137,35 +138,48 @@ impl Endpoint {
             .max_frame_size(self.limits.body_bytes)
             .on_upgrade(move |socket| async move {
                 let _permit: OwnedSemaphorePermit = permit;
-                let init = endpoint.clone();
-                let (signed_in, on_sign_in) = tokio::sync::oneshot::channel::<()>();
+                let budget =
+                    super::subscription::SubscriptionBudget::new(endpoint.limits.ws_subscriptions);
+                let (init, budgeted) = (endpoint.clone(), budget.clone());
+                let (signed_in, on_sign_in) = tokio::sync::oneshot::channel::<Option<u64>>();
                 let serve = GraphQLWebSocket::new(socket, endpoint.schema.clone(), protocol)
                     .on_connection_init(move |payload| async move {
-                        let data = init.connection(payload).await?;
-                        let _ = signed_in.send(());
+                        let (data, expires_at) = init.connection(payload, budgeted).await?;
+                        let _ = signed_in.send(expires_at);
                         Ok(data)
                     })
-                    .keepalive_timeout(endpoint.limits.ws_idle_timeout)
                     .serve();
                 tokio::pin!(serve);
                 // Pings keep a connection alive, but not one that never signs
                 // in: that would hold a slot of the total for nothing.
-                tokio::select! {
+                let expires_at = tokio::select! {
                     () = &mut serve => return,
                     signed = tokio::time::timeout(endpoint.limits.ws_init_timeout, on_sign_in) => {
-                        if signed.is_err() {
-                            tracing::info!("closing a WebSocket that did not sign in in time");
-                            return;
+                        match signed {
+                            Ok(Ok(expires_at)) => expires_at,
+                            _ => {
+                                tracing::info!("closing a WebSocket that did not sign in in time");
+                                return;
+                            }
                         }
                     }
+                };
+                tokio::select! {
+                    () = &mut serve => {}
+                    why = watch(&budget, endpoint.limits.ws_idle_timeout, expires_at) => {
+                        tracing::info!(why, "closing a WebSocket");
+                    }
                 }
-                serve.await;
             })
     }
 
     /// Authenticates a connection from its `connection_init` payload and
     /// counts it against its caller.
-    async fn connection(&self, payload: serde_json::Value) -> async_graphql::Result<Data> {
+    async fn connection(
+        &self,
+        payload: serde_json::Value,
+        budget: super::subscription::SubscriptionBudget,
+    ) -> async_graphql::Result<(Data, Option<u64>)> {
         let header = payload
             .as_object()
             .and_then(|fields| {
@@ -187,6 +201,7 @@ impl Endpoint {
             }
             Err(error) => return Err(async_graphql::Error::new(error.to_string())),
         };
+        let expires_at = caller.expires_at();
         let key = caller.customer().as_str().to_owned();
         let slot =
             ConnectionSlot::take(&self.per_caller, key, self.limits.ws_connections_per_caller)
@@ -200,10 +215,32 @@ impl Endpoint {
         data.insert(OverWebSocket);
         data.insert(Identity::Caller(caller));
         data.insert(slot);
-        data.insert(super::subscription::SubscriptionBudget::new(
-            self.limits.ws_subscriptions,
-        ));
-        Ok(data)
+        data.insert(budget);
+        Ok((data, expires_at))
+    }
+}
+
+/// Returns why a signed-in connection should close: no subscription has run
+/// on it for `idle` (a listening subscriber need not send anything), or the
+/// token it signed in with expired (seconds since the epoch).
+async fn watch(
+    budget: &super::subscription::SubscriptionBudget,
+    idle: Duration,
+    expires_at: Option<u64>,
+) -> &'static str {
+    let mut tick =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if expires_at.is_some_and(|exp| identity::now() >= exp) {
+            return "its token expired";
+        }
+        if budget.running() > 0 {
+            idle_since = tokio::time::Instant::now();
+        } else if idle_since.elapsed() >= idle {
+            return "no subscription ran on it for the idle timeout";
+        }
     }
 }
 

@@ -34,6 +34,11 @@ impl SubscriptionBudget {
         }
     }
 
+    /// How many subscriptions run now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
     /// A place for one more subscription, held until its stream is dropped.
     fn take(&self) -> Option<Running> {
         self.running
@@ -74,6 +79,19 @@ impl Subscription {
         let pool = ctx.data::<PgPool>()?.clone();
         let key = order_id.to_string();
         let changes = BroadcastStream::new(ctx.data::<Updates>()?.subscribe());
+        // Whose the order is is decided once, when it is already known: a
+        // subscription to another customer's order stays silent without a
+        // read per change. One not read yet (just placed) is checked as it comes.
+        if let Ok(Some(order)) = load_order(&pool, order_id).await
+            && !caller.may_see(order.0.customer_id.as_str())
+        {
+            return Ok(futures::stream::pending()
+                .map(move |order: Order| {
+                    let _running = &running;
+                    order
+                })
+                .boxed());
+        }
         Ok(changes
             .filter_map(move |change| {
                 // A lagging subscriber skips what it missed; the next change
