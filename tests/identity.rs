@@ -430,6 +430,43 @@ async fn one_noisy_caller_is_limited_while_another_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_behind_a_trusted_proxy_are_limited_one_by_one() {
+    // The test client is the proxy (127.0.0.1); X-Forwarded-For names who
+    // sent each public read through it.
+    let platform = TestPlatform::start_with(&[
+        ("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "1".into()),
+        ("ORDERS_RATE_LIMIT_GRAPHQL_BURST", "2".into()),
+        ("ORDERS_TRUSTED_PROXIES", "127.0.0.1, ::1".into()),
+    ])
+    .await;
+    let anonymous = reqwest::Client::new();
+    let read = |client_address: &'static str| {
+        anonymous
+            .post(platform.url("/graphql"))
+            .header("x-forwarded-for", client_address)
+            .json(&json!({"query": "{ products { edges { node { sku } } } }"}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(read("203.0.113.9").await.unwrap().status().as_u16());
+    }
+    assert!(
+        statuses.contains(&429),
+        "one address was never limited: {statuses:?}"
+    );
+    assert_eq!(read("198.51.100.7").await.unwrap().status(), 200);
+    // Another address in the same IPv6 /64 is the same caller.
+    let mut v6 = Vec::new();
+    for n in 0..6 {
+        let address: &'static str = ["2001:db8::1", "2001:db8::2", "2001:db8::3"][n % 3];
+        v6.push(read(address).await.unwrap().status().as_u16());
+    }
+    assert!(v6.contains(&429), "a /64 was never limited: {v6:?}");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_requests_are_bounded() {
     let platform = TestPlatform::start().await;
     let client = &platform.client;

@@ -107,6 +107,9 @@ pub struct Settings {
     /// 0 switches it off) and burst.
     pub rate_limit_graphql_per_sec: u32,
     pub rate_limit_graphql_burst: u32,
+    /// Proxies (addresses or networks, comma-separated) whose
+    /// `X-Forwarded-For` names the client; empty believes no such header.
+    pub trusted_proxies: String,
     /// Operations in one batched GraphQL request.
     pub graphql_max_batch: usize,
     /// Fields one GraphQL document may select, and aliases among them.
@@ -188,6 +191,7 @@ impl Settings {
             .set_default("rate_limit_commands_burst", 40)?
             .set_default("rate_limit_graphql_per_sec", 50)?
             .set_default("rate_limit_graphql_burst", 100)?
+            .set_default("trusted_proxies", "")?
             .set_default("graphql_max_batch", 10)?
             .set_default("graphql_max_fields", 500)?
             .set_default("graphql_max_aliases", 30)?
@@ -228,6 +232,8 @@ impl Settings {
                 per_second: self.rate_limit_graphql_per_sec,
                 burst: self.rate_limit_graphql_burst,
             },
+            trusted_proxies: command_api::auth::TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|error| anyhow::anyhow!("trusted_proxies: {error}"))?,
         })
     }
 

@@ -4,7 +4,7 @@
 //! Routes then ask for the caller and the scope they need.
 
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::middleware::NoOpMiddleware;
 use identity::{AuthError, Authenticator, Caller, Identity};
+use ipnet::IpNet;
 use tower_governor::GovernorError;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
@@ -125,13 +126,84 @@ impl Rate {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RateKey {
     Customer(String),
+    /// An address without a valid token: an IPv4 address, or the /64 of an
+    /// IPv6 one (a single host commonly holds a whole /64).
     Peer(IpAddr),
     /// Served without connection info (in-process tests): one shared bucket.
     Unknown,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct CallerKey;
+impl RateKey {
+    fn peer(address: IpAddr) -> Self {
+        Self::Peer(match address.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+            v4 => v4,
+        })
+    }
+}
+
+/// The proxies in front of the API whose `X-Forwarded-For` is believed
+/// (`trusted_proxies`: addresses or networks, comma-separated). Without them
+/// the header is ignored: anyone could send it.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Arc<Vec<IpNet>>);
+
+impl TrustedProxies {
+    /// Reads `10.0.0.0/8, 192.168.1.7, fd00::/8`; empty trusts no proxy.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{item:?} is not an IP address or network"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|nets| Self(Arc::new(nets)))
+    }
+
+    fn trusts(&self, address: IpAddr) -> bool {
+        let address = address.to_canonical();
+        self.0.iter().any(|net| net.contains(&address))
+    }
+
+    /// The client's address: the peer's, or, when the peer is a trusted
+    /// proxy, the nearest address in `X-Forwarded-For` that is not one of
+    /// them (later entries were added by proxies nearer to the API).
+    pub fn client(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        let mut client = peer;
+        if !self.trusts(client) {
+            return client;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        for hop in hops.into_iter().rev() {
+            let hop = hop.trim();
+            let Some(address) = hop
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| hop.parse::<SocketAddr>().ok().map(|at| at.ip()))
+            else {
+                break; // Not an address: believe nothing before it.
+            };
+            client = address;
+            if !self.trusts(address) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallerKey {
+    proxies: TrustedProxies,
+}
 
 impl KeyExtractor for CallerKey {
     type Key = RateKey;
@@ -144,15 +216,16 @@ impl KeyExtractor for CallerKey {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(RateKey::Unknown, |ConnectInfo(peer)| {
-                RateKey::Peer(peer.ip())
+                RateKey::peer(self.proxies.client(peer.ip(), request.headers()))
             }))
     }
 }
 
 pub type Limiter = Arc<GovernorConfig<CallerKey, NoOpMiddleware<governor::clock::QuantaInstant>>>;
 
-/// The limiter for `rate`, or `None` when it is unlimited.
-pub fn limiter(rate: Rate) -> Option<Limiter> {
+/// The limiter for `rate`, or `None` when it is unlimited. Callers without
+/// a valid token are told apart by address, through `proxies`.
+pub fn limiter(rate: Rate, proxies: &TrustedProxies) -> Option<Limiter> {
     if rate.per_second == 0 || rate.burst == 0 {
         return None;
     }
@@ -160,7 +233,9 @@ pub fn limiter(rate: Rate) -> Option<Limiter> {
     GovernorConfigBuilder::default()
         .period(period)
         .burst_size(rate.burst)
-        .key_extractor(CallerKey)
+        .key_extractor(CallerKey {
+            proxies: proxies.clone(),
+        })
         .finish()
         .map(Arc::new)
 }
@@ -194,5 +269,85 @@ pub async fn forget_idle_callers(limiters: Vec<Limiter>) {
         for limiter in &limiters {
             limiter.limiter().retain_recent();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn forwarded(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8, 192.168.1.7").unwrap();
+        let headers = forwarded(&["203.0.113.9"]);
+        // From anyone else the header is the caller's own claim.
+        assert_eq!(
+            proxies.client(ip("198.51.100.1"), &headers),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            proxies.client(ip("192.168.1.7"), &headers),
+            ip("203.0.113.9")
+        );
+        // The nearest address that is not a proxy: what the client wrote
+        // before it (a forged hop) is not believed.
+        let chain = forwarded(&["1.1.1.1, 203.0.113.9", "10.1.2.3"]);
+        assert_eq!(proxies.client(ip("10.0.0.1"), &chain), ip("203.0.113.9"));
+        // Ports, and garbage that ends the trust.
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &forwarded(&["203.0.113.9:4711"])),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &forwarded(&["203.0.113.9, junk"])),
+            ip("10.0.0.1")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        // None configured: never believed.
+        assert_eq!(
+            TrustedProxies::default().client(ip("10.0.0.1"), &headers),
+            ip("10.0.0.1")
+        );
+        assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::parse("proxy.example").is_err());
+        assert!(TrustedProxies::parse(" ").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64_block() {
+        assert_eq!(
+            RateKey::peer(ip("2001:db8:1:2:aaaa::1")),
+            RateKey::peer(ip("2001:db8:1:2:ffff:1:2:3"))
+        );
+        assert_ne!(
+            RateKey::peer(ip("2001:db8:1:2::1")),
+            RateKey::peer(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            RateKey::peer(ip("::ffff:198.51.100.1")),
+            RateKey::Peer(ip("198.51.100.1"))
+        );
+        assert_ne!(
+            RateKey::peer(ip("198.51.100.1")),
+            RateKey::peer(ip("198.51.100.2"))
+        );
     }
 }

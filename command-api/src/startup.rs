@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Limiter, Rate, limited, limiter};
+use crate::auth::{Limiter, Rate, TrustedProxies, limited, limiter};
 use crate::extract::BODY_LIMIT;
 use crate::problem::ApiError;
 use crate::routes::{meta, orders, products};
@@ -48,6 +48,9 @@ pub struct ApiConfig {
     pub command_rate: Rate,
     /// Per-caller rate of GraphQL requests (and WebSocket upgrades).
     pub graphql_rate: Rate,
+    /// Proxies whose `X-Forwarded-For` names the client of a request
+    /// without a valid token.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The bare API: no authentication, no rate limits. `orders run` configures
@@ -64,6 +67,7 @@ impl Default for ApiConfig {
             authenticator: Authenticator::disabled(),
             command_rate: Rate::UNLIMITED,
             graphql_rate: Rate::UNLIMITED,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -209,8 +213,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Vec<Limiter>) {
     let request_timeout = config.request_timeout;
     let (commands, document) = command_routes().split_for_parts();
-    let command_limiter = limiter(config.command_rate);
-    let graphql_limiter = limiter(config.graphql_rate);
+    let command_limiter = limiter(config.command_rate, &config.trusted_proxies);
+    let graphql_limiter = limiter(config.graphql_rate, &config.trusted_proxies);
     let commands = limited(
         commands.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
         command_limiter.as_ref(),
