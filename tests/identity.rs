@@ -430,6 +430,39 @@ async fn one_noisy_caller_is_limited_while_another_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_of_a_graphql_batch_counts_against_the_rate() {
+    let platform = TestPlatform::start_with(&[
+        ("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "1".into()),
+        ("ORDERS_RATE_LIMIT_GRAPHQL_BURST", "10".into()),
+    ])
+    .await;
+    let alice = testing::client("alice", "orders");
+    let one = json!({"query": "{ products { edges { node { sku } } } }"});
+    let batch: Vec<Value> = (0..10).map(|_| one.clone()).collect();
+    let answer = alice
+        .post(platform.url("/graphql"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // The batch spent the whole burst of ten: of two more requests right
+    // after it, at most one fits what refilled meanwhile.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let answer = alice
+            .post(platform.url("/graphql"))
+            .json(&one)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_callers_behind_a_trusted_proxy_are_limited_one_by_one() {
     // The test client is the proxy (127.0.0.1); X-Forwarded-For names who
     // sent each public read through it.

@@ -221,7 +221,24 @@ impl KeyExtractor for CallerKey {
     }
 }
 
-pub type Limiter = Arc<GovernorConfig<CallerKey, NoOpMiddleware<governor::clock::QuantaInstant>>>;
+/// One route class's buckets, and how a request finds its caller's.
+#[derive(Clone)]
+pub struct Limiter {
+    config: Arc<GovernorConfig<CallerKey, NoOpMiddleware<governor::clock::QuantaInstant>>>,
+    key: CallerKey,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").finish_non_exhaustive()
+    }
+}
+
+/// Set by a handler on its response when the request counted as more than
+/// one (a GraphQL batch of n operations is n requests): the caller's bucket
+/// is charged for them afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct FurtherRequests(pub u32);
 
 /// The limiter for `rate`, or `None` when it is unlimited. Callers without
 /// a valid token are told apart by address, through `proxies`.
@@ -230,14 +247,18 @@ pub fn limiter(rate: Rate, proxies: &TrustedProxies) -> Option<Limiter> {
         return None;
     }
     let period = Duration::from_secs(1) / rate.per_second;
-    GovernorConfigBuilder::default()
+    let key = CallerKey {
+        proxies: proxies.clone(),
+    };
+    let config = GovernorConfigBuilder::default()
         .period(period)
         .burst_size(rate.burst)
-        .key_extractor(CallerKey {
-            proxies: proxies.clone(),
-        })
-        .finish()
-        .map(Arc::new)
+        .key_extractor(key.clone())
+        .finish()?;
+    Some(Limiter {
+        config: Arc::new(config),
+        key,
+    })
 }
 
 /// Wraps `router` in `limiter`, answering 429 problem+json with Retry-After.
@@ -248,16 +269,37 @@ pub fn limited<S: Clone + Send + Sync + 'static>(
     let Some(limiter) = limiter else {
         return router;
     };
-    let layer = tower_governor::GovernorLayer::new(Arc::clone(limiter)).error_handler(|error| {
-        match error {
-            GovernorError::TooManyRequests { wait_time, .. } => ApiError::TooManyRequests {
-                retry_after: wait_time.max(1),
-            },
-            other => ApiError::Internal(anyhow::anyhow!("rate limiter: {other}")),
-        }
-        .into_response()
-    });
-    router.layer(layer)
+    let charge = {
+        let limiter = limiter.clone();
+        axum::middleware::from_fn(move |request: Request, next: Next| {
+            let limiter = limiter.clone();
+            async move {
+                let key = limiter.key.extract(&request).ok();
+                let response = next.run(request).await;
+                if let (Some(key), Some(FurtherRequests(n))) =
+                    (key, response.extensions().get::<FurtherRequests>().copied())
+                {
+                    for _ in 0..n {
+                        if limiter.config.limiter().check_key(&key).is_err() {
+                            break;
+                        }
+                    }
+                }
+                response
+            }
+        })
+    };
+    let layer =
+        tower_governor::GovernorLayer::new(Arc::clone(&limiter.config)).error_handler(|error| {
+            match error {
+                GovernorError::TooManyRequests { wait_time, .. } => ApiError::TooManyRequests {
+                    retry_after: wait_time.max(1),
+                },
+                other => ApiError::Internal(anyhow::anyhow!("rate limiter: {other}")),
+            }
+            .into_response()
+        });
+    router.layer(charge).layer(layer)
 }
 
 /// Every minute, forgets the callers whose buckets are full again, so the
@@ -267,7 +309,7 @@ pub async fn forget_idle_callers(limiters: Vec<Limiter>) {
     loop {
         tick.tick().await;
         for limiter in &limiters {
-            limiter.limiter().retain_recent();
+            limiter.config.limiter().retain_recent();
         }
     }
 }

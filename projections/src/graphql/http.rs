@@ -74,10 +74,17 @@ impl Endpoint {
         }
         let batch = batch.data(identity);
         let response = self.schema.execute_batch(batch).await;
-        if let Some(refusal) = refusal(&response) {
-            return refusal.into_response();
+        let mut answer = match refusal(&response) {
+            Some(refusal) => refusal.into_response(),
+            None => graphql_json(&response),
+        };
+        // Each operation of a batch counts against the caller's rate.
+        if let Some(further) = u32::try_from(size - 1).ok().filter(|n| *n > 0) {
+            answer
+                .extensions_mut()
+                .insert(command_api::auth::FurtherRequests(further));
         }
-        graphql_json(&response)
+        answer
     }
 
     /// The body as a GraphQL request, read no further than the limit.
