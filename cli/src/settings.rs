@@ -216,6 +216,22 @@ impl Settings {
     }
 
     pub fn api(&self) -> anyhow::Result<command_api::ApiConfig> {
+        for (name, rate) in [
+            (
+                "rate_limit_commands_per_sec",
+                self.rate_limit_commands_per_sec,
+            ),
+            (
+                "rate_limit_graphql_per_sec",
+                self.rate_limit_graphql_per_sec,
+            ),
+        ] {
+            // Beyond this a bucket's period rounds to nothing.
+            anyhow::ensure!(
+                rate <= 1_000_000,
+                "{name} is {rate}: at most 1,000,000 per second, or 0 to switch the limit off"
+            );
+        }
         Ok(command_api::ApiConfig {
             listen: self.listen,
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
@@ -407,6 +423,26 @@ log_format = "json"
         assert_eq!(settings.database_pool_size, 64);
         assert_eq!(settings.log_format, LogFormat::Json);
         assert_eq!(settings.listen, "0.0.0.0:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn api_settings_that_cannot_work_are_refused_with_their_name() {
+        let with = |key: &str, value: &str| {
+            let env = HashMap::from([
+                (key.to_owned(), value.to_owned()),
+                ("ORDERS_AUTH_HS256_SECRET".to_owned(), "x".repeat(40)),
+            ]);
+            Settings::load_with_env(None, env).unwrap().api()
+        };
+        let error = with("ORDERS_RATE_LIMIT_COMMANDS_PER_SEC", "2000000000").unwrap_err();
+        assert!(
+            error.to_string().contains("rate_limit_commands_per_sec"),
+            "{error}"
+        );
+        let error = with("ORDERS_TRUSTED_PROXIES", "10.0.0.0/8, proxy").unwrap_err();
+        assert!(error.to_string().contains("trusted_proxies"), "{error}");
+        assert!(with("ORDERS_TRUSTED_PROXIES", "10.0.0.0/8, ::1").is_ok());
+        assert!(with("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "0").is_ok());
     }
 
     #[test]
