@@ -44,6 +44,9 @@ pub struct Settings {
     /// Append statements in flight at once; concurrent commands beyond that
     /// share one statement and one commit.
     pub append_workers: usize,
+    /// Events between two snapshots of an aggregate (0: no snapshots): a
+    /// command loads the newest snapshot and fewer than this many events.
+    pub snapshot_every: u64,
     /// Put before every topic and consumer group name (empty: the contract's
     /// names, `orders.events` ...).
     pub kafka_topic_prefix: String,
@@ -162,6 +165,10 @@ impl Settings {
             .set_default("request_timeout_secs", 30)?
             .set_default("command_attempts", 10)?
             .set_default("append_workers", 2)?
+            .set_default(
+                "snapshot_every",
+                event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
+            )?
             .set_default("kafka_topic_prefix", "")?
             .set_default("kafka_partitions", 3)?
             .set_default("kafka_replication", 1)?
@@ -239,6 +246,7 @@ impl Settings {
             kafka_brokers: Some(self.kafka_brokers.clone()),
             command_attempts: self.command_attempts,
             append_workers: self.append_workers,
+            snapshot_every: self.snapshot_every,
             authenticator: self.authenticator()?,
             command_rate: command_api::auth::Rate {
                 per_second: self.rate_limit_commands_per_sec,
@@ -311,6 +319,7 @@ impl Settings {
             },
             scan_interval: Duration::from_millis(self.saga_scan_interval_ms.max(1)),
             concurrency: self.saga_concurrency,
+            snapshot_every: self.snapshot_every,
         }
     }
 

@@ -42,6 +42,9 @@ pub struct ApiConfig {
     /// Append statements in flight at once; concurrent commands beyond that
     /// share a statement and a commit.
     pub append_workers: usize,
+    /// Events between two snapshots of an aggregate (0: none); see
+    /// `CommandBus::with_snapshots`.
+    pub snapshot_every: u64,
     /// Checks the bearer token of every request.
     pub authenticator: Authenticator,
     /// Per-caller rate of REST commands.
@@ -64,6 +67,7 @@ impl Default for ApiConfig {
             kafka_brokers: None,
             command_attempts: RetryPolicy::default().max_attempts,
             append_workers: event_store::dispatch::DEFAULT_APPEND_WORKERS,
+            snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
             authenticator: Authenticator::disabled(),
             command_rate: Rate::UNLIMITED,
             graphql_rate: Rate::UNLIMITED,
@@ -104,7 +108,8 @@ impl AppState {
                     max_attempts: config.command_attempts.max(1),
                     ..RetryPolicy::default()
                 })
-                .with_append_workers(config.append_workers),
+                .with_append_workers(config.append_workers)
+                .with_snapshots(config.snapshot_every),
             catalog: Catalog::new(pool),
             idempotency_ttl: config.idempotency_ttl,
             kafka,

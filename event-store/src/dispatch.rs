@@ -167,6 +167,10 @@ pub enum Expect {
 /// Statements a bus keeps in flight by default; see [`AppendBatcher`].
 pub const DEFAULT_APPEND_WORKERS: usize = 2;
 
+/// Events between two snapshots of an aggregate by default; see
+/// [`CommandBus::with_snapshots`].
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
+
 /// Runs commands against the event store.
 #[derive(Debug, Clone)]
 pub struct CommandBus {
@@ -174,6 +178,7 @@ pub struct CommandBus {
     batcher: AppendBatcher,
     retry: RetryPolicy,
     streams: StreamLocks,
+    snapshot_every: u64,
 }
 
 impl CommandBus {
@@ -183,7 +188,18 @@ impl CommandBus {
             batcher: AppendBatcher::new(pool, DEFAULT_APPEND_WORKERS),
             retry: RetryPolicy::default(),
             streams: StreamLocks::default(),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
+    }
+
+    /// Snapshots every aggregate each time its stream grows past a multiple
+    /// of `every` events (0: never), so that a load reads the newest
+    /// snapshot and at most `every - 1` events after it, however long the
+    /// stream. The snapshot is the aggregate the command just left, written
+    /// after its events committed; see `snapshot`.
+    pub fn with_snapshots(mut self, every: u64) -> Self {
+        self.snapshot_every = every;
+        self
     }
 
     /// How many append statements may be in flight at once. Concurrent
@@ -326,6 +342,9 @@ impl CommandBus {
                 Ok(()) => {
                     // Committed: the aggregate, with its new events applied
                     // by `handle`, is the stream as it now stands.
+                    if self.snapshot_due(version, new_version) {
+                        self.snapshot(aggregate_id, &aggregate, new_version);
+                    }
                     turn.keep(aggregate, new_version);
                     return Ok(Outcome {
                         aggregate_id: aggregate_id.to_owned(),
@@ -414,7 +433,8 @@ impl CommandBus {
     }
 
     /// The aggregate at its latest version: `kept` (its state at a known
-    /// version) brought up to date with the events since, or a fold of all.
+    /// version) or the newest snapshot, brought up to date with the events
+    /// since, or a fold of all of them.
     async fn current<A>(
         &self,
         aggregate_id: &str,
@@ -423,8 +443,61 @@ impl CommandBus {
     where
         A: Aggregate,
     {
-        let (mut aggregate, mut version) = kept.unwrap_or_default();
-        let after = usize::try_from(version).unwrap_or(usize::MAX);
+        let started = Instant::now();
+        let (from, (aggregate, version)) = match kept {
+            Some(kept) => ("kept", self.fold_onto(aggregate_id, kept).await?),
+            None if self.snapshot_every > 0 => self.load_snapshot(aggregate_id).await?,
+            None => (
+                "events",
+                self.fold_onto(aggregate_id, Default::default()).await?,
+            ),
+        };
+        metrics::histogram!("aggregate_load_seconds", "aggregate" => A::TYPE, "from" => from)
+            .record(started.elapsed().as_secs_f64());
+        Ok((aggregate, version))
+    }
+
+    /// The newest snapshot with the events after it. A snapshot that no
+    /// longer reads as the aggregate (its shape changed) is passed over:
+    /// the events are folded from the start instead.
+    async fn load_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<(&'static str, (A, u64)), StoreError> {
+        let (snapshot, events) = self
+            .repository
+            .snapshot_and_events::<A>(aggregate_id, 0)
+            .await?;
+        let Some(snapshot) = snapshot else {
+            return Ok(("events", apply_all((A::default(), 0), events)?));
+        };
+        match serde_json::from_value::<A>(snapshot.state) {
+            Ok(state) => Ok(("snapshot", apply_all((state, snapshot.sequence), events)?)),
+            Err(error) => {
+                tracing::warn!(
+                    aggregate = A::TYPE,
+                    aggregate_id,
+                    sequence = snapshot.sequence,
+                    %error,
+                    "snapshot unreadable, folding all events instead"
+                );
+                metrics::counter!("snapshots_unreadable_total", "aggregate" => A::TYPE)
+                    .increment(1);
+                Ok((
+                    "events",
+                    self.fold_onto(aggregate_id, Default::default()).await?,
+                ))
+            }
+        }
+    }
+
+    /// `start` (a state and its version) with the events after it applied.
+    async fn fold_onto<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        start: (A, u64),
+    ) -> Result<(A, u64), StoreError> {
+        let after = usize::try_from(start.1).unwrap_or(usize::MAX);
         let events = self
             .repository
             .get_last_events::<A>(aggregate_id, after)
@@ -433,13 +506,48 @@ impl CommandBus {
                 CommandError::Store(error) => error,
                 other => StoreError::Corrupt(other.to_string()),
             })?;
-        for serialized in events {
-            let envelope = EventEnvelope::<A>::try_from(serialized)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-            version = envelope.sequence as u64;
-            aggregate.apply(envelope.payload);
-        }
-        Ok((aggregate, version))
+        apply_all(start, events)
+    }
+
+    /// Whether an append that took the stream from `before` to `after`
+    /// passed a multiple of the snapshot interval.
+    fn snapshot_due(&self, before: u64, after: u64) -> bool {
+        self.snapshot_every > 0 && after / self.snapshot_every > before / self.snapshot_every
+    }
+
+    /// Stores `aggregate` as its snapshot at `version`, in the background:
+    /// a snapshot is a cache of committed events, so losing one costs a
+    /// longer load and nothing else, and no command waits for it.
+    ///
+    /// `aggregate` is the state the dispatcher holds after its own append
+    /// (events applied once, by `handle`), never one rebuilt by cqrs-es's
+    /// snapshot paths, which apply each new event a second time.
+    fn snapshot<A: Aggregate>(&self, aggregate_id: &str, aggregate: &A, version: u64) {
+        let state = match serde_json::to_string(aggregate) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(aggregate = A::TYPE, aggregate_id, %error, "snapshot not serializable");
+                return;
+            }
+        };
+        let (repository, aggregate_id) = (self.repository.clone(), aggregate_id.to_owned());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match repository
+                .write_snapshot(A::TYPE, &aggregate_id, version, &state)
+                .await
+            {
+                Ok(()) => {
+                    metrics::counter!("snapshots_written_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                    metrics::histogram!("snapshot_write_seconds", "aggregate" => A::TYPE)
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Err(error) => {
+                    tracing::warn!(aggregate = A::TYPE, %aggregate_id, version, %error, "snapshot not written");
+                }
+            }
+        });
     }
 
     /// The outcome remembered under the claim's key, if the same request made it.
@@ -470,6 +578,20 @@ impl CommandBus {
             replayed: true,
         }))
     }
+}
+
+/// `start` (a state and its version) with `events` applied in order.
+fn apply_all<A: Aggregate>(
+    (mut aggregate, mut version): (A, u64),
+    events: Vec<cqrs_es::persist::SerializedEvent>,
+) -> Result<(A, u64), StoreError> {
+    for serialized in events {
+        let envelope = EventEnvelope::<A>::try_from(serialized)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        version = envelope.sequence as u64;
+        aggregate.apply(envelope.payload);
+    }
+    Ok((aggregate, version))
 }
 
 /// The events as rows: cqrs-es's serialized form (payload through serde, type

@@ -185,6 +185,42 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
  WHERE aggregate_type = $1 AND ($2 = '' OR aggregate_id = $2)
  ORDER BY transaction_id, global_position";
 
+/// An aggregate's newest snapshot past `$3` (if any) and the events after
+/// it, in one round trip: the snapshot comes first, marked by a NULL
+/// `event_type`, with its last sequence as `sequence`.
+const SELECT_SNAPSHOT_AND_EVENTS: &str = "
+WITH s AS (
+    SELECT last_sequence, payload
+      FROM snapshots
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND last_sequence > $3
+     ORDER BY last_sequence DESC
+     LIMIT 1
+)
+SELECT $1 AS aggregate_type, $2 AS aggregate_id, last_sequence AS sequence,
+       NULL::text AS event_type, NULL::text AS event_version, payload, NULL::json AS metadata
+  FROM s
+UNION ALL
+SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+   AND sequence > GREATEST($3, COALESCE((SELECT last_sequence FROM s), 0))
+ORDER BY sequence";
+
+/// Replaces an aggregate's snapshot with one at a later sequence, keeping
+/// postgres-es's layout (one row per aggregate, `current_snapshot` counting
+/// the replacements). A snapshot older than the stored one is not written.
+const WRITE_SNAPSHOT: &str = "
+WITH older AS (
+    DELETE FROM snapshots
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND last_sequence < $3
+ RETURNING current_snapshot
+)
+INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+SELECT $1, $2, $3, COALESCE((SELECT max(current_snapshot) FROM older), 0) + 1, $4::json
+ WHERE NOT EXISTS (SELECT 1 FROM snapshots
+                    WHERE aggregate_type = $1 AND aggregate_id = $2 AND last_sequence >= $3)
+ON CONFLICT DO NOTHING";
+
 const SELECT_SNAPSHOT: &str = "
 SELECT aggregate_id, last_sequence, current_snapshot, payload
   FROM snapshots
@@ -251,6 +287,58 @@ impl PgEventRepository {
             }
         };
         written.map(drop).map_err(classify_write_error)
+    }
+
+    /// The newest snapshot of the aggregate past `after_sequence`, if
+    /// any, and the events after it (or after `after_sequence` without one).
+    pub async fn snapshot_and_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        after_sequence: u64,
+    ) -> Result<(Option<StoredSnapshot>, Vec<SerializedEvent>), sqlx::Error> {
+        let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
+        let rows = sqlx::query(SELECT_SNAPSHOT_AND_EVENTS)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut snapshot = None;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event_type: Option<String> = row.try_get("event_type")?;
+            if event_type.is_none() {
+                let sequence: i64 = row.try_get("sequence")?;
+                snapshot = Some(StoredSnapshot {
+                    sequence: u64::try_from(sequence)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    state: row.try_get("payload")?,
+                });
+            } else {
+                events.push(serialized_event(&row)?);
+            }
+        }
+        Ok((snapshot, events))
+    }
+
+    /// Stores `state` (JSON text) as the aggregate's snapshot at `sequence`,
+    /// unless a snapshot at that sequence or later is stored already. The
+    /// state must be the fold of the aggregate's events up to `sequence`.
+    pub async fn write_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        state: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(WRITE_SNAPSHOT)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+            .bind(state)
+            .execute(&self.pool)
+            .await
+            .map(drop)
     }
 
     async fn select_events<A: Aggregate>(
@@ -346,6 +434,14 @@ impl PgEventRepository {
         }
         tx.commit().await.map_err(database_error)
     }
+}
+
+/// An aggregate's state as stored in `snapshots`: the fold of its events up
+/// to `sequence`, as the aggregate serializes itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSnapshot {
+    pub sequence: u64,
+    pub state: Value,
 }
 
 /// One command's share of an append.

@@ -112,6 +112,12 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
+    /// Snapshots aggregates every `every` events; see `CommandBus::with_snapshots`.
+    pub fn with_snapshots(mut self, every: u64) -> Self {
+        self.bus = self.bus.with_snapshots(every);
+        self
+    }
+
     /// Runs the order's saga until it ends or waits for a retry. Safe to call
     /// at any time, any number of times, from any process: a saga another
     /// driver holds is left to it.

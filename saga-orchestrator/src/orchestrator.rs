@@ -43,6 +43,9 @@ pub struct OrchestratorConfig {
     /// Sagas this process drives at once; more wait their turn, so that a
     /// burst of orders does not queue hundreds of commands on the pool.
     pub concurrency: usize,
+    /// Events between two snapshots of an aggregate (0: none); see
+    /// `CommandBus::with_snapshots`.
+    pub snapshot_every: u64,
 }
 
 impl Default for OrchestratorConfig {
@@ -56,6 +59,7 @@ impl Default for OrchestratorConfig {
             policy: Policy::default(),
             scan_interval: Duration::from_millis(500),
             concurrency: 32,
+            snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -96,7 +100,10 @@ pub async fn run<G: PaymentGateway + Clone>(
             .set("enable.idempotence", "true")
             .create()?;
     let sagas = Sagas {
-        driver: Arc::new(Driver::new(pool.clone(), gateway, config.policy.clone())),
+        driver: Arc::new(
+            Driver::new(pool.clone(), gateway, config.policy.clone())
+                .with_snapshots(config.snapshot_every),
+        ),
         running: Arc::default(),
         permits: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
     };
