@@ -2,12 +2,19 @@
 //!
 //! The whole platform runs in this process (API, relay, projections, saga
 //! orchestrator, and the payment gateway service) against the real
-//! PostgreSQL and Kafka. Two measurements:
+//! PostgreSQL and Kafka. In one run:
 //!
+//! - the raw write ceiling: orders placed by 64 clients on a platform
+//!   without the saga (its own database), in commands/s;
 //! - completion time at a steady rate (open loop): from the 202 on
 //!   `POST /api/orders` to the orchestrator recording the order confirmed;
 //! - throughput at saturation: a burst of orders placed as fast as 64
-//!   clients can, and the rate at which their sagas reach CONFIRMED.
+//!   clients can, and the rate at which their sagas reach CONFIRMED, with
+//!   the statements and commits each order cost (pg_stat_statements and
+//!   pg_stat_database over the platform's and the gateway's databases);
+//! - the same burst with every order on one product;
+//! - the same burst again after half the products were given a long
+//!   history (written by SQL), as a ratio of the first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,27 +25,49 @@ use hdrhistogram::Histogram;
 use platform_tests::TestPlatform;
 use saga_orchestrator::driver::Policy;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// Orders per second for the completion-time run.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     rate: u32,
     /// Measured seconds of the completion-time run.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    /// Orders in the saturation burst.
+    /// Orders in each saturation burst.
     #[arg(long, default_value_t = 3000)]
     burst: usize,
+    /// Events of history written over half the products before the last
+    /// burst (0: no history run).
+    #[arg(long, default_value_t = 200_000)]
+    history_events: u64,
+    /// Clients placing orders at once in the bursts.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
 }
 
 const PRODUCTS: usize = 100;
+const HOT: &str = "SAGA-HOT";
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let (platform, _gateway) = TestPlatform::start_with_saga(Policy::default()).await;
+    let ceiling = write_ceiling(&options).await?;
+    println!(
+        "raw write ceiling: {} orders placed by {} clients in {:.2} s on a platform without the saga: {:.0} commands/s",
+        options.burst,
+        options.clients,
+        ceiling.as_secs_f64(),
+        options.burst as f64 / ceiling.as_secs_f64()
+    );
+
+    let (platform, gateway) = TestPlatform::start_with_saga(Policy::default()).await;
     let platform = Arc::new(platform);
+    let databases = [
+        platform.database.name.clone(),
+        gateway.database.name.clone(),
+    ];
     let skus: Vec<String> = (0..PRODUCTS).map(|n| format!("SAGA-{n:03}")).collect();
-    for sku in &skus {
+    for sku in skus.iter().chain([&HOT.to_owned()]) {
         platform.create_product(sku, 1250, 1_000_000).await;
     }
     println!(
@@ -49,7 +78,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let completion = steady(&platform, &skus, &options).await?;
     let ms = |q: f64| completion.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "at {:>4} orders/s: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} orders (target p99 < 500 ms)",
+        "at {:>4} orders/s: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} orders (target p99 < 100 ms)",
         options.rate,
         ms(0.5),
         ms(0.9),
@@ -58,24 +87,197 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         completion.len()
     );
 
-    let (placed, confirmed) = saturate(&platform, &skus, options.burst).await?;
-    println!(
-        "saturation: {} orders placed in {:.2} s ({:.0} orders/s accepted); all CONFIRMED after {:.2} s: {:.0} orders/s",
-        options.burst,
-        placed.as_secs_f64(),
-        options.burst as f64 / placed.as_secs_f64(),
-        confirmed.as_secs_f64(),
-        options.burst as f64 / confirmed.as_secs_f64()
+    let counts = Counts::start(&platform.pool, &databases).await?;
+    let spread = saturate(&platform, options.burst, options.clients, &skus).await?;
+    spread.print("saturation, over many products", options.burst);
+    if let Some(counts) = counts {
+        counts.print(&platform.pool, options.burst).await?;
+    }
+    let hot = [HOT.to_owned()];
+    let one = saturate(&platform, options.burst, options.clients, &hot).await?;
+    one.print(&format!("saturation, all on {HOT}"), options.burst);
+
+    if options.history_events > 0 {
+        let (written, caught_up) =
+            history(&platform, &skus[..PRODUCTS / 2], options.history_events).await?;
+        println!(
+            "history: {written} events over {} products written by SQL; the products read model applied them in {:.1} s",
+            PRODUCTS / 2,
+            caught_up.as_secs_f64()
+        );
+        let after = saturate(&platform, options.burst, options.clients, &skus).await?;
+        after.print("saturation after the history", options.burst);
+        println!(
+            "history ratio (after / before): {:.2} (target >= 0.9)",
+            spread.confirmed.as_secs_f64() / after.confirmed.as_secs_f64()
+        );
+    }
+    if let Ok(platform) = Arc::try_unwrap(platform) {
+        platform.stop().await;
+    }
+    drop(gateway);
+    Ok(())
+}
+
+/// Orders placed by `clients` clients on a platform without the saga
+/// (API, relay and projections on a database of their own).
+async fn write_ceiling(options: &Options) -> anyhow::Result<Duration> {
+    let platform = Arc::new(TestPlatform::start().await);
+    let skus: Vec<String> = (0..PRODUCTS).map(|n| format!("RAW-{n:03}")).collect();
+    for sku in &skus {
+        platform.create_product(sku, 1250, 1_000_000).await;
+    }
+    let started = Instant::now();
+    let (burst, clients) = (options.burst, options.clients);
+    let ids = place(&platform, burst, clients, &skus).await?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        ids.len() == burst,
+        "only {} of {burst} orders accepted",
+        ids.len()
     );
     if let Ok(platform) = Arc::try_unwrap(platform) {
         platform.stop().await;
     }
-    Ok(())
+    Ok(took)
+}
+
+/// How long a burst took to be placed and to be confirmed.
+struct Burst {
+    placed: Duration,
+    confirmed: Duration,
+}
+
+impl Burst {
+    fn print(&self, what: &str, burst: usize) {
+        println!(
+            "{what}: {burst} orders placed in {:.2} s ({:.0} orders/s accepted); all CONFIRMED after {:.2} s: {:.0} orders/s",
+            self.placed.as_secs_f64(),
+            burst as f64 / self.placed.as_secs_f64(),
+            self.confirmed.as_secs_f64(),
+            burst as f64 / self.confirmed.as_secs_f64()
+        );
+    }
+}
+
+/// Statements and commits on the platform's and the gateway's databases
+/// since [`Counts::start`].
+struct Counts {
+    oids: Vec<sqlx::postgres::types::Oid>,
+    commits: i64,
+}
+
+impl Counts {
+    /// Resets pg_stat_statements; `None` when the server does not load it.
+    async fn start(pool: &PgPool, databases: &[String]) -> anyhow::Result<Option<Self>> {
+        if sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pool)
+            .await
+            .is_err()
+            || sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(pool)
+                .await
+                .is_err()
+        {
+            println!(
+                "statements per order: not counted (the server does not load pg_stat_statements; scripts/services does)"
+            );
+            return Ok(None);
+        }
+        let oids = sqlx::query_scalar("SELECT oid FROM pg_database WHERE datname = ANY($1)")
+            .bind(databases)
+            .fetch_all(pool)
+            .await?;
+        let commits = commits(pool, &oids).await?;
+        Ok(Some(Self { oids, commits }))
+    }
+
+    async fn print(&self, pool: &PgPool, orders: usize) -> anyhow::Result<()> {
+        // Backends report their transaction counts at most once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let commits = commits(pool, &self.oids).await? - self.commits;
+        let top: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT calls, query FROM pg_stat_statements WHERE dbid = ANY($1) ORDER BY calls DESC",
+        )
+        .bind(&self.oids)
+        .fetch_all(pool)
+        .await?;
+        let statements: i64 = top.iter().map(|(calls, _)| calls).sum();
+        let per = |n: i64| n as f64 / orders as f64;
+        println!(
+            "per order (everything on both databases, relay and projections included): {:.1} statements, {:.1} commits",
+            per(statements),
+            per(commits)
+        );
+        for (calls, query) in top.iter().take(12) {
+            let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+            let query: String = query.chars().take(110).collect();
+            println!("  {:>5.2}  {query}", per(*calls));
+        }
+        Ok(())
+    }
+}
+
+async fn commits(pool: &PgPool, oids: &[sqlx::postgres::types::Oid]) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(xact_commit), 0)::bigint FROM pg_stat_database WHERE datid = ANY($1)",
+    )
+    .bind(oids)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Gives each of `skus` a long history: reservations committed for orders
+/// that never existed, `events` in all, written by SQL; then waits for the
+/// products read model to apply them (the relay publishes them first).
+async fn history(
+    platform: &TestPlatform,
+    skus: &[String],
+    events: u64,
+) -> anyhow::Result<(u64, Duration)> {
+    let per_product = (events / skus.len() as u64).next_multiple_of(2);
+    let started = Instant::now();
+    for sku in skus {
+        sqlx::query(
+            r#"
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+SELECT 'Product', $1, s.base + g.n, t.name, '1.0',
+       json_build_object(t.name, json_build_object(
+           'order_id', md5($1 || ':' || ((g.n + 1) / 2))::uuid, 'quantity', 1)),
+       '{"correlation_id":"bench-history","causation_id":"bench-history"}'::json
+  FROM (SELECT max(sequence) AS base FROM events
+         WHERE aggregate_type = 'Product' AND aggregate_id = $1) s,
+       generate_series(1, $2) g(n),
+       LATERAL (SELECT CASE WHEN g.n % 2 = 1 THEN 'StockReserved'
+                            ELSE 'ReservationCommitted' END AS name) t"#,
+        )
+        .bind(sku)
+        .bind(i64::try_from(per_product)?)
+        .execute(&platform.pool)
+        .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM product_stock p
+               JOIN (SELECT aggregate_id, max(sequence) AS version FROM events
+                      WHERE aggregate_type = 'Product' GROUP BY aggregate_id) e
+                 ON e.aggregate_id = p.sku
+              WHERE p.version < e.version",
+        )
+        .fetch_one(&platform.pool)
+        .await?;
+        if behind == 0 {
+            return Ok((per_product * skus.len() as u64, started.elapsed()));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{behind} products still behind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn body(skus: &[String], n: usize) -> Value {
     let mut lines = vec![json!({"sku": skus[n % skus.len()], "quantity": 1})];
-    if n.is_multiple_of(2) {
+    if n.is_multiple_of(2) && skus.len() > 1 {
         lines.push(json!({"sku": skus[(n + 37) % skus.len()], "quantity": 2}));
     }
     json!({"customer_id": format!("bench-{}", n % 500), "lines": lines, "payment_method": "tok_visa"})
@@ -131,27 +333,84 @@ async fn steady(
     Ok(completion)
 }
 
-/// Places `burst` orders from 64 clients at once; returns how long placing
-/// took and how long until every one was confirmed.
+/// Places `burst` orders over `skus` from `clients` clients at once and waits until
+/// every one is confirmed.
 async fn saturate(
     platform: &Arc<TestPlatform>,
-    skus: &[String],
     burst: usize,
-) -> anyhow::Result<(Duration, Duration)> {
+    clients: usize,
+    skus: &[String],
+) -> anyhow::Result<Burst> {
     let started = Instant::now();
+    let ids = place(platform, burst, clients, skus).await?;
+    let placed = started.elapsed();
+    anyhow::ensure!(
+        ids.len() == burst,
+        "only {} of {burst} orders accepted",
+        ids.len()
+    );
+    wait_confirmed(platform, &ids, Duration::from_secs(900)).await?;
+    Ok(Burst {
+        placed,
+        confirmed: started.elapsed(),
+    })
+}
+
+/// Places `burst` orders from `clients` clients; returns the accepted ids.
+/// The clients run on a thread and runtime of their own, as in `bench
+/// write`, so that they do not queue behind the platform's tasks.
+async fn place(
+    platform: &Arc<TestPlatform>,
+    burst: usize,
+    clients: usize,
+    skus: &[String],
+) -> anyhow::Result<Vec<String>> {
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1_000_000;
+    let url = platform.url("/api/orders");
+    let skus: Arc<[String]> = skus.into();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let placed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(clients_placing(url, burst, clients, round, skus))
+            });
+        let _ = sender.send(placed);
+    });
+    receiver.await?
+}
+
+async fn clients_placing(
+    url: String,
+    burst: usize,
+    clients: usize,
+    round: usize,
+    skus: Arc<[String]>,
+) -> anyhow::Result<Vec<String>> {
+    let client = identity::testing::admin_client();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let clients = (0..64).map(|_| {
-        let (platform, next, skus) = (Arc::clone(platform), Arc::clone(&next), skus.to_vec());
+    let clients = (0..clients).map(|_| {
+        let (client, url, next, skus) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&next),
+            Arc::clone(&skus),
+        );
         tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= burst {
-                    return ids;
+                    return Ok::<_, reqwest::Error>(ids);
                 }
-                let response = platform
-                    .post("/api/orders", &body(&skus, 1_000_000 + n))
-                    .await;
+                let response = client
+                    .post(&url)
+                    .json(&body(&skus, round + n))
+                    .send()
+                    .await?;
                 let answer: Value = response.json().await.unwrap_or_default();
                 if let Some(id) = answer["order_id"].as_str() {
                     ids.push(id.to_owned());
@@ -161,16 +420,9 @@ async fn saturate(
     });
     let mut ids = Vec::new();
     for client in clients {
-        ids.extend(client.await?);
+        ids.extend(client.await??);
     }
-    let placed = started.elapsed();
-    anyhow::ensure!(
-        ids.len() == burst,
-        "only {} of {burst} orders accepted",
-        ids.len()
-    );
-    wait_confirmed(platform, &ids, Duration::from_secs(600)).await?;
-    Ok((placed, started.elapsed()))
+    Ok(ids)
 }
 
 /// Waits until the sagas of `ids` are all CONFIRMED.
