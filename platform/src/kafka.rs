@@ -42,6 +42,106 @@ pub fn group_consumer_config(brokers: &str, client_id: &str, group: &str) -> Cli
     config
 }
 
+/// A `group.instance.id` this process holds in one consumer group (static
+/// membership): a member that restarts under the same id takes its
+/// partitions back at once, where a new member would wait for the group to
+/// notice the old one is gone (`session.timeout.ms`) and rebalance.
+///
+/// The id is `<base>-<slot>`: `base` names the host (the configured
+/// `kafka_instance_id`, or the host name), and `slot` is the lowest one no
+/// other live member of the group on this host holds, kept by a lock on a
+/// file for as long as this value lives. Two live members with one id would
+/// fence each other; a process that died gave its lock back, so its
+/// successor gets its id.
+#[derive(Debug)]
+pub struct StaticMember {
+    id: String,
+    _lock: std::fs::File,
+}
+
+impl StaticMember {
+    /// Most members of one group on one host.
+    const SLOTS: usize = 256;
+
+    /// Claims the lowest free slot of `group` for `base`; `None` (dynamic
+    /// membership) when the lock files cannot be made.
+    pub fn claim(base: &str, group: &str) -> Option<Self> {
+        let directory = std::env::temp_dir().join("orders-kafka-members");
+        if let Err(error) = std::fs::create_dir_all(&directory) {
+            tracing::warn!(%error, ?directory, "no static group membership: cannot make the lock directory");
+            return None;
+        }
+        let name: String = format!("{base}.{group}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        for slot in 0..Self::SLOTS {
+            let path = directory.join(format!("{name}.{slot}.lock"));
+            let file = match std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(error) => {
+                    tracing::warn!(%error, ?path, "no static group membership: cannot open the lock file");
+                    return None;
+                }
+            };
+            if file.try_lock().is_ok() {
+                return Some(Self {
+                    id: format!("{base}-{slot}"),
+                    _lock: file,
+                });
+            }
+        }
+        tracing::warn!(
+            group,
+            "no static group membership: every slot on this host is taken"
+        );
+        None
+    }
+
+    /// The `group.instance.id`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// This host's name, for [`StaticMember`] ids when none is configured.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "orders".to_owned())
+}
+
+/// [`group_consumer_config`] as a static member of `group` (see
+/// [`StaticMember`]) when `instance` names this host; keep the member as
+/// long as the consumer runs.
+pub fn static_group_consumer_config(
+    brokers: &str,
+    client_id: &str,
+    group: &str,
+    instance: Option<&str>,
+) -> (ClientConfig, Option<StaticMember>) {
+    let mut config = group_consumer_config(brokers, client_id, group);
+    let member = instance.and_then(|base| StaticMember::claim(base, group));
+    if let Some(member) = &member {
+        config.set("group.instance.id", member.id());
+    }
+    (config, member)
+}
+
 /// [`create_topics`], waiting for the brokers (with a warning per try) until
 /// they answer. Returns `false` if `shutdown` completed first.
 pub async fn create_topics_when_up(
@@ -189,4 +289,33 @@ pub async fn send_to_dead_letters(
         .await
         .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_members_of_a_group_get_distinct_ids_and_a_successor_gets_the_freed_one() {
+        let group = format!("membership-test-{}", uuid::Uuid::new_v4().simple());
+        let first = StaticMember::claim("host", &group).expect("a slot");
+        let second = StaticMember::claim("host", &group).expect("another slot");
+        assert_eq!((first.id(), second.id()), ("host-0", "host-1"));
+        let elsewhere = StaticMember::claim("host", &format!("{group}-other")).expect("a slot");
+        assert_eq!(elsewhere.id(), "host-0", "slots are per group");
+        drop(first);
+        let successor = StaticMember::claim("host", &group).expect("the freed slot");
+        assert_eq!(successor.id(), "host-0");
+    }
+
+    #[test]
+    fn a_static_consumer_config_carries_the_members_id() {
+        let (config, member) =
+            static_group_consumer_config("127.0.0.1:9092", "c", "g-static-test", Some("box"));
+        let member = member.expect("a slot");
+        assert_eq!(config.get("group.instance.id"), Some(member.id()));
+        let (config, member) = static_group_consumer_config("127.0.0.1:9092", "c", "g", None);
+        assert!(member.is_none());
+        assert_eq!(config.get("group.instance.id"), None);
+    }
 }
