@@ -268,7 +268,16 @@ impl CommandBus {
         A: Aggregate<Services = ()> + 'static,
         A::Command: Clone,
     {
+        // A client's key is looked up first: clients repeat requests, and a
+        // repeat that got as far as the append would fail a whole shared
+        // statement. A key the platform derives (a saga step's) names a step
+        // that has almost always not run yet, so the lookup is left to the
+        // paths where a repeat shows itself: a refusal, a version mismatch,
+        // a lost race or a taken key, each of which looks the key up before
+        // answering. The key's row, written with the events, keeps a repeat
+        // from appending twice either way.
         if let Some(claim) = &context.idempotency
+            && claim.key.is_client()
             && let Some(outcome) = self.remembered::<A>(claim).await?
         {
             return Ok(outcome);
@@ -303,6 +312,12 @@ impl CommandBus {
             {
                 if sink.collect().await.is_empty() {
                     turn.keep(aggregate, version);
+                }
+                // The same request may have landed already, moving the version.
+                if let Some(claim) = &context.idempotency
+                    && let Some(outcome) = self.remembered::<A>(claim).await?
+                {
+                    return Ok(outcome);
                 }
                 return Err(CommandError::VersionMismatch {
                     expected,

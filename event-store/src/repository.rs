@@ -48,6 +48,11 @@ impl IdempotencyKey {
         }
     }
 
+    /// Whether a client chose the key (see [`IdempotencyKey::client`]).
+    pub fn is_client(&self) -> bool {
+        self.0.starts_with(Self::CLIENT)
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0

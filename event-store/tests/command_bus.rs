@@ -669,3 +669,49 @@ async fn two_processes_queueing_on_one_stream_never_decide_on_a_stale_copy() {
         assert_eq!(product.available(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_keyed_command_repeated_with_its_old_expected_version_gets_its_outcome() {
+    // Platform keys are not looked up before the command runs, client keys
+    // are; a repeat must find its outcome either way, also when the version
+    // it expected has moved on because of its own first run.
+    for key in [
+        IdempotencyKey::internal("saga:o1:stock"),
+        IdempotencyKey::client("alice", "k1"),
+    ] {
+        let (_db, pool) = migrated_database().await;
+        let bus = CommandBus::new(pool.clone());
+        create_product(&bus, "MUG", 1250, "EUR").await;
+        let context = CommandContext {
+            expected_version: Some(1),
+            idempotency: Some(IdempotencyClaim {
+                key: key.clone(),
+                fingerprint: "add 5".into(),
+                ttl: Duration::from_secs(3600),
+            }),
+            ..context("repeat")
+        };
+        let first = bus
+            .execute::<Product>("MUG", add_stock(5), &context, Expect::Existing)
+            .await
+            .unwrap();
+        assert_eq!((first.version, first.replayed), (2, false), "{key}");
+        let again = bus
+            .execute::<Product>("MUG", add_stock(5), &context, Expect::Existing)
+            .await
+            .unwrap();
+        assert_eq!((again.version, again.replayed), (2, true), "{key}");
+        // Without the precondition the repeat reaches the append, which the
+        // key's row stops.
+        let unconditional = CommandContext {
+            expected_version: None,
+            ..context.clone()
+        };
+        let third = bus
+            .execute::<Product>("MUG", add_stock(5), &unconditional, Expect::Existing)
+            .await
+            .unwrap();
+        assert_eq!((third.version, third.replayed), (2, true), "{key}");
+        assert_eq!(event_count(&pool).await, 2, "{key}");
+    }
+}
