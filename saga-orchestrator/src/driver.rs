@@ -131,9 +131,14 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     async fn drive_leased(&self, order_id: &str) -> anyhow::Result<()> {
         // Claimed once; every save renews the lease, and a save refused
         // (another driver saved, or took the lease) sends us to claim again.
+        // A save tells the version and the pending cancel, so the next step
+        // starts from the saga in hand without reading the row again.
         let mut held = false;
+        let mut saved: Option<store::Loaded> = None;
         loop {
-            let loaded = if held {
+            let loaded = if let Some(row) = saved.take() {
+                Some(row)
+            } else if held {
                 store::load(&self.pool, order_id).await?
             } else {
                 store::claim(&self.pool, order_id, &self.owner, self.policy.lease()).await?
@@ -194,17 +199,30 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             } else {
                 Duration::ZERO
             };
-            if self.save(&saga, version, wait).await? == Saved::Stale {
+            let Saved::Saved {
+                version,
+                cancel_reason,
+            } = self.save(&saga, version, wait).await?
+            else {
                 held = false;
                 continue;
-            }
+            };
             if saga.next_action().is_none() {
                 tracing::info!(order_id, state = saga.state.as_str(), reason = ?saga.reason, "saga ended");
+                if cancel_reason.is_none() || saga.order_cancelled {
+                    // Saved as done; no cancel came in to take.
+                    return Ok(());
+                }
             }
             if wait > Duration::ZERO {
                 // The due-scan comes back for it once the wait is over.
                 return Ok(());
             }
+            saved = Some(store::Loaded {
+                saga,
+                version,
+                cancel_reason,
+            });
         }
     }
 
@@ -257,7 +275,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             if saga.action_started_at.is_none() {
                 saga.action_started_at = Some(Utc::now());
                 match self.save(saga, *version, Duration::ZERO).await? {
-                    Saved::Saved { version: saved } => *version = saved,
+                    Saved::Saved { version: saved, .. } => *version = saved,
                     Saved::Stale => return Ok(None),
                 }
             }

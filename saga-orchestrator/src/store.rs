@@ -82,10 +82,14 @@ fn loaded(row: &sqlx::postgres::PgRow) -> sqlx::Result<Loaded> {
 }
 
 /// How a save went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Saved {
+    /// The row now holds the saga at `version`; `cancel_reason` is the
+    /// row's as the save found it, so that the saver need not read the row
+    /// again before its next step.
     Saved {
         version: i64,
+        cancel_reason: Option<String>,
     },
     /// Someone saved the saga since it was loaded; load it again.
     Stale,
@@ -115,7 +119,8 @@ pub async fn save(
                 lease_owner = $10, leased_until = now() + make_interval(secs => $11)
           WHERE order_id = $1 AND version = $9
             AND (lease_owner IS NULL OR lease_owner = $10
-                 OR leased_until IS NULL OR leased_until < now())",
+                 OR leased_until IS NULL OR leased_until < now())
+      RETURNING version, cancel_reason",
     )
     .bind(&saga.order_id)
     .bind(saga.state.as_str())
@@ -128,14 +133,13 @@ pub async fn save(
     .bind(expected)
     .bind(owner)
     .bind(lease.as_secs_f64())
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(if updated.rows_affected() == 1 {
-        Saved::Saved {
-            version: expected + 1,
-        }
-    } else {
-        Saved::Stale
+    updated.map_or(Ok(Saved::Stale), |row| {
+        Ok(Saved::Saved {
+            version: row.try_get("version")?,
+            cancel_reason: row.try_get("cancel_reason")?,
+        })
     })
 }
 
