@@ -50,10 +50,6 @@ pub struct Settings {
     /// Put before every topic and consumer group name (empty: the contract's
     /// names, `orders.events` ...).
     pub kafka_topic_prefix: String,
-    /// Names this host in the consumer groups' static member ids, so that a
-    /// restarted process takes its partitions back at once (empty: the host
-    /// name; `off`: dynamic membership, a rebalance on every restart).
-    pub kafka_instance_id: String,
     /// Partitions of the topics the platform creates.
     pub kafka_partitions: i32,
     /// Replication factor of the topics the platform creates.
@@ -174,7 +170,6 @@ impl Settings {
                 event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
             )?
             .set_default("kafka_topic_prefix", "")?
-            .set_default("kafka_instance_id", "")?
             .set_default("kafka_partitions", 3)?
             .set_default("kafka_replication", 1)?
             .set_default("relay_batch_size", 2000)?
@@ -325,7 +320,6 @@ impl Settings {
             scan_interval: Duration::from_millis(self.saga_scan_interval_ms.max(1)),
             concurrency: self.saga_concurrency,
             snapshot_every: self.snapshot_every,
-            instance: self.kafka_instance(),
         }
     }
 
@@ -381,16 +375,6 @@ impl Settings {
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
             max_batch: self.projection_batch_size,
-            instance: self.kafka_instance(),
-        }
-    }
-
-    /// What names this host in static group membership, if it is on.
-    fn kafka_instance(&self) -> Option<String> {
-        match self.kafka_instance_id.trim() {
-            "off" => None,
-            "" => Some(platform::kafka::host_name()),
-            name => Some(name.to_owned()),
         }
     }
 }

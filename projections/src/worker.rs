@@ -36,9 +36,6 @@ pub struct WorkerConfig {
     pub replication: i32,
     /// Most messages applied in one transaction.
     pub max_batch: usize,
-    /// Names this host in the consumer group's static member ids (`None`:
-    /// dynamic membership); see `platform::kafka::StaticMember`.
-    pub instance: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -50,7 +47,6 @@ impl Default for WorkerConfig {
             partitions: 3,
             replication: 1,
             max_batch: 500,
-            instance: None,
         }
     }
 }
@@ -99,13 +95,14 @@ pub async fn run<M: ReadModel>(
     {
         return Ok(());
     }
-    let (consumer, _member) = platform::kafka::static_group_consumer_config(
-        &config.brokers,
-        &format!("orders-projection-{}", M::NAME),
-        &group_id(&config, M::NAME),
-        config.instance.as_deref(),
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        platform::kafka::group_consumer_config(
+            &config.brokers,
+            &format!("orders-projection-{}", M::NAME),
+            &group_id(&config, M::NAME),
+        )
+        .create()?,
     );
-    let consumer: Arc<StreamConsumer> = Arc::new(consumer.create()?);
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer =
         platform::kafka::client_config(&config.brokers, "orders-dead-letters")

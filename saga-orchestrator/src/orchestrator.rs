@@ -46,9 +46,6 @@ pub struct OrchestratorConfig {
     /// Events between two snapshots of an aggregate (0: none); see
     /// `CommandBus::with_snapshots`.
     pub snapshot_every: u64,
-    /// Names this host in the consumer group's static member ids (`None`:
-    /// dynamic membership); see `platform::kafka::StaticMember`.
-    pub instance: Option<String>,
 }
 
 impl Default for OrchestratorConfig {
@@ -63,7 +60,6 @@ impl Default for OrchestratorConfig {
             scan_interval: Duration::from_millis(500),
             concurrency: 32,
             snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
-            instance: None,
         }
     }
 }
@@ -96,13 +92,8 @@ pub async fn run<G: PaymentGateway + Clone>(
     }
     let dead_letters = Topics::dead_letter(&topic);
     let group = format!("{}orders-platform.saga", config.group_prefix);
-    let (consumer, _member) = platform::kafka::static_group_consumer_config(
-        &config.brokers,
-        "orders-saga",
-        &group,
-        config.instance.as_deref(),
-    );
-    let consumer: StreamConsumer = consumer.create()?;
+    let consumer: StreamConsumer =
+        platform::kafka::group_consumer_config(&config.brokers, "orders-saga", &group).create()?;
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer =
         platform::kafka::client_config(&config.brokers, "orders-saga-dead-letters")
