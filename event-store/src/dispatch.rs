@@ -481,7 +481,7 @@ impl CommandBus {
     ) -> Result<(&'static str, (A, u64)), StoreError> {
         let (snapshot, events) = self
             .repository
-            .snapshot_and_events::<A>(aggregate_id, 0)
+            .snapshot_and_events::<A>(aggregate_id)
             .await?;
         let Some(snapshot) = snapshot else {
             return Ok(("events", apply_all((A::default(), 0), events)?));

@@ -190,14 +190,14 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
  WHERE aggregate_type = $1 AND ($2 = '' OR aggregate_id = $2)
  ORDER BY transaction_id, global_position";
 
-/// An aggregate's newest snapshot past `$3` (if any) and the events after
-/// it, in one round trip: the snapshot comes first, marked by a NULL
+/// An aggregate's newest snapshot (if any) and the events after it, in one
+/// round trip: the snapshot comes first, marked by a NULL
 /// `event_type`, with its last sequence as `sequence`.
 const SELECT_SNAPSHOT_AND_EVENTS: &str = "
 WITH s AS (
     SELECT last_sequence, payload
       FROM snapshots
-     WHERE aggregate_type = $1 AND aggregate_id = $2 AND last_sequence > $3
+     WHERE aggregate_type = $1 AND aggregate_id = $2
      ORDER BY last_sequence DESC
      LIMIT 1
 )
@@ -208,7 +208,7 @@ UNION ALL
 SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2
-   AND sequence > GREATEST($3, COALESCE((SELECT last_sequence FROM s), 0))
+   AND sequence > COALESCE((SELECT last_sequence FROM s), 0)
 ORDER BY sequence";
 
 /// Replaces an aggregate's snapshot with one at a later sequence, keeping
@@ -294,18 +294,15 @@ impl PgEventRepository {
         written.map(drop).map_err(classify_write_error)
     }
 
-    /// The newest snapshot of the aggregate past `after_sequence`, if
-    /// any, and the events after it (or after `after_sequence` without one).
+    /// The newest snapshot of the aggregate, if any, and the events after
+    /// it (all of them without one).
     pub async fn snapshot_and_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
-        after_sequence: u64,
     ) -> Result<(Option<StoredSnapshot>, Vec<SerializedEvent>), sqlx::Error> {
-        let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
         let rows = sqlx::query(SELECT_SNAPSHOT_AND_EVENTS)
             .bind(A::TYPE)
             .bind(aggregate_id)
-            .bind(after)
             .fetch_all(&self.pool)
             .await?;
         let mut snapshot = None;

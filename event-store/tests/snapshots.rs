@@ -77,22 +77,32 @@ async fn snapshot_at(pool: &PgPool, sequence: i64) {
     }
 }
 
-#[tokio::test]
-async fn a_load_from_the_newest_snapshot_equals_the_fold_of_every_event() {
-    let (_db, pool) = migrated_database().await;
+/// MUG as a fresh bus (nothing kept in memory) with snapshots every
+/// `every` events loads it; 0 folds the events alone.
+async fn load(pool: &PgPool, every: u64) -> (Product, u64) {
+    CommandBus::new(pool.clone())
+        .with_snapshots(every)
+        .load::<Product>("MUG")
+        .await
+        .unwrap()
+}
+
+/// A database holding [`history`] written with snapshots every four events:
+/// 14 events, snapshots at 4, 8 and 12, one row kept, the newest.
+async fn snapshotted_history() -> (platform::testing::TestDatabase, PgPool, CommandBus) {
+    let (db, pool) = migrated_database().await;
     let bus = CommandBus::new(pool.clone()).with_snapshots(4);
     history(&bus).await;
-    // 14 events: snapshots at 4, 8 and 12, one row kept, the newest.
     snapshot_at(&pool, 12).await;
+    (db, pool, bus)
+}
 
-    let from_events = CommandBus::new(pool.clone()).with_snapshots(0);
-    let (whole, version) = from_events.load::<Product>("MUG").await.unwrap();
+#[tokio::test]
+async fn a_load_from_the_newest_snapshot_equals_the_fold_of_every_event() {
+    let (_db, pool, _bus) = snapshotted_history().await;
+    let (whole, version) = load(&pool, 0).await;
     assert_eq!(version, 14);
-    let fresh = CommandBus::new(pool.clone()).with_snapshots(4);
-    assert_eq!(
-        fresh.load::<Product>("MUG").await.unwrap(),
-        (whole.clone(), 14)
-    );
+    assert_eq!(load(&pool, 4).await, (whole.clone(), 14));
     assert_eq!((whole.on_hand(), whole.reserved()), (21 - 6, 2));
 
     // The load really starts from the snapshot: a snapshot saying otherwise
@@ -103,40 +113,23 @@ async fn a_load_from_the_newest_snapshot_equals_the_fold_of_every_event() {
     .execute(&pool)
     .await
     .unwrap();
-    let (doctored, _) = fresh.load::<Product>("MUG").await.unwrap();
+    let (doctored, _) = load(&pool, 4).await;
     assert_eq!(doctored.on_hand(), 1000);
 }
 
 #[tokio::test]
 async fn a_snapshot_that_no_longer_reads_as_the_aggregate_is_passed_over() {
-    let (_db, pool) = migrated_database().await;
-    let bus = CommandBus::new(pool.clone()).with_snapshots(4);
-    history(&bus).await;
-    snapshot_at(&pool, 12).await;
+    let (_db, pool, bus) = snapshotted_history().await;
     sqlx::query("UPDATE snapshots SET payload = '{\"shape\": \"of another version\"}'")
         .execute(&pool)
         .await
         .unwrap();
-    let (product, version) = CommandBus::new(pool.clone())
-        .with_snapshots(4)
-        .load::<Product>("MUG")
-        .await
-        .unwrap();
-    let expected = CommandBus::new(pool.clone()).with_snapshots(0);
-    assert_eq!(
-        (product, version),
-        expected.load::<Product>("MUG").await.unwrap()
-    );
+    assert_eq!(load(&pool, 4).await, load(&pool, 0).await);
     // The next command past a multiple of four replaces it.
     run(&bus, ProductCommand::AddStock { quantity: 1 }).await;
     run(&bus, ProductCommand::AddStock { quantity: 1 }).await;
     snapshot_at(&pool, 16).await;
-    let (product, _) = CommandBus::new(pool.clone())
-        .with_snapshots(4)
-        .load::<Product>("MUG")
-        .await
-        .unwrap();
-    assert_eq!(product.on_hand(), 21 - 6 + 2);
+    assert_eq!(load(&pool, 4).await.0.on_hand(), 21 - 6 + 2);
 }
 
 #[tokio::test]
