@@ -214,6 +214,8 @@ ORDER BY sequence";
 /// Replaces an aggregate's snapshot with one at a later sequence, keeping
 /// postgres-es's layout (one row per aggregate, `current_snapshot` counting
 /// the replacements). A snapshot older than the stored one is not written.
+/// Two writers at once may each insert (neither sees the other's row), so
+/// readers take the newest row, and the next write removes the older.
 const WRITE_SNAPSHOT: &str = "
 WITH older AS (
     DELETE FROM snapshots
@@ -226,10 +228,13 @@ SELECT $1, $2, $3, COALESCE((SELECT max(current_snapshot) FROM older), 0) + 1, $
                     WHERE aggregate_type = $1 AND aggregate_id = $2 AND last_sequence >= $3)
 ON CONFLICT DO NOTHING";
 
+/// The newest snapshot: concurrent writers may have left more than one row.
 const SELECT_SNAPSHOT: &str = "
 SELECT aggregate_id, last_sequence, current_snapshot, payload
   FROM snapshots
- WHERE aggregate_type = $1 AND aggregate_id = $2";
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+ ORDER BY last_sequence DESC
+ LIMIT 1";
 
 /// A cqrs-es event repository on the platform's PostgreSQL event store.
 #[derive(Debug, Clone)]

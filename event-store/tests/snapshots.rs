@@ -156,3 +156,28 @@ async fn snapshots_off_writes_none_and_an_older_snapshot_never_replaces_a_newer_
         .unwrap();
     snapshot_at(&pool, 14).await;
 }
+
+#[tokio::test]
+async fn cqrs_es_reads_the_newest_snapshot_when_two_rows_were_left() {
+    // Two writers past different multiples at once can each insert a row
+    // (neither sees the other's); every reader must take the newer.
+    use cqrs_es::persist::PersistedEventRepository;
+    let (_db, pool, bus) = snapshotted_history().await;
+    let (state, _) = load(&pool, 0).await;
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ('Product', 'MUG', 14, 9, $1::json), ('Product', 'MUG', 2, 10, '{}')",
+    )
+    .bind(serde_json::to_string(&state).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let newest = bus
+        .repository()
+        .get_snapshot::<Product>("MUG")
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!(newest.current_sequence, 14);
+    assert_eq!(load(&pool, 4).await, (state, 14));
+}
