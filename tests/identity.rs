@@ -249,7 +249,8 @@ async fn a_customer_sees_and_changes_only_their_own_orders() {
             response["data"]["order"].clone()
         }
     };
-    // Lists read another projection than `order(id)`: wait for both.
+    // Lists read other projections than `order(id)` (an administrator's
+    // every order, a customer's own): wait for all of them.
     async fn listed(client: &reqwest::Client, platform: &TestPlatform) -> usize {
         let all = graphql_as(client, platform, "{ orders { edges { node { id } } } }").await;
         all["data"]["orders"]["edges"]
@@ -260,6 +261,7 @@ async fn a_customer_sees_and_changes_only_their_own_orders() {
     while seen(&alice, &id).await.is_null()
         || seen(&bob, &bobs_id).await.is_null()
         || listed(&platform.client, &platform).await < 2
+        || listed(&bob, &platform).await < 1
     {
         assert!(
             tokio::time::Instant::now() < deadline,
