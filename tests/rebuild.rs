@@ -13,7 +13,7 @@ use projections::model::customer_orders::CustomerOrders;
 use projections::model::orders::OrderSummary;
 use projections::model::products::ProductStock;
 use projections::model::{ReadModel, fold_all};
-use projections::rebuild::{rebuild, rebuild_then_swap};
+use projections::rebuild::{Pauses, rebuild, rebuild_pausing};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
@@ -187,7 +187,14 @@ fn a_rebuild_during_live_traffic_equals_the_live_model() {
                     caught_up::<OrderSummary>(&pool, "order_id").await;
                 };
                 let (rebuilt, ()) = tokio::join!(
-                    rebuild_then_swap::<OrderSummary>(&pool, &hidden, before_swap),
+                    rebuild_pausing::<OrderSummary>(
+                        &pool,
+                        &hidden,
+                        Pauses {
+                            while_writing: async {},
+                            before_swap
+                        }
+                    ),
                     concurrently
                 );
                 rebuilt.unwrap();
@@ -219,9 +226,8 @@ async fn indexes(pool: &PgPool, table: &str) -> Vec<(String, String)> {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuilt_table_keeps_its_keys_indexes_and_their_names() {
-    let platform = TestPlatform::start().await;
+/// One product with stock and one order for it, projected into the orders model.
+async fn one_order_projected(platform: &TestPlatform) {
     let mut orders = Vec::new();
     for step in [
         Step::CreateProduct {
@@ -237,9 +243,15 @@ async fn a_rebuilt_table_keeps_its_keys_indexes_and_their_names() {
             lines: vec![(1, 2)],
         },
     ] {
-        send(&platform, &step, &mut orders).await;
+        send(platform, &step, &mut orders).await;
     }
     caught_up::<OrderSummary>(&platform.pool, "order_id").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_table_keeps_its_keys_indexes_and_their_names() {
+    let platform = TestPlatform::start().await;
+    one_order_projected(&platform).await;
     let before = indexes(&platform.pool, OrderSummary::TABLE).await;
     assert_eq!(before.len(), 3, "{before:?}");
 
@@ -257,6 +269,66 @@ async fn a_rebuilt_table_keeps_its_keys_indexes_and_their_names() {
             .await
             .unwrap();
     assert_eq!(leftovers, 0);
+    assert_equal_to_a_fresh_fold::<OrderSummary>(&platform.pool).await;
+    platform.stop().await;
+}
+
+/// The gap-safe reader (and so the relay) reads only below every transaction
+/// that has written and is still open: a rebuild must not keep one open while
+/// it writes its table, nor build an index over the loaded rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_a_rebuild_writes_its_table_are_read_at_once() {
+    let platform = TestPlatform::start().await;
+    one_order_projected(&platform).await;
+    let live_indexes = indexes(&platform.pool, OrderSummary::TABLE).await.len();
+
+    let pool = platform.pool.clone();
+    let while_writing = async {
+        let fresh = indexes(&pool, "order_summary_rebuild").await;
+        assert_eq!(
+            fresh.len(),
+            live_indexes,
+            "the fresh table gets its keys and indexes before its rows: {fresh:?}"
+        );
+        let response = platform
+            .post(
+                "/api/products",
+                &json!({"sku": "DURING-REBUILD", "name": "p", "price_cents": 1, "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let reader = GlobalReader::new(pool.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = reader
+                .read_batch(GlobalCheckpoint::default(), 10_000)
+                .await
+                .unwrap();
+            if events.iter().any(|e| e.aggregate_id == "DURING-REBUILD") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reader is held back while the rebuild writes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let report = rebuild_pausing::<OrderSummary>(
+        &pool,
+        &ProgressBar::hidden(),
+        Pauses {
+            while_writing,
+            before_swap: async {},
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.rows, 1);
+    assert_eq!(
+        indexes(&platform.pool, OrderSummary::TABLE).await.len(),
+        live_indexes
+    );
     assert_equal_to_a_fresh_fold::<OrderSummary>(&platform.pool).await;
     platform.stop().await;
 }

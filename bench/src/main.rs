@@ -8,7 +8,10 @@
 //! - `bench latency`: from a 202 on `POST /api/orders` to the order in GraphQL.
 //! - `bench rebuild`: rebuilding a read model, and a plain read of the events.
 //! - `bench saga`: orders from placement to CONFIRMED through the saga.
+//! - `bench catchup`: a live worker applying a backlog, next to a rebuild;
+//!   the relay's lag while a rebuild runs.
 
+mod catchup;
 mod latency;
 mod rebuild;
 mod relay;
@@ -40,6 +43,8 @@ enum Command {
     Rebuild(rebuild::Options),
     /// Orders from placement to CONFIRMED: completion time and saturation.
     Saga(saga::Options),
+    /// Live catch-up versus rebuild, and relay lag during a rebuild.
+    Catchup(catchup::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Latency(options) => server.block_on(latency::run(options)),
         Command::Rebuild(options) => server.block_on(rebuild::run(options)),
         Command::Saga(options) => server.block_on(saga::run(options)),
+        Command::Catchup(options) => server.block_on(catchup::run(options)),
     }
 }

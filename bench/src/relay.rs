@@ -118,30 +118,13 @@ async fn relay(pool: &PgPool, topics: &TestTopics, batch_size: i64) -> anyhow::R
     };
     // Topic creation is not part of the measurement.
     relay::topics::ensure(&config).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(pool)
+        .await?;
     let started = Instant::now();
-    let task = tokio::spawn(relay::run(pool.clone(), config, async {
-        stopped.await.ok();
-    }));
-    // Done when the checkpoint reaches the last event in the global order.
-    let last: (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, global_position FROM events
-          ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_one(pool)
-    .await?;
-    loop {
-        let at: Option<(i64, i64)> =
-            sqlx::query_as("SELECT transaction_id, global_position FROM relay_checkpoints")
-                .fetch_optional(pool)
-                .await?;
-        if at == Some(last) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let relay = crate::catchup::Relay::start(pool, config);
+    relay.wait_for(pool, last).await?;
     let elapsed = started.elapsed();
-    let _ = stop.send(());
-    task.await??;
+    relay.stop().await?;
     Ok(elapsed)
 }

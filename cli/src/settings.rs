@@ -174,7 +174,7 @@ impl Settings {
             .set_default("kafka_replication", 1)?
             .set_default("relay_batch_size", 2000)?
             .set_default("relay_poll_interval_ms", 500)?
-            .set_default("projection_batch_size", 500)?
+            .set_default("projection_batch_size", 2000)?
             .set_default("saga_payment_deadline_ms", 10_000)?
             .set_default("saga_step_deadline_ms", 10_000)?
             .set_default("saga_step_attempts", 5)?

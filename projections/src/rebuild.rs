@@ -2,16 +2,24 @@
 //!
 //! 1. Fold every event of the model's aggregate, in global order, into rows in
 //!    memory (the same fold the live worker runs), and write them into a fresh
-//!    table `<table>_rebuild` with `COPY`, its indexes built afterwards.
-//!    Queries keep reading the live table meanwhile.
+//!    table `<table>_rebuild` that already has the live table's keys and
+//!    indexes, with `COPY`, a few thousand rows per transaction. Queries keep
+//!    reading the live table meanwhile.
 //! 2. In one transaction that holds the projection's lock alone (live workers
 //!    take it shared for each batch, so they pause): fold the events that
 //!    committed since, swap the fresh table in by renaming, drop the old one.
 //! 3. The live worker carries on from its Kafka offsets; whatever it receives
 //!    that the rebuild already applied is at or below the rows' versions and
 //!    changes nothing, so nothing is missed or doubled.
+//!
+//! No transaction of a rebuild stays open long: one that has written holds
+//! back the gap-safe reader (see `event_store::reader`), so a long `COPY` or
+//! an index built over the whole table would stop the relay publishing for
+//! as long as it runs. Hence the indexes come before the rows, and the rows
+//! go in chunks.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
@@ -26,14 +34,14 @@ use crate::worker::{announce, lock_name};
 /// Events folded per round, and late rows written per statement.
 const CHUNK: usize = 10_000;
 
+/// Rows written per `COPY`, each its own transaction.
+const COPY_ROWS: usize = 5_000;
+
 /// Connections writing the fresh table at once.
 const WRITERS: usize = 2;
 
 /// Marks the fresh table's keys and indexes until the swap names them.
 const SUFFIX: &str = "_rebuild";
-
-/// Memory for sorting each index of the fresh table as it is built.
-const SORT_MEMORY: &str = "256MB";
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +61,33 @@ pub async fn rebuild<M: ReadModel>(
     pool: &PgPool,
     progress: &ProgressBar,
 ) -> anyhow::Result<RebuildReport> {
-    rebuild_then_swap::<M>(pool, progress, async {}).await
+    rebuild_pausing::<M>(
+        pool,
+        progress,
+        Pauses {
+            while_writing: async {},
+            before_swap: async {},
+        },
+    )
+    .await
 }
 
-/// Like [`rebuild`], awaiting `before_swap` between writing the fresh table
-/// and swapping it in: the moment when the live workers still write to the
-/// old table. Tests use it to make that moment as long as they need.
-pub async fn rebuild_then_swap<M: ReadModel>(
+/// Moments at which [`rebuild_pausing`] waits: tests use them to make those
+/// moments as long as they need.
+#[derive(Debug)]
+pub struct Pauses<W, S> {
+    /// After the first rows went into the fresh table, before the others.
+    pub while_writing: W,
+    /// Between writing the fresh table and swapping it in: the live workers
+    /// still write to the old table.
+    pub before_swap: S,
+}
+
+/// Like [`rebuild`], awaiting each of `pauses` at its moment.
+pub async fn rebuild_pausing<M: ReadModel>(
     pool: &PgPool,
     progress: &ProgressBar,
-    before_swap: impl std::future::Future<Output = ()>,
+    pauses: Pauses<impl Future<Output = ()>, impl Future<Output = ()>>,
 ) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
     let fresh = format!("{}{SUFFIX}", M::TABLE);
@@ -86,6 +111,7 @@ pub async fn rebuild_then_swap<M: ReadModel>(
     ))
     .execute(pool)
     .await?;
+    index_fresh(pool, M::TABLE, &fresh).await?;
 
     // 1. Everything committed so far, folded in memory, then written. A task
     //    reads ahead while this one folds, so PostgreSQL and the fold overlap.
@@ -124,11 +150,11 @@ pub async fn rebuild_then_swap<M: ReadModel>(
         progress.inc(batch.len() as u64);
     }
     let checkpoint = read_ahead.await??;
-    write_fresh::<M>(pool, &fresh, &rows).await?;
+    write_fresh::<M>(pool, &fresh, &rows, pauses.while_writing).await?;
     let mut connection = pool.acquire().await?;
     let reader = GlobalReader::new(pool.clone());
 
-    before_swap.await;
+    pauses.before_swap.await;
 
     // 2. The swap, with the live workers paused.
     let mut tx = connection.begin().await?;
@@ -185,28 +211,15 @@ pub async fn rebuild_then_swap<M: ReadModel>(
     Ok(report)
 }
 
-/// Writes every row into the fresh table with `COPY`, on a few connections at
-/// once, then gives it the live table's keys and indexes (built at once too),
-/// named `<name>_rebuild` until the swap: building an index over the whole
-/// table is faster than keeping it up to date row by row.
-async fn write_fresh<M: ReadModel>(
-    pool: &PgPool,
-    fresh: &str,
-    rows: &HashMap<String, M::Row>,
-) -> anyhow::Result<()> {
-    let all: Vec<&M::Row> = rows.values().collect();
-    let share = all.len().div_ceil(WRITERS).max(1);
-    futures::future::try_join_all(all.chunks(share).map(|mine| async move {
-        let mut connection = pool.acquire().await?;
-        copy_rows::<M>(&mut connection, fresh, mine).await
-    }))
-    .await?;
-
+/// Gives the empty fresh table the live table's keys and indexes, named
+/// `<name>_rebuild` until the swap. Built on an empty table, each takes no
+/// time; built over the loaded rows, one would be a long transaction.
+async fn index_fresh(pool: &PgPool, table: &str, fresh: &str) -> anyhow::Result<()> {
     let constraints: Vec<(String, String)> = sqlx::query_as(
         "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
           WHERE conrelid = $1::regclass AND conindid <> 0",
     )
-    .bind(M::TABLE)
+    .bind(table)
     .fetch_all(pool)
     .await?;
     let indexes: Vec<(String, bool, String)> = sqlx::query_as(
@@ -215,7 +228,7 @@ async fn write_fresh<M: ReadModel>(
           WHERE i.indrelid = $1::regclass
             AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
     )
-    .bind(M::TABLE)
+    .bind(table)
     .fetch_all(pool)
     .await?;
     let mut statements: Vec<String> = constraints
@@ -233,13 +246,41 @@ async fn write_fresh<M: ReadModel>(
             "CREATE {unique}INDEX {name}{SUFFIX} ON {fresh} USING {method}"
         ));
     }
-    futures::future::try_join_all(statements.iter().map(|statement| async move {
-        let mut tx = pool.begin().await?;
-        sqlx::query(&format!("SET LOCAL maintenance_work_mem = '{SORT_MEMORY}'"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(statement).execute(&mut *tx).await?;
-        tx.commit().await
+    for statement in &statements {
+        sqlx::query(statement).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Writes every row into the fresh table with `COPY`, [`COPY_ROWS`] per
+/// transaction, on a few connections at once. `while_writing` is awaited
+/// after the first chunk committed.
+async fn write_fresh<M: ReadModel>(
+    pool: &PgPool,
+    fresh: &str,
+    rows: &HashMap<String, M::Row>,
+    while_writing: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut all: Vec<&M::Row> = rows.values().collect();
+    all.sort_unstable_by(|a, b| M::copy_order(a, b));
+    let mut chunks = all.chunks(COPY_ROWS);
+    if let Some(first) = chunks.next() {
+        copy_rows::<M>(&mut *pool.acquire().await?, fresh, first).await?;
+    }
+    while_writing.await;
+    let chunks = std::sync::Mutex::new(chunks);
+    let next = || {
+        chunks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next()
+    };
+    futures::future::try_join_all((0..WRITERS).map(|_| async {
+        let mut connection = pool.acquire().await?;
+        while let Some(chunk) = next() {
+            copy_rows::<M>(&mut connection, fresh, chunk).await?;
+        }
+        Ok::<_, sqlx::Error>(())
     }))
     .await?;
     Ok(())

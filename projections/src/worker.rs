@@ -46,7 +46,7 @@ impl Default for WorkerConfig {
             group_prefix: String::new(),
             partitions: 3,
             replication: 1,
-            max_batch: 500,
+            max_batch: 2000,
         }
     }
 }

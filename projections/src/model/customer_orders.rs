@@ -107,6 +107,13 @@ impl ReadModel for CustomerOrders {
             .collect()
     }
 
+    /// By customer, newest first, as `customer_order_by_customer` keeps them.
+    fn copy_order(a: &CustomerOrderRow, b: &CustomerOrderRow) -> std::cmp::Ordering {
+        a.customer_id
+            .cmp(&b.customer_id)
+            .then_with(|| (b.placed_at, b.order_id).cmp(&(a.placed_at, a.order_id)))
+    }
+
     fn copy_row(row: &CustomerOrderRow, text: &mut CopyText) -> serde_json::Result<()> {
         text.uuid(row.order_id)
             .text(&row.customer_id)

@@ -88,6 +88,11 @@ pub trait ReadModel: Send + Sync + 'static {
         aggregate_ids: &[&str],
     ) -> impl Future<Output = sqlx::Result<HashMap<String, Self::Row>>> + Send;
 
+    /// The order in which a rebuild writes rows into its fresh table, which
+    /// has the live table's indexes already: the order of those indexes, so
+    /// that each grows at one edge rather than everywhere at once.
+    fn copy_order(a: &Self::Row, b: &Self::Row) -> std::cmp::Ordering;
+
     /// Writes `row` as the columns of one line of `COPY` text.
     fn copy_row(row: &Self::Row, text: &mut copy::CopyText) -> serde_json::Result<()>;
 

@@ -103,6 +103,11 @@ impl ReadModel for OrderSummary {
             .collect()
     }
 
+    /// Newest first, as `order_summary_newest` keeps them.
+    fn copy_order(a: &OrderRow, b: &OrderRow) -> std::cmp::Ordering {
+        (b.placed_at, b.order_id).cmp(&(a.placed_at, a.order_id))
+    }
+
     fn copy_row(row: &OrderRow, text: &mut CopyText) -> serde_json::Result<()> {
         text.uuid(row.order_id)
             .text(&row.customer_id)

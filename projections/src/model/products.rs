@@ -109,6 +109,10 @@ impl ReadModel for ProductStock {
             .collect()
     }
 
+    fn copy_order(a: &ProductRow, b: &ProductRow) -> std::cmp::Ordering {
+        a.sku.cmp(&b.sku)
+    }
+
     fn copy_row(row: &ProductRow, text: &mut CopyText) -> serde_json::Result<()> {
         text.text(&row.sku)
             .text(&row.name)
