@@ -50,6 +50,13 @@ pub struct Settings {
     /// Put before every topic and consumer group name (empty: the contract's
     /// names, `orders.events` ...).
     pub kafka_topic_prefix: String,
+    /// Names this host in the consumer groups' static member ids, so that a
+    /// restarted process takes its partitions back at once (empty: the host
+    /// name; `off`: dynamic membership, a rebalance on every restart).
+    pub kafka_instance_id: String,
+    /// How long a consumer group waits for a silent member before it gives
+    /// that member's partitions to the others.
+    pub kafka_session_timeout_ms: u64,
     /// Partitions of the topics the platform creates.
     pub kafka_partitions: i32,
     /// Replication factor of the topics the platform creates.
@@ -170,6 +177,8 @@ impl Settings {
                 event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
             )?
             .set_default("kafka_topic_prefix", "")?
+            .set_default("kafka_instance_id", "")?
+            .set_default("kafka_session_timeout_ms", 10_000)?
             .set_default("kafka_partitions", 3)?
             .set_default("kafka_replication", 1)?
             .set_default("relay_batch_size", 2000)?
@@ -218,8 +227,30 @@ impl Settings {
             .set_override_option("kafka_brokers", env.get("KAFKA_BROKERS").cloned())?
             .build()
             .context("reading configuration")?
-            .try_deserialize()
-            .context("invalid configuration")
+            .try_deserialize::<Self>()
+            .context("invalid configuration")?
+            .checked()
+    }
+
+    /// Refuses settings no broker or process would work with.
+    fn checked(self) -> anyhow::Result<Self> {
+        // What brokers accept unless told otherwise (group.min/max.session.timeout.ms);
+        // outside it a consumer's join is refused and it never gets a partition.
+        let session = self.kafka_session_timeout_ms;
+        anyhow::ensure!(
+            (6_000..=1_800_000).contains(&session),
+            "kafka_session_timeout_ms is {session}: between 6000 and 1800000, the range brokers accept by default"
+        );
+        // Brokers take an instance id of these characters only.
+        let instance = self.kafka_instance_id.trim();
+        anyhow::ensure!(
+            instance.len() <= 200
+                && instance
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+            "kafka_instance_id is {instance:?}: at most 200 of a-z, A-Z, 0-9, '.', '_' and '-' (or off)"
+        );
+        Ok(self)
     }
 
     pub fn api(&self) -> anyhow::Result<command_api::ApiConfig> {
@@ -320,6 +351,7 @@ impl Settings {
             scan_interval: Duration::from_millis(self.saga_scan_interval_ms.max(1)),
             concurrency: self.saga_concurrency,
             snapshot_every: self.snapshot_every,
+            membership: self.kafka_membership(),
         }
     }
 
@@ -375,6 +407,21 @@ impl Settings {
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
             max_batch: self.projection_batch_size,
+            membership: self.kafka_membership(),
+        }
+    }
+
+    /// How the consumers join their groups: as static members named after
+    /// this host unless `kafka_instance_id` is `off`.
+    fn kafka_membership(&self) -> platform::kafka::Membership {
+        let instance = match self.kafka_instance_id.trim() {
+            "off" => None,
+            "" => Some(platform::kafka::host_name()),
+            name => Some(name.to_owned()),
+        };
+        platform::kafka::Membership {
+            instance,
+            session_timeout: Duration::from_millis(self.kafka_session_timeout_ms.max(1)),
         }
     }
 }
@@ -452,6 +499,38 @@ log_format = "json"
         assert!(error.to_string().contains("trusted_proxies"), "{error}");
         assert!(with("ORDERS_TRUSTED_PROXIES", "10.0.0.0/8, ::1").is_ok());
         assert!(with("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "0").is_ok());
+    }
+
+    #[test]
+    fn kafka_membership_settings_brokers_would_refuse_are_refused_with_their_name() {
+        for bad in ["0", "5999", "1800001"] {
+            let env =
+                HashMap::from([("ORDERS_KAFKA_SESSION_TIMEOUT_MS".to_owned(), bad.to_owned())]);
+            let error = Settings::load_with_env(None, env).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("kafka_session_timeout_ms"),
+                "{error:#}"
+            );
+        }
+        let error = Settings::load_with_env(
+            None,
+            HashMap::from([("ORDERS_KAFKA_INSTANCE_ID".to_owned(), "box 1/a".to_owned())]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("kafka_instance_id"),
+            "{error:#}"
+        );
+        let env = HashMap::from([(
+            "ORDERS_KAFKA_SESSION_TIMEOUT_MS".to_owned(),
+            "30000".to_owned(),
+        )]);
+        let settings = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(
+            settings.saga().membership.session_timeout,
+            Duration::from_secs(30)
+        );
+        assert!(settings.projections().membership.instance.is_some());
     }
 
     #[test]

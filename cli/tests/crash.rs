@@ -270,3 +270,56 @@ async fn a_saga_orchestrator_killed_at_random_moments_still_ends_every_order_cle
     assert!(confirmed > 0 && confirmed < 1000);
     cluster.books_balance(Duration::from_secs(30)).await;
 }
+
+/// The first step the saga took for `order_id`: when its saga row appeared.
+async fn saga_started(pool: &PgPool, order_id: &str, within: Duration) -> Instant {
+    let query = format!("SELECT count(*) FROM sagas WHERE order_id = '{order_id}'");
+    wait_for(pool, &query, within, |n| n == 1).await;
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_saga_process_takes_its_partitions_back_without_waiting_out_the_session() {
+    let mut cluster = Cluster::new("restart-saga").await;
+    for role in ["gateway", "api", "relay"] {
+        cluster.add(role, role, &[]);
+    }
+    // A dynamic member coming back after a kill waits for the group to give
+    // up on the dead one: the whole session timeout.
+    let session = Duration::from_secs(30);
+    let timeout_ms = session.as_millis().to_string();
+    cluster.add(
+        "saga",
+        "saga",
+        &[("ORDERS_KAFKA_SESSION_TIMEOUT_MS", &timeout_ms)],
+    );
+    cluster.ready().await;
+    let sku = "SKU-RESTART".to_owned();
+    cluster.products(std::slice::from_ref(&sku), 10).await;
+    let first = flow(cluster.apis(), FlowPlan::paid(1, &sku, 1), Arc::default()).await;
+    cluster
+        .all_ended(&first.accepted, Duration::from_secs(60))
+        .await;
+
+    cluster.kill("saga");
+    let second = flow(cluster.apis(), FlowPlan::paid(1, &sku, 1), Arc::default()).await;
+    // The relay has published it: only the saga's consumer is missing.
+    let written = scalar(&cluster.pool, "SELECT count(*) FROM events").await;
+    wait_for(&cluster.pool, PUBLISHED, Duration::from_secs(30), |n| {
+        n == written
+    })
+    .await;
+    let started = Instant::now();
+    cluster.start("saga");
+    let stepped = saga_started(&cluster.pool, &second.accepted[0], session).await;
+    let rejoined = stepped - started;
+    eprintln!("first saga step {rejoined:.2?} after the saga process started");
+    assert!(
+        rejoined < session * 2 / 3,
+        "the restarted saga waited {rejoined:?}, as a new member would (logs: {})",
+        cluster.logs.display()
+    );
+    cluster
+        .all_ended(&second.accepted, Duration::from_secs(60))
+        .await;
+}

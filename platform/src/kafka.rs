@@ -1,14 +1,15 @@
 //! Kafka client settings shared by every process, and a reachability probe.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 
 /// Settings every client starts from: where the brokers are and who we are.
 pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
@@ -40,6 +41,211 @@ pub fn group_consumer_config(brokers: &str, client_id: &str, group: &str) -> Cli
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000");
     config
+}
+
+/// A `group.instance.id` this process holds in one consumer group (static
+/// membership): a member that restarts under the same id takes its
+/// partitions back at once, where a new member would wait for the group to
+/// notice the old one is gone (`session.timeout.ms`) and rebalance.
+///
+/// The id is `<base>-<slot>`: `base` names the host (the configured
+/// `kafka_instance_id`, or the host name), and `slot` is the lowest one no
+/// other live member of the group on this host holds, kept by a lock on a
+/// file for as long as this value lives. Two live members with one id would
+/// fence each other; a process that died gave its lock back, so its
+/// successor gets its id.
+#[derive(Debug)]
+pub struct StaticMember {
+    id: String,
+    _lock: std::fs::File,
+}
+
+impl StaticMember {
+    /// Most members of one group on one host.
+    const SLOTS: usize = 256;
+
+    /// Claims the lowest free slot of `group` for `base`; `None` (dynamic
+    /// membership) when the lock files cannot be made.
+    pub fn claim(base: &str, group: &str) -> Option<Self> {
+        let directory = std::env::temp_dir().join("orders-kafka-members");
+        if let Err(error) = std::fs::create_dir_all(&directory) {
+            tracing::warn!(%error, ?directory, "no static group membership: cannot make the lock directory");
+            return None;
+        }
+        let name: String = format!("{base}.{group}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        for slot in 0..Self::SLOTS {
+            let path = directory.join(format!("{name}.{slot}.lock"));
+            let file = match std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(error) => {
+                    tracing::warn!(%error, ?path, "no static group membership: cannot open the lock file");
+                    return None;
+                }
+            };
+            if file.try_lock().is_ok() {
+                return Some(Self {
+                    id: format!("{base}-{slot}"),
+                    _lock: file,
+                });
+            }
+        }
+        tracing::warn!(
+            group,
+            "no static group membership: every slot on this host is taken"
+        );
+        None
+    }
+
+    /// The `group.instance.id`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// This host's name, for [`StaticMember`] ids when none is configured.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "orders".to_owned())
+}
+
+/// How a consumer joins its group.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// Names this host in static member ids (see [`StaticMember`]); `None`
+    /// joins as a dynamic member, which a restart makes the group rebalance.
+    pub instance: Option<String>,
+    /// How long the group waits for a silent member before it gives that
+    /// member's partitions to the others (`session.timeout.ms`).
+    pub session_timeout: Duration,
+}
+
+impl Default for Membership {
+    fn default() -> Self {
+        Self {
+            instance: None,
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One member of a consumer group, which builds its consumer again after a
+/// fatal error. A static member raises one when the group has fenced it: a
+/// newer member took its id, or (librdkafka does this under load) its own
+/// session timed out while it was joining and it came back under its old
+/// id. Such a consumer never delivers again; a new one with the same id
+/// takes the partitions back.
+#[derive(Debug)]
+pub struct GroupMember {
+    config: ClientConfig,
+    group: String,
+    topic: String,
+    member: Option<StaticMember>,
+    last_fatal: Option<Instant>,
+    delay: Duration,
+}
+
+impl GroupMember {
+    /// The first pause before a consumer is built again.
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    /// The longest: two live members sharing an id fence each other in turn,
+    /// and the pauses keep that from turning into a storm of rebalances.
+    const MAX_DELAY: Duration = Duration::from_secs(30);
+
+    /// A member of `group` consuming `topic`, joining as `membership` says;
+    /// it holds its static id (if any) for as long as it lives.
+    pub fn new(
+        brokers: &str,
+        client_id: &str,
+        group: &str,
+        topic: &str,
+        membership: &Membership,
+    ) -> Self {
+        let mut config = group_consumer_config(brokers, client_id, group);
+        config.set(
+            "session.timeout.ms",
+            membership.session_timeout.as_millis().max(1).to_string(),
+        );
+        let member = membership
+            .instance
+            .as_deref()
+            .and_then(|base| StaticMember::claim(base, group));
+        if let Some(member) = &member {
+            config.set("group.instance.id", member.id());
+        }
+        Self {
+            config,
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            member,
+            last_fatal: None,
+            delay: Self::FIRST_DELAY,
+        }
+    }
+
+    /// The static member id, if it joins as one.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.member.as_ref().map(StaticMember::id)
+    }
+
+    /// A new consumer, subscribed to the topic.
+    pub fn consumer(&self) -> KafkaResult<StreamConsumer> {
+        let consumer: StreamConsumer = self.config.create()?;
+        consumer.subscribe(&[&self.topic])?;
+        Ok(consumer)
+    }
+
+    /// The fatal error `consumer` has hit, if any: it will deliver nothing
+    /// more and has to be replaced.
+    pub fn fatal_error(consumer: &StreamConsumer) -> Option<String> {
+        consumer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// Records a fatal error and says how long to wait before building the
+    /// next consumer: a short pause for the first in a while, doubling while
+    /// they keep coming.
+    pub fn replacement_delay(&mut self, reason: &str) -> Duration {
+        let recent = self
+            .last_fatal
+            .is_some_and(|last| last.elapsed() < Self::MAX_DELAY * 2);
+        self.delay = if recent {
+            (self.delay * 2).min(Self::MAX_DELAY)
+        } else {
+            Self::FIRST_DELAY
+        };
+        self.last_fatal = Some(Instant::now());
+        metrics::counter!("kafka_consumer_replaced_total", "group" => self.group.clone())
+            .increment(1);
+        tracing::error!(
+            group = %self.group,
+            instance = self.instance_id().unwrap_or("-"),
+            %reason,
+            delay_ms = self.delay.as_millis() as u64,
+            "the consumer hit a fatal error; building a new one (a second live process with this \
+             instance id fences this one in turn: check kafka_instance_id)"
+        );
+        self.delay
+    }
 }
 
 /// [`create_topics`], waiting for the brokers (with a warning per try) until
@@ -189,4 +395,53 @@ pub async fn send_to_dead_letters(
         .await
         .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_members_of_a_group_get_distinct_ids_and_a_successor_gets_the_freed_one() {
+        let group = format!("membership-test-{}", uuid::Uuid::new_v4().simple());
+        let first = StaticMember::claim("host", &group).expect("a slot");
+        let second = StaticMember::claim("host", &group).expect("another slot");
+        assert_eq!((first.id(), second.id()), ("host-0", "host-1"));
+        let elsewhere = StaticMember::claim("host", &format!("{group}-other")).expect("a slot");
+        assert_eq!(elsewhere.id(), "host-0", "slots are per group");
+        drop(first);
+        let successor = StaticMember::claim("host", &group).expect("the freed slot");
+        assert_eq!(successor.id(), "host-0");
+    }
+
+    #[test]
+    fn a_static_member_joins_under_its_id_with_the_session_timeout_it_is_given() {
+        let group = format!("membership-test-{}", uuid::Uuid::new_v4().simple());
+        let membership = Membership {
+            instance: Some("box".into()),
+            session_timeout: Duration::from_secs(45),
+        };
+        let member = GroupMember::new("127.0.0.1:9092", "c", &group, "t", &membership);
+        assert_eq!(member.instance_id(), Some("box-0"));
+        assert_eq!(member.config.get("group.instance.id"), Some("box-0"));
+        assert_eq!(member.config.get("session.timeout.ms"), Some("45000"));
+
+        let dynamic = GroupMember::new("127.0.0.1:9092", "c", &group, "t", &Membership::default());
+        assert_eq!(dynamic.instance_id(), None);
+        assert_eq!(dynamic.config.get("group.instance.id"), None);
+        assert_eq!(dynamic.config.get("session.timeout.ms"), Some("10000"));
+    }
+
+    #[test]
+    fn fatal_errors_in_a_row_wait_longer_and_longer_up_to_a_bound() {
+        let mut member = GroupMember::new("127.0.0.1:9092", "c", "g", "t", &Membership::default());
+        let delays: Vec<Duration> = (0..12).map(|_| member.replacement_delay("test")).collect();
+        assert_eq!(delays[0], GroupMember::FIRST_DELAY);
+        assert_eq!(delays[1], GroupMember::FIRST_DELAY * 2);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(delays[11], GroupMember::MAX_DELAY);
+        // The first one after a long quiet spell waits the shortest again.
+        member.last_fatal = Some(Instant::now() - GroupMember::MAX_DELAY * 3);
+        assert_eq!(member.replacement_delay("test"), GroupMember::FIRST_DELAY);
+    }
 }

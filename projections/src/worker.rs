@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use event_store::{Envelope, Topics};
 use futures::FutureExt;
+use platform::kafka::{GroupMember, Membership};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
@@ -36,6 +37,8 @@ pub struct WorkerConfig {
     pub replication: i32,
     /// Most messages applied in one transaction.
     pub max_batch: usize,
+    /// How the worker joins its consumer group.
+    pub membership: Membership,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +50,7 @@ impl Default for WorkerConfig {
             partitions: 3,
             replication: 1,
             max_batch: 2000,
+            membership: Membership::default(),
         }
     }
 }
@@ -95,15 +99,14 @@ pub async fn run<M: ReadModel>(
     {
         return Ok(());
     }
-    let consumer: Arc<StreamConsumer> = Arc::new(
-        platform::kafka::group_consumer_config(
-            &config.brokers,
-            &format!("orders-projection-{}", M::NAME),
-            &group_id(&config, M::NAME),
-        )
-        .create()?,
+    let mut member = GroupMember::new(
+        &config.brokers,
+        &format!("orders-projection-{}", M::NAME),
+        &group_id(&config, M::NAME),
+        &topic,
+        &config.membership,
     );
-    consumer.subscribe(&[&topic])?;
+    let mut consumer: Arc<StreamConsumer> = Arc::new(member.consumer()?);
     let producer: FutureProducer =
         platform::kafka::client_config(&config.brokers, "orders-dead-letters")
             .set("enable.idempotence", "true")
@@ -118,7 +121,16 @@ pub async fn run<M: ReadModel>(
         let mut batch = match first {
             Ok(message) => vec![message],
             Err(error) => {
-                tracing::debug!(%error, projection = M::NAME, "consumer error");
+                let Some(fatal) = GroupMember::fatal_error(&consumer) else {
+                    tracing::debug!(%error, projection = M::NAME, "consumer error");
+                    continue;
+                };
+                let delay = member.replacement_delay(&fatal);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                consumer = Arc::new(member.consumer()?);
                 continue;
             }
         };

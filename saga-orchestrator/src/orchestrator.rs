@@ -17,8 +17,9 @@ use std::time::Duration;
 use anyhow::Context;
 use domain::OrderEvent;
 use event_store::{Envelope, Topics};
+use platform::kafka::{GroupMember, Membership};
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -46,6 +47,8 @@ pub struct OrchestratorConfig {
     /// Events between two snapshots of an aggregate (0: none); see
     /// `CommandBus::with_snapshots`.
     pub snapshot_every: u64,
+    /// How the orchestrator joins its consumer group.
+    pub membership: Membership,
 }
 
 impl Default for OrchestratorConfig {
@@ -60,6 +63,7 @@ impl Default for OrchestratorConfig {
             scan_interval: Duration::from_millis(500),
             concurrency: 32,
             snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
+            membership: Membership::default(),
         }
     }
 }
@@ -92,9 +96,14 @@ pub async fn run<G: PaymentGateway + Clone>(
     }
     let dead_letters = Topics::dead_letter(&topic);
     let group = format!("{}orders-platform.saga", config.group_prefix);
-    let consumer: StreamConsumer =
-        platform::kafka::group_consumer_config(&config.brokers, "orders-saga", &group).create()?;
-    consumer.subscribe(&[&topic])?;
+    let mut member = GroupMember::new(
+        &config.brokers,
+        "orders-saga",
+        &group,
+        &topic,
+        &config.membership,
+    );
+    let mut consumer = member.consumer()?;
     let producer: FutureProducer =
         platform::kafka::client_config(&config.brokers, "orders-saga-dead-letters")
             .set("enable.idempotence", "true")
@@ -117,7 +126,16 @@ pub async fn run<G: PaymentGateway + Clone>(
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
-                        tracing::debug!(%error, "consumer error");
+                        let Some(fatal) = GroupMember::fatal_error(&consumer) else {
+                            tracing::debug!(%error, "consumer error");
+                            continue;
+                        };
+                        let delay = member.replacement_delay(&fatal);
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        consumer = member.consumer()?;
                         continue;
                     }
                 };
