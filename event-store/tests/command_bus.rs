@@ -715,3 +715,47 @@ async fn a_keyed_command_repeated_with_its_old_expected_version_gets_its_outcome
         assert_eq!(event_count(&pool).await, 2, "{key}");
     }
 }
+
+#[tokio::test]
+async fn a_bus_that_kept_an_aggregate_still_sees_what_another_process_appended_since() {
+    // Two processes: `here` keeps the product in memory after its commands,
+    // `elsewhere` adds stock behind its back.
+    let (_db, pool) = migrated_database().await;
+    let here = CommandBus::new(pool.clone());
+    let elsewhere = CommandBus::new(pool.clone());
+    create_product(&here, "MUG", 1250, "EUR").await;
+    here.execute::<Product>("MUG", add_stock(2), &context("here"), Expect::Existing)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        elsewhere
+            .execute::<Product>("MUG", add_stock(1), &context("elsewhere"), Expect::Existing)
+            .await
+            .unwrap();
+    }
+    // Five on hand: a reservation of five needs all three additions.
+    let five = ProductCommand::ReserveStock {
+        order_id: OrderId::new(uuid::Uuid::from_u128(1)),
+        quantity: 5,
+    };
+    let outcome = here
+        .execute::<Product>("MUG", five, &context("here"), Expect::Existing)
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 6);
+    let (product, version) = here.load::<Product>("MUG").await.unwrap();
+    assert_eq!((product.on_hand(), product.available(), version), (5, 0, 6));
+
+    // And `elsewhere`, whose copy is three events old, is refused on the
+    // stock as it stands, not as it kept it.
+    let refused = elsewhere
+        .execute::<Product>("MUG", reserve(2), &context("elsewhere"), Expect::Existing)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Refused(ProductError::InsufficientStock { available: 0, .. }))
+        ),
+        "{refused:?}"
+    );
+}
