@@ -754,7 +754,10 @@ async fn a_bus_that_kept_an_aggregate_still_sees_what_another_process_appended_s
     assert!(
         matches!(
             refused,
-            Err(CommandError::Refused(ProductError::InsufficientStock { available: 0, .. }))
+            Err(CommandError::Refused(ProductError::InsufficientStock {
+                available: 0,
+                ..
+            }))
         ),
         "{refused:?}"
     );
