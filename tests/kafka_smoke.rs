@@ -45,6 +45,8 @@ async fn a_message_produced_to_the_local_broker_is_consumed_back() {
     assert_eq!(message.key(), Some(&b"key-1"[..]));
     assert_eq!(message.payload(), Some(&b"hello"[..]));
     assert_eq!(message.topic(), topic);
+    drop(message);
+    platform::kafka::close(consumer).await;
 
     // Leave nothing behind on the shared broker.
     let admin: AdminClient<DefaultClientContext> =

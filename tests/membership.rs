@@ -3,10 +3,11 @@
 //! stopping for good.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use platform::kafka::group_consumer_config;
-use platform::testing::kafka_brokers;
+use platform::kafka::{GroupMember, Membership, group_consumer_config};
+use platform::testing::{TestTopics, kafka_brokers};
 use platform_tests::TestPlatform;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -137,4 +138,46 @@ async fn a_fenced_projection_worker_and_saga_build_their_consumers_again_and_go_
     everything_committed(products.0, products.1).await;
     everything_committed(sagas.0, sagas.1).await;
     platform.stop().await;
+}
+
+/// A member stopped at any moment of its join closes, and soon: while the
+/// group's answer is on its way, just after its partitions were handed
+/// over, or while its topic, created a moment before (as every process
+/// creates its topics at start), appears in the brokers' metadata and turns
+/// the group over again. A close that met a rebalance event still queued
+/// for the application used to hang for good, and with it the shutdown of
+/// the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_at_any_moment_of_its_join_closes_at_once() {
+    let topics = TestTopics::new();
+    let membership = Membership {
+        instance: Some("closing".into()),
+        session_timeout: Duration::from_secs(10),
+    };
+    let mut slowest = Duration::ZERO;
+    for round in 0..30u64 {
+        let topic = format!("{}closing-{round}.events", topics.prefix);
+        platform::kafka::create_topics(&kafka_brokers(), std::slice::from_ref(&topic), 4, 1)
+            .await
+            .unwrap();
+        // Three groups, so most rounds join a group another member just left.
+        let group = format!("{}closing-{}", topics.prefix, round % 3);
+        let member = GroupMember::new(&kafka_brokers(), "closing", &group, &topic, &membership);
+        let consumer = Arc::new(member.consumer().unwrap());
+        // Served for a while, as a worker serves it, then stopped.
+        let serving = Duration::from_millis(round * 37 % 1500);
+        if round % 2 == 0 {
+            let _ = tokio::time::timeout(serving, consumer.recv()).await;
+        } else {
+            // Or not served at all meanwhile (its task waited for a thread).
+            tokio::time::sleep(serving).await;
+        }
+        let started = Instant::now();
+        assert!(
+            platform::kafka::close(consumer).await,
+            "round {round}: the consumer did not close (stopped after {serving:?})"
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("slowest close: {slowest:?}");
 }

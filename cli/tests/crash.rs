@@ -174,6 +174,7 @@ async fn read_until_all_seen(topic: &str, count: usize) -> Vec<Envelope> {
         seen.insert(envelope.event_id);
         envelopes.push(envelope);
     }
+    platform::kafka::close(consumer).await;
     envelopes
 }
 

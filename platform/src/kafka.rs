@@ -248,6 +248,56 @@ impl GroupMember {
     }
 }
 
+/// How long [`close`] serves a leaving consumer's rebalance before it
+/// closes the consumer anyway, and then how long it waits for the close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Leaves the group and closes `consumer` without ever hanging its caller.
+///
+/// Dropping a group consumer closes it, and librdkafka hangs that close for
+/// good when a rebalance event is still queued for the application: the
+/// close terminates the group first, and the (un)assign call the event
+/// makes then waits for an answer nobody gives (confluentinc/librdkafka
+/// issue 4884). So the consumer unsubscribes first and serves its queue
+/// until it holds no partition and nothing more comes, and only then is
+/// dropped, on a thread of its own: should the close still stall, the
+/// caller goes on after [`CLOSE_WAIT`] with a warning.
+///
+/// Leaving is explicit, so even a static member hands its partitions to
+/// the rest of the group at once; one that is killed keeps them until it
+/// comes back or its session times out.
+///
+/// Returns whether the consumer closed within the wait.
+pub async fn close(consumer: impl Into<Arc<StreamConsumer>>) -> bool {
+    let consumer = consumer.into();
+    consumer.unsubscribe();
+    let deadline = Instant::now() + CLOSE_WAIT;
+    let mut quiet = 0;
+    while quiet < 3 && Instant::now() < deadline {
+        // Rebalance events are served inside `recv`; messages that still
+        // arrive are not committed, so the group delivers them again.
+        match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
+            Ok(_) => quiet = 0,
+            Err(_) => {
+                let holds = consumer
+                    .assignment()
+                    .is_ok_and(|partitions| partitions.count() > 0);
+                quiet = if holds { 0 } else { quiet + 1 };
+            }
+        }
+    }
+    let (closed, done) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    let closed = tokio::time::timeout(CLOSE_WAIT, done).await.is_ok();
+    if !closed {
+        tracing::warn!("a Kafka consumer did not close within {CLOSE_WAIT:?}; going on without it");
+    }
+    closed
+}
+
 /// [`create_topics`], waiting for the brokers (with a warning per try) until
 /// they answer. Returns `false` if `shutdown` completed first.
 pub async fn create_topics_when_up(

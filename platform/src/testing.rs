@@ -173,7 +173,10 @@ pub async fn consume(
             Ok(Err(error @ rdkafka::error::KafkaError::MessageConsumption(_))) => {
                 eprintln!("test reader: {error} (reading on)");
             }
-            Ok(Err(error)) => return Err(error.into()),
+            Ok(Err(error)) => {
+                crate::kafka::close(consumer).await;
+                return Err(error.into());
+            }
             Err(_) => {
                 eprintln!(
                     "test reader: {} of {expected} messages from {topics:?} within {within:?}",
@@ -183,6 +186,7 @@ pub async fn consume(
             }
         }
     }
+    crate::kafka::close(consumer).await;
     Ok(messages)
 }
 

@@ -130,6 +130,7 @@ pub async fn run<M: ReadModel>(
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(delay) => {}
                 }
+                platform::kafka::close(consumer).await;
                 consumer = Arc::new(member.consumer()?);
                 continue;
             }
@@ -157,6 +158,7 @@ pub async fn run<M: ReadModel>(
         }
         lag.update(&consumer);
     }
+    platform::kafka::close(consumer).await;
     Ok(())
 }
 

@@ -135,6 +135,7 @@ pub async fn run<G: PaymentGateway + Clone>(
                             () = &mut shutdown => break,
                             () = tokio::time::sleep(delay) => {}
                         }
+                        platform::kafka::close(consumer).await;
                         consumer = member.consumer()?;
                         continue;
                     }
@@ -174,6 +175,7 @@ pub async fn run<G: PaymentGateway + Clone>(
             }
         }
     }
+    platform::kafka::close(consumer).await;
     Ok(())
 }
 
