@@ -130,6 +130,7 @@ pub async fn run<M: ReadModel>(
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(delay) => {}
                 }
+                lag.finish().await;
                 platform::kafka::close(consumer).await;
                 consumer = Arc::new(member.consumer()?);
                 continue;
@@ -158,6 +159,7 @@ pub async fn run<M: ReadModel>(
         }
         lag.update(&consumer);
     }
+    lag.finish().await;
     platform::kafka::close(consumer).await;
     Ok(())
 }
@@ -363,6 +365,8 @@ fn next_offsets(batch: &[BorrowedMessage<'_>]) -> anyhow::Result<TopicPartitionL
 struct LagGauge {
     projection: &'static str,
     last: Option<Instant>,
+    /// The measurement under way: it holds the consumer until it ends.
+    measuring: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl LagGauge {
@@ -372,18 +376,31 @@ impl LagGauge {
         Self {
             projection,
             last: None,
+            measuring: None,
+        }
+    }
+
+    /// Waits for the measurement under way, so the consumer it holds can be
+    /// closed by its owner (`platform::kafka::close`), not dropped by it.
+    async fn finish(&mut self) {
+        if let Some(measuring) = self.measuring.take() {
+            let _ = measuring.await;
         }
     }
 
     fn update(&mut self, consumer: &Arc<StreamConsumer>) {
-        if self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
+        let busy = self
+            .measuring
+            .as_ref()
+            .is_some_and(|task| !task.is_finished());
+        if busy || self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
             return;
         }
         self.last = Some(Instant::now());
         let consumer = Arc::clone(consumer);
         let projection = self.projection;
         // Watermark queries block; keep them off the async workers.
-        tokio::task::spawn_blocking(move || {
+        self.measuring = Some(tokio::task::spawn_blocking(move || {
             let Ok(positions) = consumer.position() else {
                 return;
             };
@@ -403,6 +420,6 @@ impl LagGauge {
                 lag += (high - position).max(0);
             }
             metrics::gauge!("projection_lag_events", "projection" => projection).set(lag as f64);
-        });
+        }));
     }
 }
