@@ -4,10 +4,13 @@
 //! Checks run in the order a client would fix them: the media type (415), the
 //! size (413), JSON syntax (400), then the shape of the document (422).
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -38,22 +41,15 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
         if !has_json_content_type(request.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let keyed = request.headers().contains_key(IDEMPOTENCY_KEY);
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit: BODY_LIMIT }
-                } else {
-                    ApiError::MalformedJson(rejection.body_text())
-                }
-            })?;
+        let (parts, body) = request.into_parts();
+        let bytes = read_limited(&parts.headers, body, BODY_LIMIT).await?;
         let value = decode(&bytes)?;
         let fingerprint = if keyed {
             let document: Value = serde_json::from_slice(&bytes)
@@ -64,6 +60,62 @@ where
         };
         Ok(Self { value, fingerprint })
     }
+}
+
+/// Bytes read and thrown away past a body's limit before the 413 goes out,
+/// and how long that may take. A client that sends a body somewhat too large
+/// without declaring its length (chunked) then finishes sending and reads the
+/// answer, rather than finding the connection closed under its last writes.
+const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// A request body of at most `limit` bytes. A body declared (by its
+/// `Content-Length`) larger than the limit and the drain allowance together
+/// is refused before a byte of it is read; any other body over the limit is
+/// read on, up to that allowance, and then refused: 413 either way.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge { limit };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let allowance = limit.saturating_add(DRAIN_BYTES);
+    if declared.is_some_and(|length| length > allowance as u64) {
+        return Err(too_large());
+    }
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut seen = loop {
+        match body.frame().await {
+            None => return Ok(Bytes::from(bytes)),
+            Some(Err(_)) => {
+                return Err(ApiError::MalformedJson("the body could not be read".into()));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > limit {
+                        break bytes.len() + data.len();
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
+    };
+    drop(bytes);
+    let drain = async {
+        while seen <= allowance {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    Err(too_large())
 }
 
 /// `application/json`, or any `application/*+json`, with or without parameters.

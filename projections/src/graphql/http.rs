@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use command_api::problem::ApiError;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use http_body_util::BodyExt;
 use identity::{AuthError, Authenticator, Identity};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -93,25 +92,8 @@ impl Endpoint {
         if !is_json(request.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit as u64) {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        let body = http_body_util::Limited::new(request.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|error| {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    ApiError::PayloadTooLarge { limit }
-                } else {
-                    ApiError::MalformedJson("the body could not be read".into())
-                }
-            })?
-            .to_bytes();
+        let (parts, body) = request.into_parts();
+        let body = command_api::extract::read_limited(&parts.headers, body, limit).await?;
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
         serde_json::from_value(value).map_err(|error| {
