@@ -12,6 +12,7 @@
 //!   the relay's lag while a rebuild runs.
 
 mod catchup;
+mod connection;
 mod latency;
 mod rebuild;
 mod relay;

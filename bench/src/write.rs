@@ -386,24 +386,14 @@ async fn create_catalogue(base: &str, products: usize) -> anyhow::Result<Arc<Vec
 /// on hyper directly so the load generator costs as little CPU as possible on
 /// the machine it shares with the server.
 struct PlaceOrders {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    authority: String,
-    /// An administrator's bearer token: the bench places orders for many customers.
-    authorization: String,
+    connection: crate::connection::Connection,
     skus: Arc<Vec<String>>,
 }
 
 impl PlaceOrders {
     async fn connect(address: SocketAddr, skus: Arc<Vec<String>>) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         Ok(Self {
-            sender,
-            authority: address.to_string(),
-            authorization: format!("Bearer {}", identity::testing::admin_token()),
+            connection: crate::connection::Connection::open(address).await?,
             skus,
         })
     }
@@ -412,31 +402,18 @@ impl PlaceOrders {
 impl Operation for PlaceOrders {
     /// One order of one to three distinct products, chosen by `n`.
     async fn run(&mut self, n: u64) -> anyhow::Result<()> {
-        use http_body_util::BodyExt;
-
         let skus = &self.skus;
         let count = (n % 3 + 1) as usize;
         let first = (n.wrapping_mul(2_654_435_761) % skus.len() as u64) as usize;
         let lines: Vec<_> = (0..count)
             .map(|i| json!({"sku": skus[(first + i * 7) % skus.len()], "quantity": 1 + i}))
             .collect();
-        let body = serde_json::to_vec(&json!({
+        let order = json!({
             "customer_id": format!("customer-{}", n % 1000),
             "lines": lines,
             "payment_method": "tok_visa",
-        }))?;
-        let request = hyper::Request::post("/api/orders")
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::AUTHORIZATION, &self.authorization)
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        // Reading the body to its end keeps the connection usable.
-        response.into_body().collect().await?;
-        anyhow::ensure!(status == 202, "place order: {status}");
-        Ok(())
+        });
+        self.connection.place(&order).await.map(drop)
     }
 }
 
