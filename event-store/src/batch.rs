@@ -4,16 +4,16 @@
 //! so guarantee 1 is untouched; what changes is that, under load, PostgreSQL
 //! parses, plans and commits once for several commands instead of once each.
 //! A lone command goes alone, without waiting for company: a worker takes
-//! whatever is queued when it becomes free, never waits on a timer.
+//! whatever is queued when it becomes free, never waits on a timer (see
+//! `platform::batch`).
 //!
 //! A batch fails as a whole (a conflict of one command rolls back the
 //! others), so a failed batch is retried command by command, and each command
 //! gets its own answer, exactly as if it had never been batched.
 
-use std::sync::{Arc, OnceLock};
-
+use platform::batch::Batcher;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::repository::{
     AppendError, IdempotencyClaim, NewEvent, PendingAppend, PgEventRepository,
@@ -22,31 +22,32 @@ use crate::repository::{
 /// How many commands one statement takes at most.
 const MAX_BATCH: usize = 64;
 
-/// One command waiting to be appended.
+/// A command's events and its idempotency key.
+pub type Command = (Vec<NewEvent>, Option<IdempotencyClaim>);
+
+/// Commands waiting to be appended together: all of them or none.
 struct Job {
-    events: Vec<NewEvent>,
-    claim: Option<IdempotencyClaim>,
+    commands: Vec<Command>,
     done: oneshot::Sender<Result<(), AppendError>>,
 }
 
 /// Appends commands' events through a few workers that batch whatever is
-/// queued. Cheap to clone; clones share the workers. The workers start on
-/// first use (on the runtime of the caller) and stop when every clone is gone.
+/// queued. Cheap to clone; clones share the workers.
 #[derive(Debug, Clone)]
 pub struct AppendBatcher {
-    repository: PgEventRepository,
-    workers: usize,
-    queue: Arc<OnceLock<mpsc::Sender<Job>>>,
+    batcher: Batcher<Job>,
 }
 
 impl AppendBatcher {
     /// `workers` statements may be in flight at once (each holds one
     /// connection); fewer workers make bigger batches.
     pub fn new(pool: PgPool, workers: usize) -> Self {
+        let repository = PgEventRepository::new(pool);
         Self {
-            repository: PgEventRepository::new(pool),
-            workers: workers.max(1),
-            queue: Arc::new(OnceLock::new()),
+            batcher: Batcher::new("append_batch_commands", workers, MAX_BATCH, move |batch| {
+                let repository = repository.clone();
+                async move { append_batch(&repository, batch).await }
+            }),
         }
     }
 
@@ -58,77 +59,56 @@ impl AppendBatcher {
         events: Vec<NewEvent>,
         claim: Option<IdempotencyClaim>,
     ) -> Result<(), AppendError> {
+        self.append_together(vec![(events, claim)]).await
+    }
+
+    /// Appends several commands' events and keys, all of them or none,
+    /// sharing the statement with other commands queued at the same moment.
+    /// Same contract as [`PgEventRepository::append_commands`].
+    pub async fn append_together(&self, commands: Vec<Command>) -> Result<(), AppendError> {
         let (done, answer) = oneshot::channel();
-        let job = Job {
-            events,
-            claim,
-            done,
-        };
-        self.queue()
-            .send(job)
+        let job = Job { commands, done };
+        self.batcher
+            .submit(job)
             .await
             .map_err(|_| AppendError::Database(sqlx::Error::PoolClosed))?;
         answer
             .await
             .map_err(|_| AppendError::Database(sqlx::Error::WorkerCrashed))?
     }
-
-    fn queue(&self) -> &mpsc::Sender<Job> {
-        self.queue.get_or_init(|| {
-            let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-            let receiver = Arc::new(Mutex::new(receiver));
-            for _ in 0..self.workers {
-                tokio::spawn(work(self.repository.clone(), Arc::clone(&receiver)));
-            }
-            sender
-        })
-    }
 }
 
-/// Takes a job and every job queued behind it, appends them together, answers.
-async fn work(repository: PgEventRepository, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        {
-            let mut queue = queue.lock().await;
-            match queue.recv().await {
-                Some(job) => batch.push(job),
-                None => return,
-            }
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-        metrics::histogram!("append_batch_commands").record(batch.len() as f64);
-        append_batch(&repository, &mut batch).await;
-    }
-}
-
-async fn append_batch(repository: &PgEventRepository, batch: &mut Vec<Job>) {
+async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
     // A caller that stopped waiting (it timed out and will try again, or
     // settle the key) gets no append behind its back.
     batch.retain(|job| !job.done.is_closed());
     if batch.len() > 1 {
         let pending: Vec<PendingAppend<'_>> = batch
             .iter()
-            .map(|job| PendingAppend {
-                events: &job.events,
-                claim: job.claim.as_ref(),
+            .flat_map(|job| &job.commands)
+            .map(|(events, claim)| PendingAppend {
+                events,
+                claim: claim.as_ref(),
             })
             .collect();
         if repository.append_commands(&pending).await.is_ok() {
-            for job in batch.drain(..) {
+            for job in batch {
                 let _ = job.done.send(Ok(()));
             }
             return;
         }
-        // Something in the batch failed; find out what, command by command.
+        // Something in the batch failed; find out what, job by job.
     }
-    for job in batch.drain(..) {
-        let result = repository.append(&job.events, job.claim.as_ref()).await;
+    for job in batch {
+        let pending: Vec<PendingAppend<'_>> = job
+            .commands
+            .iter()
+            .map(|(events, claim)| PendingAppend {
+                events,
+                claim: claim.as_ref(),
+            })
+            .collect();
+        let result = repository.append_commands(&pending).await;
         let _ = job.done.send(result);
     }
 }

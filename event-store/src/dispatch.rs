@@ -11,12 +11,13 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventRepository;
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope};
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::batch::AppendBatcher;
 use crate::idempotency::{self, RememberedOutcome};
 use crate::repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
-use crate::streams::StreamLocks;
+use crate::streams::{Boxed, Serving, Streams};
 
 /// Metadata keys written on every event.
 pub mod metadata {
@@ -177,7 +178,7 @@ pub struct CommandBus {
     repository: PgEventRepository,
     batcher: AppendBatcher,
     retry: RetryPolicy,
-    streams: StreamLocks,
+    streams: Streams,
     snapshot_every: u64,
 }
 
@@ -187,7 +188,7 @@ impl CommandBus {
             repository: PgEventRepository::new(pool.clone()),
             batcher: AppendBatcher::new(pool, DEFAULT_APPEND_WORKERS),
             retry: RetryPolicy::default(),
-            streams: StreamLocks::default(),
+            streams: Streams::default(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
@@ -237,7 +238,8 @@ impl CommandBus {
     ) -> Result<Outcome, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + 'static,
-        A::Command: Clone,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send,
     {
         let started = Instant::now();
         let result = self.run::<A>(aggregate_id, command, context, expect).await;
@@ -266,7 +268,8 @@ impl CommandBus {
     ) -> Result<Outcome, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + 'static,
-        A::Command: Clone,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send,
     {
         // A client's key is looked up first: clients repeat requests, and a
         // repeat that got as far as the append would fail a whole shared
@@ -282,127 +285,287 @@ impl CommandBus {
         {
             return Ok(outcome);
         }
-        // Commands on one stream from this process take turns; see `streams`.
-        let mut turn = self
-            .streams
-            .turn(format!("{}/{aggregate_id}", A::TYPE))
-            .await;
+        // The command queues on its stream, and the stream's worker answers
+        // it; see `streams`. A caller that stops waiting leaves its command
+        // behind, and the worker drops it unless it is already deciding it.
+        let (reply, answer) = oneshot::channel();
+        let job = Job::<A> {
+            command,
+            context: context.clone(),
+            expect,
+            reply,
+        };
+        let stream = format!("{}/{aggregate_id}", A::TYPE);
+        if let Some(serving) = self.streams.push(&stream, Box::new(job)) {
+            let (bus, aggregate_id) = (self.clone(), aggregate_id.to_owned());
+            tokio::spawn(async move { bus.serve::<A>(&aggregate_id, serving).await });
+        }
+        answer
+            .await
+            .map_err(|_| CommandError::Store(StoreError::Database(sqlx::Error::WorkerCrashed)))?
+    }
+
+    /// A stream's worker: decides what is queued on the stream, round after
+    /// round, until nothing is.
+    async fn serve<A>(&self, aggregate_id: &str, mut serving: Serving)
+    where
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send,
+    {
+        let mut kept = serving
+            .take_kept()
+            .and_then(|kept| kept.downcast::<(A, u64)>().ok())
+            .map(|kept| *kept);
+        // The kept aggregate goes to the stream's cache only when the
+        // worker is done; between rounds it stays here.
+        while let Some(jobs) = serving.next(MAX_ROUND, || {
+            kept.take().map(|kept| Box::new(kept) as Boxed)
+        }) {
+            let jobs: Vec<Job<A>> = jobs
+                .into_iter()
+                .filter_map(|job| job.downcast::<Job<A>>().ok().map(|job| *job))
+                .filter(|job| !job.reply.is_closed())
+                .collect();
+            if !jobs.is_empty() {
+                kept = self.round(aggregate_id, kept.take(), jobs).await;
+            }
+        }
+    }
+
+    /// Decides `jobs` one after another on the aggregate (`kept`, as the
+    /// last round left it, or loaded) and appends what they decided in one
+    /// go; answers each. Returns the aggregate to keep for the next round:
+    /// the fold of committed events only.
+    async fn round<A>(
+        &self,
+        aggregate_id: &str,
+        kept: Option<(A, u64)>,
+        jobs: Vec<Job<A>>,
+    ) -> Option<(A, u64)>
+    where
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send,
+    {
+        let mut jobs = jobs;
+        // A kept copy is the fold of events this process saw commit, but
+        // another process may have appended since. An append finds that out
+        // by itself (the next sequence is taken: a conflict); a round that
+        // appends nothing (refusals, commands that decide nothing, version
+        // mismatches) reads the newer events first.
+        let mut state = kept.map(|(aggregate, version)| (aggregate, version, false));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut aggregate, version) = if expect == Expect::New && attempt == 1 {
-                (A::default(), 0)
-            } else {
-                self.current::<A>(aggregate_id, turn.take())
-                    .await
-                    .map_err(CommandError::Store)?
+            let (mut aggregate, version, verified) = match state.take() {
+                Some(state) => state,
+                None if attempt == 1 && jobs.iter().all(|job| job.expect == Expect::New) => {
+                    (A::default(), 0, true)
+                }
+                None => match self.current::<A>(aggregate_id, None).await {
+                    Ok((aggregate, version)) => (aggregate, version, true),
+                    Err(error) => {
+                        fail_all(jobs, error);
+                        return None;
+                    }
+                },
             };
-            // `handle` applies what it decides to the aggregate as it goes
-            // (cqrs-es's sink): from here on it is at `version` only while
-            // nothing was decided.
-            let sink = EventSink::default();
-            let decision = aggregate.handle(command.clone(), &(), &sink).await;
-            // A stale version is reported only for a command the aggregate
-            // would take: its refusal comes first, so an aggregate that hides
-            // itself from this caller (another customer's order reads as a
-            // missing one) does not give its version away to a precondition.
-            if let Some(expected) = context.expected_version
-                && expected != version
-                && decision.is_ok()
-            {
-                if sink.collect().await.is_empty() {
-                    turn.keep(aggregate, version);
-                }
-                // The same request may have landed already, moving the version.
-                if let Some(claim) = &context.idempotency
-                    && let Some(outcome) = self.remembered::<A>(claim).await?
-                {
-                    return Ok(outcome);
-                }
-                return Err(CommandError::VersionMismatch {
-                    expected,
-                    actual: version,
-                });
+            let decided = decide_all(aggregate_id, &mut aggregate, version, &jobs).await;
+            let later = jobs.split_off(decided.decisions.len());
+            let appends = decided
+                .decisions
+                .iter()
+                .any(|decision| matches!(decision, Decision::Append { .. }));
+            if !verified && !appends {
+                // The answers rest on the kept copy: decide again on the
+                // stream as it stands if it moved on since.
+                let current = if decided.tainted {
+                    self.current::<A>(aggregate_id, None).await
+                } else {
+                    self.fold_onto(aggregate_id, (aggregate, version)).await
+                };
+                let Ok((aggregate, current)) = current else {
+                    // Answered from the kept copy's view is not safe, and
+                    // the store cannot say more: each job alone, afresh.
+                    jobs.extend(later);
+                    return self.one_by_one(aggregate_id, jobs).await;
+                };
+                metrics::counter!("kept_aggregate_checks_total", "aggregate" => A::TYPE, "stale" => (current != version).to_string())
+                    .increment(1);
+                jobs.extend(later);
+                state = Some((aggregate, current, true));
+                attempt -= 1;
+                continue;
             }
-            if let Err(refusal) = decision {
-                if sink.collect().await.is_empty() {
-                    turn.keep(aggregate, version);
+            let commands: Vec<crate::batch::Command> = decided
+                .decisions
+                .iter()
+                .filter_map(|decision| match decision {
+                    Decision::Append { events, claim, .. } => Some((events.clone(), claim.clone())),
+                    _ => None,
+                })
+                .collect();
+            let appended = if commands.is_empty() {
+                Ok(())
+            } else {
+                self.batcher.append_together(commands).await
+            };
+            let error = match appended {
+                Ok(()) => {
+                    let final_version = decided.version;
+                    if appends && self.snapshot_due(version, final_version) && !decided.tainted {
+                        self.snapshot(aggregate_id, &aggregate, final_version);
+                    }
+                    self.answer(aggregate_id, jobs, decided.decisions).await;
+                    if !later.is_empty() {
+                        // Decided after one that left the aggregate holding
+                        // events never stored: a round of their own, on the
+                        // stream loaded afresh.
+                        return Box::pin(self.round(aggregate_id, None, later)).await;
+                    }
+                    return (!decided.tainted).then_some((aggregate, final_version));
                 }
-                // The same request may have landed since the first look (a
-                // second sender of one keyed command): its outcome, not a
-                // refusal of what it already did, is the answer.
-                if let Some(claim) = &context.idempotency
-                    && let Some(outcome) = self.remembered::<A>(claim).await?
-                {
-                    return Ok(outcome);
-                }
-                return Err(CommandError::Refused(refusal));
+                Err(error) => error,
+            };
+            jobs.extend(later);
+            if jobs.len() > 1 {
+                // Something in the round failed (another process wrote the
+                // stream, a key was taken, the database): each job alone,
+                // so that each gets its own answer.
+                return self.one_by_one(aggregate_id, jobs).await;
             }
-            let events = sink.collect().await;
-            if events.is_empty() {
-                turn.keep(aggregate, version);
-                return Ok(Outcome {
+            let job = jobs.pop()?;
+            match self.retry_after(&job, error, attempt, verified).await {
+                Some(answer) => {
+                    let _ = job.reply.send(answer);
+                    return None;
+                }
+                None => jobs.push(job),
+            }
+        }
+    }
+
+    /// What a lone command's failed append means: its answer, or `None` to
+    /// try again (after a backoff when a race was lost).
+    async fn retry_after<A>(
+        &self,
+        job: &Job<A>,
+        error: AppendError,
+        attempt: u32,
+        verified: bool,
+    ) -> Option<Result<Outcome, CommandError<A::Error>>>
+    where
+        A: Aggregate,
+    {
+        let claim = job.context.idempotency.as_ref();
+        match error {
+            AppendError::Conflict => {
+                metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE).increment(1);
+                // The writer that won may have been this very request, sent
+                // twice.
+                if let Some(claim) = claim {
+                    match self.remembered::<A>(claim).await {
+                        Ok(None) => {}
+                        found => {
+                            return Some(
+                                found.and_then(|outcome| outcome.ok_or(CommandError::KeyReused)),
+                            );
+                        }
+                    }
+                }
+                if attempt >= self.retry.max_attempts {
+                    return Some(Err(CommandError::Conflict { attempts: attempt }));
+                }
+                // A kept copy that was behind is no race lost: the next try
+                // reads the stream at once.
+                if verified {
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                }
+                None
+            }
+            AppendError::KeyTaken => {
+                // A request with the same key committed while this one ran,
+                // or an expired row still holds the key.
+                let Some(claim) = claim else {
+                    return Some(Err(
+                        StoreError::Corrupt("key taken without a key".into()).into()
+                    ));
+                };
+                match self.remembered::<A>(claim).await {
+                    Ok(None) => {}
+                    found => {
+                        return Some(
+                            found.and_then(|outcome| outcome.ok_or(CommandError::KeyReused)),
+                        );
+                    }
+                }
+                if let Err(error) =
+                    idempotency::forget_if_expired(self.pool(), claim.key.as_str()).await
+                {
+                    return Some(Err(StoreError::from(error).into()));
+                }
+                if attempt >= self.retry.max_attempts {
+                    return Some(Err(CommandError::Conflict { attempts: attempt }));
+                }
+                None
+            }
+            AppendError::Database(error) => Some(Err(StoreError::from(error).into())),
+        }
+    }
+
+    /// Each job in a round of its own, on the stream loaded afresh.
+    async fn one_by_one<A>(&self, aggregate_id: &str, jobs: Vec<Job<A>>) -> Option<(A, u64)>
+    where
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send,
+    {
+        let mut kept = None;
+        for job in jobs {
+            kept = Box::pin(self.round(aggregate_id, kept, vec![job])).await;
+        }
+        kept
+    }
+
+    /// Answers each job by its decision, once the round's appends committed.
+    async fn answer<A>(
+        &self,
+        aggregate_id: &str,
+        jobs: Vec<Job<A>>,
+        decisions: Vec<Decision<A::Error>>,
+    ) where
+        A: Aggregate,
+    {
+        for (job, decision) in jobs.into_iter().zip(decisions) {
+            let answer = match decision {
+                Decision::Append { version, .. } | Decision::Unchanged { version } => Ok(Outcome {
                     aggregate_id: aggregate_id.to_owned(),
                     version,
                     replayed: false,
-                });
-            }
-            let serialized = serialize::<A>(aggregate_id, version, events, context)?;
-            let new_version = version + serialized.len() as u64;
-            match self
-                .batcher
-                .append(serialized, context.idempotency.clone())
-                .await
-            {
-                Ok(()) => {
-                    // Committed: the aggregate, with its new events applied
-                    // by `handle`, is the stream as it now stands.
-                    if self.snapshot_due(version, new_version) {
-                        self.snapshot(aggregate_id, &aggregate, new_version);
-                    }
-                    turn.keep(aggregate, new_version);
-                    return Ok(Outcome {
-                        aggregate_id: aggregate_id.to_owned(),
-                        version: new_version,
-                        replayed: false,
-                    });
-                }
-                Err(AppendError::Conflict) => {
-                    // The aggregate holds events that were never stored: the
-                    // next try reads the stream afresh.
-                    metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE)
-                        .increment(1);
-                    // The writer that won may have been this very request,
-                    // sent twice.
-                    if let Some(claim) = &context.idempotency
-                        && let Some(outcome) = self.remembered::<A>(claim).await?
-                    {
-                        return Ok(outcome);
-                    }
-                    if attempt >= self.retry.max_attempts {
-                        return Err(CommandError::Conflict { attempts: attempt });
-                    }
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                }
-                Err(AppendError::KeyTaken) => {
-                    // A request with the same key committed while this one ran,
-                    // or an expired row still holds the key.
-                    let claim = context
-                        .idempotency
-                        .as_ref()
-                        .ok_or_else(|| StoreError::Corrupt("key taken without a key".into()))?;
-                    if let Some(outcome) = self.remembered::<A>(claim).await? {
-                        return Ok(outcome);
-                    }
-                    idempotency::forget_if_expired(self.pool(), claim.key.as_str())
-                        .await
-                        .map_err(StoreError::from)?;
-                    if attempt >= self.retry.max_attempts {
-                        return Err(CommandError::Conflict { attempts: attempt });
-                    }
-                }
-                Err(AppendError::Database(error)) => return Err(StoreError::from(error).into()),
-            }
+                }),
+                // The same request may have landed already (a second sender
+                // of one keyed command): its outcome, not a refusal of what
+                // it already did, is the answer.
+                Decision::Refused(refusal) => match &job.context.idempotency {
+                    Some(claim) => match self.remembered::<A>(claim).await {
+                        Ok(Some(outcome)) => Ok(outcome),
+                        Ok(None) => Err(CommandError::Refused(refusal)),
+                        Err(error) => Err(error),
+                    },
+                    None => Err(CommandError::Refused(refusal)),
+                },
+                Decision::Failed(error) => Err(CommandError::Store(error)),
+                Decision::Mismatch { expected, actual } => match &job.context.idempotency {
+                    Some(claim) => match self.remembered::<A>(claim).await {
+                        Ok(Some(outcome)) => Ok(outcome),
+                        Ok(None) => Err(CommandError::VersionMismatch { expected, actual }),
+                        Err(error) => Err(error),
+                    },
+                    None => Err(CommandError::VersionMismatch { expected, actual }),
+                },
+            };
+            let _ = job.reply.send(answer);
         }
     }
 
@@ -592,6 +755,131 @@ impl CommandBus {
             version,
             replayed: true,
         }))
+    }
+}
+
+/// Commands a stream's worker decides in one round at most.
+const MAX_ROUND: usize = 64;
+
+/// A command queued on its stream, and where its answer goes.
+struct Job<A: Aggregate> {
+    command: A::Command,
+    context: CommandContext,
+    expect: Expect,
+    reply: oneshot::Sender<Result<Outcome, CommandError<A::Error>>>,
+}
+
+/// What the aggregate decided on one command of a round.
+enum Decision<E> {
+    /// Events to append, taking the aggregate to `version`.
+    Append {
+        events: Vec<NewEvent>,
+        claim: Option<IdempotencyClaim>,
+        version: u64,
+    },
+    /// Taken, with nothing to record: the aggregate stays at `version`.
+    Unchanged {
+        version: u64,
+    },
+    Refused(E),
+    Mismatch {
+        expected: u64,
+        actual: u64,
+    },
+    /// Decided, but its events cannot be written.
+    Failed(StoreError),
+}
+
+/// The decisions of a round, in the order of its jobs.
+struct Decided<E> {
+    decisions: Vec<Decision<E>>,
+    /// The aggregate's version after the last decision.
+    version: u64,
+    /// The last decision left the aggregate holding events that will not
+    /// be stored (a refusal or a version mismatch after `handle` applied
+    /// events, or events that cannot be written): the jobs after it were
+    /// not decided, and the aggregate is not kept.
+    tainted: bool,
+}
+
+/// Decides `jobs` in order on `aggregate` (at `version`), each on the state
+/// the ones before it left.
+async fn decide_all<A>(
+    aggregate_id: &str,
+    aggregate: &mut A,
+    version: u64,
+    jobs: &[Job<A>],
+) -> Decided<A::Error>
+where
+    A: Aggregate<Services = ()>,
+    A::Command: Clone,
+{
+    let mut decided = Decided {
+        decisions: Vec::with_capacity(jobs.len()),
+        version,
+        tainted: false,
+    };
+    for job in jobs {
+        // `handle` applies what it decides to the aggregate as it goes
+        // (cqrs-es's sink).
+        let sink = EventSink::default();
+        let decision = aggregate.handle(job.command.clone(), &(), &sink).await;
+        let events = sink.collect().await;
+        let at = decided.version;
+        // A stale version is reported only for a command the aggregate
+        // would take: its refusal comes first, so an aggregate that hides
+        // itself from this caller (another customer's order reads as a
+        // missing one) does not give its version away to a precondition.
+        let mismatch = job
+            .context
+            .expected_version
+            .filter(|expected| *expected != at && decision.is_ok());
+        let applied = !events.is_empty();
+        let next = match (decision, mismatch) {
+            (Err(refusal), _) => Decision::Refused(refusal),
+            (Ok(()), Some(expected)) => Decision::Mismatch {
+                expected,
+                actual: at,
+            },
+            (Ok(()), None) if !applied => Decision::Unchanged { version: at },
+            (Ok(()), None) => match serialize::<A>(aggregate_id, at, events, &job.context) {
+                Ok(serialized) => {
+                    decided.version = at + serialized.len() as u64;
+                    Decision::Append {
+                        events: serialized,
+                        claim: job.context.idempotency.clone(),
+                        version: decided.version,
+                    }
+                }
+                Err(error) => Decision::Failed(error),
+            },
+        };
+        let keeps_events = matches!(next, Decision::Append { .. });
+        decided.decisions.push(next);
+        if applied && !keeps_events {
+            decided.tainted = true;
+            return decided;
+        }
+    }
+    decided
+}
+
+/// Answers every job with `error` (the first with it, the others with a
+/// copy).
+fn fail_all<A: Aggregate>(jobs: Vec<Job<A>>, error: StoreError) {
+    let copies: Vec<StoreError> = (1..jobs.len()).map(|_| copy_error(&error)).collect();
+    for (job, error) in jobs.into_iter().zip(std::iter::once(error).chain(copies)) {
+        let _ = job.reply.send(Err(CommandError::Store(error)));
+    }
+}
+
+/// `error` for one more caller: the same text, and the same answer (a
+/// store out of reach, or a failure).
+fn copy_error(error: &StoreError) -> StoreError {
+    if error.is_unavailable() {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::other(error.to_string())))
+    } else {
+        StoreError::Corrupt(error.to_string())
     }
 }
 

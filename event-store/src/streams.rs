@@ -1,268 +1,256 @@
-//! One command at a time per stream, within a process.
+//! Commands on one stream, within a process: queued, and served by one
+//! worker at a time.
 //!
 //! Concurrent commands on one aggregate (every order of a sale reserving one
 //! product) would each load the stream, decide, and all but one lose the
 //! append race and load it again: work that grows with the square of the
-//! writers. Queued on a per-stream lock, they run one after another instead,
-//! each on a fresh load, and only writers in other processes still race.
+//! writers. Here they queue on their stream instead. While a stream has
+//! commands queued, one worker task serves it: it takes every command queued
+//! at that moment, decides them one after another on the aggregate, and
+//! appends what they decided together (see `dispatch`). Only writers in
+//! other processes still race.
 //!
-//! The lock also keeps the aggregate as the last turn left it, so the next
-//! turn reads only the events appended since (by another process) instead
-//! of loading the stream: while a stream has a queue the copy passes from
-//! turn to turn, and once nobody waits it moves to a bounded cache of the
-//! streams used last, where the next turn on the stream finds it.
+//! The worker keeps the aggregate as its last round left it, so the next
+//! round decides on it without loading the stream; once nothing is queued,
+//! the worker stops and the aggregate moves to a bounded cache of the
+//! streams used last, where the next worker on the stream finds it.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lru::LruCache;
 
-/// An aggregate and the version it is at: the fold of its events up to then.
-type Kept = Option<Box<dyn Any + Send>>;
-type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Kept>>>>>;
-/// Kept aggregates of streams nobody holds, the least recently used first out.
-type Recent = Arc<Mutex<LruCache<String, Box<dyn Any + Send>>>>;
+/// Something type-erased: a queued command, or a kept aggregate with its
+/// version. The stream's name includes its aggregate type, so whoever takes
+/// it out knows its type.
+pub(crate) type Boxed = Box<dyn Any + Send>;
 
-/// Streams whose last aggregate a [`StreamLocks`] keeps by default.
+/// Streams whose last aggregate a [`Streams`] keeps by default.
 pub(crate) const DEFAULT_KEPT_STREAMS: usize = 1024;
 
-/// A lock per stream name, kept only while someone holds or waits for it,
-/// and the aggregates of the streams used last.
+/// Commands queued per stream, and the aggregates of the streams used last.
 #[derive(Debug, Clone)]
-pub(crate) struct StreamLocks {
-    locks: Locks,
-    recent: Option<Recent>,
+pub(crate) struct Streams {
+    inner: Arc<Mutex<Inner>>,
 }
 
-impl Default for StreamLocks {
+#[derive(Debug)]
+struct Inner {
+    /// Streams a worker serves, with what is queued for it.
+    served: HashMap<String, Vec<Boxed>>,
+    /// Kept aggregates of streams no worker serves, least recently used
+    /// first out.
+    recent: Option<LruCache<String, Boxed>>,
+}
+
+impl Default for Streams {
     fn default() -> Self {
         Self::keeping(DEFAULT_KEPT_STREAMS)
     }
 }
 
-/// Held while a command runs on its stream; dropping it lets the next one in.
-#[derive(Debug)]
-pub(crate) struct StreamTurn {
-    locks: Locks,
-    recent: Option<Recent>,
-    stream: String,
-    held: Option<tokio::sync::OwnedMutexGuard<Kept>>,
-}
-
-impl StreamLocks {
-    /// Locks that keep the aggregates of the `streams` streams used last
-    /// once nobody waits for them (0: only while someone waits).
+impl Streams {
+    /// Streams that keep the aggregates of the `streams` streams used last
+    /// once no worker serves them (0: only while a worker serves them).
     pub(crate) fn keeping(streams: usize) -> Self {
         Self {
-            locks: Locks::default(),
-            recent: NonZeroUsize::new(streams).map(|n| Arc::new(Mutex::new(LruCache::new(n)))),
+            inner: Arc::new(Mutex::new(Inner {
+                served: HashMap::new(),
+                recent: NonZeroUsize::new(streams).map(LruCache::new),
+            })),
         }
     }
 
-    /// Waits for the turn on `stream` (first come, first served).
-    pub(crate) async fn turn(&self, stream: String) -> StreamTurn {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(locks.entry(stream.clone()).or_default())
-        };
-        // Built before the wait, so a caller that gives up waiting still
-        // removes a lock nobody else wants.
-        let mut turn = StreamTurn {
-            locks: Arc::clone(&self.locks),
-            recent: self.recent.clone(),
-            stream,
-            held: None,
-        };
-        let mut held = lock.lock_owned().await;
-        if held.is_none()
-            && let Some(recent) = &self.recent
-        {
-            *held = recent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop(&turn.stream);
-        }
-        turn.held = Some(held);
-        turn
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    #[cfg(test)]
-    fn cached(&self) -> usize {
-        self.recent.as_ref().map_or(0, |recent| {
-            recent.lock().unwrap_or_else(PoisonError::into_inner).len()
+    /// Queues `job` on `stream`. When no worker serves the stream yet, the
+    /// caller must start one: it gets the stream's [`Serving`] (with the
+    /// aggregate kept for it, if any), and the job waits for it.
+    pub(crate) fn push(&self, stream: &str, job: Boxed) -> Option<Serving> {
+        let mut inner = self.lock();
+        if let Some(queued) = inner.served.get_mut(stream) {
+            queued.push(job);
+            return None;
+        }
+        inner.served.insert(stream.to_owned(), vec![job]);
+        let kept = inner.recent.as_mut().and_then(|recent| recent.pop(stream));
+        Some(Serving {
+            streams: self.clone(),
+            stream: stream.to_owned(),
+            kept,
+            done: false,
         })
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    fn cached(&self) -> usize {
+        self.lock().recent.as_ref().map_or(0, LruCache::len)
+    }
+
+    #[cfg(test)]
+    fn served(&self) -> usize {
+        self.lock().served.len()
     }
 }
 
-impl StreamTurn {
-    /// The aggregate as the last turn left it, with its version, if kept.
-    pub(crate) fn take<A: Send + 'static>(&mut self) -> Option<(A, u64)> {
-        let kept = self.held.as_mut()?.take()?;
-        kept.downcast::<(A, u64)>().ok().map(|kept| *kept)
+/// A worker's hold on its stream. Dropped (the worker ended, or panicked),
+/// it stops serving the stream: what is still queued is dropped, so that
+/// its callers learn that nobody will answer, and the next command starts a
+/// new worker.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    streams: Streams,
+    stream: String,
+    kept: Option<Boxed>,
+    done: bool,
+}
+
+impl Serving {
+    /// The aggregate the stream's last worker left, with its version.
+    pub(crate) fn take_kept(&mut self) -> Option<Boxed> {
+        self.kept.take()
     }
 
-    /// Keeps `aggregate` at `version` for the next turn. Only a state that
-    /// is the fold of committed events may be kept.
-    pub(crate) fn keep<A: Send + 'static>(&mut self, aggregate: A, version: u64) {
-        if let Some(held) = self.held.as_mut() {
-            **held = Some(Box::new((aggregate, version)));
+    /// Up to `max` of the jobs queued since the last call, oldest first.
+    /// When none is queued, the worker is done: what `keep` gives (the
+    /// aggregate the worker leaves, the fold of committed events only) goes
+    /// to the cache and `None` comes back.
+    pub(crate) fn next(
+        &mut self,
+        max: usize,
+        keep: impl FnOnce() -> Option<Boxed>,
+    ) -> Option<Vec<Boxed>> {
+        let mut inner = self.streams.lock();
+        let queued = inner.served.get_mut(&self.stream)?;
+        if queued.is_empty() {
+            inner.served.remove(&self.stream);
+            if let (Some(kept), Some(recent)) = (keep(), inner.recent.as_mut()) {
+                recent.put(self.stream.clone(), kept);
+            }
+            self.done = true;
+            return None;
         }
+        let taken = queued.len().min(max.max(1));
+        Some(queued.drain(..taken).collect())
     }
 }
 
-impl Drop for StreamTurn {
+impl Drop for Serving {
     fn drop(&mut self) {
-        // Nobody takes a new reference to the lock without the map's lock.
-        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(mut held) = self.held.take() else {
-            // Gave up waiting: remove the lock if nobody else wants it.
-            if locks
-                .get(&self.stream)
-                .is_some_and(|lock| Arc::strong_count(lock) == 1)
-            {
-                locks.remove(&self.stream);
-            }
-            return;
-        };
-        // The map's reference and this turn's: nobody waits, so the kept
-        // aggregate moves to the cache and the lock goes.
-        if locks
-            .get(&self.stream)
-            .is_some_and(|lock| Arc::strong_count(lock) == 2)
-        {
-            let kept = held.take();
-            drop(held);
-            locks.remove(&self.stream);
-            if let (Some(kept), Some(recent)) = (kept, &self.recent) {
-                recent
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .put(std::mem::take(&mut self.stream), kept);
-            }
+        if !self.done {
+            // The jobs are dropped outside the lock: dropping one answers
+            // its caller (the reply channel closes).
+            let orphans = self.streams.lock().served.remove(&self.stream);
+            drop(orphans);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    #[tokio::test]
-    async fn one_turn_at_a_time_per_stream_and_others_run_meanwhile() {
-        let locks = StreamLocks::default();
-        let first = locks.turn("Product/MUG".into()).await;
-        let mut waiting = tokio::spawn({
-            let locks = locks.clone();
-            async move { locks.turn("Product/MUG".into()).await }
-        });
-        // Another stream is not held up.
-        let other = tokio::time::timeout(Duration::from_secs(5), locks.turn("Product/TEA".into()))
-            .await
-            .expect("another stream waits for nobody");
-        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
-        assert!(early.is_err(), "the second turn waits for the first");
-        drop(first);
-        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the second turn comes once the first is over")
-            .unwrap();
-        drop((second, other));
-        assert_eq!(locks.len(), 0, "locks nobody wants are forgotten");
+    fn job(n: u32) -> Boxed {
+        Box::new(n)
     }
 
-    #[tokio::test]
-    async fn without_a_cache_a_kept_aggregate_passes_to_the_next_turn_only_while_someone_waits() {
-        let locks = StreamLocks::keeping(0);
-        let mut first = locks.turn("Product/MUG".into()).await;
-        let mut waiting = tokio::spawn({
-            let locks = locks.clone();
-            async move {
-                let mut turn = locks.turn("Product/MUG".into()).await;
-                (turn.take::<String>(), turn.take::<String>())
-            }
-        });
-        let queued = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
-        assert!(queued.is_err(), "the second turn waits for the first");
-        first.keep(String::from("state"), 7);
-        drop(first);
-        let (kept, again) = waiting.await.unwrap();
-        assert_eq!(kept, Some(("state".to_owned(), 7)));
-        assert_eq!(again, None, "taken once");
-
-        let mut alone = locks.turn("Product/MUG".into()).await;
-        alone.keep(String::from("state"), 8);
-        drop(alone);
-        let mut later = locks.turn("Product/MUG".into()).await;
-        assert_eq!(later.take::<String>(), None, "nobody waited: nothing kept");
-        assert_eq!(later.take::<u32>(), None);
+    fn numbers(jobs: Vec<Boxed>) -> Vec<u32> {
+        jobs.into_iter()
+            .map(|job| *job.downcast::<u32>().unwrap())
+            .collect()
     }
 
-    #[tokio::test]
-    async fn the_streams_used_last_keep_their_aggregate_once_nobody_waits() {
-        let locks = StreamLocks::keeping(2);
-        for (stream, version) in [("Product/MUG", 3), ("Product/TEA", 4), ("Product/CUP", 5)] {
-            let mut turn = locks.turn(stream.into()).await;
-            turn.keep(String::from(stream), version);
-        }
-        assert_eq!(locks.len(), 0, "the locks go, the aggregates stay");
-        assert_eq!(locks.cached(), 2, "at most as many as asked");
-        let mut oldest = locks.turn("Product/MUG".into()).await;
+    #[test]
+    fn the_first_command_on_an_idle_stream_starts_its_worker_and_the_rest_queue() {
+        let streams = Streams::default();
+        let mut serving = streams
+            .push("Product/MUG", job(1))
+            .expect("a worker starts");
+        assert!(
+            streams.push("Product/MUG", job(2)).is_none(),
+            "one worker per stream"
+        );
+        assert!(streams.push("Product/MUG", job(3)).is_none());
+        let other = streams.push("Product/TEA", job(9));
+        assert!(other.is_some(), "another stream has a worker of its own");
         assert_eq!(
-            oldest.take::<String>(),
-            None,
+            numbers(serving.next(2, || None).unwrap()),
+            vec![1, 2],
+            "oldest first, at most max"
+        );
+        assert!(streams.push("Product/MUG", job(4)).is_none());
+        assert_eq!(numbers(serving.next(64, || None).unwrap()), vec![3, 4]);
+        assert!(
+            serving.next(64, || None).is_none(),
+            "nothing queued: the worker is done"
+        );
+        assert!(
+            streams.push("Product/MUG", job(5)).is_some(),
+            "the next command starts a new worker"
+        );
+    }
+
+    #[test]
+    fn a_finished_worker_leaves_its_aggregate_to_the_next_one() {
+        let streams = Streams::keeping(2);
+        for (stream, version) in [
+            ("Product/MUG", 3u64),
+            ("Product/TEA", 4),
+            ("Product/CUP", 5),
+        ] {
+            let mut serving = streams.push(stream, job(0)).unwrap();
+            assert!(serving.take_kept().is_none());
+            serving.next(64, || None).unwrap();
+            assert!(serving.next(64, || Some(Box::new(version))).is_none());
+        }
+        assert_eq!(streams.served(), 0);
+        assert_eq!(streams.cached(), 2, "at most as many as asked");
+        let mut oldest = streams.push("Product/MUG", job(0)).unwrap();
+        assert!(
+            oldest.take_kept().is_none(),
             "the least recently used left first"
         );
-        drop(oldest);
-        let mut kept = locks.turn("Product/TEA".into()).await;
-        assert_eq!(kept.take::<String>(), Some(("Product/TEA".to_owned(), 4)));
-        drop(kept);
-        let mut taken = locks.turn("Product/TEA".into()).await;
-        assert_eq!(
-            taken.take::<String>(),
-            None,
-            "a taken aggregate is not kept twice"
+        let mut kept = streams.push("Product/TEA", job(0)).unwrap();
+        let version = kept.take_kept().unwrap().downcast::<u64>().unwrap();
+        assert_eq!(*version, 4);
+        assert!(kept.take_kept().is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_worker_that_keeps_nothing_leaves_no_stale_aggregate_behind() {
+        let streams = Streams::keeping(8);
+        let mut first = streams.push("Order/1", job(0)).unwrap();
+        first.next(64, || None).unwrap();
+        assert!(first.next(64, || Some(Box::new(1u64))).is_none());
+        let mut failed = streams.push("Order/1", job(0)).unwrap();
+        assert!(failed.take_kept().is_some());
+        failed.next(64, || None).unwrap();
+        // Its command failed: it keeps nothing, and the stream is loaded
+        // afresh after it.
+        assert!(failed.next(64, || None).is_none());
+        assert_eq!(streams.cached(), 0);
+        let mut next = streams.push("Order/1", job(0)).unwrap();
+        assert!(next.take_kept().is_none());
+    }
+
+    #[test]
+    fn a_worker_that_dies_drops_what_is_queued_and_frees_the_stream() {
+        let streams = Streams::default();
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let serving = streams.push("Order/1", Box::new(answer)).unwrap();
+        drop(serving);
+        assert!(
+            answered.blocking_recv().is_err(),
+            "the queued caller learns that nobody will answer"
         );
-        drop(taken);
-        let mut last = locks.turn("Product/CUP".into()).await;
-        assert_eq!(last.take::<String>(), Some(("Product/CUP".to_owned(), 5)));
-    }
-
-    #[tokio::test]
-    async fn a_turn_that_keeps_nothing_leaves_no_stale_aggregate_behind() {
-        let locks = StreamLocks::keeping(8);
-        let mut first = locks.turn("Order/1".into()).await;
-        first.keep(String::from("v1"), 1);
-        drop(first);
-        // The next turn takes the aggregate and keeps nothing (its command
-        // failed): the stream is loaded afresh after it.
-        let mut failed = locks.turn("Order/1".into()).await;
-        assert_eq!(failed.take::<String>(), Some(("v1".to_owned(), 1)));
-        drop(failed);
-        assert_eq!(locks.cached(), 0);
-        let mut next = locks.turn("Order/1".into()).await;
-        assert_eq!(next.take::<String>(), None);
-    }
-
-    #[tokio::test]
-    async fn a_caller_that_stops_waiting_leaves_nothing_behind() {
-        let locks = StreamLocks::default();
-        let first = locks.turn("Order/1".into()).await;
-        let gave_up =
-            tokio::time::timeout(Duration::from_millis(20), locks.turn("Order/1".into())).await;
-        assert!(gave_up.is_err());
-        drop(first);
-        assert_eq!(locks.len(), 0);
+        assert_eq!(streams.served(), 0);
+        assert!(
+            streams.push("Order/1", job(1)).is_some(),
+            "the next command starts a new worker"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! Nothing here knows about orders or events; business code does not belong in
 //! this crate.
 
+pub mod batch;
 pub mod kafka;
 pub mod postgres;
 pub mod shutdown;

@@ -683,7 +683,8 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     ) -> Result<event_store::Outcome, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + 'static,
-        A::Command: Clone,
+        A::Command: Clone + Send + Sync,
+        A::Error: Send,
     {
         self.bus
             .execute::<A>(id, command, context, Expect::Existing)
