@@ -158,6 +158,17 @@ async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
 
     settled(&platform, &id).await;
     assert!(order_ends(&platform, &id, "CONFIRMED").await.is_null());
+    // The saga's row was written three times: stored, saved before the
+    // charge (whose deadline must outlive a crash) and at the end, which
+    // also gave the lease up. The steps between are found again by their
+    // keys after a crash.
+    let (writes, free): (i64, bool) =
+        sqlx::query_as("SELECT version, leased_until IS NULL FROM sagas WHERE order_id = $1")
+            .bind(&id)
+            .fetch_one(&platform.pool)
+            .await
+            .unwrap();
+    assert_eq!((writes, free), (3, true));
     stock_is(&platform, "MUG", 8, 0).await;
     stock_is(&platform, "TEA", 9, 0).await;
     assert_eq!(gateway.captured().await, vec![charge_key(&id)]);

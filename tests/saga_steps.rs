@@ -396,3 +396,41 @@ async fn a_refund_of_another_amount_than_the_order_is_flagged_not_recorded() {
     );
     stage.platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_steps_that_were_never_saved_undoes_them_all() {
+    // A driver reserved the stock and requested the charge, saving neither
+    // (a step is saved when a replay could not find it again), and died.
+    // The customer cancels: the driver that takes the saga up must learn of
+    // both steps before it undoes, or the stock stays reserved and the
+    // payment requested.
+    let stage = stage().await;
+    let saga = stage.placed().await;
+    let mut unsaved = saga.clone();
+    stage.requested(&mut unsaved).await;
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+    stage
+        .platform
+        .command(
+            &format!("/api/orders/{}/cancel", saga.order_id),
+            &json!({"reason": "changed my mind"}),
+            202,
+        )
+        .await;
+    assert!(
+        store::request_cancel(&stage.platform.pool, &saga.order_id, "changed my mind")
+            .await
+            .unwrap()
+    );
+
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    let ended = stage.drive_to_the_end(&driver, &saga.order_id).await;
+
+    assert_eq!(ended.state, SagaState::Cancelled, "{ended:#?}");
+    let (product, _) = stage.bus.load::<Product>("MUG").await.unwrap();
+    assert_eq!((product.on_hand(), product.reserved()), (10, 0));
+    let (payment, _) = stage.bus.load::<Payment>(&saga.order_id).await.unwrap();
+    assert_eq!(payment.status(), Some(domain::PaymentStatus::Declined));
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}

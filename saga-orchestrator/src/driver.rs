@@ -99,16 +99,26 @@ pub struct Driver<G> {
     policy: Policy,
     /// Names this driver in the leases it takes.
     owner: String,
+    saves: store::Saves,
+}
+
+/// Whether a driver's last save gave the saga's lease up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    Held,
+    Released,
 }
 
 impl<G: PaymentGateway + Clone> Driver<G> {
     pub fn new(pool: PgPool, gateway: G, policy: Policy) -> Self {
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         Self {
             bus: CommandBus::new(pool.clone()),
+            saves: store::Saves::new(pool.clone(), owner.clone(), policy.lease()),
             pool,
             gateway,
             policy,
-            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            owner,
         }
     }
 
@@ -118,33 +128,70 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         self
     }
 
+    /// The name this driver's leases carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// How long this driver's leases last.
+    pub fn lease(&self) -> Duration {
+        self.policy.lease()
+    }
+
     /// Runs the order's saga until it ends or waits for a retry. Safe to call
     /// at any time, any number of times, from any process: a saga another
     /// driver holds is left to it.
     pub async fn drive(&self, order_id: &str) -> anyhow::Result<()> {
-        let result = self.drive_leased(order_id).await;
-        // Let the next driver in at once rather than when the lease runs out.
-        store::release(&self.pool, order_id, &self.owner).await?;
-        result
+        self.drive_from(order_id, None).await
     }
 
-    async fn drive_leased(&self, order_id: &str) -> anyhow::Result<()> {
+    /// Like [`drive`](Self::drive), for a saga this driver leased when it
+    /// stored it (`store::insert_leased`): it starts from `leased`, as
+    /// stored, without reading the row again.
+    pub async fn drive_leased(&self, leased: store::Loaded) -> anyhow::Result<()> {
+        let order_id = leased.saga.order_id.clone();
+        self.drive_from(&order_id, Some(leased)).await
+    }
+
+    async fn drive_from(
+        &self,
+        order_id: &str,
+        leased: Option<store::Loaded>,
+    ) -> anyhow::Result<()> {
+        let result = self.steps(order_id, leased).await;
+        if !matches!(result, Ok(Lease::Released)) {
+            // Let the next driver in at once rather than when the lease runs out.
+            store::release(&self.pool, order_id, &self.owner).await?;
+        }
+        result.map(drop)
+    }
+
+    /// Steps the saga until it ends or waits. A step is saved when a replay
+    /// from the last save would not find it: its outcome is not one that its
+    /// idempotency key (or the gateway's charge key) gives back the same way
+    /// (a refusal, a failure, a timeout), the saga ends or waits, the charge
+    /// is about to start (its deadline must survive a restart), or the last
+    /// save is a third of a lease old. Steps done in between are taken in
+    /// again after a crash by doing them again under their keys.
+    async fn steps(&self, order_id: &str, leased: Option<store::Loaded>) -> anyhow::Result<Lease> {
         // Claimed once; every save renews the lease, and a save refused
         // (another driver saved, or took the lease) sends us to claim again.
         // A save tells the version and the pending cancel, so the next step
         // starts from the saga in hand without reading the row again.
-        let mut held = false;
-        let mut saved: Option<store::Loaded> = None;
+        let mut held = leased.is_some();
+        let mut saved: Option<store::Loaded> = leased;
+        let mut last_save = std::time::Instant::now();
         loop {
             let loaded = if let Some(row) = saved.take() {
                 Some(row)
             } else if held {
                 store::load(&self.pool, order_id).await?
             } else {
+                last_save = std::time::Instant::now();
                 store::claim(&self.pool, order_id, &self.owner, self.policy.lease()).await?
             };
             let Some(loaded) = loaded else {
-                return Ok(());
+                return Ok(Lease::Held);
             };
             held = true;
             let mut saga = loaded.saga;
@@ -152,22 +199,30 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             if let Some(reason) = &loaded.cancel_reason
                 && !saga.order_cancelled
             {
-                // The step the saga was taking when the cancel came may have
-                // landed without being recorded (a crash, a timeout, a queued
-                // append). Settle it first, so that the undo knows what to
-                // undo. (A charge in flight is settled by the refund.)
-                if let Some(pending) = saga
+                // Steps taken since the last save, and the one the saga
+                // was taking when the cancel came, may have landed without
+                // being recorded (a crash, a timeout, a queued append).
+                // Settle them in order first, so that the undo knows what
+                // to undo. (A charge in flight is settled by the refund.)
+                while let Some(pending) = saga
                     .next_action()
                     .filter(|action| !action.is_compensation() && *action != Action::Charge)
                 {
                     match self.settle(&saga, &pending).await {
-                        Ok(landed) => saga.settled(&pending, landed, Utc::now()),
+                        Ok(landed) => {
+                            saga.settled(&pending, landed, Utc::now());
+                            if !landed {
+                                break;
+                            }
+                        }
                         Err(detail) => {
                             tracing::warn!(order_id, step = %pending.name(), %detail, "cannot settle a step; will retry");
                             saga.record(&pending, Outcome::Failed { detail }, Utc::now());
                             let wait = self.policy.backoff(saga.attempts);
-                            self.save(&saga, version, wait).await?;
-                            return Ok(());
+                            return Ok(self
+                                .save(&saga, version, wait)
+                                .await
+                                .map(|saved| lease_after(&saved))?);
                         }
                     }
                 }
@@ -175,10 +230,15 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             }
             let Some(action) = saga.next_action() else {
                 // Nothing to do, but a cancel may have just been taken in.
-                self.save(&saga, version, Duration::ZERO).await?;
-                return Ok(());
+                return Ok(self
+                    .save(&saga, version, Duration::ZERO)
+                    .await
+                    .map(|saved| lease_after(&saved))?);
             };
-            let Some(outcome) = self.execute(&mut saga, &mut version, &action).await? else {
+            let Some(outcome) = self
+                .execute(&mut saga, &mut version, &mut last_save, &action)
+                .await?
+            else {
                 // Someone else saved the saga meanwhile: start over from it.
                 held = false;
                 continue;
@@ -190,6 +250,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = &outcome {
                 tracing::warn!(order_id, step = %action.name(), %detail, "saga step failed; will retry");
             }
+            let replayable = matches!(outcome, Outcome::Done | Outcome::Approved { .. });
             saga.record(&action, outcome, Utc::now());
             if failed && saga.attempts >= self.policy.forward_attempts {
                 self.give_up(&mut saga, &action).await;
@@ -199,24 +260,35 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             } else {
                 Duration::ZERO
             };
+            let ended = saga.next_action().is_none();
+            let lease_ageing = last_save.elapsed() > self.policy.lease() / 3;
+            if replayable && !ended && wait.is_zero() && !lease_ageing {
+                // Not saved: a replay from the last save does this step
+                // again under its key and finds it done.
+                saved = Some(store::Loaded {
+                    saga,
+                    version,
+                    cancel_reason: loaded.cancel_reason,
+                });
+                continue;
+            }
+            last_save = std::time::Instant::now();
             let Saved::Saved {
                 version,
                 cancel_reason,
+                released,
             } = self.save(&saga, version, wait).await?
             else {
                 held = false;
                 continue;
             };
-            if saga.next_action().is_none() {
-                tracing::info!(order_id, state = saga.state.as_str(), reason = ?saga.reason, "saga ended");
-                if cancel_reason.is_none() || saga.order_cancelled {
-                    // Saved as done; no cancel came in to take.
-                    return Ok(());
+            if released {
+                if ended {
+                    tracing::info!(order_id, state = saga.state.as_str(), reason = ?saga.reason, "saga ended");
                 }
-            }
-            if wait > Duration::ZERO {
-                // The due-scan comes back for it once the wait is over.
-                return Ok(());
+                // The saga waits for a retry (the due-scan comes back for
+                // it), or it ended with no cancel left to take in.
+                return Ok(Lease::Released);
             }
             saved = Some(store::Loaded {
                 saga,
@@ -247,19 +319,19 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
+    /// Saves `saga` over `version`; it is due again after `wait` (which,
+    /// when not zero, means the driver stops after this save).
     async fn save(&self, saga: &OrderSaga, version: i64, wait: Duration) -> sqlx::Result<Saved> {
         let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-        let attention = saga.needs_attention(self.policy.attention_after);
-        store::save(
-            &self.pool,
-            saga,
-            version,
-            next,
-            attention,
-            &self.owner,
-            self.policy.lease(),
-        )
-        .await
+        self.saves
+            .save(store::Save {
+                saga: saga.clone(),
+                expected: version,
+                next_attempt_at: next,
+                needs_attention: saga.needs_attention(self.policy.attention_after),
+                waits: !wait.is_zero(),
+            })
+            .await
     }
 
     /// Does `action`. `None`: the saga changed under us before a charge
@@ -268,12 +340,14 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         &self,
         saga: &mut OrderSaga,
         version: &mut i64,
+        last_save: &mut std::time::Instant,
         action: &Action,
     ) -> anyhow::Result<Option<Outcome>> {
         if *action == Action::Charge {
             // The deadline runs from the first try and survives restarts.
             if saga.action_started_at.is_none() {
                 saga.action_started_at = Some(Utc::now());
+                *last_save = std::time::Instant::now();
                 match self.save(saga, *version, Duration::ZERO).await? {
                     Saved::Saved { version: saved, .. } => *version = saved,
                     Saved::Stale => return Ok(None),
@@ -689,6 +763,14 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         self.bus
             .execute::<A>(id, command, context, Expect::Existing)
             .await
+    }
+}
+
+/// Whether the driver still holds a saga after `saved`.
+fn lease_after(saved: &Saved) -> Lease {
+    match saved {
+        Saved::Saved { released: true, .. } => Lease::Released,
+        _ => Lease::Held,
     }
 }
 

@@ -14,6 +14,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use anyhow::Context;
 use domain::OrderEvent;
 use event_store::{Envelope, Topics};
@@ -28,6 +30,9 @@ use crate::driver::{Driver, Policy};
 use crate::gateway::PaymentGateway;
 use crate::saga::OrderSaga;
 use crate::store;
+
+/// Order events taken in together at most.
+const MAX_BATCH: usize = 256;
 
 /// How the orchestrator runs.
 #[derive(Debug, Clone)]
@@ -140,20 +145,30 @@ pub async fn run<G: PaymentGateway + Clone>(
                         continue;
                     }
                 };
-                let taken = match decode(&message) {
-                    Ok((envelope, event)) => take_in(&pool, &sagas, &envelope, &event, &mut shutdown).await,
-                    Err(error) => dead_letter(&producer, &dead_letters, &message, &error, &mut shutdown).await,
-                };
+                // Whatever else has arrived goes in the same batch: new
+                // sagas are stored with one statement.
+                let mut batch = vec![message];
+                while batch.len() < MAX_BATCH {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(message)) => batch.push(message),
+                        // An error is met again, and dealt with, next time.
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                let taken = take_in_batch(&pool, &sagas, &producer, &dead_letters, &batch, &mut shutdown).await;
                 match taken {
                     Taken::Done => {
                         // A commit that fails (the broker is away) only means
-                        // the event comes again, which changes nothing.
-                        if let Err(error) = consumer.commit_message(&message, CommitMode::Async) {
-                            tracing::debug!(%error, "cannot commit an offset; it will be redelivered");
+                        // the events come again, which changes nothing.
+                        for message in last_per_partition(&batch) {
+                            if let Err(error) = consumer.commit_message(message, CommitMode::Async) {
+                                tracing::debug!(%error, "cannot commit an offset; it will be redelivered");
+                            }
                         }
                     }
-                    // Shutting down before the event was stored: its offset
-                    // stays, and the next member of the group takes it again.
+                    // Shutting down before the events were stored: their
+                    // offsets stay, and the next member of the group takes
+                    // them again.
                     Taken::Interrupted => break,
                 }
             }
@@ -189,6 +204,17 @@ struct Sagas<G> {
 
 impl<G: PaymentGateway + Clone> Sagas<G> {
     fn drive(&self, order_id: String) {
+        self.spawn(order_id, None);
+    }
+
+    /// Drives a saga this process stored leased to its driver, from the
+    /// saga as stored (claiming it afresh if it waited for its turn so long
+    /// that its lease may be running out).
+    fn drive_leased(&self, leased: store::Loaded) {
+        self.spawn(leased.saga.order_id.clone(), Some(leased));
+    }
+
+    fn spawn(&self, order_id: String, leased: Option<store::Loaded>) {
         let fresh = self
             .running
             .lock()
@@ -205,8 +231,14 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
                 running: Arc::clone(&this.running),
                 order_id: order_id.clone(),
             };
+            let queued = std::time::Instant::now();
             let _permit = this.permits.acquire().await;
-            if let Err(error) = this.driver.drive(&order_id).await {
+            let leased = leased.filter(|_| queued.elapsed() < this.driver.lease() / 3);
+            let driven = match leased {
+                Some(leased) => this.driver.drive_leased(leased).await,
+                None => this.driver.drive(&order_id).await,
+            };
+            if let Err(error) = driven {
                 tracing::warn!(%order_id, error = %format!("{error:#}"), "saga interrupted; the scan resumes it");
             }
         });
@@ -292,48 +324,102 @@ async fn dead_letter(
     sent.map_or(Taken::Interrupted, |()| Taken::Done)
 }
 
-/// Stores what an order event means for its saga (retrying until the
-/// database takes it), then sets the saga going.
-async fn take_in<G: PaymentGateway + Clone>(
+/// Stores what a batch of order events means for their sagas (retrying
+/// until the database takes it), then sets the sagas going. A message that
+/// is not an order event goes to the dead-letter topic.
+async fn take_in_batch<G: PaymentGateway + Clone>(
     pool: &PgPool,
     sagas: &Sagas<G>,
-    envelope: &Envelope,
-    event: &OrderEvent,
+    producer: &FutureProducer,
+    dead_letters: &str,
+    batch: &[BorrowedMessage<'_>],
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Taken {
-    let stored = until_done(
-        "store an order event for its saga",
+    let mut placed = Vec::new();
+    let mut cancelled = Vec::new();
+    for message in batch {
+        match decode(message) {
+            Ok((envelope, OrderEvent::OrderPlaced(event))) => {
+                let correlation = envelope
+                    .metadata
+                    .get(event_store::dispatch::metadata::CORRELATION_ID)
+                    .and_then(|value| value.as_str())
+                    .unwrap_or_default();
+                placed.push(OrderSaga::start(&event, correlation, envelope.recorded_at));
+            }
+            Ok((envelope, OrderEvent::OrderCancelled(event))) => {
+                cancelled.push((envelope.aggregate_id, event.reason.as_str().to_owned()));
+            }
+            Ok((_, OrderEvent::OrderConfirmed(_))) => {}
+            Err(error) => {
+                if let Taken::Interrupted =
+                    dead_letter(producer, dead_letters, message, &error, shutdown).await
+                {
+                    return Taken::Interrupted;
+                }
+            }
+        }
+    }
+    // A cancel follows its order's placement (one partition per order), so
+    // the new sagas are stored first.
+    let (owner, lease) = (sagas.driver.owner(), sagas.driver.lease());
+    let Some(new) = until_done(
+        "store new sagas",
         || async {
-            let stored = match event {
-                OrderEvent::OrderPlaced(placed) => {
-                    let correlation = envelope
-                        .metadata
-                        .get(event_store::dispatch::metadata::CORRELATION_ID)
-                        .and_then(|value| value.as_str())
-                        .unwrap_or_default();
-                    let saga = OrderSaga::start(placed, correlation, envelope.recorded_at);
-                    store::insert(pool, &saga).await?
-                }
-                OrderEvent::OrderCancelled(cancelled) => {
-                    store::request_cancel(pool, &envelope.aggregate_id, cancelled.reason.as_str())
-                        .await?
-                }
-                OrderEvent::OrderConfirmed(_) => false,
-            };
-            Ok(stored)
+            if placed.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(store::insert_leased(pool, &placed, owner, lease).await?)
         },
         shutdown,
     )
-    .await;
-    match stored {
-        Some(drive) => {
-            if drive {
-                sagas.drive(envelope.aggregate_id.clone());
-            }
-            Taken::Done
-        }
-        None => Taken::Interrupted,
+    .await
+    else {
+        return Taken::Interrupted;
+    };
+    let new: HashSet<String> = new.into_iter().collect();
+    // A redelivered placement stored nothing: its saga is driven already.
+    for saga in placed
+        .into_iter()
+        .filter(|saga| new.contains(&saga.order_id))
+    {
+        sagas.drive_leased(store::Loaded {
+            saga,
+            version: 1,
+            cancel_reason: None,
+        });
     }
+    for (order_id, reason) in cancelled {
+        let stored = until_done(
+            "store an order's cancel for its saga",
+            || async { Ok(store::request_cancel(pool, &order_id, &reason).await?) },
+            shutdown,
+        )
+        .await;
+        match stored {
+            Some(true) => sagas.drive(order_id),
+            Some(false) => {}
+            None => return Taken::Interrupted,
+        }
+    }
+    Taken::Done
+}
+
+/// The last message of each partition in `batch`: committing its offset
+/// commits the batch.
+fn last_per_partition<'a>(batch: &'a [BorrowedMessage<'a>]) -> Vec<&'a BorrowedMessage<'a>> {
+    let mut last: Vec<&BorrowedMessage<'_>> = Vec::new();
+    for message in batch {
+        match last
+            .iter_mut()
+            .find(|seen| seen.partition() == message.partition() && seen.topic() == message.topic())
+        {
+            Some(seen) if seen.offset() < message.offset() => *seen = message,
+            Some(_) => {}
+            None => last.push(message),
+        }
+    }
+    last
 }
 
 /// Sagas by state and those needing attention, as gauges.

@@ -1,7 +1,12 @@
 //! Sagas in PostgreSQL: one row per order, written with optimistic locking.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use platform::batch::Batcher;
 use sqlx::{PgPool, Row};
+use tokio::sync::oneshot;
 
 use crate::saga::OrderSaga;
 
@@ -29,6 +34,44 @@ pub async fn insert(pool: &PgPool, saga: &OrderSaga) -> sqlx::Result<bool> {
     .execute(pool)
     .await?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Stores new sagas in one statement, each leased to `owner` for `lease`,
+/// unless its order has one already (a redelivered `OrderPlaced`). Returns
+/// the order ids of those that were new.
+pub async fn insert_leased(
+    pool: &PgPool,
+    sagas: &[OrderSaga],
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Vec<String>> {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for saga in sagas.iter().filter(|saga| seen.insert(&saga.order_id)) {
+        columns.0.push(saga.order_id.clone());
+        columns.1.push(saga.state.as_str());
+        columns.2.push(
+            serde_json::to_string(saga).map_err(|error| sqlx::Error::Encode(Box::new(error)))?,
+        );
+        columns.3.push(saga.updated_at);
+    }
+    sqlx::query_scalar(
+        "INSERT INTO sagas (order_id, state, saga, version, updated_at, lease_owner, leased_until)
+         SELECT n.order_id, n.state, n.saga::jsonb, 1, n.updated_at,
+                $5, now() + make_interval(secs => $6)
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                AS n(order_id, state, saga, updated_at)
+         ON CONFLICT (order_id) DO NOTHING
+      RETURNING order_id",
+    )
+    .bind(&columns.0)
+    .bind(&columns.1)
+    .bind(&columns.2)
+    .bind(&columns.3)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn load(pool: &PgPool, order_id: &str) -> sqlx::Result<Option<Loaded>> {
@@ -86,61 +129,202 @@ fn loaded(row: &sqlx::postgres::PgRow) -> sqlx::Result<Loaded> {
 pub enum Saved {
     /// The row now holds the saga at `version`; `cancel_reason` is the
     /// row's as the save found it, so that the saver need not read the row
-    /// again before its next step.
+    /// again before its next step. `released`: the save gave the lease up
+    /// (see [`Save`]).
     Saved {
         version: i64,
         cancel_reason: Option<String>,
+        released: bool,
     },
     /// Someone saved the saga since it was loaded; load it again.
     Stale,
 }
 
-/// Saves `saga` over version `expected`, renewing `owner`'s lease.
-#[allow(clippy::too_many_arguments)] // One statement's parameters, each named.
-pub async fn save(
+/// One saga to save over version `expected`.
+#[derive(Debug, Clone)]
+pub struct Save {
+    pub saga: OrderSaga,
+    pub expected: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub needs_attention: bool,
+    /// The driver stops after this save to wait for a retry (the scan
+    /// picks the saga up again once `next_attempt_at` has come).
+    pub waits: bool,
+}
+
+/// Sagas saved together: one statement and one commit for every save
+/// queued at the same moment (group commit, see `platform::batch`). Each
+/// save is checked on its own: the row must be at the expected version,
+/// and leased to `owner` or to nobody live.
+///
+/// A save renews `owner`'s lease, or gives it up when the driver stops
+/// after it: the saga waits for a retry, or it ended and no cancel arrived
+/// that it has not taken in. A cancel that arrives after the saga took in
+/// the last one reopens it, due at once whatever backoff the save asked for.
+#[derive(Debug, Clone)]
+pub struct Saves {
+    batcher: Batcher<(Save, oneshot::Sender<sqlx::Result<Saved>>)>,
+}
+
+/// Saves in one statement at most.
+const MAX_SAVES: usize = 128;
+
+impl Saves {
+    pub fn new(pool: PgPool, owner: String, lease: std::time::Duration) -> Self {
+        let owner: Arc<str> = owner.into();
+        Self {
+            batcher: Batcher::new("saga_save_batch_sagas", 1, MAX_SAVES, move |batch| {
+                let (pool, owner) = (pool.clone(), Arc::clone(&owner));
+                async move { save_batch(&pool, &owner, lease, batch).await }
+            }),
+        }
+    }
+
+    pub async fn save(&self, save: Save) -> sqlx::Result<Saved> {
+        let (answer, answered) = oneshot::channel();
+        self.batcher
+            .submit((save, answer))
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answered.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+}
+
+async fn save_batch(
     pool: &PgPool,
-    saga: &OrderSaga,
-    expected: i64,
-    next_attempt_at: DateTime<Utc>,
-    needs_attention: bool,
     owner: &str,
     lease: std::time::Duration,
-) -> sqlx::Result<Saved> {
-    // A cancel that arrives after the saga took in the last one reopens it,
-    // and is due at once, whatever backoff the save asks for. A driver whose
-    // lease ran out and went to another saves nothing.
-    let updated = sqlx::query(
-        "UPDATE sagas SET state = $2, saga = $3, version = version + 1,
-                done = $4 AND (cancel_reason IS NULL OR $5),
-                needs_attention = $6,
-                next_attempt_at = CASE WHEN cancel_reason IS NOT NULL AND NOT $5
-                                       THEN now() ELSE $7 END,
-                updated_at = $8,
-                lease_owner = $10, leased_until = now() + make_interval(secs => $11)
-          WHERE order_id = $1 AND version = $9
-            AND (lease_owner IS NULL OR lease_owner = $10
-                 OR leased_until IS NULL OR leased_until < now())
-      RETURNING version, cancel_reason",
+    batch: Vec<(Save, oneshot::Sender<sqlx::Result<Saved>>)>,
+) {
+    // One driver task per saga and process: an order appears once. Should
+    // it not, its later saves go in the next statement.
+    let mut seen = std::collections::HashSet::new();
+    let (now, later): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|(save, _)| seen.insert(save.saga.order_id.clone()));
+    for part in [now, later] {
+        if part.is_empty() {
+            continue;
+        }
+        let error = match save_all(pool, owner, lease, part.iter().map(|(save, _)| save)).await {
+            Ok(mut saved) => {
+                for (save, answer) in part {
+                    let outcome = saved.remove(&save.saga.order_id).unwrap_or(Saved::Stale);
+                    let _ = answer.send(Ok(outcome));
+                }
+                continue;
+            }
+            Err(error) => error,
+        };
+        if part.len() == 1 {
+            if let Some((_, answer)) = part.into_iter().next() {
+                let _ = answer.send(Err(error));
+            }
+            continue;
+        }
+        // The statement failed: each save alone, so that each gets its own
+        // answer.
+        for (save, answer) in part {
+            let saved = save_all(pool, owner, lease, std::iter::once(&save))
+                .await
+                .map(|mut saved| saved.remove(&save.saga.order_id).unwrap_or(Saved::Stale));
+            let _ = answer.send(saved);
+        }
+    }
+}
+
+/// Saves every saga of `saves` (distinct orders) in one statement; those
+/// saved, by order id.
+async fn save_all<'a>(
+    pool: &PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+    saves: impl Iterator<Item = &'a Save>,
+) -> sqlx::Result<HashMap<String, Saved>> {
+    let mut columns = SaveColumns::default();
+    for save in saves {
+        columns
+            .push(save)
+            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    }
+    let rows = sqlx::query(
+        "UPDATE sagas AS s
+            SET state = u.state, saga = u.saga::jsonb, version = s.version + 1,
+                done = u.ended AND (s.cancel_reason IS NULL OR u.cancelled),
+                needs_attention = u.attention,
+                next_attempt_at = CASE WHEN s.cancel_reason IS NOT NULL AND NOT u.cancelled
+                                       THEN now() ELSE u.next_attempt_at END,
+                updated_at = u.updated_at,
+                lease_owner = $11,
+                leased_until = CASE WHEN u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled))
+                                    THEN NULL
+                                    ELSE now() + make_interval(secs => $12) END
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
+                       $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[])
+                AS u(order_id, state, saga, ended, cancelled, attention,
+                     next_attempt_at, updated_at, expected, waits)
+          WHERE s.order_id = u.order_id AND s.version = u.expected
+            AND (s.lease_owner IS NULL OR s.lease_owner = $11
+                 OR s.leased_until IS NULL OR s.leased_until < now())
+      RETURNING s.order_id, s.version, s.cancel_reason, s.leased_until IS NULL AS released",
     )
-    .bind(&saga.order_id)
-    .bind(saga.state.as_str())
-    .bind(sqlx::types::Json(saga))
-    .bind(saga.next_action().is_none())
-    .bind(saga.order_cancelled)
-    .bind(needs_attention)
-    .bind(next_attempt_at)
-    .bind(saga.updated_at)
-    .bind(expected)
+    .bind(&columns.order_id)
+    .bind(&columns.state)
+    .bind(&columns.saga)
+    .bind(&columns.ended)
+    .bind(&columns.cancelled)
+    .bind(&columns.attention)
+    .bind(&columns.next_attempt_at)
+    .bind(&columns.updated_at)
+    .bind(&columns.expected)
+    .bind(&columns.waits)
     .bind(owner)
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    updated.map_or(Ok(Saved::Stale), |row| {
-        Ok(Saved::Saved {
-            version: row.try_get("version")?,
-            cancel_reason: row.try_get("cancel_reason")?,
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("order_id")?,
+                Saved::Saved {
+                    version: row.try_get("version")?,
+                    cancel_reason: row.try_get("cancel_reason")?,
+                    released: row.try_get("released")?,
+                },
+            ))
         })
-    })
+        .collect()
+}
+
+/// The saves as the statement's arrays.
+#[derive(Default)]
+struct SaveColumns {
+    order_id: Vec<String>,
+    state: Vec<&'static str>,
+    saga: Vec<String>,
+    ended: Vec<bool>,
+    cancelled: Vec<bool>,
+    attention: Vec<bool>,
+    next_attempt_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    expected: Vec<i64>,
+    waits: Vec<bool>,
+}
+
+impl SaveColumns {
+    fn push(&mut self, save: &Save) -> serde_json::Result<()> {
+        self.saga.push(serde_json::to_string(&save.saga)?);
+        self.order_id.push(save.saga.order_id.clone());
+        self.state.push(save.saga.state.as_str());
+        self.ended.push(save.saga.next_action().is_none());
+        self.cancelled.push(save.saga.order_cancelled);
+        self.attention.push(save.needs_attention);
+        self.next_attempt_at.push(save.next_attempt_at);
+        self.updated_at.push(save.saga.updated_at);
+        self.expected.push(save.expected);
+        self.waits.push(save.waits);
+        Ok(())
+    }
 }
 
 /// Notes the customer's cancel of `order_id` for its saga. Returns whether

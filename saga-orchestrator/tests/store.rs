@@ -1,0 +1,200 @@
+//! The sagas table against a real PostgreSQL: new sagas stored leased, and
+//! saves that share a statement but are each checked on their own.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::order::{OrderLine, OrderPlaced};
+use domain::values::{Currency, CustomerId, OrderId, PaymentMethod, Sku};
+use platform::testing::TestDatabase;
+use saga_orchestrator::saga::{Action, OrderSaga, Outcome};
+use saga_orchestrator::store::{self, Save, Saved, Saves};
+use sqlx::PgPool;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn database() -> (TestDatabase, PgPool) {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = database.pool(8).await.unwrap();
+    event_store::migrate(&pool).await.unwrap();
+    saga_orchestrator::migrate(&pool).await.unwrap();
+    (database, pool)
+}
+
+fn saga(n: u128) -> OrderSaga {
+    let placed = OrderPlaced {
+        order_id: OrderId::new(uuid::Uuid::from_u128(n)),
+        customer_id: CustomerId::parse("c-1").unwrap(),
+        lines: vec![OrderLine {
+            sku: Sku::parse("MUG").unwrap(),
+            quantity: 1,
+            unit_price_cents: 100,
+        }],
+        currency: Currency::parse("EUR").unwrap(),
+        total_cents: 100,
+        payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+    };
+    OrderSaga::start(&placed, "corr", Utc::now())
+}
+
+fn save(saga: &OrderSaga, expected: i64, waits: bool) -> Save {
+    Save {
+        saga: saga.clone(),
+        expected,
+        next_attempt_at: Utc::now(),
+        needs_attention: false,
+        waits,
+    }
+}
+
+/// The saga with every step done: it has ended.
+fn ended(mut saga: OrderSaga) -> OrderSaga {
+    while let Some(action) = saga.next_action() {
+        let outcome = match action {
+            Action::Charge => Outcome::Approved {
+                reference: "ch_1".into(),
+            },
+            _ => Outcome::Done,
+        };
+        saga.record(&action, outcome, Utc::now());
+    }
+    saga
+}
+
+async fn row(pool: &PgPool, saga: &OrderSaga) -> (i64, bool, bool) {
+    sqlx::query_as("SELECT version, done, leased_until IS NULL FROM sagas WHERE order_id = $1")
+        .bind(&saga.order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn new_sagas_are_stored_leased_once_and_the_scan_leaves_them_to_their_driver() {
+    let (_db, pool) = database().await;
+    let (one, two) = (saga(1), saga(2));
+    // A batch may hold one placement twice (a redelivery).
+    let new = store::insert_leased(&pool, &[one.clone(), two.clone(), one.clone()], "me", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(new.len(), 2);
+    let again = store::insert_leased(&pool, std::slice::from_ref(&one), "me", LEASE)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "a redelivered placement stores nothing");
+    assert!(
+        store::due(&pool, 10).await.unwrap().is_empty(),
+        "leased sagas are their driver's"
+    );
+    assert!(
+        store::claim(&pool, &one.order_id, "someone else", LEASE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mine = store::claim(&pool, &one.order_id, "me", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((mine.saga, mine.version), (one, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_sent_together_are_each_checked_on_their_own() {
+    let (_db, pool) = database().await;
+    let sagas: Vec<OrderSaga> = (1..=20).map(saga).collect();
+    store::insert_leased(&pool, &sagas, "me", LEASE)
+        .await
+        .unwrap();
+    let saves = Saves::new(pool.clone(), "me".into(), LEASE);
+    // Every other save expects a version the row is not at.
+    let sent: Vec<_> = sagas
+        .iter()
+        .enumerate()
+        .map(|(n, saga)| {
+            let (saves, save) = (saves.clone(), save(saga, 1 + (n % 2) as i64, false));
+            tokio::spawn(async move { saves.save(save).await })
+        })
+        .collect();
+    for (n, saved) in sent.into_iter().enumerate() {
+        let saved = saved.await.unwrap().unwrap();
+        if n % 2 == 0 {
+            assert_eq!(
+                saved,
+                Saved::Saved {
+                    version: 2,
+                    cancel_reason: None,
+                    released: false
+                }
+            );
+            assert_eq!(row(&pool, &sagas[n]).await, (2, false, false));
+        } else {
+            assert_eq!(saved, Saved::Stale);
+            assert_eq!(row(&pool, &sagas[n]).await, (1, false, false));
+        }
+    }
+    // A driver whose lease went to another saves nothing.
+    let theirs = Saves::new(pool.clone(), "someone else".into(), LEASE);
+    let stale = theirs.save(save(&sagas[0], 2, false)).await.unwrap();
+    assert_eq!(stale, Saved::Stale);
+}
+
+#[tokio::test]
+async fn a_save_gives_the_lease_up_when_the_driver_stops_after_it() {
+    let (_db, pool) = database().await;
+    let (waiting, finished, cancelled) = (saga(1), saga(2), saga(3));
+    store::insert_leased(
+        &pool,
+        &[waiting.clone(), finished.clone(), cancelled.clone()],
+        "me",
+        LEASE,
+    )
+    .await
+    .unwrap();
+    let saves = Saves::new(pool.clone(), "me".into(), LEASE);
+
+    // Waiting for a retry: the scan takes it up once it is due.
+    let saved = saves.save(save(&waiting, 1, true)).await.unwrap();
+    assert!(
+        matches!(saved, Saved::Saved { released: true, .. }),
+        "{saved:?}"
+    );
+    assert_eq!(row(&pool, &waiting).await, (2, false, true));
+    assert_eq!(
+        store::due(&pool, 10).await.unwrap(),
+        vec![waiting.order_id.clone()]
+    );
+
+    // Ended, with no cancel to take in: done and free.
+    let saved = saves
+        .save(save(&ended(finished.clone()), 1, false))
+        .await
+        .unwrap();
+    assert!(
+        matches!(saved, Saved::Saved { released: true, .. }),
+        "{saved:?}"
+    );
+    assert_eq!(row(&pool, &finished).await, (2, true, true));
+
+    // Ended, but the customer's cancel arrived meanwhile: not done, and the
+    // driver keeps it to take the cancel in.
+    assert!(
+        store::request_cancel(&pool, &cancelled.order_id, "changed my mind")
+            .await
+            .unwrap()
+    );
+    let saved = saves
+        .save(save(&ended(cancelled.clone()), 1, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        saved,
+        Saved::Saved {
+            version: 2,
+            cancel_reason: Some("changed my mind".into()),
+            released: false
+        }
+    );
+    assert_eq!(row(&pool, &cancelled).await, (2, false, false));
+}
