@@ -434,3 +434,77 @@ async fn a_cancel_after_steps_that_were_never_saved_undoes_them_all() {
     stage.books_balance().await;
     stage.platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_recorded_before_a_crash_stands_though_the_gateway_is_down_on_resume() {
+    // The approval is recorded on the payment but the saga row still says
+    // "charging" (approvals are found again, so they are not saved), the
+    // deadline is long over, and the gateway cannot be reached: the ledger's
+    // record decides, not a last look at the gateway that times out.
+    let mut stage = stage().await;
+    let mut saga = stage.placed().await;
+    stage.charged(&mut saga).await;
+    saga.action_started_at = Some(Utc::now() - chrono::Duration::hours(1));
+    assert_eq!(saga.state, SagaState::Charging);
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+    stage.gateway.outage().await;
+
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    let ended = stage.drive_to_the_end(&driver, &saga.order_id).await;
+
+    assert_eq!(ended.state, SagaState::Confirmed, "{ended:#?}");
+    stage.gateway.resume(&stage.platform).await;
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_arrives_while_the_saga_reserves_stops_it_before_the_charge() {
+    // The order's placement and its cancel arrive together: the saga starts
+    // from the placement (leased to its driver) and the cancel lands in its
+    // row meanwhile. Its reservations are not saved, so the save just
+    // before the charge is where it learns of the cancel: no money moves.
+    let stage = stage().await;
+    let saga = stage.placed().await;
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    store::insert_leased(
+        &stage.platform.pool,
+        std::slice::from_ref(&saga),
+        driver.owner(),
+        driver.lease(),
+    )
+    .await
+    .unwrap();
+    stage
+        .platform
+        .command(
+            &format!("/api/orders/{}/cancel", saga.order_id),
+            &json!({"reason": "changed my mind"}),
+            202,
+        )
+        .await;
+    store::request_cancel(&stage.platform.pool, &saga.order_id, "changed my mind")
+        .await
+        .unwrap();
+
+    let started = store::Loaded {
+        saga: saga.clone(),
+        version: 1,
+        cancel_reason: None,
+    };
+    driver
+        .drive_leased(started, std::time::Instant::now())
+        .await
+        .unwrap();
+    let ended = stage.drive_to_the_end(&driver, &saga.order_id).await;
+
+    assert_eq!(ended.state, SagaState::Cancelled, "{ended:#?}");
+    let charge = stage.gateway.charges().await;
+    let charge = charge.get(&charge_key(&saga.order_id)).map(String::as_str);
+    assert!(
+        matches!(charge, None | Some("voided")),
+        "the gateway was asked to charge a cancelled order: {charge:?}"
+    );
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}

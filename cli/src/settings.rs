@@ -191,7 +191,7 @@ impl Settings {
             .set_default("saga_first_backoff_ms", 50)?
             .set_default("saga_max_backoff_ms", 30_000)?
             .set_default("saga_scan_interval_ms", 500)?
-            .set_default("saga_concurrency", 32)?
+            .set_default("saga_concurrency", 256)?
             .set_default("payment_gateway_url", "")?
             .set_default("payment_gateway_timeout_ms", 5_000)?
             .set_default("gateway_listen", "127.0.0.1:8081")?

@@ -91,13 +91,30 @@ async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
                 claim: claim.as_ref(),
             })
             .collect();
-        if repository.append_commands(&pending).await.is_ok() {
-            for job in batch {
-                let _ = job.done.send(Ok(()));
+        match repository.append_commands(&pending).await {
+            Ok(()) => {
+                for job in batch {
+                    let _ = job.done.send(Ok(()));
+                }
+                return;
             }
-            return;
+            // Cut off from the server, the statement may have committed
+            // before its answer was lost: appending the jobs again would
+            // find their own rows and take that for a lost race. Each
+            // learns that the store is out of reach.
+            Err(AppendError::Database(error)) if crate::dispatch::database_unavailable(&error) => {
+                let text = error.to_string();
+                for job in batch {
+                    let copy = sqlx::Error::Io(std::io::Error::other(text.clone()));
+                    let _ = job.done.send(Err(AppendError::Database(copy)));
+                }
+                return;
+            }
+            // The server refused the statement (a job lost a race or reused
+            // a key, say), so nothing of it committed: find out which job,
+            // one by one, each with its own answer.
+            Err(_) => {}
         }
-        // Something in the batch failed; find out what, job by job.
     }
     for job in batch {
         let pending: Vec<PendingAppend<'_>> = job

@@ -430,9 +430,20 @@ impl CommandBus {
             };
             jobs.extend(later);
             if jobs.len() > 1 {
-                // Something in the round failed (another process wrote the
-                // stream, a key was taken, the database): each job alone,
-                // so that each gets its own answer.
+                if let AppendError::Database(error) = error
+                    && database_unavailable(&error)
+                {
+                    // Cut off from the server, the statement may have
+                    // committed before its answer was lost: deciding the
+                    // commands again on the stream as it then stands would
+                    // apply them twice. Each caller learns that the store is
+                    // out of reach, as a command alone would.
+                    fail_all(jobs, StoreError::from(error));
+                    return None;
+                }
+                // The server refused the statement, so nothing of it
+                // committed (another process wrote the stream, a key was
+                // taken): each job alone, so that each gets its own answer.
                 return self.one_by_one(aggregate_id, jobs).await;
             }
             let job = jobs.pop()?;

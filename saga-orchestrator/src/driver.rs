@@ -148,15 +148,20 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// Like [`drive`](Self::drive), for a saga this driver leased when it
     /// stored it (`store::insert_leased`): it starts from `leased`, as
     /// stored, without reading the row again.
-    pub async fn drive_leased(&self, leased: store::Loaded) -> anyhow::Result<()> {
+    /// `leased_at` is when the lease was taken: it runs from then.
+    pub async fn drive_leased(
+        &self,
+        leased: store::Loaded,
+        leased_at: std::time::Instant,
+    ) -> anyhow::Result<()> {
         let order_id = leased.saga.order_id.clone();
-        self.drive_from(&order_id, Some(leased)).await
+        self.drive_from(&order_id, Some((leased, leased_at))).await
     }
 
     async fn drive_from(
         &self,
         order_id: &str,
-        leased: Option<store::Loaded>,
+        leased: Option<(store::Loaded, std::time::Instant)>,
     ) -> anyhow::Result<()> {
         let result = self.steps(order_id, leased).await;
         if !matches!(result, Ok(Lease::Released)) {
@@ -173,14 +178,20 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// is about to start (its deadline must survive a restart), or the last
     /// save is a third of a lease old. Steps done in between are taken in
     /// again after a crash by doing them again under their keys.
-    async fn steps(&self, order_id: &str, leased: Option<store::Loaded>) -> anyhow::Result<Lease> {
+    async fn steps(
+        &self,
+        order_id: &str,
+        leased: Option<(store::Loaded, std::time::Instant)>,
+    ) -> anyhow::Result<Lease> {
         // Claimed once; every save renews the lease, and a save refused
         // (another driver saved, or took the lease) sends us to claim again.
         // A save tells the version and the pending cancel, so the next step
         // starts from the saga in hand without reading the row again.
         let mut held = leased.is_some();
-        let mut saved: Option<store::Loaded> = leased;
-        let mut last_save = std::time::Instant::now();
+        let mut last_save = leased
+            .as_ref()
+            .map_or_else(std::time::Instant::now, |(_, at)| *at);
+        let mut saved: Option<store::Loaded> = leased.map(|(loaded, _)| loaded);
         loop {
             let loaded = if let Some(row) = saved.take() {
                 Some(row)
@@ -349,9 +360,22 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 saga.action_started_at = Some(Utc::now());
                 *last_save = std::time::Instant::now();
                 match self.save(saga, *version, Duration::ZERO).await? {
+                    // A cancel that came while the saga reserved (those steps
+                    // are not saved, so it learns of it only now) stops it
+                    // before any money moves: the caller reloads the saga,
+                    // which then undoes.
+                    Saved::Saved {
+                        cancel_reason: Some(_),
+                        ..
+                    } if !saga.order_cancelled => return Ok(None),
                     Saved::Saved { version: saved, .. } => *version = saved,
                     Saved::Stale => return Ok(None),
                 }
+            } else if let Some(recorded) = self.recorded_answer(saga).await {
+                // Asked before (a retry, or a crash after the answer was
+                // recorded but not saved, possibly long past the deadline):
+                // the ledger's record of the gateway's answer stands.
+                return Ok(Some(recorded));
             }
             // A customer's cancel does not wait for a gateway that hangs:
             // the caller reloads the saga, which then undoes (and voids the
@@ -440,6 +464,20 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             if cancel.is_some() {
                 return Ok(());
             }
+        }
+    }
+
+    /// The gateway's answer as the payment's ledger recorded it, if it did.
+    async fn recorded_answer(&self, saga: &OrderSaga) -> Option<Outcome> {
+        let (payment, _) = self.bus.load::<Payment>(&saga.order_id).await.ok()?;
+        match payment.status()? {
+            PaymentStatus::Approved => Some(Outcome::Approved {
+                reference: "as recorded in the ledger".into(),
+            }),
+            PaymentStatus::Declined => Some(Outcome::Declined {
+                reason: "declined, as recorded in the ledger".into(),
+            }),
+            PaymentStatus::Requested | PaymentStatus::Refunded => None,
         }
     }
 

@@ -210,11 +210,11 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
     /// Drives a saga this process stored leased to its driver, from the
     /// saga as stored (claiming it afresh if it waited for its turn so long
     /// that its lease may be running out).
-    fn drive_leased(&self, leased: store::Loaded) {
-        self.spawn(leased.saga.order_id.clone(), Some(leased));
+    fn drive_leased(&self, leased: store::Loaded, leased_at: std::time::Instant) {
+        self.spawn(leased.saga.order_id.clone(), Some((leased, leased_at)));
     }
 
-    fn spawn(&self, order_id: String, leased: Option<store::Loaded>) {
+    fn spawn(&self, order_id: String, leased: Option<(store::Loaded, std::time::Instant)>) {
         let fresh = self
             .running
             .lock()
@@ -231,11 +231,10 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
                 running: Arc::clone(&this.running),
                 order_id: order_id.clone(),
             };
-            let queued = std::time::Instant::now();
             let _permit = this.permits.acquire().await;
-            let leased = leased.filter(|_| queued.elapsed() < this.driver.lease() / 3);
+            let leased = leased.filter(|(_, at)| at.elapsed() < this.driver.lease() / 3);
             let driven = match leased {
-                Some(leased) => this.driver.drive_leased(leased).await,
+                Some((leased, at)) => this.driver.drive_leased(leased, at).await,
                 None => this.driver.drive(&order_id).await,
             };
             if let Err(error) = driven {
@@ -363,6 +362,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     // A cancel follows its order's placement (one partition per order), so
     // the new sagas are stored first.
     let (owner, lease) = (sagas.driver.owner(), sagas.driver.lease());
+    let leased_at = std::time::Instant::now();
     let Some(new) = until_done(
         "store new sagas",
         || async {
@@ -383,11 +383,14 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         .into_iter()
         .filter(|saga| new.contains(&saga.order_id))
     {
-        sagas.drive_leased(store::Loaded {
-            saga,
-            version: 1,
-            cancel_reason: None,
-        });
+        sagas.drive_leased(
+            store::Loaded {
+                saga,
+                version: 1,
+                cancel_reason: None,
+            },
+            leased_at,
+        );
     }
     for (order_id, reason) in cancelled {
         let stored = until_done(

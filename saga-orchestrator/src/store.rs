@@ -38,7 +38,9 @@ pub async fn insert(pool: &PgPool, saga: &OrderSaga) -> sqlx::Result<bool> {
 
 /// Stores new sagas in one statement, each leased to `owner` for `lease`,
 /// unless its order has one already (a redelivered `OrderPlaced`). Returns
-/// the order ids of those that were new.
+/// the order ids of those that were new, and of those `owner` stored
+/// before and has not saved since (a retry after an answer that was lost:
+/// they are its to drive).
 pub async fn insert_leased(
     pool: &PgPool,
     sagas: &[OrderSaga],
@@ -61,7 +63,8 @@ pub async fn insert_leased(
                 $5, now() + make_interval(secs => $6)
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
                 AS n(order_id, state, saga, updated_at)
-         ON CONFLICT (order_id) DO NOTHING
+         ON CONFLICT (order_id) DO UPDATE SET leased_until = EXCLUDED.leased_until
+          WHERE sagas.lease_owner = EXCLUDED.lease_owner AND sagas.version = 1
       RETURNING order_id",
     )
     .bind(&columns.0)
@@ -197,15 +200,14 @@ async fn save_batch(
     batch: Vec<(Save, oneshot::Sender<sqlx::Result<Saved>>)>,
 ) {
     // One driver task per saga and process: an order appears once. Should
-    // it not, its later saves go in the next statement.
-    let mut seen = std::collections::HashSet::new();
-    let (now, later): (Vec<_>, Vec<_>) = batch
-        .into_iter()
-        .partition(|(save, _)| seen.insert(save.saga.order_id.clone()));
-    for part in [now, later] {
-        if part.is_empty() {
-            continue;
-        }
+    // it not, its later saves go in later statements, one per statement.
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (part, later): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(save, _)| seen.insert(save.saga.order_id.clone()));
+        rest = later;
         let error = match save_all(pool, owner, lease, part.iter().map(|(save, _)| save)).await {
             Ok(mut saved) => {
                 for (save, answer) in part {

@@ -79,10 +79,16 @@ async fn new_sagas_are_stored_leased_once_and_the_scan_leaves_them_to_their_driv
         .await
         .unwrap();
     assert_eq!(new.len(), 2);
-    let again = store::insert_leased(&pool, std::slice::from_ref(&one), "me", LEASE)
+    let again = store::insert_leased(&pool, std::slice::from_ref(&one), "someone else", LEASE)
         .await
         .unwrap();
     assert!(again.is_empty(), "a redelivered placement stores nothing");
+    // The same driver storing it again (its first answer was lost) gets it
+    // back to drive, as long as nothing was saved since.
+    let retried = store::insert_leased(&pool, std::slice::from_ref(&one), "me", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(retried, vec![one.order_id.clone()]);
     assert!(
         store::due(&pool, 10).await.unwrap().is_empty(),
         "leased sagas are their driver's"
@@ -197,4 +203,33 @@ async fn a_save_gives_the_lease_up_when_the_driver_stops_after_it() {
         }
     );
     assert_eq!(row(&pool, &cancelled).await, (2, false, false));
+}
+
+#[tokio::test]
+async fn saves_of_one_saga_in_one_batch_go_in_turn() {
+    // One driver task per saga and process makes this rare, but three saves
+    // of one saga queued at once must each be checked against the row as
+    // the one before left it.
+    let (_db, pool) = database().await;
+    let one = saga(1);
+    store::insert_leased(&pool, std::slice::from_ref(&one), "me", LEASE)
+        .await
+        .unwrap();
+    let saves = Saves::new(pool.clone(), "me".into(), LEASE);
+    // Polled in order on this one thread before the batch worker runs:
+    // they form one batch.
+    let (first, second, third) = tokio::join!(
+        saves.save(save(&one, 1, false)),
+        saves.save(save(&one, 1, false)),
+        saves.save(save(&one, 2, false)),
+    );
+    let version = |saved: sqlx::Result<Saved>| match saved.unwrap() {
+        Saved::Saved { version, .. } => Some(version),
+        Saved::Stale => None,
+    };
+    assert_eq!(
+        (version(first), version(second), version(third)),
+        (Some(2), None, Some(3))
+    );
+    assert_eq!(row(&pool, &one).await, (3, false, false));
 }
