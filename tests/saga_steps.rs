@@ -493,7 +493,7 @@ async fn a_cancel_that_arrives_while_the_saga_reserves_stops_it_before_the_charg
         cancel_reason: None,
     };
     driver
-        .drive_leased(started, std::time::Instant::now())
+        .drive_leased(started, std::time::Instant::now(), None)
         .await
         .unwrap();
     let ended = stage.drive_to_the_end(&driver, &saga.order_id).await;

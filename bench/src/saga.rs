@@ -78,7 +78,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
          API, relay, projections and orchestrator in one process"
     );
 
-    let completion = steady(&platform, &skus, &options).await?;
+    let (completion, accepted) = steady(&platform, &skus, &options).await?;
     let ms = |q: f64| completion.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "at {:>4} orders/s: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} orders (target p99 < 100 ms)",
@@ -89,6 +89,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         completion.max() as f64 / 1000.0,
         completion.len()
     );
+    breakdown(&platform.pool, &accepted).await?;
 
     let counts = Counts::start(&platform.pool, &databases).await?;
     let spread = saturate(&platform, options.burst, options.clients, &skus).await?;
@@ -287,12 +288,13 @@ fn body(skus: &[String], n: usize) -> Value {
 }
 
 /// Sends orders at `rate` for the run, then returns the time from each 202
-/// to its saga's confirmation, in microseconds.
+/// to its saga's confirmation, in microseconds, and when each order was
+/// accepted.
 async fn steady(
     platform: &Arc<TestPlatform>,
     skus: &[String],
     options: &Options,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<(Histogram<u64>, HashMap<String, DateTime<Utc>>)> {
     let accepted: Arc<Mutex<HashMap<String, DateTime<Utc>>>> = Arc::default();
     let end = Instant::now() + Duration::from_secs(options.seconds);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(options.rate)));
@@ -333,7 +335,81 @@ async fn steady(
             completion.record(micros as u64)?;
         }
     }
-    Ok(completion)
+    Ok((completion, accepted))
+}
+
+/// The events that mark an order's way through its saga, in order; a
+/// product event counts when it names the order.
+const MARKS: [&str; 6] = [
+    "OrderPlaced",
+    "StockReserved",
+    "ChargeRequested",
+    "ChargeApproved",
+    "ReservationCommitted",
+    "OrderConfirmed",
+];
+
+/// Where the orders of `accepted` spent their time, from the commit times
+/// of the events that mark each stage (the last of a stage's events when
+/// an order has several lines) and of the saga's last save: each stage's
+/// p50 and p99.
+async fn breakdown(pool: &PgPool, accepted: &HashMap<String, DateTime<Utc>>) -> anyhow::Result<()> {
+    let Some(since) = accepted.values().min() else {
+        return Ok(());
+    };
+    let rows: Vec<(String, String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT aggregate_id, event_type, payload -> event_type ->> 'order_id', recorded_at
+           FROM events WHERE recorded_at >= $1 - interval '1 second' AND event_type = ANY($2)",
+    )
+    .bind(since)
+    .bind(&MARKS[..])
+    .fetch_all(pool)
+    .await?;
+    let mut marks: HashMap<String, [Option<DateTime<Utc>>; MARKS.len() + 1]> = HashMap::new();
+    for (aggregate_id, event_type, order_id, at) in rows {
+        let order = order_id.unwrap_or(aggregate_id);
+        let (Some(stage), Some(order)) = (
+            MARKS.iter().position(|mark| *mark == event_type),
+            accepted.get_key_value(&order).map(|(id, _)| id),
+        ) else {
+            continue;
+        };
+        let slot = &mut marks.entry(order.clone()).or_default()[stage];
+        *slot = (*slot).max(Some(at));
+    }
+    let ended: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT order_id, updated_at FROM sagas WHERE order_id = ANY($1)")
+            .bind(accepted.keys().collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?;
+    for (order, at) in ended {
+        if let Some(marks) = marks.get_mut(&order) {
+            marks[MARKS.len()] = Some(at);
+        }
+    }
+    let stages = [
+        "placed -> stock reserved (relay, Kafka, saga intake, reservations)",
+        "stock reserved -> charge requested",
+        "charge requested -> approved (save, gateway, approval)",
+        "approved -> reservations committed",
+        "committed -> order confirmed",
+        "order confirmed -> saga saved as ended",
+    ];
+    println!("  where the time went, from the events' commit times:");
+    for (n, stage) in stages.iter().enumerate() {
+        let mut spent = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        for marks in marks.values() {
+            if let (Some(from), Some(to)) = (marks[n], marks[n + 1]) {
+                spent.record((to - from).num_microseconds().unwrap_or(0).max(1) as u64)?;
+            }
+        }
+        println!(
+            "    {stage}: p50 {:.1} ms, p99 {:.1} ms",
+            spent.value_at_quantile(0.5) as f64 / 1000.0,
+            spent.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+    Ok(())
 }
 
 /// Places `burst` orders over `skus` from `clients` clients at once and waits until

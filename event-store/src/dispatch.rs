@@ -612,6 +612,22 @@ impl CommandBus {
         }))
     }
 
+    /// Hands the bus an aggregate as its events up to `version` leave it,
+    /// learned elsewhere (a consumer that just read its first event, say),
+    /// so that the next command on it decides without loading the stream.
+    /// Like any copy the bus keeps, it is checked by the next append (a
+    /// stream that moved on has the next sequence taken) and read up to
+    /// date before an answer that appends nothing; it is ignored when the
+    /// bus keeps a copy of its own.
+    pub fn offer<A>(&self, aggregate_id: &str, aggregate: A, version: u64)
+    where
+        A: Aggregate + 'static,
+    {
+        let stream = format!("{}/{aggregate_id}", A::TYPE);
+        self.streams
+            .offer(&stream, || Box::new((aggregate, version)) as Boxed);
+    }
+
     /// The aggregate as its events leave it, with its version; the default
     /// (version 0) when it has none.
     pub async fn load<A>(&self, aggregate_id: &str) -> Result<(A, u64), StoreError>

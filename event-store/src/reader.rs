@@ -10,7 +10,9 @@
 //! (`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`): those can no
 //! longer commit anything, so nothing can appear behind the reader. A
 //! transaction gets its id at its first write, and the append writes nothing
-//! before its events, after the aggregate was loaded; so a later command on an
+//! before its events; a command decides on an aggregate whose last event it
+//! saw committed, and its first event takes the next sequence, which a
+//! concurrent writer's uncommitted event would hold. So a later command on an
 //! aggregate always has a larger transaction id, and the order respects every
 //! aggregate's own sequence.
 //!

@@ -86,6 +86,20 @@ impl Streams {
         })
     }
 
+    /// Keeps `kept` (an aggregate with its version) for `stream`, unless a
+    /// worker serves the stream or a copy is kept already.
+    pub(crate) fn offer(&self, stream: &str, kept: impl FnOnce() -> Boxed) {
+        let mut inner = self.lock();
+        if inner.served.contains_key(stream) {
+            return;
+        }
+        if let Some(recent) = inner.recent.as_mut()
+            && !recent.contains(stream)
+        {
+            recent.put(stream.to_owned(), kept());
+        }
+    }
+
     #[cfg(test)]
     fn cached(&self) -> usize {
         self.lock().recent.as_ref().map_or(0, LruCache::len)
@@ -218,6 +232,20 @@ mod tests {
         let version = kept.take_kept().unwrap().downcast::<u64>().unwrap();
         assert_eq!(*version, 4);
         assert!(kept.take_kept().is_none(), "taken once");
+    }
+
+    #[test]
+    fn an_offered_aggregate_is_kept_only_where_nothing_is() {
+        let streams = Streams::keeping(8);
+        streams.offer("Order/1", || Box::new(1u64));
+        streams.offer("Order/1", || Box::new(9u64));
+        let mut serving = streams.push("Order/1", job(0)).unwrap();
+        streams.offer("Order/1", || Box::new(9u64));
+        let kept = serving.take_kept().unwrap().downcast::<u64>().unwrap();
+        assert_eq!(*kept, 1, "the first offer stands; none while served");
+        serving.next(64, || None).unwrap();
+        assert!(serving.next(64, || None).is_none());
+        assert_eq!(streams.cached(), 0);
     }
 
     #[test]

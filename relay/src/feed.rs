@@ -16,6 +16,10 @@ use crate::{EVENTS_CHANNEL, LagGauge, RelayConfig};
 /// Batches read but not yet taken by the publisher, at most.
 const READ_AHEAD: usize = 2;
 
+/// The first wait before reading again when a notified commit was not
+/// readable yet.
+const FIRST_LOOK_AGAIN: Duration = Duration::from_millis(1);
+
 /// The read-ahead task and what it has read. Dropping it stops the task.
 pub(crate) struct Feed {
     batches: mpsc::Receiver<anyhow::Result<Vec<RawEvent>>>,
@@ -70,17 +74,28 @@ async fn read_ahead(
             return;
         }
     };
+    // How soon to read again after a read found nothing although a commit
+    // was notified: its events are held behind an older transaction still
+    // running (the reader's horizon), which no notification announces the
+    // end of. Doubles from 1 ms while reads keep finding nothing.
+    let mut held_back: Option<Duration> = None;
     loop {
         // Behind or caught up alike (the gauge counts every few seconds).
         lag.update(&pool, at).await;
         match reader.read_raw(at, batch_size, &everything).await {
             Ok(batch) if batch.is_empty() => {
-                // Events committed after the read above have notified
-                // already, so nothing is missed; the timeout covers a lost
-                // connection.
-                let _ = tokio::time::timeout(poll_interval, listener.recv()).await;
+                // Events committed after the read above notify, so nothing
+                // is missed; the poll interval covers a lost connection.
+                let wait = held_back.unwrap_or(poll_interval);
+                held_back = match tokio::time::timeout(wait, listener.recv()).await {
+                    Ok(_) => Some(FIRST_LOOK_AGAIN),
+                    Err(_) => held_back
+                        .map(|wait| wait * 2)
+                        .filter(|wait| *wait < poll_interval),
+                };
             }
             Ok(batch) => {
+                held_back = None;
                 if let Some(last) = batch.last() {
                     at = last.checkpoint();
                 }

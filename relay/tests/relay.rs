@@ -258,3 +258,43 @@ async fn republishing_from_a_position_sends_that_event_and_everything_after() {
         "republishing leaves the relay's checkpoint alone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_held_behind_an_older_transaction_is_published_when_that_one_ends() {
+    // Only commits wake the relay here (its poll is half a minute). An event
+    // committed while an older transaction runs is not readable until that
+    // one ends, and nothing announces its end: the relay must look again
+    // by itself, not wait for the next commit or the poll.
+    let (_db, pool) = database().await;
+    let topics = TestTopics::new();
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(30),
+        ..config(&topics)
+    };
+    let (stop, task) = start(&pool, config);
+    write_events(&pool, &["MUG"], 0).await;
+    let published = Topics::with_prefix(&topics.prefix).all();
+    consume(&published, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let mut older = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    write_events(&pool, &["TEA"], 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    older.commit().await.unwrap();
+
+    let messages = consume(&published, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        messages.len(),
+        2,
+        "the held-back event waited for another commit or the poll"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

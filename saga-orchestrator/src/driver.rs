@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cqrs_es::Aggregate;
+use domain::order::OrderPlaced;
 use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason};
 use domain::{
     Order, OrderCommand, OrderError, Payment, PaymentCommand, PaymentError, PaymentStatus, Product,
@@ -128,6 +129,15 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         self
     }
 
+    /// Hands the driver's command bus the order as its `OrderPlaced` (its
+    /// first event) leaves it, so that confirming or cancelling it needs no
+    /// load; see `CommandBus::offer`.
+    pub fn offer_placed(&self, placed: &OrderPlaced) {
+        let mut order = Order::default();
+        order.apply(domain::OrderEvent::OrderPlaced(placed.clone()));
+        self.bus.offer(&placed.order_id.to_string(), order, 1);
+    }
+
     /// The name this driver's leases carry.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -149,11 +159,18 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// stored it (`store::insert_leased`): it starts from `leased`, as
     /// stored, without reading the row again.
     /// `leased_at` is when the lease was taken: it runs from then.
+    /// `placed`, the order's first event, if the caller has it: the order
+    /// is then confirmed or cancelled without loading it (see
+    /// [`offer_placed`](Self::offer_placed)).
     pub async fn drive_leased(
         &self,
         leased: store::Loaded,
         leased_at: std::time::Instant,
+        placed: Option<&OrderPlaced>,
     ) -> anyhow::Result<()> {
+        if let Some(placed) = placed {
+            self.offer_placed(placed);
+        }
         let order_id = leased.saga.order_id.clone();
         self.drive_from(&order_id, Some((leased, leased_at))).await
     }

@@ -18,6 +18,7 @@ use futures::FutureExt;
 
 use anyhow::Context;
 use domain::OrderEvent;
+use domain::order::OrderPlaced;
 use event_store::{Envelope, Topics};
 use platform::kafka::{GroupMember, Membership};
 use rdkafka::Message;
@@ -210,11 +211,20 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
     /// Drives a saga this process stored leased to its driver, from the
     /// saga as stored (claiming it afresh if it waited for its turn so long
     /// that its lease may be running out).
-    fn drive_leased(&self, leased: store::Loaded, leased_at: std::time::Instant) {
-        self.spawn(leased.saga.order_id.clone(), Some((leased, leased_at)));
+    /// `placed` is the order's first event, when the consumer read it.
+    fn drive_leased(
+        &self,
+        leased: store::Loaded,
+        leased_at: std::time::Instant,
+        placed: Option<OrderPlaced>,
+    ) {
+        self.spawn(
+            leased.saga.order_id.clone(),
+            Some((leased, leased_at, placed)),
+        );
     }
 
-    fn spawn(&self, order_id: String, leased: Option<(store::Loaded, std::time::Instant)>) {
+    fn spawn(&self, order_id: String, leased: Option<Leased>) {
         let fresh = self
             .running
             .lock()
@@ -232,9 +242,11 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
                 order_id: order_id.clone(),
             };
             let _permit = this.permits.acquire().await;
-            let leased = leased.filter(|(_, at)| at.elapsed() < this.driver.lease() / 3);
+            let leased = leased.filter(|(_, at, _)| at.elapsed() < this.driver.lease() / 3);
             let driven = match leased {
-                Some((leased, at)) => this.driver.drive_leased(leased, at).await,
+                Some((leased, at, placed)) => {
+                    this.driver.drive_leased(leased, at, placed.as_ref()).await
+                }
                 None => this.driver.drive(&order_id).await,
             };
             if let Err(error) = driven {
@@ -243,6 +255,10 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
         });
     }
 }
+
+/// A saga this process stored leased to its driver: as stored, when, and
+/// the order's first event.
+type Leased = (store::Loaded, std::time::Instant, Option<OrderPlaced>);
 
 /// A saga in the running set while this lives.
 struct Running {
@@ -335,6 +351,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Taken {
     let mut placed = Vec::new();
+    let mut first_events = std::collections::HashMap::new();
     let mut cancelled = Vec::new();
     for message in batch {
         match decode(message) {
@@ -345,6 +362,9 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
                     .and_then(|value| value.as_str())
                     .unwrap_or_default();
                 placed.push(OrderSaga::start(&event, correlation, envelope.recorded_at));
+                if envelope.sequence == 1 {
+                    first_events.insert(envelope.aggregate_id.clone(), event);
+                }
             }
             Ok((envelope, OrderEvent::OrderCancelled(event))) => {
                 cancelled.push((envelope.aggregate_id, event.reason.as_str().to_owned()));
@@ -383,6 +403,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         .into_iter()
         .filter(|saga| new.contains(&saga.order_id))
     {
+        let placed = first_events.remove(&saga.order_id);
         sagas.drive_leased(
             store::Loaded {
                 saga,
@@ -390,6 +411,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
                 cancel_reason: None,
             },
             leased_at,
+            placed,
         );
     }
     for (order_id, reason) in cancelled {
