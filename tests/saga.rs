@@ -415,25 +415,14 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
         .count();
     assert!(failed_refunds >= 3, "{flagged:#}");
     // The census counts it within a few seconds.
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        let metrics = platform
-            .client
-            .get(platform.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("sagas_needing_attention 1")
-            && metrics.contains("sagas{state=\"COMPENSATING\"} 1")
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    metrics_show(
+        &platform,
+        &[
+            "sagas_needing_attention 1",
+            "sagas{state=\"COMPENSATING\"} 1",
+        ],
+    )
+    .await;
 
     // The gateway recovers: the saga finishes the undo and the flag clears.
     gateway.resume(&platform).await;
@@ -447,7 +436,44 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     );
     stock_is(&platform, "MUG", 10, 0).await;
     assert!(gateway.captured().await.is_empty());
+    // The census counts sagas not done, so a state none is in reads 0; the
+    // saga was counted as it ended, confirmed and then cancelled. (Metrics
+    // are one registry per test process, which other tests write too.)
+    metrics_show(
+        &platform,
+        &[
+            "sagas_needing_attention 0",
+            "sagas{state=\"COMPENSATING\"} 0",
+            "sagas_ended_total{state=\"CONFIRMED\"}",
+            "sagas_ended_total{state=\"CANCELLED\"}",
+        ],
+    )
+    .await;
     platform.stop().await;
+}
+
+/// Waits until the platform's metrics hold every one of `lines`.
+async fn metrics_show(platform: &TestPlatform, lines: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let metrics = platform
+            .client
+            .get(platform.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if lines.iter().all(|line| metrics.contains(line)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lines:?} in {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The order's Payment events, oldest first.

@@ -313,6 +313,8 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             if released {
                 if ended {
                     tracing::info!(order_id, state = saga.state.as_str(), reason = ?saga.reason, "saga ended");
+                    metrics::counter!("sagas_ended_total", "state" => saga.state.as_str())
+                        .increment(1);
                 }
                 // The saga waits for a retry (the due-scan comes back for
                 // it), or it ended with no cancel left to take in.

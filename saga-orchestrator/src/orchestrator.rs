@@ -29,7 +29,7 @@ use sqlx::PgPool;
 
 use crate::driver::{Driver, Policy};
 use crate::gateway::PaymentGateway;
-use crate::saga::OrderSaga;
+use crate::saga::{OrderSaga, SagaState};
 use crate::store;
 
 /// Order events taken in together at most.
@@ -447,12 +447,18 @@ fn last_per_partition<'a>(batch: &'a [BorrowedMessage<'a>]) -> Vec<&'a BorrowedM
     last
 }
 
-/// Sagas by state and those needing attention, as gauges.
+/// Sagas not done by state (a state none is in reads 0), and those needing
+/// attention, as gauges. Ended sagas are counted as they end
+/// (`sagas_ended_total`), not here.
 async fn census_metrics(pool: &PgPool) {
-    match store::counts(pool).await {
+    match store::in_progress(pool).await {
         Ok((by_state, attention)) => {
-            for (state, count) in by_state {
-                metrics::gauge!("sagas", "state" => state).set(count as f64);
+            for state in SagaState::ALL {
+                let count = by_state
+                    .iter()
+                    .find(|(name, _)| name == state.as_str())
+                    .map_or(0, |(_, count)| *count);
+                metrics::gauge!("sagas", "state" => state.as_str()).set(count as f64);
             }
             metrics::gauge!("sagas_needing_attention").set(attention as f64);
         }

@@ -32,6 +32,15 @@ pub enum SagaState {
 }
 
 impl SagaState {
+    pub const ALL: [Self; 6] = [
+        Self::Reserving,
+        Self::Charging,
+        Self::Confirming,
+        Self::Confirmed,
+        Self::Compensating,
+        Self::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reserving => "RESERVING",

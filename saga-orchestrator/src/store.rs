@@ -58,12 +58,14 @@ pub async fn insert_leased(
         columns.3.push(saga.updated_at);
     }
     sqlx::query_scalar(
-        "INSERT INTO sagas (order_id, state, saga, version, updated_at, lease_owner, leased_until)
+        "INSERT INTO sagas (order_id, state, saga, version, updated_at, lease_owner, leased_until,
+                            next_attempt_at)
          SELECT n.order_id, n.state, n.saga::jsonb, 1, n.updated_at,
-                $5, now() + make_interval(secs => $6)
+                $5, now() + make_interval(secs => $6), now() + make_interval(secs => $6)
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
                 AS n(order_id, state, saga, updated_at)
-         ON CONFLICT (order_id) DO UPDATE SET leased_until = EXCLUDED.leased_until
+         ON CONFLICT (order_id) DO UPDATE SET leased_until = EXCLUDED.leased_until,
+                                              next_attempt_at = EXCLUDED.next_attempt_at
           WHERE sagas.lease_owner = EXCLUDED.lease_owner AND sagas.version = 1
       RETURNING order_id",
     )
@@ -95,7 +97,8 @@ pub async fn claim(
 ) -> sqlx::Result<Option<Loaded>> {
     let row = sqlx::query(
         "UPDATE sagas SET lease_owner = $2,
-                leased_until = now() + make_interval(secs => $3)
+                leased_until = now() + make_interval(secs => $3),
+                next_attempt_at = now() + make_interval(secs => $3)
           WHERE order_id = $1
             AND (leased_until IS NULL OR leased_until < now() OR lease_owner = $2)
       RETURNING saga, version, cancel_reason",
@@ -110,11 +113,14 @@ pub async fn claim(
 
 /// Gives up `owner`'s lease on the saga, if it still holds it.
 pub async fn release(pool: &PgPool, order_id: &str, owner: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE sagas SET leased_until = NULL WHERE order_id = $1 AND lease_owner = $2")
-        .bind(order_id)
-        .bind(owner)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE sagas SET leased_until = NULL, next_attempt_at = least(next_attempt_at, now())
+          WHERE order_id = $1 AND lease_owner = $2",
+    )
+    .bind(order_id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -254,8 +260,11 @@ async fn save_all<'a>(
             SET state = u.state, saga = u.saga::jsonb, version = s.version + 1,
                 done = u.ended AND (s.cancel_reason IS NULL OR u.cancelled),
                 needs_attention = u.attention,
-                next_attempt_at = CASE WHEN s.cancel_reason IS NOT NULL AND NOT u.cancelled
-                                       THEN now() ELSE u.next_attempt_at END,
+                next_attempt_at = CASE
+                    WHEN NOT (u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled)))
+                        THEN now() + make_interval(secs => $12)
+                    WHEN s.cancel_reason IS NOT NULL AND NOT u.cancelled THEN now()
+                    ELSE u.next_attempt_at END,
                 updated_at = u.updated_at,
                 lease_owner = $11,
                 leased_until = CASE WHEN u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled))
@@ -359,7 +368,23 @@ pub async fn due(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<String>> {
     .await
 }
 
-/// Sagas by state, and how many need attention, for the metrics.
+/// Sagas not done by state, and how many need attention: the metrics'
+/// census, which reads only the indexes of those sagas, so its cost does
+/// not grow with the sagas that ended.
+pub async fn in_progress(pool: &PgPool) -> sqlx::Result<(Vec<(String, i64)>, i64)> {
+    let by_state: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM sagas WHERE NOT done GROUP BY state ORDER BY state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let attention: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE needs_attention")
+        .fetch_one(pool)
+        .await?;
+    Ok((by_state, attention))
+}
+
+/// Every saga by state, and how many need attention (`orders status`: a
+/// scan of the whole table).
 pub async fn counts(pool: &PgPool) -> sqlx::Result<(Vec<(String, i64)>, i64)> {
     let by_state: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM sagas GROUP BY state ORDER BY state")
