@@ -508,3 +508,69 @@ async fn a_cancel_that_arrives_while_the_saga_reserves_stops_it_before_the_charg
     stage.books_balance().await;
     stage.platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_finds_a_reservation_that_landed_beside_one_that_did_not() {
+    // The lines are reserved side by side: the second line's reservation
+    // landed, the first's did not, and nothing was saved. The undo must
+    // find the second although the first never happened.
+    let stage = stage().await;
+    stage.platform.create_product("TEA", 450, 10).await;
+    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 1}], "payment_method": "tok_visa"});
+    let placed = stage.platform.command("/api/orders", &body, 202).await;
+    let id = placed["order_id"].as_str().unwrap();
+    let (order, _) = stage.bus.load::<Order>(id).await.unwrap();
+    let order = order.placed().unwrap().clone();
+    let saga = OrderSaga::start(
+        &OrderPlaced {
+            order_id: OrderId::parse(id).unwrap(),
+            customer_id: order.customer_id,
+            lines: order.lines,
+            currency: order.currency,
+            total_cents: order.total_cents,
+            payment_method: order.payment_method,
+        },
+        "staged",
+        Utc::now(),
+    );
+    let tea = Action::ReserveStock {
+        sku: "TEA".into(),
+        quantity: 1,
+    };
+    stage
+        .bus
+        .execute::<Product>(
+            "TEA",
+            ProductCommand::ReserveStock {
+                order_id: OrderId::parse(id).unwrap(),
+                quantity: 1,
+            },
+            &step(tea.key(id)),
+            Expect::Existing,
+        )
+        .await
+        .unwrap();
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+    stage
+        .platform
+        .command(
+            &format!("/api/orders/{id}/cancel"),
+            &json!({"reason": "changed my mind"}),
+            202,
+        )
+        .await;
+    store::request_cancel(&stage.platform.pool, id, "changed my mind")
+        .await
+        .unwrap();
+
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    let ended = stage.drive_to_the_end(&driver, id).await;
+
+    assert_eq!(ended.state, SagaState::Cancelled, "{ended:#?}");
+    for sku in ["MUG", "TEA"] {
+        let (product, _) = stage.bus.load::<Product>(sku).await.unwrap();
+        assert_eq!((product.on_hand(), product.reserved()), (10, 0), "{sku}");
+    }
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}

@@ -10,6 +10,15 @@
 //! A batch fails as a whole (a conflict of one command rolls back the
 //! others), so a failed batch is retried command by command, and each command
 //! gets its own answer, exactly as if it had never been batched.
+//!
+//! After an append commits, the relay is woken with a `NOTIFY` on
+//! [`EVENTS_CHANNEL`] of its own, outside the append's transaction: a
+//! `NOTIFY` inside it would take the database's notification lock at commit
+//! and hold it until the commit is flushed, one append after another. At
+//! most one such notification is on its way per batcher; appends that commit
+//! meanwhile are announced by the next.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use platform::batch::Batcher;
 use sqlx::PgPool;
@@ -21,6 +30,9 @@ use crate::repository::{
 
 /// How many commands one statement takes at most.
 const MAX_BATCH: usize = 64;
+
+/// The channel that says events were appended (the relay listens on it).
+pub const EVENTS_CHANNEL: &str = "events_appended";
 
 /// A command's events and its idempotency key.
 pub type Command = (Vec<NewEvent>, Option<IdempotencyClaim>);
@@ -42,11 +54,16 @@ impl AppendBatcher {
     /// `workers` statements may be in flight at once (each holds one
     /// connection); fewer workers make bigger batches.
     pub fn new(pool: PgPool, workers: usize) -> Self {
+        let announcer = Announcer::new(pool.clone());
         let repository = PgEventRepository::new(pool);
         Self {
             batcher: Batcher::new("append_batch_commands", workers, MAX_BATCH, move |batch| {
-                let repository = repository.clone();
-                async move { append_batch(&repository, batch).await }
+                let (repository, announcer) = (repository.clone(), announcer.clone());
+                async move {
+                    if append_batch(&repository, batch).await {
+                        announcer.announce();
+                    }
+                }
             }),
         }
     }
@@ -78,7 +95,8 @@ impl AppendBatcher {
     }
 }
 
-async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
+/// Appends the batch and answers each job; whether anything committed.
+async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) -> bool {
     // A caller that stopped waiting (it timed out and will try again, or
     // settle the key) gets no append behind its back.
     batch.retain(|job| !job.done.is_closed());
@@ -91,12 +109,15 @@ async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
                 claim: claim.as_ref(),
             })
             .collect();
-        match repository.append_commands(&pending).await {
+        let started = std::time::Instant::now();
+        let appended = repository.append_commands(&pending).await;
+        metrics::histogram!("append_statement_seconds").record(started.elapsed().as_secs_f64());
+        match appended {
             Ok(()) => {
                 for job in batch {
                     let _ = job.done.send(Ok(()));
                 }
-                return;
+                return true;
             }
             // Cut off from the server, the statement may have committed
             // before its answer was lost: appending the jobs again would
@@ -108,7 +129,8 @@ async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
                     let copy = sqlx::Error::Io(std::io::Error::other(text.clone()));
                     let _ = job.done.send(Err(AppendError::Database(copy)));
                 }
-                return;
+                // It may have committed.
+                return true;
             }
             // The server refused the statement (a job lost a race or reused
             // a key, say), so nothing of it committed: find out which job,
@@ -116,6 +138,7 @@ async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
             Err(_) => {}
         }
     }
+    let mut committed = false;
     for job in batch {
         let pending: Vec<PendingAppend<'_>> = job
             .commands
@@ -125,7 +148,61 @@ async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) {
                 claim: claim.as_ref(),
             })
             .collect();
+        let started = std::time::Instant::now();
         let result = repository.append_commands(&pending).await;
+        metrics::histogram!("append_statement_seconds").record(started.elapsed().as_secs_f64());
+        committed |= !matches!(result, Err(AppendError::Conflict | AppendError::KeyTaken));
         let _ = job.done.send(result);
+    }
+    committed
+}
+
+/// Sends `NOTIFY events_appended` after appends commit: at once when none
+/// is on its way, else once more when that one is done.
+#[derive(Debug, Clone)]
+struct Announcer {
+    pool: PgPool,
+    /// A notification is on its way; another is wanted after it.
+    state: Arc<Mutex<(bool, bool)>>,
+}
+
+impl Announcer {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            state: Arc::default(),
+        }
+    }
+
+    fn announce(&self) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.0 {
+                state.1 = true;
+                return;
+            }
+            *state = (true, false);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // A notification lost (the database away) costs the relay a
+                // wait for its poll, nothing more.
+                if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(EVENTS_CHANNEL)
+                    .execute(&this.pool)
+                    .await
+                {
+                    tracing::debug!(%error, "cannot announce appended events");
+                }
+                let mut state = this.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.1 {
+                    state.1 = false;
+                } else {
+                    state.0 = false;
+                    return;
+                }
+            }
+        });
     }
 }

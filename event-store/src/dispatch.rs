@@ -409,7 +409,11 @@ impl CommandBus {
             let appended = if commands.is_empty() {
                 Ok(())
             } else {
-                self.batcher.append_together(commands).await
+                let started = Instant::now();
+                let appended = self.batcher.append_together(commands).await;
+                metrics::histogram!("append_wait_seconds", "aggregate" => A::TYPE)
+                    .record(started.elapsed().as_secs_f64());
+                appended
             };
             let error = match appended {
                 Ok(()) => {

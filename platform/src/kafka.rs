@@ -203,6 +203,14 @@ impl GroupMember {
         }
     }
 
+    /// Has the broker answer each fetch as soon as anything waits, for a
+    /// consumer on the path of a customer's request (the saga), where the
+    /// wait for a fuller fetch would be added to every order's time.
+    pub fn eager(mut self) -> Self {
+        self.config.set("fetch.min.bytes", "1");
+        self
+    }
+
     /// The static member id, if it joins as one.
     pub fn instance_id(&self) -> Option<&str> {
         self.member.as_ref().map(StaticMember::id)

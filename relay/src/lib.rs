@@ -27,8 +27,8 @@ use anyhow::Context;
 use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter, Topics};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
-/// The channel the events table notifies on commit (migration 0003).
-pub const EVENTS_CHANNEL: &str = "events_appended";
+/// The channel the command bus notifies after appends commit.
+pub use event_store::batch::EVENTS_CHANNEL;
 
 /// How a relay runs.
 #[derive(Debug, Clone)]

@@ -232,56 +232,92 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 // being recorded (a crash, a timeout, a queued append).
                 // Settle them in order first, so that the undo knows what
                 // to undo. (A charge in flight is settled by the refund.)
-                while let Some(pending) = saga
-                    .next_action()
-                    .filter(|action| !action.is_compensation() && *action != Action::Charge)
-                {
-                    match self.settle(&saga, &pending).await {
-                        Ok(landed) => {
-                            saga.settled(&pending, landed, Utc::now());
-                            if !landed {
-                                break;
+                loop {
+                    // A phase's steps run side by side: any of them may have
+                    // landed, so all of them are settled before the undo.
+                    let pending: Vec<Action> = saga
+                        .next_actions()
+                        .into_iter()
+                        .filter(|action| !action.is_compensation() && *action != Action::Charge)
+                        .collect();
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let mut all_landed = true;
+                    for action in pending {
+                        match self.settle(&saga, &action).await {
+                            Ok(landed) => {
+                                saga.settled(&action, landed, Utc::now());
+                                all_landed &= landed;
+                            }
+                            Err(detail) => {
+                                tracing::warn!(order_id, step = %action.name(), %detail, "cannot settle a step; will retry");
+                                saga.record(&action, Outcome::Failed { detail }, Utc::now());
+                                let wait = self.policy.backoff(saga.attempts);
+                                return Ok(self
+                                    .save(&saga, version, wait)
+                                    .await
+                                    .map(|saved| lease_after(&saved))?);
                             }
                         }
-                        Err(detail) => {
-                            tracing::warn!(order_id, step = %pending.name(), %detail, "cannot settle a step; will retry");
-                            saga.record(&pending, Outcome::Failed { detail }, Utc::now());
-                            let wait = self.policy.backoff(saga.attempts);
-                            return Ok(self
-                                .save(&saga, version, wait)
-                                .await
-                                .map(|saved| lease_after(&saved))?);
-                        }
+                    }
+                    if !all_landed {
+                        break;
                     }
                 }
                 saga.order_cancelled(reason, Utc::now());
             }
-            let Some(action) = saga.next_action() else {
+            let actions = saga.next_actions();
+            let Some(first) = actions.first().cloned() else {
                 // Nothing to do, but a cancel may have just been taken in.
                 return Ok(self
                     .save(&saga, version, Duration::ZERO)
                     .await
                     .map(|saved| lease_after(&saved))?);
             };
-            let Some(outcome) = self
-                .execute(&mut saga, &mut version, &mut last_save, &action)
-                .await?
-            else {
-                // Someone else saved the saga meanwhile: start over from it.
-                held = false;
-                continue;
+            let mut outcomes = if actions.len() == 1 {
+                let Some(outcome) = self
+                    .execute(&mut saga, &mut version, &mut last_save, &first)
+                    .await?
+                else {
+                    // Someone else saved the saga meanwhile: start over from it.
+                    held = false;
+                    continue;
+                };
+                vec![(first, outcome)]
+            } else {
+                // Every line's reservation, or every line's commit: commands
+                // on products of their own, side by side.
+                let done = futures::future::join_all(
+                    actions
+                        .iter()
+                        .map(|action| self.bounded_command(&saga, action)),
+                )
+                .await;
+                actions.into_iter().zip(done).collect::<Vec<_>>()
             };
-            let failed = matches!(
-                outcome,
-                Outcome::Failed { .. } | Outcome::Inconsistent { .. } | Outcome::Contended
-            );
-            if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = &outcome {
-                tracing::warn!(order_id, step = %action.name(), %detail, "saga step failed; will retry");
-            }
-            let replayable = matches!(outcome, Outcome::Done | Outcome::Approved { .. });
-            saga.record(&action, outcome, Utc::now());
-            if failed && saga.attempts >= self.policy.forward_attempts {
-                self.give_up(&mut saga, &action).await;
+            // What went through is taken in first, so that the count of
+            // failures in a row stands after it.
+            outcomes.sort_by_key(|(_, outcome)| {
+                !matches!(
+                    outcome,
+                    Outcome::Done | Outcome::Approved { .. } | Outcome::AlreadySold
+                )
+            });
+            let mut replayable = true;
+            for (action, outcome) in outcomes {
+                let failed = matches!(
+                    outcome,
+                    Outcome::Failed { .. } | Outcome::Inconsistent { .. } | Outcome::Contended
+                );
+                if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = &outcome {
+                    tracing::warn!(order_id, step = %action.name(), %detail, "saga step failed; will retry");
+                }
+                replayable &= matches!(outcome, Outcome::Done | Outcome::Approved { .. });
+                saga.record(&action, outcome, Utc::now());
+                if failed && saga.attempts >= self.policy.forward_attempts {
+                    self.give_up(&mut saga, &action).await;
+                }
             }
             let wait = if saga.attempts > 0 {
                 self.policy.backoff(saga.attempts)

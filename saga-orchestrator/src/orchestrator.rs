@@ -102,13 +102,16 @@ pub async fn run<G: PaymentGateway + Clone>(
     }
     let dead_letters = Topics::dead_letter(&topic);
     let group = format!("{}orders-platform.saga", config.group_prefix);
+    // Every order waits for its saga to take it in: no waiting for fuller
+    // fetches.
     let mut member = GroupMember::new(
         &config.brokers,
         "orders-saga",
         &group,
         &topic,
         &config.membership,
-    );
+    )
+    .eager();
     let mut consumer = member.consumer()?;
     let producer: FutureProducer =
         platform::kafka::client_config(&config.brokers, "orders-saga-dead-letters")

@@ -309,6 +309,36 @@ impl OrderSaga {
         }
     }
 
+    /// What to do next, with the actions that may run beside it: every
+    /// line's reservation while reserving, every line's commit while
+    /// confirming, one action otherwise (empty once the saga is over). The
+    /// first is [`next_action`](Self::next_action); the outcomes of them all
+    /// may be taken in, in any order.
+    pub fn next_actions(&self) -> Vec<Action> {
+        let lines = |stock: Stock, action: fn(&SagaLine) -> Action| -> Vec<Action> {
+            self.lines
+                .iter()
+                .filter(|line| line.stock == stock)
+                .map(action)
+                .collect()
+        };
+        let together = match self.state {
+            SagaState::Reserving => lines(Stock::None, |line| Action::ReserveStock {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+            }),
+            SagaState::Confirming => lines(Stock::Reserved, |line| Action::CommitReservation {
+                sku: line.sku.clone(),
+            }),
+            _ => Vec::new(),
+        };
+        if together.is_empty() {
+            self.next_action().into_iter().collect()
+        } else {
+            together
+        }
+    }
+
     /// Undo in reverse: the payment first, then the stock, then the order. A
     /// charge the gateway may have taken (asked for, timed out) is refunded
     /// too: the gateway refunds by the charge's key whatever it did.

@@ -521,6 +521,63 @@ fn world() -> impl Strategy<Value = World> {
     ]
 }
 
+#[test]
+fn the_lines_are_reserved_together_and_committed_together() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    assert_eq!(saga.next_actions(), vec![reserve("MUG"), reserve("TEA")]);
+    assert_eq!(saga.next_actions()[0], saga.next_action().unwrap());
+    // Taken in out of order, they reserve both.
+    saga.record(&reserve("TEA"), Outcome::Done, at(1));
+    assert_eq!(saga.next_actions(), vec![reserve("MUG")]);
+    saga.record(&reserve("MUG"), Outcome::Done, at(2));
+    assert_eq!(saga.next_actions(), vec![Action::RequestCharge]);
+    saga.record(&Action::RequestCharge, Outcome::Done, at(3));
+    saga.record(
+        &Action::Charge,
+        Outcome::Approved {
+            reference: "ch_1".into(),
+        },
+        at(4),
+    );
+    assert_eq!(
+        saga.next_actions(),
+        vec![
+            Action::CommitReservation { sku: "MUG".into() },
+            Action::CommitReservation { sku: "TEA".into() }
+        ]
+    );
+}
+
+#[test]
+fn a_line_refused_beside_one_reserved_releases_the_reserved_one() {
+    // Taken in in either order, the refusal turns the saga to undoing and
+    // the reservation that landed beside it is released.
+    for refused_first in [true, false] {
+        let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+        let mut outcomes = vec![
+            (reserve("MUG"), Outcome::Done),
+            (
+                reserve("TEA"),
+                Outcome::Refused {
+                    detail: "out of stock: TEA".into(),
+                },
+            ),
+        ];
+        if refused_first {
+            outcomes.reverse();
+        }
+        for (action, outcome) in outcomes {
+            saga.record(&action, outcome, at(1));
+        }
+        assert_eq!(saga.state, SagaState::Compensating);
+        assert_eq!(
+            saga.next_actions(),
+            vec![Action::ReleaseReservation { sku: "MUG".into() }],
+            "refused first: {refused_first}"
+        );
+    }
+}
+
 proptest! {
     /// Whatever the world answers and whenever the customer cancels, the saga
     /// ends, and it ends clean: a confirmed order holds sold stock and a
@@ -578,5 +635,96 @@ proptest! {
             }
             other => prop_assert!(false, "ended in {other:?}"),
         }
+    }
+
+    /// The same with the actions that may run together taken together, and
+    /// their outcomes taken in in any order, as the driver does.
+    #[test]
+    fn every_saga_driven_a_phase_at_a_time_ends_clean(
+        lines in 1usize..4,
+        answers in prop::collection::vec(world(), 60),
+        cancel_at in prop::option::of(0usize..20),
+        reversed in any::<bool>(),
+    ) {
+        let skus = ["A", "B", "C"];
+        let mut saga = OrderSaga::start(&placed(&skus[..lines]), "c", at(0));
+        let mut answers = answers.into_iter().cycle();
+        let mut step = 0;
+        loop {
+            let mut actions = saga.next_actions();
+            if actions.is_empty() {
+                break;
+            }
+            prop_assert!(step < 200, "the saga does not end");
+            if Some(step) == cancel_at {
+                saga.order_cancelled("changed my mind", at(step as i64));
+                step += 1;
+                continue;
+            }
+            if reversed {
+                actions.reverse();
+            }
+            for action in actions {
+                let outcome = answer(answers.next().unwrap(), &action);
+                saga.record(&action, outcome, at(step as i64));
+                if saga.attempts >= 3 {
+                    saga.give_up(&action, at(step as i64));
+                }
+            }
+            step += 1;
+        }
+        prop_assert!(ends_clean(&saga), "{saga:#?}");
+    }
+}
+
+/// What the world answers to `action`.
+fn answer(world: World, action: &Action) -> Outcome {
+    match (world, action) {
+        (World::Done, Action::Charge) => Outcome::Approved {
+            reference: "r".into(),
+        },
+        (World::Done, _) => Outcome::Done,
+        (World::Refused, _) => Outcome::Refused {
+            detail: "no".into(),
+        },
+        (World::Declined, Action::Charge) => Outcome::Declined {
+            reason: "no".into(),
+        },
+        (World::Declined, _) => Outcome::Done,
+        (World::TimedOut, _) => Outcome::TimedOut,
+        (World::Failed, _) => Outcome::Failed {
+            detail: "down".into(),
+        },
+        (World::Inconsistent, _) => Outcome::Inconsistent {
+            detail: "disagree".into(),
+        },
+        (World::GivenUpElsewhere, _) => Outcome::NeverDone,
+        (World::Sold, Action::ReleaseReservation { .. }) => Outcome::AlreadySold,
+        (World::Sold, _) => Outcome::Done,
+    }
+}
+
+/// A confirmed order holds sold stock and a captured payment; a cancelled
+/// one holds no stock and no money.
+fn ends_clean(saga: &OrderSaga) -> bool {
+    match saga.state {
+        SagaState::Confirmed => {
+            saga.lines.iter().all(|l| l.stock == Stock::Committed)
+                && saga.charge == Charge::Approved
+                && !saga.order_cancelled
+        }
+        SagaState::Cancelled => {
+            saga.order_cancelled
+                && saga.reason.is_some()
+                && saga
+                    .lines
+                    .iter()
+                    .all(|l| matches!(l.stock, Stock::None | Stock::Released | Stock::Returned))
+                && matches!(
+                    saga.charge,
+                    Charge::None | Charge::Declined | Charge::Refunded
+                )
+        }
+        _ => false,
     }
 }
