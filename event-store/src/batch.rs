@@ -11,12 +11,13 @@
 //! others), so a failed batch is retried command by command, and each command
 //! gets its own answer, exactly as if it had never been batched.
 //!
-//! After an append commits, the relay is woken with a `NOTIFY` on
-//! [`EVENTS_CHANNEL`] of its own, outside the append's transaction: a
-//! `NOTIFY` inside it would take the database's notification lock at commit
-//! and hold it until the commit is flushed, one append after another. At
-//! most one such notification is on its way per batcher; appends that commit
-//! meanwhile are announced by the next.
+//! After an append commits, the relay is woken: in memory when it leads in
+//! this process (see `wake`), else with a `NOTIFY` on [`EVENTS_CHANNEL`] of
+//! its own, outside the append's transaction: a `NOTIFY` inside it would
+//! take the database's notification lock at commit and hold it until the
+//! commit is flushed, one append after another. At most one such
+//! notification is on its way per batcher; appends that commit meanwhile
+//! are announced by the next.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -162,6 +163,8 @@ async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) -> bo
 #[derive(Debug, Clone)]
 struct Announcer {
     pool: PgPool,
+    /// The database, for a relay leading in this process.
+    database: Arc<str>,
     /// A notification is on its way; another is wanted after it.
     state: Arc<Mutex<(bool, bool)>>,
 }
@@ -169,12 +172,16 @@ struct Announcer {
 impl Announcer {
     fn new(pool: PgPool) -> Self {
         Self {
+            database: crate::wake::database_key(&pool).into(),
             pool,
             state: Arc::default(),
         }
     }
 
     fn announce(&self) {
+        if crate::wake::appended(&self.database) {
+            return;
+        }
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.0 {

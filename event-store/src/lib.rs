@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod reader;
 pub mod repository;
 mod streams;
+pub mod wake;
 
 use std::time::Duration;
 

@@ -226,10 +226,13 @@ async fn apply_batch<M: ReadModel>(
     ids.sort_unstable();
     ids.dedup();
 
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
-        .bind(lock_name(M::NAME))
-        .execute(&mut *tx)
+    // The transaction begins with the lock in the same round trip (the
+    // name is the projection's own, never a caller's).
+    let mut tx = pool
+        .begin_with(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared(hashtextextended('{}', 0))",
+            lock_name(M::NAME).replace('\'', "''")
+        ))
         .await?;
     let mut rows = M::load(&mut tx, M::TABLE, &ids).await?;
     let fold = fold_all::<M>(&mut rows, envelopes.iter().map(|(_, e)| *e));
@@ -252,20 +255,8 @@ async fn apply_batch<M: ReadModel>(
             .map(|(position, error)| (envelopes[*position].0, error.to_string())),
     );
 
-    record_offsets(&mut tx, M::NAME, batch).await?;
-    if let Some(position) = envelopes.iter().map(|(_, e)| e.global_position).max() {
-        sqlx::query(
-            "INSERT INTO projection_status (projection, last_global_position) VALUES ($1, $2)
-             ON CONFLICT (projection) DO UPDATE SET
-                last_global_position = greatest(projection_status.last_global_position, $2),
-                updated_at = now()",
-        )
-        .bind(M::NAME)
-        .bind(position)
-        .execute(&mut *tx)
-        .await?;
-    }
-    announce(&mut tx, M::NAME, &fold.changed).await?;
+    let position = envelopes.iter().map(|(_, e)| e.global_position).max();
+    record_progress(&mut tx, M::NAME, batch, position, &fold.changed).await?;
     tx.commit().await?;
     // Dead letters go out after the commit (a transaction that has written
     // must not wait on the broker: it would hold back every reader of the
@@ -294,11 +285,15 @@ fn decode(message: &BorrowedMessage<'_>) -> Result<Envelope, ApplyError> {
     })
 }
 
-/// Writes where the consumer is in each partition, in the batch's transaction.
-async fn record_offsets(
+/// In the batch's transaction and one statement: where the consumer is in
+/// each partition, the last global position applied (if the batch held an
+/// event), and the notification of the changed ids (delivered at commit).
+async fn record_progress(
     tx: &mut sqlx::PgConnection,
     projection: &str,
     batch: &[BorrowedMessage<'_>],
+    position: Option<i64>,
+    changed: &[String],
 ) -> sqlx::Result<()> {
     let (mut topics, mut partitions, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
     for ((topic, partition), offset) in next_offset_by_partition(batch) {
@@ -307,19 +302,41 @@ async fn record_offsets(
         offsets.push(offset);
     }
     sqlx::query(
-        "INSERT INTO projection_offsets (projection, topic, partition, next_offset)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])
-         ON CONFLICT (projection, topic, partition) DO UPDATE SET
-            next_offset = greatest(projection_offsets.next_offset, EXCLUDED.next_offset),
-            updated_at = now()",
+        "WITH offsets AS (
+            INSERT INTO projection_offsets (projection, topic, partition, next_offset)
+            SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])
+            ON CONFLICT (projection, topic, partition) DO UPDATE SET
+               next_offset = greatest(projection_offsets.next_offset, EXCLUDED.next_offset),
+               updated_at = now()
+         ), status AS (
+            INSERT INTO projection_status (projection, last_global_position)
+            SELECT $1, $5 WHERE $5 IS NOT NULL
+            ON CONFLICT (projection) DO UPDATE SET
+               last_global_position = greatest(projection_status.last_global_position,
+                                               EXCLUDED.last_global_position),
+               updated_at = now()
+         )
+         SELECT pg_notify($6, payload) FROM UNNEST($7::text[]) AS payload",
     )
     .bind(projection)
     .bind(topics)
     .bind(partitions)
     .bind(offsets)
+    .bind(position)
+    .bind(UPDATES_CHANNEL)
+    .bind(announcements(projection, changed))
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The payloads that announce `changed`: a notification carries at most
+/// 8000 bytes, so at most 100 ids each.
+fn announcements(projection: &str, changed: &[String]) -> Vec<String> {
+    changed
+        .chunks(100)
+        .map(|chunk| format!("{projection}:{}", chunk.join(",")))
+        .collect()
 }
 
 /// Notifies `UPDATES_CHANNEL` with the changed ids, delivered at commit.
@@ -328,11 +345,10 @@ pub(crate) async fn announce(
     projection: &str,
     changed: &[String],
 ) -> sqlx::Result<()> {
-    // A notification carries at most 8000 bytes.
-    for chunk in changed.chunks(100) {
+    for payload in announcements(projection, changed) {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(UPDATES_CHANNEL)
-            .bind(format!("{projection}:{}", chunk.join(",")))
+            .bind(payload)
             .execute(&mut *tx)
             .await?;
     }

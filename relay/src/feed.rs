@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use event_store::wake::LocalLead;
 use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -30,13 +31,16 @@ impl Feed {
     /// Starts reading after `from`.
     pub(crate) fn start(pool: PgPool, config: &RelayConfig, from: GlobalCheckpoint) -> Self {
         let (sender, batches) = mpsc::channel(READ_AHEAD);
+        // Registered before the first read: an append after it wakes the
+        // feed in memory; one before it is found by that read.
+        let local = LocalLead::new(&pool);
         let task = tokio::spawn(read_ahead(
             pool,
             config.name.clone(),
             config.batch_size,
             config.poll_interval,
             from,
-            sender,
+            (sender, local),
         ));
         Self { batches, task }
     }
@@ -62,7 +66,7 @@ async fn read_ahead(
     batch_size: i64,
     poll_interval: Duration,
     mut at: GlobalCheckpoint,
-    batches: mpsc::Sender<anyhow::Result<Vec<RawEvent>>>,
+    (batches, mut local): (mpsc::Sender<anyhow::Result<Vec<RawEvent>>>, LocalLead),
 ) {
     let reader = GlobalReader::new(pool.clone());
     let everything = ReadFilter::default();
@@ -87,8 +91,14 @@ async fn read_ahead(
                 // Events committed after the read above notify, so nothing
                 // is missed; the poll interval covers a lost connection.
                 let wait = held_back.unwrap_or(poll_interval);
-                held_back = match tokio::time::timeout(wait, listener.recv()).await {
-                    Ok(_) => Some(FIRST_LOOK_AGAIN),
+                let woken = async {
+                    tokio::select! {
+                        _ = listener.recv() => {}
+                        () = local.appended() => {}
+                    }
+                };
+                held_back = match tokio::time::timeout(wait, woken).await {
+                    Ok(()) => Some(FIRST_LOOK_AGAIN),
                     Err(_) => held_back
                         .map(|wait| wait * 2)
                         .filter(|wait| *wait < poll_interval),
