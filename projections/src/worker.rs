@@ -16,7 +16,7 @@ use anyhow::Context;
 use event_store::{Envelope, Topics};
 use futures::FutureExt;
 use platform::kafka::{GroupMember, Membership};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -150,12 +150,14 @@ pub async fn run<M: ReadModel>(
             // next member of the group applies it.
             break;
         }
-        // A commit that fails (the broker is away) only means the batch comes
-        // again, which the rows' versions make harmless.
-        if let Err(error) = next_offsets(&batch)
-            .and_then(|offsets| Ok(consumer.commit(&offsets, CommitMode::Async)?))
+        // The offsets go to Kafka with the next commit (every second, and
+        // when the member leaves). One that fails (the broker is away) only
+        // means the batch comes again, which the rows' versions make
+        // harmless.
+        if let Err(error) =
+            next_offsets(&batch).and_then(|offsets| Ok(consumer.store_offsets(&offsets)?))
         {
-            tracing::debug!(error = %format!("{error:#}"), projection = M::NAME, "cannot commit offsets; they will be redelivered");
+            tracing::debug!(error = %format!("{error:#}"), projection = M::NAME, "cannot store offsets; they will be redelivered");
         }
         lag.update(&consumer);
     }

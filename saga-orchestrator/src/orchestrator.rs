@@ -22,7 +22,7 @@ use domain::order::OrderPlaced;
 use event_store::{Envelope, Topics};
 use platform::kafka::{GroupMember, Membership};
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -162,11 +162,13 @@ pub async fn run<G: PaymentGateway + Clone>(
                 let taken = take_in_batch(&pool, &sagas, &producer, &dead_letters, &batch, &mut shutdown).await;
                 match taken {
                     Taken::Done => {
-                        // A commit that fails (the broker is away) only means
-                        // the events come again, which changes nothing.
+                        // Stored, the offsets go to Kafka with the next
+                        // commit (every second, and when the member leaves).
+                        // One that fails only means the events come again,
+                        // which changes nothing.
                         for message in last_per_partition(&batch) {
-                            if let Err(error) = consumer.commit_message(message, CommitMode::Async) {
-                                tracing::debug!(%error, "cannot commit an offset; it will be redelivered");
+                            if let Err(error) = consumer.store_offset_from_message(message) {
+                                tracing::debug!(%error, "cannot store an offset; it will be redelivered");
                             }
                         }
                     }
