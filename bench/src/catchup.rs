@@ -197,6 +197,12 @@ async fn relay_lag(options: &Options) -> anyhow::Result<()> {
                     _ = tick.tick() => {}
                 }
                 let position = crate::seed::insert_orders(&pool, next, next).await?;
+                // As the platform's appenders do: the relay is woken rather
+                // than finding the commit at its next poll.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(relay::EVENTS_CHANNEL)
+                    .execute(&pool)
+                    .await?;
                 waiting
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
