@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use event_store::{Envelope, GlobalCheckpoint, GlobalReader};
+use event_contract::Envelope;
+use event_store::{GlobalCheckpoint, GlobalReader};
 use indicatif::ProgressBar;
 use platform_tests::TestPlatform;
 use projections::model::customer_orders::CustomerOrders;
@@ -115,12 +116,15 @@ async fn folded<M: ReadModel>(pool: &PgPool) -> HashMap<String, M::Row> {
     let mut checkpoint = GlobalCheckpoint::default();
     let mut rows = HashMap::new();
     loop {
-        let batch = reader.read_batch(checkpoint, 1000).await.unwrap();
+        let batch = reader
+            .read_raw(checkpoint, 1000, &Default::default())
+            .await
+            .unwrap();
         let Some(last) = batch.last() else {
             return rows;
         };
         checkpoint = last.checkpoint();
-        let envelopes: Vec<Envelope> = batch.iter().map(Envelope::from).collect();
+        let envelopes: Vec<Envelope> = batch.iter().map(|e| Envelope::of(e).unwrap()).collect();
         let fold = fold_all::<M>(&mut rows, &envelopes);
         assert!(fold.poisoned.is_empty(), "{:?}", fold.poisoned);
     }

@@ -597,7 +597,7 @@ async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
 
     let (platform, _gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
-    let topic = event_store::Topics::with_prefix(&platform.topics.prefix)
+    let topic = event_contract::Topics::with_prefix(&platform.topics.prefix)
         .for_aggregate("Order")
         .unwrap();
     platform::testing::produce_poison(
@@ -613,7 +613,7 @@ async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
     order_ends(&platform, &id, "CONFIRMED").await;
 
     let dead = platform::testing::consume(
-        &[event_store::Topics::dead_letter(&topic)],
+        &[event_contract::Topics::dead_letter(&topic)],
         // Two poison messages, refused by the saga and by the two order models.
         6,
         WITHIN,

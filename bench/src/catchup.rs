@@ -101,7 +101,7 @@ where
         pool.clone(),
         WorkerConfig {
             brokers: kafka_brokers(),
-            topics: event_store::Topics::with_prefix(&topics.prefix),
+            topics: event_contract::Topics::with_prefix(&topics.prefix),
             group_prefix: topics.prefix.clone(),
             max_batch,
             ..WorkerConfig::default()
@@ -290,7 +290,7 @@ async fn relay_lag(options: &Options) -> anyhow::Result<()> {
 fn relay_config(topics: &TestTopics) -> RelayConfig {
     RelayConfig {
         brokers: kafka_brokers(),
-        topics: event_store::Topics::with_prefix(&topics.prefix),
+        topics: event_contract::Topics::with_prefix(&topics.prefix),
         ..RelayConfig::default()
     }
 }

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use event_store::{Envelope, GlobalCheckpoint, GlobalReader, Topics};
+use event_contract::Topics;
+use event_store::{GlobalCheckpoint, GlobalReader};
 use futures::future::join_all;
 use platform::testing::{TestDatabase, TestTopics, kafka_brokers};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -66,10 +67,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 /// One envelope as the relay would publish it, to size the raw messages alike.
 async fn sample_envelope(pool: &PgPool) -> anyhow::Result<Vec<u8>> {
     let batch = GlobalReader::new(pool.clone())
-        .read_batch(GlobalCheckpoint::default(), 1)
+        .read_raw(GlobalCheckpoint::default(), 1, &Default::default())
         .await?;
     let first = batch.first().context("no events")?;
-    Ok(serde_json::to_vec(&Envelope::from(first))?)
+    Ok(event_contract::encode(first)?)
 }
 
 /// Sends `count` messages like the relay's (same size, a key per order,

@@ -17,7 +17,7 @@ pub fn render() -> anyhow::Result<BTreeMap<String, String>> {
         .context("rendering the OpenAPI document")?;
     files.insert("openapi.json".to_owned(), openapi + "\n");
     files.insert("schema.graphql".to_owned(), projections::graphql::sdl());
-    let envelope = schemars::schema_for!(event_store::Envelope);
+    let envelope = schemars::schema_for!(event_contract::Envelope);
     files.insert(
         "envelope.json".to_owned(),
         serde_json::to_string_pretty(&envelope)? + "\n",

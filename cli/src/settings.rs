@@ -324,7 +324,7 @@ impl Settings {
     pub fn relay(&self) -> relay::RelayConfig {
         relay::RelayConfig {
             brokers: self.kafka_brokers.clone(),
-            topics: event_store::Topics::with_prefix(&self.kafka_topic_prefix),
+            topics: event_contract::Topics::with_prefix(&self.kafka_topic_prefix),
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
             batch_size: self.relay_batch_size,
@@ -336,7 +336,7 @@ impl Settings {
     pub fn saga(&self) -> saga_orchestrator::orchestrator::OrchestratorConfig {
         saga_orchestrator::orchestrator::OrchestratorConfig {
             brokers: self.kafka_brokers.clone(),
-            topics: event_store::Topics::with_prefix(&self.kafka_topic_prefix),
+            topics: event_contract::Topics::with_prefix(&self.kafka_topic_prefix),
             group_prefix: self.kafka_topic_prefix.clone(),
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
@@ -402,7 +402,7 @@ impl Settings {
     pub fn projections(&self) -> projections::worker::WorkerConfig {
         projections::worker::WorkerConfig {
             brokers: self.kafka_brokers.clone(),
-            topics: event_store::Topics::with_prefix(&self.kafka_topic_prefix),
+            topics: event_contract::Topics::with_prefix(&self.kafka_topic_prefix),
             group_prefix: self.kafka_topic_prefix.clone(),
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,

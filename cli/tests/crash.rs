@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
-use event_store::{CommandBus, CommandContext, Envelope, Expect, Topics};
+use event_contract::{Envelope, Topics};
+use event_store::{CommandBus, CommandContext, Expect};
 use indicatif::ProgressBar;
 use platform::testing::kafka_brokers;
 use projections::model::ReadModel;

@@ -219,7 +219,7 @@ async fn e_two_of_every_role_then_one_of_each_killed_in_turn() {
 async fn f_a_poison_message_on_each_topic_the_platform_consumes() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = one_of_each("faults-f-poison").await;
-    let topics = event_store::Topics::with_prefix(&cluster.topics.prefix);
+    let topics = event_contract::Topics::with_prefix(&cluster.topics.prefix);
     let plan = FlowPlan::mixed(scaled(100), &skus(8));
     let (flowing, progress) = start_flow(&cluster, plan.clone());
     accepted(&progress, plan.orders / 3).await;
@@ -240,7 +240,7 @@ async fn f_a_poison_message_on_each_topic_the_platform_consumes() {
     for (aggregate, consumers) in [("Order", 3), ("Product", 1)] {
         let dead = topics
             .for_aggregate(aggregate)
-            .map(|t| event_store::Topics::dead_letter(&t));
+            .map(|t| event_contract::Topics::dead_letter(&t));
         let messages =
             platform::testing::consume(&[dead.unwrap()], 2 * consumers, Duration::from_secs(30))
                 .await

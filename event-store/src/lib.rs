@@ -7,17 +7,16 @@
 //! - [`batch::AppendBatcher`]: group commit of concurrent commands.
 //! - [`Catalog`]: product prices for new orders.
 //! - [`GlobalReader`]: every event in one gap-free commit order, for the relay
-//!   and for replays.
-//! - [`Envelope`] and [`Topics`]: the published form of events and where they go.
+//!   and for replays; [`reader::streams`]: aggregates' histories.
 //! - [`migrate`]: the schema, applied by `orders migrate` and by tests.
 //!
 //! This crate owns the events table: nothing else writes to it. It knows the
-//! domain's aggregates but nothing of HTTP, Kafka or read models.
+//! domain's aggregates but nothing of HTTP, Kafka or read models: the
+//! published form of events belongs to the `event-contract` crate.
 
 pub mod batch;
 pub mod catalog;
 pub mod dispatch;
-pub mod envelope;
 pub mod idempotency;
 pub mod reader;
 pub mod repository;
@@ -33,7 +32,6 @@ pub use catalog::Catalog;
 pub use dispatch::{
     CommandBus, CommandContext, CommandError, Expect, Outcome, Settled, StoreError,
 };
-pub use envelope::{Envelope, Topics};
 pub use reader::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
 pub use repository::{AppendError, IdempotencyClaim, IdempotencyKey, NewEvent, PgEventRepository};
 

@@ -63,13 +63,6 @@ impl<J> RecordedEvent<J> {
     }
 }
 
-impl RecordedEvent {
-    /// The event's own fields, without the wrapper object keyed by its type.
-    pub fn fields(&self) -> &Value {
-        self.payload.get(&self.event_type).unwrap_or(&self.payload)
-    }
-}
-
 /// How the reader hands over an event's JSON.
 pub trait Json: Sized {
     fn from_text(text: String) -> Result<Self, serde_json::Error>;
@@ -108,6 +101,32 @@ SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_versi
    AND ($5::text[] IS NULL OR aggregate_type = ANY($5))
  ORDER BY events.transaction_id, events.global_position
  LIMIT $3";
+
+const READ_STREAMS: &str = "
+SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload::text AS payload, metadata::text AS metadata, global_position,
+       transaction_id::text::bigint AS transaction_id, recorded_at
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = ANY($2)
+ ORDER BY aggregate_id, sequence";
+
+/// Every committed event of the aggregates `aggregate_ids` of one type,
+/// aggregate by aggregate, each in its own order: their histories, for
+/// showing (not for following the store, which [`GlobalReader`] does).
+pub async fn streams<J: Json>(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_ids: &[String],
+) -> Result<Vec<RecordedEvent<J>>, sqlx::Error> {
+    sqlx::query(READ_STREAMS)
+        .bind(aggregate_type)
+        .bind(aggregate_ids)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(recorded_event)
+        .collect()
+}
 
 /// Which events a read returns, besides being after the checkpoint.
 #[derive(Debug, Clone, Default)]

@@ -3,10 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -399,68 +395,6 @@ pub async fn create_topics(
             Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
         }
     }
-    Ok(())
-}
-
-/// Forwards a message as it came to the dead-letter `topic`, with why it was
-/// refused (`error` header), who refused it (`consumer`) and where it was
-/// (`source_topic`, `source_partition`, `source_offset`). Returns once the
-/// broker has it.
-pub async fn send_to_dead_letters(
-    producer: &FutureProducer,
-    topic: &str,
-    message: &BorrowedMessage<'_>,
-    consumer: &str,
-    error: &str,
-) -> anyhow::Result<()> {
-    tracing::warn!(
-        consumer,
-        source_topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset(),
-        %error,
-        "message sent to the dead-letter topic"
-    );
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
-    let mut headers = OwnedHeaders::new();
-    if let Some(original) = message.headers() {
-        for header in original.iter() {
-            headers = headers.insert(header);
-        }
-    }
-    let headers = headers
-        .insert(Header {
-            key: "error",
-            value: Some(error),
-        })
-        .insert(Header {
-            key: "consumer",
-            value: Some(consumer),
-        })
-        .insert(Header {
-            key: "source_topic",
-            value: Some(message.topic()),
-        })
-        .insert(Header {
-            key: "source_partition",
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: "source_offset",
-            value: Some(&offset),
-        });
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-    if let Some(key) = message.key() {
-        record = record.key(key);
-    }
-    if let Some(payload) = message.payload() {
-        record = record.payload(payload);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use event_store::{Envelope, Topics};
+use event_contract::{Envelope, Topics};
 use futures::FutureExt;
 use platform::kafka::{GroupMember, Membership};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -265,14 +265,8 @@ async fn apply_batch<M: ReadModel>(
     // global order), and before the Kafka offsets move: if sending fails,
     // the batch is applied again (changing nothing) and they go out then.
     for (index, error) in &poison {
-        platform::kafka::send_to_dead_letters(
-            producer,
-            dead_letters,
-            &batch[*index],
-            M::NAME,
-            error,
-        )
-        .await?;
+        event_contract::dead_letter::send(producer, dead_letters, &batch[*index], M::NAME, error)
+            .await?;
     }
     metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
         .increment(poison.len() as u64);
@@ -281,7 +275,7 @@ async fn apply_batch<M: ReadModel>(
 
 fn decode(message: &BorrowedMessage<'_>) -> Result<Envelope, ApplyError> {
     let payload = message.payload().unwrap_or_default();
-    serde_json::from_slice(payload).map_err(|error| ApplyError::Decode {
+    event_contract::decode(payload).map_err(|error| ApplyError::Decode {
         event_type: "envelope".into(),
         reason: error.to_string(),
     })

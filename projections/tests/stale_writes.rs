@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use chrono::{SubsecRound, Utc};
-use event_store::Envelope;
+use event_contract::Envelope;
 use platform::testing::TestDatabase;
 use projections::model::customer_orders::CustomerOrders;
 use projections::model::orders::OrderSummary;

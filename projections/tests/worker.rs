@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use event_store::{Envelope, Topics};
+use event_contract::{Envelope, Topics};
 use platform::testing::{TestDatabase, TestTopics, consume, kafka_brokers};
 use projections::model::products::ProductStock;
 use projections::worker::{self, WorkerConfig};

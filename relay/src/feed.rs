@@ -11,8 +11,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::publisher::RawEvent;
 use crate::{EVENTS_CHANNEL, LagGauge, RelayConfig};
+use event_contract::RawEvent;
 
 /// Batches read but not yet taken by the publisher, at most.
 const READ_AHEAD: usize = 2;

@@ -24,7 +24,8 @@ use std::pin::pin;
 use std::time::Duration;
 
 use anyhow::Context;
-use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter, Topics};
+use event_contract::Topics;
+use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 /// The channel the command bus notifies after appends commit.

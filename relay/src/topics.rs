@@ -1,6 +1,6 @@
 //! Creating the event topics (and their dead-letter topics) at start.
 
-use event_store::Topics;
+use event_contract::Topics;
 
 use crate::RelayConfig;
 

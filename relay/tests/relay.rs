@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
-use event_store::{CommandBus, CommandContext, Envelope, Expect, Topics};
+use event_contract::{Envelope, Topics};
+use event_store::{CommandBus, CommandContext, Expect};
 use platform::testing::{TestDatabase, TestTopics, consume, kafka_brokers};
 use rdkafka::Message;
 use rdkafka::message::Headers;

@@ -19,7 +19,7 @@ use futures::FutureExt;
 use anyhow::Context;
 use domain::OrderEvent;
 use domain::order::OrderPlaced;
-use event_store::{Envelope, Topics};
+use event_contract::{Envelope, Topics};
 use platform::kafka::{GroupMember, Membership};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -289,7 +289,7 @@ enum Taken {
 /// The envelope and the order event it carries, or why it is poison.
 fn decode(message: &BorrowedMessage<'_>) -> Result<(Envelope, OrderEvent), String> {
     let payload = message.payload().ok_or("the message has no payload")?;
-    let envelope: Envelope = serde_json::from_slice(payload)
+    let envelope = event_contract::decode(payload)
         .map_err(|error| format!("cannot decode the envelope: {error}"))?;
     let event = envelope
         .decode::<OrderEvent>()
@@ -337,7 +337,7 @@ async fn dead_letter(
     metrics::counter!("saga_dead_letters_total").increment(1);
     let sent = until_done(
         "write a dead letter",
-        || platform::kafka::send_to_dead_letters(producer, topic, message, "saga", error),
+        || event_contract::dead_letter::send(producer, topic, message, "saga", error),
         shutdown,
     )
     .await;
@@ -361,11 +361,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     for message in batch {
         match decode(message) {
             Ok((envelope, OrderEvent::OrderPlaced(event))) => {
-                let correlation = envelope
-                    .metadata
-                    .get(event_store::dispatch::metadata::CORRELATION_ID)
-                    .and_then(|value| value.as_str())
-                    .unwrap_or_default();
+                let correlation = envelope.correlation_id().unwrap_or_default();
                 placed.push(OrderSaga::start(&event, correlation, envelope.recorded_at));
                 if envelope.sequence == 1 {
                     first_events.insert(envelope.aggregate_id.clone(), event);

@@ -8,7 +8,7 @@ use platform::batch::Batcher;
 use sqlx::{PgPool, Row};
 use tokio::sync::oneshot;
 
-use crate::saga::OrderSaga;
+use crate::saga::{OrderSaga, SagaState, StepRecord};
 
 /// A saga as loaded, with what it takes to save it again.
 #[derive(Debug, Clone, PartialEq)]
@@ -394,4 +394,42 @@ pub async fn counts(pool: &PgPool) -> sqlx::Result<(Vec<(String, i64)>, i64)> {
         .fetch_one(pool)
         .await?;
     Ok((by_state, attention))
+}
+
+/// What others may see of a saga (GraphQL's `saga` field on an order): where
+/// it stands and the steps it took, without its working state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaView {
+    pub order_id: String,
+    pub state: SagaState,
+    /// Every step taken, oldest first.
+    pub steps: Vec<StepRecord>,
+    pub updated_at: DateTime<Utc>,
+    /// An undo failed repeatedly, or the records disagree: someone should look.
+    pub needs_attention: bool,
+}
+
+/// The sagas of `order_ids` that exist, in no particular order.
+pub async fn views(pool: &PgPool, order_ids: &[String]) -> sqlx::Result<Vec<SagaView>> {
+    let rows = sqlx::query(
+        "SELECT order_id, saga -> 'state' AS state, saga -> 'steps' AS steps, updated_at,
+                needs_attention
+           FROM sagas WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let sqlx::types::Json(state) = row.try_get("state")?;
+            let sqlx::types::Json(steps) = row.try_get("steps")?;
+            Ok(SagaView {
+                order_id: row.try_get("order_id")?,
+                state,
+                steps,
+                updated_at: row.try_get("updated_at")?,
+                needs_attention: row.try_get("needs_attention")?,
+            })
+        })
+        .collect()
 }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
-use sqlx::{PgPool, Row};
+use serde_json::value::RawValue;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::types::{EventRecord, Order, Product, SagaState, SagaStep};
@@ -25,29 +26,22 @@ impl Loader<String> for HistoryLoader {
         &self,
         keys: &[String],
     ) -> Result<HashMap<String, Vec<EventRecord>>, Self::Error> {
-        let rows = sqlx::query(
-            "SELECT aggregate_id, sequence, global_position, event_type, recorded_at, payload
-               FROM events
-              WHERE aggregate_type = 'Order' AND aggregate_id = ANY($1)
-              ORDER BY aggregate_id, sequence",
-        )
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await?;
+        let events =
+            event_store::reader::streams::<Box<RawValue>>(&self.pool, "Order", keys).await?;
         let mut histories: HashMap<String, Vec<EventRecord>> = HashMap::new();
-        for row in rows {
-            let event_type: String = row.try_get("event_type")?;
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let fields = payload.get(&event_type).cloned().unwrap_or(payload);
+        for event in events {
+            let fields = event_contract::stored_fields(&event.payload, &event.event_type);
+            let payload = serde_json::from_str(fields.get())
+                .map_err(|error| Arc::new(sqlx::Error::Decode(Box::new(error))))?;
             histories
-                .entry(row.try_get("aggregate_id")?)
+                .entry(event.aggregate_id)
                 .or_default()
                 .push(EventRecord {
-                    sequence: row.try_get("sequence")?,
-                    global_position: row.try_get("global_position")?,
-                    event_type,
-                    recorded_at: row.try_get("recorded_at")?,
-                    payload: async_graphql::Json(fields),
+                    sequence: event.sequence,
+                    global_position: event.global_position,
+                    event_type: event.event_type,
+                    recorded_at: event.recorded_at,
+                    payload: async_graphql::Json(payload),
                 });
         }
         Ok(histories)
@@ -81,7 +75,7 @@ impl Loader<Uuid> for OrderLoader {
     }
 }
 
-/// Orders' sagas, by order id, from the orchestrator's table.
+/// Orders' sagas, by order id, as the saga crate shows them.
 #[derive(Debug)]
 pub struct SagaLoader {
     pub pool: PgPool,
@@ -92,27 +86,19 @@ impl Loader<String> for SagaLoader {
     type Error = Arc<sqlx::Error>;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, SagaState>, Self::Error> {
-        let rows = sqlx::query(
-            "SELECT order_id, state, saga -> 'steps' AS steps, updated_at, needs_attention
-               FROM sagas WHERE order_id = ANY($1)",
-        )
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let sqlx::types::Json(steps): sqlx::types::Json<Vec<SagaStep>> =
-                    row.try_get("steps")?;
+        let views = saga_orchestrator::store::views(&self.pool, keys).await?;
+        Ok(views
+            .into_iter()
+            .map(|view| {
                 let saga = SagaState {
-                    state: row.try_get("state")?,
-                    steps,
-                    updated_at: row.try_get("updated_at")?,
-                    needs_attention: row.try_get("needs_attention")?,
+                    state: view.state.as_str().to_owned(),
+                    steps: view.steps.into_iter().map(SagaStep::from).collect(),
+                    updated_at: view.updated_at,
+                    needs_attention: view.needs_attention,
                 };
-                Ok((row.try_get("order_id")?, saga))
+                (view.order_id, saga)
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Arc::new)
+            .collect())
     }
 }
 

@@ -123,7 +123,7 @@ pub struct SagaState {
 }
 
 /// One step a saga took.
-#[derive(Debug, Clone, SimpleObject, serde::Deserialize)]
+#[derive(Debug, Clone, SimpleObject)]
 pub struct SagaStep {
     /// Such as `reserve MUG-01`, `charge`, `release MUG-01`, `refund`.
     pub name: String,
@@ -131,6 +131,17 @@ pub struct SagaStep {
     pub status: String,
     pub at: DateTime<Utc>,
     pub detail: Option<String>,
+}
+
+impl From<saga_orchestrator::saga::StepRecord> for SagaStep {
+    fn from(step: saga_orchestrator::saga::StepRecord) -> Self {
+        Self {
+            name: step.name,
+            status: step.status,
+            at: step.at,
+            detail: step.detail,
+        }
+    }
 }
 
 /// One line of an order, at the price it was placed at.

@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use event_store::{Envelope, RecordedEvent};
+use event_contract::Envelope;
+use event_store::RecordedEvent;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -242,8 +243,8 @@ impl EventRef<'_> {
     /// Decodes the body into the aggregate's event enum.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ApplyError> {
         let decoded = match self.body {
-            Body::Fields(fields) => event_store::envelope::decode_fields(self.event_type, fields),
-            Body::Stored(text) => serde_json::from_str(text),
+            Body::Fields(fields) => event_contract::decode_fields(self.event_type, fields),
+            Body::Stored(text) => event_contract::decode_stored(text),
         };
         decoded.map_err(|error| ApplyError::Decode {
             event_type: self.event_type.to_owned(),
@@ -255,7 +256,7 @@ impl EventRef<'_> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use chrono::{DateTime, TimeZone, Utc};
-    use event_store::Envelope;
+    use event_contract::Envelope;
     use serde_json::Value;
 
     /// An envelope as the relay would publish it.

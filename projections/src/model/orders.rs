@@ -206,7 +206,7 @@ pub(crate) fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
 mod tests {
     use std::collections::HashMap;
 
-    use event_store::Envelope;
+    use event_contract::Envelope;
     use serde_json::json;
 
     use super::*;

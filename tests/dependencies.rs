@@ -1,0 +1,190 @@
+//! The dependency rules ARCHITECTURE.md states, checked against the
+//! workspace's manifests (`cargo metadata`): a crate that takes on a
+//! dependency the design does not allow fails here, not in review.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Each library crate and the workspace crates it may depend on (normal
+/// dependencies; tests and benchmarks may use anything).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("domain", &[]),
+    ("platform", &[]),
+    ("identity", &["domain"]),
+    ("event-store", &["domain", "platform"]),
+    ("event-contract", &["event-store"]),
+    (
+        "command-api",
+        &["domain", "event-store", "identity", "platform"],
+    ),
+    ("relay", &["event-contract", "event-store", "platform"]),
+    (
+        "saga-orchestrator",
+        &["domain", "event-contract", "event-store", "platform"],
+    ),
+    (
+        "projections",
+        &[
+            "command-api",
+            "domain",
+            "event-contract",
+            "event-store",
+            "identity",
+            "platform",
+            "saga-orchestrator",
+        ],
+    ),
+    ("payment-gateway", &["platform"]),
+];
+
+/// Crates that only assemble or exercise the others.
+const ASSEMBLIES: &[&str] = &["orders-cli", "bench", "platform-tests"];
+
+/// External crates a workspace crate must not name directly: the event store
+/// and the domain know nothing of Kafka, HTTP or GraphQL, and the domain does
+/// no IO at all.
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    (
+        "domain",
+        &[
+            "sqlx",
+            "tokio",
+            "rdkafka",
+            "axum",
+            "reqwest",
+            "async-graphql",
+        ],
+    ),
+    (
+        "event-store",
+        &["rdkafka", "axum", "reqwest", "async-graphql"],
+    ),
+    (
+        "event-contract",
+        &["sqlx", "axum", "reqwest", "async-graphql", "domain"],
+    ),
+];
+
+/// Normal dependencies of every workspace crate: (crate, dependency, whether
+/// the dependency is a workspace crate).
+fn manifests() -> BTreeMap<String, Vec<(String, bool)>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|package| {
+            let dependencies = package["dependencies"]
+                .as_array()
+                .expect("dependencies")
+                .iter()
+                .filter(|dependency| dependency["kind"].is_null())
+                .map(|dependency| {
+                    (
+                        dependency["name"].as_str().expect("name").to_owned(),
+                        dependency["path"].is_string(),
+                    )
+                })
+                .collect();
+            (
+                package["name"].as_str().expect("name").to_owned(),
+                dependencies,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_crate_depends_only_on_what_the_architecture_allows() {
+    let manifests = manifests();
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = ALLOWED
+        .iter()
+        .map(|(name, deps)| (*name, deps.iter().copied().collect()))
+        .collect();
+    let mut broken = Vec::new();
+    for (name, dependencies) in &manifests {
+        if ASSEMBLIES.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(allowed) = allowed.get(name.as_str()) else {
+            broken.push(format!(
+                "{name} is not in the dependency rules: add it to ARCHITECTURE.md and here"
+            ));
+            continue;
+        };
+        for (dependency, in_workspace) in dependencies {
+            if *in_workspace && !allowed.contains(dependency.as_str()) {
+                broken.push(format!("{name} depends on {dependency}"));
+            }
+        }
+    }
+    for (name, _) in ALLOWED {
+        assert!(
+            manifests.contains_key(*name),
+            "{name} is in the rules but not in the workspace"
+        );
+    }
+    assert!(broken.is_empty(), "dependency rules broken: {broken:#?}");
+}
+
+#[test]
+fn nothing_but_the_assemblies_depends_on_them() {
+    let manifests = manifests();
+    for (name, dependencies) in &manifests {
+        if ASSEMBLIES.contains(&name.as_str()) {
+            continue;
+        }
+        for (dependency, _) in dependencies {
+            assert!(
+                !ASSEMBLIES.contains(&dependency.as_str()),
+                "{name} depends on the assembly {dependency}"
+            );
+        }
+    }
+}
+
+#[test]
+fn storage_and_domain_name_no_messaging_web_or_graphql_crate() {
+    let manifests = manifests();
+    for (name, forbidden) in FORBIDDEN {
+        let dependencies = &manifests[*name];
+        for (dependency, _) in dependencies {
+            assert!(
+                !forbidden.contains(&dependency.as_str()),
+                "{name} depends on {dependency}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_publisher_and_every_consumer_use_the_one_event_contract() {
+    let manifests = manifests();
+    for name in ["relay", "projections", "saga-orchestrator"] {
+        assert!(
+            manifests[name]
+                .iter()
+                .any(|(dependency, _)| dependency == "event-contract"),
+            "{name} does not use event-contract"
+        );
+    }
+}
