@@ -574,3 +574,83 @@ async fn a_cancel_finds_a_reservation_that_landed_beside_one_that_did_not() {
     stage.books_balance().await;
     stage.platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_left_without_an_answer_beside_a_refusal_never_outlives_the_cancel() {
+    // The lines are reserved side by side. TEA is refused at once (out of
+    // stock); MUG's append waits behind a lock past the saga's patience, so
+    // the saga hears nothing of it and undoes the order while the append is
+    // still queued. The reservation must not outlive the cancel.
+    let stage = stage().await;
+    stage.platform.create_product("TEA", 450, 1).await;
+    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 2}], "payment_method": "tok_visa"});
+    let placed = stage.platform.command("/api/orders", &body, 202).await;
+    let id = placed["order_id"].as_str().unwrap();
+    let (order, _) = stage.bus.load::<Order>(id).await.unwrap();
+    let order = order.placed().unwrap().clone();
+    let saga = OrderSaga::start(
+        &OrderPlaced {
+            order_id: OrderId::parse(id).unwrap(),
+            customer_id: order.customer_id,
+            lines: order.lines,
+            currency: order.currency,
+            total_cents: order.total_cents,
+            payment_method: order.payment_method,
+        },
+        "staged",
+        Utc::now(),
+    );
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+
+    // Reads go on; every write to the events table waits.
+    let mut locker = stage.platform.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        driver.drive(id).await.unwrap();
+        let now = store::load(&stage.platform.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .saga;
+        if now.state == SagaState::Compensating {
+            assert_eq!(now.reason.as_deref(), Some("out of stock: TEA"), "{now:#?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:#?}");
+    }
+    locker.rollback().await.unwrap();
+    // The queued append goes ahead (or fails) as soon as the lock is gone.
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&stage.platform.pool)
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "appends still wait");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let ended = stage.drive_to_the_end(&driver, id).await;
+    assert_eq!(ended.state, SagaState::Cancelled, "{ended:#?}");
+    for (sku, on_hand) in [("MUG", 10), ("TEA", 1)] {
+        let (product, _) = CommandBus::new(stage.platform.pool.clone())
+            .load::<Product>(sku)
+            .await
+            .unwrap();
+        assert_eq!(
+            (product.on_hand(), product.reserved()),
+            (on_hand, 0),
+            "{sku}: {ended:#?}"
+        );
+    }
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}

@@ -243,29 +243,20 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     if pending.is_empty() {
                         break;
                     }
-                    let mut all_landed = true;
-                    for action in pending {
-                        match self.settle(&saga, &action).await {
-                            Ok(landed) => {
-                                saga.settled(&action, landed, Utc::now());
-                                all_landed &= landed;
-                            }
-                            Err(detail) => {
-                                tracing::warn!(order_id, step = %action.name(), %detail, "cannot settle a step; will retry");
-                                saga.record(&action, Outcome::Failed { detail }, Utc::now());
-                                let wait = self.policy.backoff(saga.attempts);
-                                return Ok(self
-                                    .save(&saga, version, wait)
-                                    .await
-                                    .map(|saved| lease_after(&saved))?);
-                            }
-                        }
-                    }
-                    if !all_landed {
-                        break;
+                    match self.settle_into(&mut saga, pending).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(()) => return self.retry_later(&saga, version).await,
                     }
                 }
                 saga.order_cancelled(reason, Utc::now());
+            }
+            // A reservation sent without an answer may still land (from a
+            // queue, after the saga stopped waiting): before the undo goes
+            // on, learn whether it did, or fence it so that it never does.
+            let doubtful = saga.to_settle();
+            if !doubtful.is_empty() && self.settle_into(&mut saga, doubtful).await.is_err() {
+                return self.retry_later(&saga, version).await;
             }
             let actions = saga.next_actions();
             let Some(first) = actions.first().cloned() else {
@@ -324,7 +315,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             } else {
                 Duration::ZERO
             };
-            let ended = saga.next_action().is_none();
+            let ended = saga.is_over();
             let lease_ageing = last_save.elapsed() > self.policy.lease() / 3;
             if replayable && !ended && wait.is_zero() && !lease_ageing {
                 // Not saved: a replay from the last save does this step
@@ -383,6 +374,36 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 tracing::warn!(order_id = %saga.order_id, step = %action.name(), %detail, "cannot settle a step given up; will retry");
             }
         }
+    }
+
+    /// Settles each of `actions` (steps whose outcome is unknown) into
+    /// `saga`: whether every one had landed. A step the store cannot settle
+    /// now is recorded as failed, and the caller retries later.
+    async fn settle_into(&self, saga: &mut OrderSaga, actions: Vec<Action>) -> Result<bool, ()> {
+        let mut all_landed = true;
+        for action in actions {
+            match self.settle(saga, &action).await {
+                Ok(landed) => {
+                    saga.settled(&action, landed, Utc::now());
+                    all_landed &= landed;
+                }
+                Err(detail) => {
+                    tracing::warn!(order_id = %saga.order_id, step = %action.name(), %detail, "cannot settle a step; will retry");
+                    saga.record(&action, Outcome::Failed { detail }, Utc::now());
+                    return Err(());
+                }
+            }
+        }
+        Ok(all_landed)
+    }
+
+    /// Saves `saga` to be driven again after the backoff its failures call for.
+    async fn retry_later(&self, saga: &OrderSaga, version: i64) -> anyhow::Result<Lease> {
+        let wait = self.policy.backoff(saga.attempts);
+        Ok(self
+            .save(saga, version, wait)
+            .await
+            .map(|saved| lease_after(&saved))?)
     }
 
     /// Saves `saga` over `version`; it is due again after `wait` (which,

@@ -64,6 +64,12 @@ impl SagaState {
 pub enum Stock {
     /// Not reserved (yet, or ever).
     None,
+    /// A reservation was sent and no answer came (a timeout, the store
+    /// away): it may still land, even later, from a queue. It is sent again
+    /// under the same key while reserving; before an undo goes on, it is
+    /// settled (found, or fenced so that it never lands): see
+    /// [`OrderSaga::to_settle`].
+    InDoubt,
     Reserved,
     /// Reserved, then given back.
     Released,
@@ -283,15 +289,13 @@ impl OrderSaga {
     /// What to do next; `None` once the saga is over.
     pub fn next_action(&self) -> Option<Action> {
         match self.state {
-            SagaState::Reserving => {
-                Some(self.lines.iter().find(|l| l.stock == Stock::None).map_or(
-                    Action::RequestCharge,
-                    |l| Action::ReserveStock {
-                        sku: l.sku.clone(),
-                        quantity: l.quantity,
-                    },
-                ))
-            }
+            SagaState::Reserving => Some(self.lines.iter().find(|l| l.unreserved()).map_or(
+                Action::RequestCharge,
+                |l| Action::ReserveStock {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                },
+            )),
             SagaState::Charging => match self.charge {
                 Charge::None => Some(Action::RequestCharge),
                 _ => Some(Action::Charge),
@@ -315,21 +319,21 @@ impl OrderSaga {
     /// first is [`next_action`](Self::next_action); the outcomes of them all
     /// may be taken in, in any order.
     pub fn next_actions(&self) -> Vec<Action> {
-        let lines = |stock: Stock, action: fn(&SagaLine) -> Action| -> Vec<Action> {
+        let lines = |wanted: fn(&SagaLine) -> bool, action: fn(&SagaLine) -> Action| {
             self.lines
                 .iter()
-                .filter(|line| line.stock == stock)
+                .filter(|line| wanted(line))
                 .map(action)
-                .collect()
+                .collect::<Vec<_>>()
         };
         let together = match self.state {
-            SagaState::Reserving => lines(Stock::None, |line| Action::ReserveStock {
-                sku: line.sku.clone(),
-                quantity: line.quantity,
-            }),
-            SagaState::Confirming => lines(Stock::Reserved, |line| Action::CommitReservation {
-                sku: line.sku.clone(),
-            }),
+            SagaState::Reserving => lines(SagaLine::unreserved, SagaLine::reserve),
+            SagaState::Confirming => lines(
+                |line| line.stock == Stock::Reserved,
+                |line| Action::CommitReservation {
+                    sku: line.sku.clone(),
+                },
+            ),
             _ => Vec::new(),
         };
         if together.is_empty() {
@@ -337,6 +341,28 @@ impl OrderSaga {
         } else {
             together
         }
+    }
+
+    /// Whether the saga has nothing left to do or to learn.
+    pub fn is_over(&self) -> bool {
+        self.next_action().is_none() && self.to_settle().is_empty()
+    }
+
+    /// Reservations whose outcome must be learned before the undo goes on:
+    /// those sent without an answer ([`Stock::InDoubt`]) while the saga is
+    /// compensating. The driver settles each one and takes the answer in
+    /// with [`settled`](Self::settled): found, the line is reserved and the
+    /// undo releases it; fenced, it never lands. Until then the undo stops
+    /// short of cancelling the order.
+    pub fn to_settle(&self) -> Vec<Action> {
+        if self.state != SagaState::Compensating {
+            return Vec::new();
+        }
+        self.lines
+            .iter()
+            .filter(|line| line.stock == Stock::InDoubt)
+            .map(SagaLine::reserve)
+            .collect()
     }
 
     /// Undo in reverse: the payment first, then the stock, then the order. A
@@ -364,6 +390,11 @@ impl OrderSaga {
                 sku: line.sku.clone(),
                 quantity: line.quantity,
             });
+        }
+        if self.lines.iter().any(|l| l.stock == Stock::InDoubt) {
+            // Settled first (`to_settle`): what cannot be learned yet is
+            // not passed over.
+            return None;
         }
         if !self.order_cancelled {
             return Some(Action::CancelOrder {
@@ -403,6 +434,16 @@ impl OrderSaga {
             },
             other => other,
         };
+        let unanswered = matches!(
+            outcome,
+            Outcome::Failed { .. } | Outcome::Contended | Outcome::Inconsistent { .. }
+        );
+        if unanswered
+            && let Action::ReserveStock { sku, .. } = action
+            && self.stock(sku) == Some(Stock::None)
+        {
+            self.set_stock(sku, Stock::InDoubt);
+        }
         match outcome {
             Outcome::Failed { .. } | Outcome::Contended => {
                 self.attempts += 1;
@@ -477,7 +518,7 @@ impl OrderSaga {
             (Action::Refund, _) => self.charge = Charge::Refunded,
             (Action::CancelOrder { .. }, _) => self.order_cancelled = true,
         }
-        if self.state == SagaState::Compensating && self.next_compensation().is_none() {
+        if self.state == SagaState::Compensating && self.nothing_left_to_undo() {
             self.state = SagaState::Cancelled;
         }
     }
@@ -491,6 +532,11 @@ impl OrderSaga {
         if landed {
             self.record(action, Outcome::Done, at);
         } else {
+            if let Action::ReserveStock { sku, .. } = action
+                && self.stock(sku) == Some(Stock::InDoubt)
+            {
+                self.set_stock(sku, Stock::None);
+            }
             self.updated_at = at;
             self.steps.push(StepRecord {
                 name: action.name(),
@@ -498,6 +544,9 @@ impl OrderSaga {
                 at,
                 detail: Some("settled: it did not happen".into()),
             });
+            if self.state == SagaState::Compensating && self.nothing_left_to_undo() {
+                self.state = SagaState::Cancelled;
+            }
         }
     }
 
@@ -538,7 +587,7 @@ impl OrderSaga {
         match self.state {
             SagaState::Cancelled => {}
             SagaState::Compensating => {
-                if self.next_compensation().is_none() {
+                if self.nothing_left_to_undo() {
                     self.state = SagaState::Cancelled;
                 }
             }
@@ -558,9 +607,20 @@ impl OrderSaga {
         self.state = SagaState::Compensating;
         self.attempts = 0;
         self.action_started_at = None;
-        if self.next_compensation().is_none() {
+        if self.nothing_left_to_undo() {
             self.state = SagaState::Cancelled;
         }
+    }
+
+    /// Whether the undo is over: nothing to undo, and no reservation left
+    /// whose outcome is unknown.
+    fn nothing_left_to_undo(&self) -> bool {
+        self.next_compensation().is_none() && !self.lines.iter().any(|l| l.stock == Stock::InDoubt)
+    }
+
+    /// The stock of the line of `sku`.
+    fn stock(&self, sku: &str) -> Option<Stock> {
+        self.lines.iter().find(|l| l.sku == sku).map(|l| l.stock)
     }
 
     fn set_stock(&mut self, sku: &str, stock: Stock) {
@@ -571,6 +631,21 @@ impl OrderSaga {
             && self.lines.iter().all(|l| l.stock == Stock::Reserved)
         {
             self.state = SagaState::Charging;
+        }
+    }
+}
+
+impl SagaLine {
+    /// Not known to be reserved: never sent, or sent without an answer.
+    fn unreserved(&self) -> bool {
+        matches!(self.stock, Stock::None | Stock::InDoubt)
+    }
+
+    /// The line's reservation, under its one key.
+    fn reserve(&self) -> Action {
+        Action::ReserveStock {
+            sku: self.sku.clone(),
+            quantity: self.quantity,
         }
     }
 }

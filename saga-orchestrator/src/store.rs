@@ -327,7 +327,7 @@ impl SaveColumns {
         self.saga.push(serde_json::to_string(&save.saga)?);
         self.order_id.push(save.saga.order_id.clone());
         self.state.push(save.saga.state.as_str());
-        self.ended.push(save.saga.next_action().is_none());
+        self.ended.push(save.saga.is_over());
         self.cancelled.push(save.saga.order_cancelled);
         self.attention.push(save.needs_attention);
         self.next_attempt_at.push(save.next_attempt_at);

@@ -500,6 +500,9 @@ enum World {
     Declined,
     TimedOut,
     Failed,
+    /// No answer came, but the command landed all the same (it waited in a
+    /// queue past the saga's patience).
+    FailedButLanded,
     /// The ledger and the gateway disagree (a failure that flags the saga).
     Inconsistent,
     /// Another driver settled the step's key as never to run.
@@ -515,6 +518,7 @@ fn world() -> impl Strategy<Value = World> {
         1 => Just(World::Declined),
         1 => Just(World::TimedOut),
         2 => Just(World::Failed),
+        1 => Just(World::FailedButLanded),
         1 => Just(World::Inconsistent),
         1 => Just(World::GivenUpElsewhere),
         1 => Just(World::Sold),
@@ -591,50 +595,24 @@ proptest! {
         let skus = ["A", "B", "C"];
         let mut saga = OrderSaga::start(&placed(&skus[..lines]), "c", at(0));
         let mut answers = answers.into_iter().cycle();
+        let mut world = Products::default();
         let mut step = 0;
-        while let Some(action) = saga.next_action() {
+        loop {
+            world.settle(&mut saga, at(step as i64));
+            let Some(action) = saga.next_action() else {
+                break;
+            };
             prop_assert!(step < 200, "the saga does not end");
             if Some(step) == cancel_at {
                 saga.order_cancelled("changed my mind", at(step as i64));
                 step += 1;
                 continue;
             }
-            let outcome = match (answers.next().unwrap(), &action) {
-                (World::Done, Action::Charge) => Outcome::Approved { reference: "r".into() },
-                (World::Done, _) => Outcome::Done,
-                (World::Refused, _) => Outcome::Refused { detail: "no".into() },
-                (World::Declined, Action::Charge) => Outcome::Declined { reason: "no".into() },
-                (World::Declined, _) => Outcome::Done,
-                (World::TimedOut, _) => Outcome::TimedOut,
-                (World::Failed, _) => Outcome::Failed { detail: "down".into() },
-                (World::Inconsistent, _) => Outcome::Inconsistent { detail: "disagree".into() },
-                (World::GivenUpElsewhere, _) => Outcome::NeverDone,
-                (World::Sold, Action::ReleaseReservation { .. }) => Outcome::AlreadySold,
-                (World::Sold, _) => Outcome::Done,
-            };
-            saga.record(&action, outcome, at(step as i64));
-            if saga.attempts >= 3 {
-                saga.give_up(&action, at(step as i64));
-            }
+            world.take(&mut saga, &action, answers.next().unwrap(), at(step as i64));
             step += 1;
         }
-        match saga.state {
-            SagaState::Confirmed => {
-                prop_assert!(saga.lines.iter().all(|l| l.stock == Stock::Committed));
-                prop_assert_eq!(&saga.charge, &Charge::Approved);
-                prop_assert!(!saga.order_cancelled);
-            }
-            SagaState::Cancelled => {
-                prop_assert!(saga.order_cancelled);
-                prop_assert!(saga.reason.is_some());
-                prop_assert!(saga
-                    .lines
-                    .iter()
-                    .all(|l| matches!(l.stock, Stock::None | Stock::Released | Stock::Returned)));
-                prop_assert!(matches!(saga.charge, Charge::None | Charge::Declined | Charge::Refunded));
-            }
-            other => prop_assert!(false, "ended in {other:?}"),
-        }
+        prop_assert!(ends_clean(&saga), "{saga:#?}");
+        prop_assert!(world.none_held_unknown(&saga), "reserved unknown to the saga: {:?} {saga:#?}", world.held);
     }
 
     /// The same with the actions that may run together taken together, and
@@ -649,8 +627,10 @@ proptest! {
         let skus = ["A", "B", "C"];
         let mut saga = OrderSaga::start(&placed(&skus[..lines]), "c", at(0));
         let mut answers = answers.into_iter().cycle();
+        let mut world = Products::default();
         let mut step = 0;
         loop {
+            world.settle(&mut saga, at(step as i64));
             let mut actions = saga.next_actions();
             if actions.is_empty() {
                 break;
@@ -665,15 +645,66 @@ proptest! {
                 actions.reverse();
             }
             for action in actions {
-                let outcome = answer(answers.next().unwrap(), &action);
-                saga.record(&action, outcome, at(step as i64));
-                if saga.attempts >= 3 {
-                    saga.give_up(&action, at(step as i64));
-                }
+                world.take(&mut saga, &action, answers.next().unwrap(), at(step as i64));
             }
             step += 1;
         }
         prop_assert!(ends_clean(&saga), "{saga:#?}");
+        prop_assert!(world.none_held_unknown(&saga), "reserved unknown to the saga: {:?} {saga:#?}", world.held);
+    }
+}
+
+/// The products' side of the property tests, and the driver's part in
+/// them: which lines hold a reservation, whatever the saga heard.
+#[derive(Debug, Default)]
+struct Products {
+    held: std::collections::BTreeSet<String>,
+}
+
+impl Products {
+    /// Whether every line the saga takes for never reserved is not held.
+    fn none_held_unknown(&self, saga: &OrderSaga) -> bool {
+        saga.lines
+            .iter()
+            .filter(|line| line.stock == Stock::None)
+            .all(|line| !self.held.contains(&line.sku))
+    }
+
+    /// As the driver does before going on: what may have landed unheard is
+    /// settled (found, or fenced so that it never lands).
+    fn settle(&self, saga: &mut OrderSaga, at: DateTime<Utc>) {
+        for action in saga.to_settle() {
+            let landed = match &action {
+                Action::ReserveStock { sku, .. } => self.held.contains(sku),
+                other => panic!("only reservations are settled: {other:?}"),
+            };
+            saga.settled(&action, landed, at);
+        }
+    }
+
+    /// `action` meets `world`; the saga takes in what it heard, and gives a
+    /// forward step up after three failures in a row (settling it first, as
+    /// the driver does).
+    fn take(&mut self, saga: &mut OrderSaga, action: &Action, world: World, at: DateTime<Utc>) {
+        let landed = matches!(world, World::Done | World::FailedButLanded | World::Sold);
+        match action {
+            Action::ReserveStock { sku, .. } if landed => {
+                self.held.insert(sku.clone());
+            }
+            Action::ReleaseReservation { sku } | Action::CommitReservation { sku } if landed => {
+                self.held.remove(sku);
+            }
+            _ => {}
+        }
+        saga.record(action, answer(world, action), at);
+        if saga.attempts >= 3 {
+            match action {
+                Action::ReserveStock { sku, .. } if self.held.contains(sku) => {
+                    saga.settled(action, true, at);
+                }
+                _ => saga.give_up(action, at),
+            }
+        }
     }
 }
 
@@ -692,7 +723,7 @@ fn answer(world: World, action: &Action) -> Outcome {
         },
         (World::Declined, _) => Outcome::Done,
         (World::TimedOut, _) => Outcome::TimedOut,
-        (World::Failed, _) => Outcome::Failed {
+        (World::Failed | World::FailedButLanded, _) => Outcome::Failed {
             detail: "down".into(),
         },
         (World::Inconsistent, _) => Outcome::Inconsistent {
