@@ -27,23 +27,20 @@ impl Refusal for OrderError {
                 format!("lines[{line}].sku"),
                 format!("{sku} is on an earlier line; put its whole quantity on one line"),
             ),
+            // Well-formed orders that the products' prices rule out: the
+            // request is valid by the document, and the domain refuses it
+            // in the state it finds (a 409, as every refusal).
             Self::MixedCurrencies {
                 line,
                 expected,
                 found,
                 ..
-            } => invalid(
-                format!("lines[{line}].sku"),
-                format!(
-                    "is priced in {found}, but the order is in {expected}; an order has one currency"
-                ),
-            ),
-            Self::TotalTooLarge { total_cents, max } => invalid(
-                "lines".into(),
-                format!(
-                    "the order's total of {total_cents} minor units is more than the {max} the payment gateway can charge at once; split the order"
-                ),
-            ),
+            } => ApiError::Refused(format!(
+                "lines[{line}].sku: is priced in {found}, but the order is in {expected}; an order has one currency"
+            )),
+            Self::TotalTooLarge { total_cents, max } => ApiError::Refused(format!(
+                "lines: the order's total of {total_cents} minor units is more than the {max} the payment gateway can charge at once; split the order"
+            )),
             refusal @ (Self::AlreadyPlaced | Self::AlreadyConfirmed | Self::AlreadyCancelled) => {
                 ApiError::Refused(refusal.to_string())
             }
