@@ -654,3 +654,80 @@ async fn a_reservation_left_without_an_answer_beside_a_refusal_never_outlives_th
     stage.books_balance().await;
     stage.platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_in_doubt_that_landed_is_found_and_released_before_the_cancel() {
+    // The saga heard nothing of MUG's reservation, which landed all the
+    // same, and TEA was refused: the undo must find MUG's and release it.
+    let stage = stage().await;
+    stage.platform.create_product("TEA", 450, 1).await;
+    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 2}], "payment_method": "tok_visa"});
+    let placed = stage.platform.command("/api/orders", &body, 202).await;
+    let id = placed["order_id"].as_str().unwrap();
+    let (order, _) = stage.bus.load::<Order>(id).await.unwrap();
+    let order = order.placed().unwrap().clone();
+    let mut saga = OrderSaga::start(
+        &OrderPlaced {
+            order_id: OrderId::parse(id).unwrap(),
+            customer_id: order.customer_id,
+            lines: order.lines,
+            currency: order.currency,
+            total_cents: order.total_cents,
+            payment_method: order.payment_method,
+        },
+        "staged",
+        Utc::now(),
+    );
+    let mug = Action::ReserveStock {
+        sku: "MUG".into(),
+        quantity: 2,
+    };
+    stage
+        .bus
+        .execute::<Product>(
+            "MUG",
+            ProductCommand::ReserveStock {
+                order_id: OrderId::parse(id).unwrap(),
+                quantity: 2,
+            },
+            &step(mug.key(id)),
+            Expect::Existing,
+        )
+        .await
+        .unwrap();
+    saga.record(
+        &mug,
+        Outcome::Failed {
+            detail: "no answer within 300ms".into(),
+        },
+        Utc::now(),
+    );
+    saga.record(
+        &Action::ReserveStock {
+            sku: "TEA".into(),
+            quantity: 2,
+        },
+        Outcome::Refused {
+            detail: "out of stock".into(),
+        },
+        Utc::now(),
+    );
+    assert_eq!(saga.state, SagaState::Compensating);
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+
+    let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
+    let ended = stage.drive_to_the_end(&driver, id).await;
+
+    assert_eq!(ended.state, SagaState::Cancelled, "{ended:#?}");
+    let steps: Vec<(&str, &str)> = ended
+        .steps
+        .iter()
+        .map(|step| (step.name.as_str(), step.status.as_str()))
+        .collect();
+    assert!(steps.contains(&("reserve MUG", "DONE")), "{steps:?}");
+    assert!(steps.contains(&("release MUG", "DONE")), "{steps:?}");
+    let (mug, _) = stage.bus.load::<Product>("MUG").await.unwrap();
+    assert_eq!((mug.on_hand(), mug.reserved()), (10, 0));
+    stage.books_balance().await;
+    stage.platform.stop().await;
+}

@@ -369,7 +369,10 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
         match self.settle(saga, action).await {
             Ok(true) => saga.settled(action, true, Utc::now()),
-            Ok(false) => saga.give_up(action, Utc::now()),
+            Ok(false) => {
+                saga.settled(action, false, Utc::now());
+                saga.give_up(action, Utc::now());
+            }
             Err(detail) => {
                 tracing::warn!(order_id = %saga.order_id, step = %action.name(), %detail, "cannot settle a step given up; will retry");
             }

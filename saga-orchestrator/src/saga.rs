@@ -434,9 +434,14 @@ impl OrderSaga {
             },
             other => other,
         };
+        // No answer, or one that leaves the command's fate open: it may
+        // still land.
         let unanswered = matches!(
             outcome,
-            Outcome::Failed { .. } | Outcome::Contended | Outcome::Inconsistent { .. }
+            Outcome::Failed { .. }
+                | Outcome::Contended
+                | Outcome::Inconsistent { .. }
+                | Outcome::TimedOut
         );
         if unanswered
             && let Action::ReserveStock { sku, .. } = action

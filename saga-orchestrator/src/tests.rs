@@ -492,6 +492,45 @@ fn a_saga_survives_serialization() {
     assert_eq!(back, saga);
 }
 
+#[test]
+fn a_line_in_doubt_survives_serialization_and_is_settled_before_the_undo() {
+    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    saga.record(
+        &reserve("MUG"),
+        Outcome::Failed {
+            detail: "no answer".into(),
+        },
+        at(1),
+    );
+    saga.record(
+        &reserve("TEA"),
+        Outcome::Refused {
+            detail: "out of stock".into(),
+        },
+        at(2),
+    );
+    let json = serde_json::to_string(&saga).unwrap();
+    assert!(json.contains("\"IN_DOUBT\""), "{json}");
+    let mut back: OrderSaga = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, saga);
+    // Nothing is undone, and the saga is not over, until MUG is settled.
+    assert_eq!(back.state, SagaState::Compensating);
+    assert_eq!(back.to_settle(), vec![reserve("MUG")]);
+    assert_eq!(back.next_action(), None);
+    assert!(!back.is_over());
+    back.settled(&reserve("MUG"), true, at(3));
+    assert_eq!(
+        back.next_action(),
+        Some(Action::ReleaseReservation { sku: "MUG".into() })
+    );
+    saga.settled(&reserve("MUG"), false, at(3));
+    assert_eq!(saga.lines[0].stock, Stock::None);
+    assert!(matches!(
+        saga.next_action(),
+        Some(Action::CancelOrder { .. })
+    ));
+}
+
 /// What the world answers, for the property test.
 #[derive(Debug, Clone)]
 enum World {
@@ -686,7 +725,11 @@ impl Products {
     /// forward step up after three failures in a row (settling it first, as
     /// the driver does).
     fn take(&mut self, saga: &mut OrderSaga, action: &Action, world: World, at: DateTime<Utc>) {
-        let landed = matches!(world, World::Done | World::FailedButLanded | World::Sold);
+        // A command left without an answer may have landed all the same.
+        let landed = matches!(
+            world,
+            World::Done | World::FailedButLanded | World::Sold | World::TimedOut
+        );
         match action {
             Action::ReserveStock { sku, .. } if landed => {
                 self.held.insert(sku.clone());
