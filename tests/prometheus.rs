@@ -1,7 +1,8 @@
 //! A real Prometheus (`scripts/services start prometheus`) scrapes a running
 //! platform through the committed scrape configuration's file-based
 //! discovery, and PromQL finds what operators watch: relay lag, projection
-//! lag, saga states and request latency histograms.
+//! lag, saga states and request latency histograms, and every metric the
+//! Grafana dashboard in `deploy/grafana/` names.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::path::PathBuf;
@@ -82,10 +83,140 @@ async fn present(client: &reqwest::Client, promql: &str) -> Vec<Value> {
     }
 }
 
+/// The metrics a PromQL expression reads: its identifiers, less label
+/// matchers, ranges, grouping labels, functions and keywords.
+fn metric_names(expr: &str) -> Vec<String> {
+    const PROMQL: &[&str] = &[
+        "sum",
+        "rate",
+        "irate",
+        "increase",
+        "max",
+        "min",
+        "avg",
+        "count",
+        "histogram_quantile",
+        "by",
+        "without",
+        "topk",
+        "bottomk",
+        "and",
+        "or",
+        "unless",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "abs",
+        "clamp_min",
+        "clamp_max",
+        "delta",
+        "deriv",
+        "time",
+        "vector",
+        "scalar",
+        "sort",
+        "sort_desc",
+        "quantile",
+        "stddev",
+    ];
+    // Label matchers and ranges go; so do the labels a grouping names.
+    let mut plain = String::new();
+    let mut depth = 0;
+    for c in expr.chars() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    // Words (numbers whole) and parentheses.
+    let mut tokens: Vec<String> = Vec::new();
+    let mut word = String::new();
+    for c in plain.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.') {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            tokens.push(std::mem::take(&mut word));
+        }
+        if matches!(c, '(' | ')') {
+            tokens.push(c.to_string());
+        }
+    }
+    if !word.is_empty() {
+        tokens.push(word);
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut tokens = tokens.iter();
+    while let Some(token) = tokens.next() {
+        if token == "by" || token == "without" {
+            // `by (a, b)`: the labels up to the closing parenthesis.
+            for label in tokens.by_ref() {
+                if label == ")" {
+                    break;
+                }
+            }
+            continue;
+        }
+        let word = token
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if word && !PROMQL.contains(&token.as_str()) && !names.contains(token) {
+            names.push(token.clone());
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_read_out_of_promql() {
+    assert_eq!(
+        metric_names(
+            "histogram_quantile(0.99, sum by (le, operation) (rate(payment_gateway_request_seconds_bucket{job=\"x\"}[5m])))"
+        ),
+        ["payment_gateway_request_seconds_bucket"]
+    );
+    assert_eq!(
+        metric_names(
+            "max by (consumer, topic, partition) (consumer_lag_messages) + relay_lag_events"
+        ),
+        ["consumer_lag_messages", "relay_lag_events"]
+    );
+}
+
+/// Every metric the committed Grafana dashboard names.
+fn dashboard_metrics() -> Vec<String> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/orders-platform.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut names: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .flat_map(|target| metric_names(target["expr"].as_str().unwrap()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_platform_and_promql_finds_what_operators_watch() {
     let (platform, _gateway) = TestPlatform::start_with_saga(Policy::default()).await;
     platform.create_product("MUG", 1250, 10).await;
+    // Enough events on one stream for a snapshot (every 100 by default).
+    for _ in 0..100 {
+        platform
+            .command("/api/products/MUG/stock", &json!({"quantity": 1}), 202)
+            .await;
+    }
     let placed = platform
         .command(
             "/api/orders",
@@ -132,6 +263,12 @@ async fn prometheus_scrapes_the_platform_and_promql_finds_what_operators_watch()
         ),
     ] {
         present(&client, &promql).await;
+    }
+    // The dashboard shows nothing that the platform does not export.
+    let names = dashboard_metrics();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        present(&client, &format!("{{__name__=\"{name}\", run=\"{run}\"}}")).await;
     }
     platform.stop().await;
 }

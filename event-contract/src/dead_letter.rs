@@ -17,6 +17,14 @@ pub const SOURCE_TOPIC_HEADER: &str = "source_topic";
 pub const SOURCE_PARTITION_HEADER: &str = "source_partition";
 pub const SOURCE_OFFSET_HEADER: &str = "source_offset";
 
+/// Makes `dead_letters_total` of `consumer` on `source_topic` exist (at 0)
+/// before the first dead letter, so that an alert on its increase has a
+/// series to watch.
+pub fn register(source_topic: &str, consumer: &str) {
+    metrics::counter!("dead_letters_total", "topic" => source_topic.to_owned(), "consumer" => consumer.to_owned())
+        .increment(0);
+}
+
 /// Forwards a message as it came to the dead-letter `topic`, with why it was
 /// refused (`error` header), who refused it (`consumer`) and where it was
 /// (`source_topic`, `source_partition`, `source_offset`). Returns once the
@@ -76,5 +84,7 @@ pub async fn send(
         .send(record, Duration::from_secs(30))
         .await
         .map_err(|(error, _)| anyhow::anyhow!("cannot write to {topic}: {error}"))?;
+    metrics::counter!("dead_letters_total", "topic" => message.topic().to_owned(), "consumer" => consumer.to_owned())
+        .increment(1);
     Ok(())
 }

@@ -84,6 +84,7 @@ pub async fn run<M: ReadModel>(
         .for_aggregate(M::AGGREGATE_TYPE)
         .context("the aggregate has no topic")?;
     let dead_letters = Topics::dead_letter(&topic);
+    event_contract::dead_letter::register(&topic, M::NAME);
     let mut shutdown = pin!(shutdown);
     // The broker may not be up yet; the worker waits for it rather than failing.
     let names = [topic.clone(), dead_letters.clone()];
@@ -429,7 +430,15 @@ impl LagGauge {
                     Offset::Offset(offset) => offset,
                     _ => 0,
                 };
-                lag += (high - position).max(0);
+                let behind = (high - position).max(0);
+                metrics::gauge!(
+                    "consumer_lag_messages",
+                    "consumer" => projection,
+                    "topic" => element.topic().to_owned(),
+                    "partition" => element.partition().to_string()
+                )
+                .set(behind as f64);
+                lag += behind;
             }
             metrics::gauge!("projection_lag_events", "projection" => projection).set(lag as f64);
         }));

@@ -342,6 +342,11 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     tracing::info!(order_id, state = saga.state.as_str(), reason = ?saga.reason, "saga ended");
                     metrics::counter!("sagas_ended_total", "state" => saga.state.as_str())
                         .increment(1);
+                    if let Some(placed_at) = saga.placed_at {
+                        let took = (Utc::now() - placed_at).to_std().unwrap_or_default();
+                        metrics::histogram!("saga_duration_seconds", "outcome" => saga.state.as_str())
+                            .record(took.as_secs_f64());
+                    }
                 }
                 // The saga waits for a retry (the due-scan comes back for
                 // it), or it ended with no cancel left to take in.

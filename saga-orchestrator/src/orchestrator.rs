@@ -101,6 +101,7 @@ pub async fn run<G: PaymentGateway + Clone>(
         return Ok(());
     }
     let dead_letters = Topics::dead_letter(&topic);
+    event_contract::dead_letter::register(&topic, "saga");
     let group = format!("{}orders-platform.saga", config.group_prefix);
     // Every order waits for its saga to take it in: no waiting for fuller
     // fetches.

@@ -262,6 +262,10 @@ pub struct OrderSaga {
     pub attention: Option<String>,
     pub steps: Vec<StepRecord>,
     pub updated_at: DateTime<Utc>,
+    /// When the order was placed (its `OrderPlaced` recorded), for the
+    /// time sagas take; absent in sagas stored before it was kept.
+    #[serde(default)]
+    pub placed_at: Option<DateTime<Utc>>,
 }
 
 impl OrderSaga {
@@ -283,6 +287,7 @@ impl OrderSaga {
             attention: None,
             steps: Vec::new(),
             updated_at: at,
+            placed_at: Some(at),
         }
     }
 

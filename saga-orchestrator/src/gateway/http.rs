@@ -118,6 +118,14 @@ impl HttpGateway {
             Some(body) => request.json(body),
             None => request,
         };
+        let operation = if body.is_some() {
+            "charge"
+        } else if path.ends_with("/refund") {
+            "refund"
+        } else {
+            "other"
+        };
+        let started = std::time::Instant::now();
         let (result, health) = match request.send().await {
             Err(error) if error.is_timeout() => {
                 (Err(Unavailable(with_causes(&error))), Health::Unknown)
@@ -125,6 +133,13 @@ impl HttpGateway {
             Err(error) => (Err(Unavailable(with_causes(&error))), Health::Failing),
             Ok(response) => read(response, invalid_is_decline).await,
         };
+        let outcome = match health {
+            Health::Answering => "answered",
+            Health::Failing => "failed",
+            Health::Unknown => "timed_out",
+        };
+        metrics::histogram!("payment_gateway_request_seconds", "operation" => operation, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
         match health {
             Health::Answering => self.breaker.success(),
             Health::Failing => self.breaker.failure(),
@@ -244,6 +259,8 @@ struct Breaker {
 
 impl CircuitBreaker {
     pub fn new(window: u32, ratio: f64, open_for: Duration) -> Self {
+        // Closed until the gateway fails: the gauge is there from the start.
+        metrics::gauge!("payment_gateway_circuit_open").set(0.0);
         Self {
             window: usize::try_from(window.max(1)).unwrap_or(1),
             ratio: ratio.clamp(0.0, 1.0),
