@@ -248,7 +248,7 @@ async fn prometheus_scrapes_the_platform_and_promql_finds_what_operators_watch()
 
     let client = reqwest::Client::new();
     let up = present(&client, &format!("up{{run=\"{run}\"}} == 1")).await;
-    assert_eq!(up[0]["metric"]["job"], "orders-roles", "{up:?}");
+    assert_eq!(up[0]["metric"]["job"], "orders", "{up:?}");
     for promql in [
         // The relay's distance from the head of the event store.
         format!("relay_lag_events{{run=\"{run}\"}}"),
