@@ -64,7 +64,17 @@ impl Stage {
     /// Places a `tok_visa` order for two mugs and starts its saga's record
     /// (not stored yet).
     async fn placed(&self) -> OrderSaga {
-        let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}], "payment_method": "tok_visa"});
+        self.placed_with(&[("MUG", 2)]).await
+    }
+
+    /// Places a `tok_visa` order of `lines` (SKU, quantity) and starts its
+    /// saga's record (not stored yet).
+    async fn placed_with(&self, lines: &[(&str, u32)]) -> OrderSaga {
+        let lines: Vec<_> = lines
+            .iter()
+            .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+            .collect();
+        let body = json!({"customer_id": "c-1", "lines": lines, "payment_method": "tok_visa"});
         let placed = self.platform.command("/api/orders", &body, 202).await;
         let id = placed["order_id"].as_str().unwrap();
         let (order, _) = self.bus.load::<Order>(id).await.unwrap();
@@ -516,23 +526,8 @@ async fn a_cancel_finds_a_reservation_that_landed_beside_one_that_did_not() {
     // find the second although the first never happened.
     let stage = stage().await;
     stage.platform.create_product("TEA", 450, 10).await;
-    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 1}], "payment_method": "tok_visa"});
-    let placed = stage.platform.command("/api/orders", &body, 202).await;
-    let id = placed["order_id"].as_str().unwrap();
-    let (order, _) = stage.bus.load::<Order>(id).await.unwrap();
-    let order = order.placed().unwrap().clone();
-    let saga = OrderSaga::start(
-        &OrderPlaced {
-            order_id: OrderId::parse(id).unwrap(),
-            customer_id: order.customer_id,
-            lines: order.lines,
-            currency: order.currency,
-            total_cents: order.total_cents,
-            payment_method: order.payment_method,
-        },
-        "staged",
-        Utc::now(),
-    );
+    let saga = stage.placed_with(&[("MUG", 2), ("TEA", 1)]).await;
+    let id = &saga.order_id.clone();
     let tea = Action::ReserveStock {
         sku: "TEA".into(),
         quantity: 1,
@@ -583,23 +578,8 @@ async fn a_reservation_left_without_an_answer_beside_a_refusal_never_outlives_th
     // still queued. The reservation must not outlive the cancel.
     let stage = stage().await;
     stage.platform.create_product("TEA", 450, 1).await;
-    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 2}], "payment_method": "tok_visa"});
-    let placed = stage.platform.command("/api/orders", &body, 202).await;
-    let id = placed["order_id"].as_str().unwrap();
-    let (order, _) = stage.bus.load::<Order>(id).await.unwrap();
-    let order = order.placed().unwrap().clone();
-    let saga = OrderSaga::start(
-        &OrderPlaced {
-            order_id: OrderId::parse(id).unwrap(),
-            customer_id: order.customer_id,
-            lines: order.lines,
-            currency: order.currency,
-            total_cents: order.total_cents,
-            payment_method: order.payment_method,
-        },
-        "staged",
-        Utc::now(),
-    );
+    let saga = stage.placed_with(&[("MUG", 2), ("TEA", 2)]).await;
+    let id = &saga.order_id.clone();
     store::insert(&stage.platform.pool, &saga).await.unwrap();
     let driver = Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick());
 
@@ -661,23 +641,8 @@ async fn a_reservation_in_doubt_that_landed_is_found_and_released_before_the_can
     // same, and TEA was refused: the undo must find MUG's and release it.
     let stage = stage().await;
     stage.platform.create_product("TEA", 450, 1).await;
-    let body = json!({"customer_id": "c-1", "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 2}], "payment_method": "tok_visa"});
-    let placed = stage.platform.command("/api/orders", &body, 202).await;
-    let id = placed["order_id"].as_str().unwrap();
-    let (order, _) = stage.bus.load::<Order>(id).await.unwrap();
-    let order = order.placed().unwrap().clone();
-    let mut saga = OrderSaga::start(
-        &OrderPlaced {
-            order_id: OrderId::parse(id).unwrap(),
-            customer_id: order.customer_id,
-            lines: order.lines,
-            currency: order.currency,
-            total_cents: order.total_cents,
-            payment_method: order.payment_method,
-        },
-        "staged",
-        Utc::now(),
-    );
+    let mut saga = stage.placed_with(&[("MUG", 2), ("TEA", 2)]).await;
+    let id = &saga.order_id.clone();
     let mug = Action::ReserveStock {
         sku: "MUG".into(),
         quantity: 2,
