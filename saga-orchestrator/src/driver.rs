@@ -295,20 +295,19 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     Outcome::Done | Outcome::Approved { .. } | Outcome::AlreadySold
                 )
             });
-            let mut replayable = true;
-            for (action, outcome) in outcomes {
-                let failed = matches!(
-                    outcome,
-                    Outcome::Failed { .. } | Outcome::Inconsistent { .. } | Outcome::Contended
-                );
-                if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = &outcome {
+            for (action, outcome) in &outcomes {
+                if let Outcome::Failed { detail } | Outcome::Inconsistent { detail } = outcome {
                     tracing::warn!(order_id, step = %action.name(), %detail, "saga step failed; will retry");
                 }
-                replayable &= matches!(outcome, Outcome::Done | Outcome::Approved { .. });
-                saga.record(&action, outcome, Utc::now());
-                if failed && saga.attempts >= self.policy.forward_attempts {
-                    self.give_up(&mut saga, &action).await;
-                }
+            }
+            let replayable = outcomes
+                .iter()
+                .all(|(_, outcome)| matches!(outcome, Outcome::Done | Outcome::Approved { .. }));
+            // Steps that failed side by side are one failed try, not many.
+            if let Some(failed) = saga.record_together(outcomes, Utc::now())
+                && saga.attempts >= self.policy.forward_attempts
+            {
+                self.give_up(&mut saga, &failed).await;
             }
             let wait = if saga.attempts > 0 {
                 self.policy.backoff(saga.attempts)

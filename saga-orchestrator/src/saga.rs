@@ -533,6 +533,35 @@ impl OrderSaga {
         }
     }
 
+    /// Takes in how actions that ran side by side went (a phase's, in the
+    /// order given), as [`record`](Self::record) each, except that their
+    /// failures count as one failure in a row, not one each: together they
+    /// are one try of the phase, which one stall of the store fails whole.
+    /// Returns the first action that failed.
+    pub fn record_together(
+        &mut self,
+        outcomes: Vec<(Action, Outcome)>,
+        at: DateTime<Utc>,
+    ) -> Option<Action> {
+        let mut first_failed = None;
+        for (action, outcome) in outcomes {
+            let failed = matches!(
+                outcome,
+                Outcome::Failed { .. } | Outcome::Inconsistent { .. } | Outcome::Contended
+            );
+            let attempts = self.attempts;
+            self.record(&action, outcome, at);
+            if failed {
+                if first_failed.is_some() {
+                    self.attempts = attempts;
+                } else {
+                    first_failed = Some(action);
+                }
+            }
+        }
+        first_failed
+    }
+
     /// What the driver learned of a forward step whose outcome it did not
     /// know (its last try failed or never answered): it `landed`, or it
     /// never will. A landed step is taken in as done; otherwise nothing

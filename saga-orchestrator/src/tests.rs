@@ -493,6 +493,51 @@ fn a_saga_survives_serialization() {
 }
 
 #[test]
+fn steps_that_fail_side_by_side_count_as_one_try() {
+    // Every line's commit fails in one pass (one stall of the store): that
+    // is one failed try of the phase, not three, so a paid order is not
+    // given up on the first stall.
+    let mut saga = OrderSaga::start(&placed(&["A", "B", "C"]), "c", at(0));
+    for sku in ["A", "B", "C"] {
+        saga.record(&reserve(sku), Outcome::Done, at(1));
+    }
+    saga.record(&Action::RequestCharge, Outcome::Done, at(2));
+    saga.record(
+        &Action::Charge,
+        Outcome::Approved {
+            reference: "r".into(),
+        },
+        at(3),
+    );
+    assert_eq!(saga.state, SagaState::Confirming);
+    let commits = saga.next_actions();
+    assert_eq!(commits.len(), 3);
+    let failed = |action: &Action| {
+        (
+            action.clone(),
+            Outcome::Failed {
+                detail: "stalled".into(),
+            },
+        )
+    };
+    let first = saga.record_together(commits.iter().map(failed).collect(), at(4));
+    assert_eq!(first.as_ref(), commits.first());
+    assert_eq!(saga.attempts, 1);
+    assert_eq!(
+        saga.steps.iter().filter(|s| s.status == "FAILED").count(),
+        3
+    );
+    saga.record_together(commits.iter().map(failed).collect(), at(5));
+    assert_eq!(saga.attempts, 2);
+    assert_eq!(saga.state, SagaState::Confirming);
+    // What went through resets the count, as one step's success does.
+    let mut mixed: Vec<_> = commits.iter().map(failed).collect();
+    mixed[0].1 = Outcome::Done;
+    assert_eq!(saga.record_together(mixed, at(6)), Some(commits[1].clone()));
+    assert_eq!(saga.attempts, 1);
+}
+
+#[test]
 fn a_line_in_doubt_survives_serialization_and_is_settled_before_the_undo() {
     let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(
@@ -647,7 +692,7 @@ proptest! {
                 step += 1;
                 continue;
             }
-            world.take(&mut saga, &action, answers.next().unwrap(), at(step as i64));
+            world.take(&mut saga, vec![(action, answers.next().unwrap())], at(step as i64));
             step += 1;
         }
         prop_assert!(ends_clean(&saga), "{saga:#?}");
@@ -683,9 +728,11 @@ proptest! {
             if reversed {
                 actions.reverse();
             }
-            for action in actions {
-                world.take(&mut saga, &action, answers.next().unwrap(), at(step as i64));
-            }
+            let together = actions
+                .into_iter()
+                .map(|action| (action, answers.next().unwrap()))
+                .collect();
+            world.take(&mut saga, together, at(step as i64));
             step += 1;
         }
         prop_assert!(ends_clean(&saga), "{saga:#?}");
@@ -721,31 +768,40 @@ impl Products {
         }
     }
 
-    /// `action` meets `world`; the saga takes in what it heard, and gives a
-    /// forward step up after three failures in a row (settling it first, as
-    /// the driver does).
-    fn take(&mut self, saga: &mut OrderSaga, action: &Action, world: World, at: DateTime<Utc>) {
-        // A command left without an answer may have landed all the same.
-        let landed = matches!(
-            world,
-            World::Done | World::FailedButLanded | World::Sold | World::TimedOut
-        );
-        match action {
-            Action::ReserveStock { sku, .. } if landed => {
-                self.held.insert(sku.clone());
-            }
-            Action::ReleaseReservation { sku } | Action::CommitReservation { sku } if landed => {
-                self.held.remove(sku);
-            }
-            _ => {}
-        }
-        saga.record(action, answer(world, action), at);
-        if saga.attempts >= 3 {
-            match action {
-                Action::ReserveStock { sku, .. } if self.held.contains(sku) => {
-                    saga.settled(action, true, at);
+    /// Each of `actions` meets its world, side by side; the saga takes in
+    /// what it heard as the driver does (`record_together`), and gives a
+    /// forward step up after three failed tries in a row (settling it
+    /// first, as the driver does).
+    fn take(&mut self, saga: &mut OrderSaga, actions: Vec<(Action, World)>, at: DateTime<Utc>) {
+        let mut outcomes = Vec::new();
+        for (action, world) in actions {
+            // A command left without an answer may have landed all the same.
+            let landed = matches!(
+                world,
+                World::Done | World::FailedButLanded | World::Sold | World::TimedOut
+            );
+            match &action {
+                Action::ReserveStock { sku, .. } if landed => {
+                    self.held.insert(sku.clone());
                 }
-                _ => saga.give_up(action, at),
+                Action::ReleaseReservation { sku } | Action::CommitReservation { sku }
+                    if landed =>
+                {
+                    self.held.remove(sku);
+                }
+                _ => {}
+            }
+            let outcome = answer(world, &action);
+            outcomes.push((action, outcome));
+        }
+        if let Some(action) = saga.record_together(outcomes, at)
+            && saga.attempts >= 3
+        {
+            match &action {
+                Action::ReserveStock { sku, .. } if self.held.contains(sku) => {
+                    saga.settled(&action, true, at);
+                }
+                _ => saga.give_up(&action, at),
             }
         }
     }
