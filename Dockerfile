@@ -14,6 +14,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/orders /usr/local/bin/orders
 USER 10001
-EXPOSE 8080 8081
+EXPOSE 8080 8081 9100
 ENTRYPOINT ["orders"]
 CMD ["run"]

@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("platform", &[]),
     ("identity", &["domain"]),
     ("event-store", &["domain", "platform"]),
-    ("event-contract", &["event-store"]),
+    ("event-contract", &["event-store", "platform"]),
     (
         "command-api",
         &["domain", "event-store", "identity", "platform"],

@@ -45,7 +45,21 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
 /// SIGTERM, then lets each finish what it is doing. A role that fails stops
 /// the others.
 pub async fn run(settings: &Settings, roles: &[Role], migrate: bool) -> anyhow::Result<()> {
-    platform::telemetry::init_logging(settings.log_format, &settings.log_filter);
+    let tracing = settings.tracing(roles);
+    let telemetry = platform::telemetry::init(settings.log_format, &settings.log_filter, &tracing)?;
+    if let Some(endpoint) = &tracing.otlp_endpoint {
+        tracing::info!(endpoint, service = %tracing.service_name, "sending traces over OTLP");
+    }
+    let result = run_roles(settings, roles, migrate).await;
+    // The last spans (the shutdown's, or the failure's) go out before the
+    // process ends, whichever way it ends.
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .ok();
+    result
+}
+
+async fn run_roles(settings: &Settings, roles: &[Role], migrate: bool) -> anyhow::Result<()> {
     if migrate && roles.iter().any(|role| *role != Role::Gateway) {
         let pool = connect(settings).await?;
         apply_migrations(&pool).await?;

@@ -34,6 +34,16 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A `tracing` filter, used when `RUST_LOG` is not set.
     pub log_filter: String,
+    /// Where to send traces, over OTLP/HTTP (`http://127.0.0.1:4318`;
+    /// empty: nowhere). Spans get trace ids either way, and log lines name them.
+    pub otlp_endpoint: String,
+    /// `service.name` of this process's spans (empty: `orders`, or
+    /// `orders-<role>` for a process of one role, `payment-gateway` for the
+    /// gateway alone).
+    pub otlp_service_name: String,
+    /// Share of new traces kept, from 0 to 1; a request with a `traceparent`
+    /// follows its caller's decision.
+    pub trace_sample_ratio: f64,
     /// How long idempotency keys are remembered.
     pub idempotency_ttl_secs: u64,
     /// Requests running longer are answered with 503.
@@ -168,6 +178,9 @@ impl Settings {
             .set_default("metrics_listen", "")?
             .set_default("log_format", "text")?
             .set_default("log_filter", "info,sqlx=warn")?
+            .set_default("otlp_endpoint", "")?
+            .set_default("otlp_service_name", "")?
+            .set_default("trace_sample_ratio", 1.0)?
             .set_default("idempotency_ttl_secs", 24 * 60 * 60)?
             .set_default("request_timeout_secs", 30)?
             .set_default("command_attempts", 10)?
@@ -234,6 +247,14 @@ impl Settings {
 
     /// Refuses settings no broker or process would work with.
     fn checked(self) -> anyhow::Result<Self> {
+        if !self.otlp_endpoint.trim().is_empty() {
+            platform::telemetry::traces_url(&self.otlp_endpoint)?;
+        }
+        let ratio = self.trace_sample_ratio;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&ratio),
+            "trace_sample_ratio is {ratio}: between 0 and 1"
+        );
         // What brokers accept unless told otherwise (group.min/max.session.timeout.ms);
         // outside it a consumer's join is refused and it never gets a partition.
         let session = self.kafka_session_timeout_ms;
@@ -251,6 +272,27 @@ impl Settings {
             "kafka_instance_id is {instance:?}: at most 200 of a-z, A-Z, 0-9, '.', '_' and '-' (or off)"
         );
         Ok(self)
+    }
+
+    /// Where this process's traces go; `roles` name the process.
+    pub fn tracing(&self, roles: &[crate::assembly::Role]) -> platform::telemetry::Tracing {
+        use crate::assembly::Role;
+        let service_name = match (self.otlp_service_name.trim(), roles) {
+            (name, _) if !name.is_empty() => name.to_owned(),
+            (_, [Role::Gateway]) => "payment-gateway".to_owned(),
+            (_, [one]) if *one != Role::All => format!(
+                "orders-{}",
+                clap::ValueEnum::to_possible_value(one)
+                    .map_or_else(|| "orders".to_owned(), |value| value.get_name().to_owned())
+            ),
+            _ => "orders".to_owned(),
+        };
+        let endpoint = self.otlp_endpoint.trim();
+        platform::telemetry::Tracing {
+            otlp_endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
+            service_name,
+            sample_ratio: self.trace_sample_ratio,
+        }
     }
 
     pub fn api(&self) -> anyhow::Result<command_api::ApiConfig> {

@@ -1,5 +1,6 @@
-//! Per-request observability: a request id, a tracing span that carries it, an
-//! access log line, and Prometheus metrics.
+//! Per-request observability: a request id, a tracing span that carries it
+//! (the root of the request's trace, or a child of the caller's `traceparent`),
+//! an access log line, and Prometheus metrics.
 
 use std::time::Instant;
 
@@ -18,6 +19,10 @@ use crate::problem::ApiError;
 pub struct RequestId(pub String);
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Every response names the trace its request is part of, so that a caller
+/// can open it in the tracing backend.
+pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
 fn usable(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
@@ -38,16 +43,38 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().clone();
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %method,
-        route = %route,
-    );
+    // Health checks and scrapes are logged like any request, but not traced.
+    macro_rules! request_span {
+        ($($target:tt)*) => {
+            tracing::info_span!(
+                $($target)*
+                "request",
+                otel.name = format!("{method} {route}"),
+                otel.kind = "server",
+                request_id = %id,
+                method = %method,
+                route = %route,
+                http.response.status_code = tracing::field::Empty,
+            )
+        };
+    }
+    let span = if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        request_span!(target: platform::telemetry::PROBE_TARGET,)
+    } else {
+        request_span!()
+    };
+    let caller = request.headers().get(platform::trace::TRACEPARENT);
+    platform::trace::follow_header(&span, caller.map(|value| value.as_bytes()));
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if let Some(trace_id) = platform::trace::trace_id(&span)
+        && let Ok(value) = HeaderValue::from_str(&trace_id)
+    {
+        response.headers_mut().insert(TRACE_ID_HEADER, value);
+    }
     span.in_scope(|| {
         tracing::info!(
             status,

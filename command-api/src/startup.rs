@@ -149,8 +149,8 @@ impl AppState {
 struct ApiDoc;
 
 /// What the route attributes cannot say: the `bearer` security scheme they
-/// name, the format of every `ETag`, and the `X-Request-Id` every answer
-/// carries.
+/// name, the format of every `ETag`, and the `X-Request-Id` and `X-Trace-Id`
+/// every answer carries.
 fn complete(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::header::Header;
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -160,6 +160,16 @@ fn complete(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         Header::new(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String));
     request_id.description =
         Some("The request's id: the client's X-Request-Id when usable, a new one otherwise".into());
+    let mut trace_id = Header::new(
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9a-f]{32}$")),
+    );
+    trace_id.description = Some(
+        "The trace the request is part of (the caller's traceparent's, or a new one): \
+         open it in the tracing backend"
+            .into(),
+    );
     let mut etag = Header::new(crate::routes::schema::etag());
     etag.description = Some("The resource's version, quoted".into());
     for item in openapi.paths.paths.values_mut() {
@@ -176,6 +186,9 @@ fn complete(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
                 response
                     .headers
                     .insert("X-Request-Id".into(), RefOr::T(request_id.clone()));
+                response
+                    .headers
+                    .insert("X-Trace-Id".into(), RefOr::T(trace_id.clone()));
             }
         }
     }

@@ -33,8 +33,9 @@ pub struct Envelope {
     pub recorded_at: DateTime<Utc>,
     /// The event's fields, as described by its schema in `schemas/events/`.
     pub payload: Value,
-    /// `correlation_id`, `causation_id`, and `idempotency_key` when the
-    /// command had one.
+    /// `correlation_id`, `causation_id`, `idempotency_key` when the
+    /// command had one, and `traceparent` (the W3C trace context of the
+    /// append that wrote the event) when it was traced.
     pub metadata: Value,
 }
 
@@ -99,13 +100,15 @@ pub fn decode(value: &[u8]) -> Result<Envelope, serde_json::Error> {
 }
 
 /// The headers of a stored event's message: its id, its type and its trace
-/// context (`traceparent`).
-pub fn headers(event: &RawEvent) -> OwnedHeaders {
+/// context (`traceparent`): `publish`, the context of the span publishing
+/// it, when there is one, else the one the event carries (see
+/// [`trace::of_stored`]).
+pub fn headers(event: &RawEvent, publish: Option<&str>) -> OwnedHeaders {
     let event_id = event.event_id.to_string();
-    let traceparent = trace::traceparent(
-        &trace::correlation_id(&event.metadata).unwrap_or_default(),
-        event.event_id,
-    );
+    let traceparent = match publish {
+        Some(publish) => publish.to_owned(),
+        None => trace::of_stored(&event.metadata, event.event_id),
+    };
     OwnedHeaders::new()
         .insert(Header {
             key: EVENT_ID_HEADER,
@@ -265,19 +268,41 @@ mod tests {
             &json!({"OrderConfirmed": {}}),
             &json!({"correlation_id": "0190a0b0-aaaa-7bbb-8ccc-dddddddddddd"}),
         );
-        let headers = headers(&event);
-        let value = |key: &str| {
-            headers
-                .iter()
-                .find(|header| header.key == key)
-                .and_then(|header| header.value)
-                .map(|value| std::str::from_utf8(value).unwrap().to_owned())
-        };
-        assert_eq!(value(EVENT_ID_HEADER).as_deref(), Some(EVENT_ID));
-        assert_eq!(value(EVENT_TYPE_HEADER).as_deref(), Some("OrderConfirmed"));
+        let headers = headers(&event, None);
+        assert_eq!(value(&headers, EVENT_ID_HEADER).as_deref(), Some(EVENT_ID));
         assert_eq!(
-            value(trace::TRACEPARENT_HEADER).as_deref(),
+            value(&headers, EVENT_TYPE_HEADER).as_deref(),
+            Some("OrderConfirmed")
+        );
+        assert_eq!(
+            value(&headers, trace::TRACEPARENT_HEADER).as_deref(),
             Some("00-0190a0b0aaaa7bbb8cccdddddddddddd-8333444455556666-01")
         );
+    }
+
+    #[test]
+    fn the_publishing_span_is_the_parent_a_consumer_sees() {
+        let publish = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+        let event = stored(
+            "OrderConfirmed",
+            &json!({"OrderConfirmed": {}}),
+            &json!({
+                "correlation_id": "r-1",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            }),
+        );
+        let headers = headers(&event, Some(publish));
+        assert_eq!(
+            value(&headers, trace::TRACEPARENT_HEADER).as_deref(),
+            Some(publish)
+        );
+    }
+
+    fn value(headers: &OwnedHeaders, key: &str) -> Option<String> {
+        headers
+            .iter()
+            .find(|header| header.key == key)
+            .and_then(|header| header.value)
+            .map(|value| std::str::from_utf8(value).unwrap().to_owned())
     }
 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use platform::batch::Batcher;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::repository::{
     AppendError, IdempotencyClaim, NewEvent, PendingAppend, PgEventRepository,
@@ -41,6 +42,9 @@ pub type Command = (Vec<NewEvent>, Option<IdempotencyClaim>);
 /// Commands waiting to be appended together: all of them or none.
 struct Job {
     commands: Vec<Command>,
+    /// The `traceparent` of each command's append, linked from the
+    /// statement's span.
+    traces: Vec<String>,
     done: oneshot::Sender<Result<(), AppendError>>,
 }
 
@@ -77,15 +81,25 @@ impl AppendBatcher {
         events: Vec<NewEvent>,
         claim: Option<IdempotencyClaim>,
     ) -> Result<(), AppendError> {
-        self.append_together(vec![(events, claim)]).await
+        self.append_together(vec![(events, claim)], Vec::new())
+            .await
     }
 
     /// Appends several commands' events and keys, all of them or none,
     /// sharing the statement with other commands queued at the same moment.
-    /// Same contract as [`PgEventRepository::append_commands`].
-    pub async fn append_together(&self, commands: Vec<Command>) -> Result<(), AppendError> {
+    /// Same contract as [`PgEventRepository::append_commands`]. `traces`
+    /// are the commands' trace contexts, which the statement's span links.
+    pub async fn append_together(
+        &self,
+        commands: Vec<Command>,
+        traces: Vec<String>,
+    ) -> Result<(), AppendError> {
         let (done, answer) = oneshot::channel();
-        let job = Job { commands, done };
+        let job = Job {
+            commands,
+            traces,
+            done,
+        };
         self.batcher
             .submit(job)
             .await
@@ -96,11 +110,25 @@ impl AppendBatcher {
     }
 }
 
-/// Appends the batch and answers each job; whether anything committed.
+/// Appends the batch and answers each job; whether anything committed. The
+/// statements run in a span of their own, linked to every command's trace.
 async fn append_batch(repository: &PgEventRepository, mut batch: Vec<Job>) -> bool {
     // A caller that stopped waiting (it timed out and will try again, or
     // settle the key) gets no append behind its back.
     batch.retain(|job| !job.done.is_closed());
+    let span = tracing::info_span!(
+        parent: None,
+        "append statement",
+        commands = batch.iter().map(|job| job.commands.len()).sum::<usize>()
+    );
+    platform::trace::link_all(
+        &span,
+        batch.iter().flat_map(|job| &job.traces).map(String::as_str),
+    );
+    append_batch_in(repository, batch).instrument(span).await
+}
+
+async fn append_batch_in(repository: &PgEventRepository, batch: Vec<Job>) -> bool {
     if batch.len() > 1 {
         let pending: Vec<PendingAppend<'_>> = batch
             .iter()

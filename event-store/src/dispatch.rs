@@ -12,6 +12,7 @@ use cqrs_es::persist::PersistedEventRepository;
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::AppendBatcher;
@@ -24,6 +25,9 @@ pub mod metadata {
     pub const CORRELATION_ID: &str = "correlation_id";
     pub const CAUSATION_ID: &str = "causation_id";
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// The W3C trace context of the append that wrote the event, when it
+    /// was traced: the relay's publish span continues that trace.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// Where a command comes from and what it may assume.
@@ -242,7 +246,17 @@ impl CommandBus {
         A::Error: Send,
     {
         let started = Instant::now();
-        let result = self.run::<A>(aggregate_id, command, context, expect).await;
+        let span = tracing::info_span!(
+            "command",
+            otel.name = format!("command {}", A::TYPE),
+            aggregate = A::TYPE,
+            aggregate_id,
+            outcome = tracing::field::Empty,
+        );
+        let result = self
+            .run::<A>(aggregate_id, command, context, expect)
+            .instrument(span.clone())
+            .await;
         let outcome = match &result {
             Ok(outcome) if outcome.replayed => "replayed",
             Ok(_) => "accepted",
@@ -252,6 +266,7 @@ impl CommandBus {
             Err(CommandError::KeyReused) => "key_reused",
             Err(CommandError::Store(_)) => "failed",
         };
+        span.record("outcome", outcome);
         metrics::counter!("commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE)
@@ -294,6 +309,7 @@ impl CommandBus {
             context: context.clone(),
             expect,
             reply,
+            span: tracing::Span::current(),
         };
         let stream = format!("{}/{aggregate_id}", A::TYPE);
         if let Some(serving) = self.streams.push(&stream, Box::new(job)) {
@@ -398,19 +414,28 @@ impl CommandBus {
                 attempt -= 1;
                 continue;
             }
-            let commands: Vec<crate::batch::Command> = decided
+            let (commands, traces): (Vec<crate::batch::Command>, Vec<Option<String>>) = decided
                 .decisions
                 .iter()
                 .filter_map(|decision| match decision {
-                    Decision::Append { events, claim, .. } => Some((events.clone(), claim.clone())),
+                    Decision::Append {
+                        events,
+                        claim,
+                        trace,
+                        ..
+                    } => Some((
+                        (events.clone(), claim.clone()),
+                        platform::trace::traceparent(trace),
+                    )),
                     _ => None,
                 })
-                .collect();
+                .unzip();
             let appended = if commands.is_empty() {
                 Ok(())
             } else {
                 let started = Instant::now();
-                let appended = self.batcher.append_together(commands).await;
+                let traces = traces.into_iter().flatten().collect();
+                let appended = self.batcher.append_together(commands, traces).await;
                 metrics::histogram!("append_wait_seconds", "aggregate" => A::TYPE)
                     .record(started.elapsed().as_secs_f64());
                 appended
@@ -798,6 +823,8 @@ struct Job<A: Aggregate> {
     context: CommandContext,
     expect: Expect,
     reply: oneshot::Sender<Result<Outcome, CommandError<A::Error>>>,
+    /// The caller's command span.
+    span: tracing::Span,
 }
 
 /// What the aggregate decided on one command of a round.
@@ -807,6 +834,9 @@ enum Decision<E> {
         events: Vec<NewEvent>,
         claim: Option<IdempotencyClaim>,
         version: u64,
+        /// The append's span, a child of the command's, open until the
+        /// round has answered; its context is in the events' metadata.
+        trace: tracing::Span,
     },
     /// Taken, with nothing to record: the aggregate stays at `version`.
     Unchanged {
@@ -873,17 +903,28 @@ where
                 actual: at,
             },
             (Ok(()), None) if !applied => Decision::Unchanged { version: at },
-            (Ok(()), None) => match serialize::<A>(aggregate_id, at, events, &job.context) {
-                Ok(serialized) => {
-                    decided.version = at + serialized.len() as u64;
-                    Decision::Append {
-                        events: serialized,
-                        claim: job.context.idempotency.clone(),
-                        version: decided.version,
+            (Ok(()), None) => {
+                let trace = tracing::info_span!(
+                    parent: &job.span,
+                    "append",
+                    aggregate = A::TYPE,
+                    aggregate_id,
+                    events = events.len()
+                );
+                let traceparent = platform::trace::traceparent(&trace);
+                match serialize::<A>(aggregate_id, at, events, &job.context, traceparent) {
+                    Ok(serialized) => {
+                        decided.version = at + serialized.len() as u64;
+                        Decision::Append {
+                            events: serialized,
+                            claim: job.context.idempotency.clone(),
+                            version: decided.version,
+                            trace,
+                        }
                     }
+                    Err(error) => Decision::Failed(error),
                 }
-                Err(error) => Decision::Failed(error),
-            },
+            }
         };
         let keeps_events = matches!(next, Decision::Append { .. });
         decided.decisions.push(next);
@@ -936,6 +977,7 @@ fn serialize<A: Aggregate>(
     version: u64,
     events: Vec<A::Event>,
     context: &CommandContext,
+    traceparent: Option<String>,
 ) -> Result<Vec<NewEvent>, StoreError> {
     let mut metadata = serde_json::Map::new();
     metadata.insert(
@@ -951,6 +993,9 @@ fn serialize<A: Aggregate>(
             metadata::IDEMPOTENCY_KEY.to_owned(),
             claim.key.as_str().into(),
         );
+    }
+    if let Some(traceparent) = traceparent {
+        metadata.insert(metadata::TRACEPARENT.to_owned(), traceparent.into());
     }
     let metadata = serde_json::Value::Object(metadata).to_string();
     let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(error.to_string());

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::ledger::{self, Answer, ChargeRequest, LedgerError, MAX_AMOUNT_CENTS};
 
@@ -63,9 +64,36 @@ pub(crate) fn router(state: State) -> axum::Router {
         .route("/charges/{key}/refund", post(refund))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route_layer(axum::middleware::from_fn(traced))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Middleware: each request in a span, a child of the caller's
+/// `traceparent` when it sends one.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let name = format!("{} {route}", request.method());
+    let span = if matches!(route.as_str(), "/healthz" | "/readyz") {
+        // Probes are not traced.
+        tracing::info_span!(target: platform::telemetry::PROBE_TARGET, "gateway request")
+    } else {
+        tracing::info_span!(
+            "gateway request",
+            otel.name = name,
+            otel.kind = "server",
+            http.response.status_code = tracing::field::Empty,
+        )
+    };
+    let caller = request.headers().get(platform::trace::TRACEPARENT);
+    platform::trace::follow_header(&span, caller.map(|value| value.as_bytes()));
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,7 +160,9 @@ async fn charge(
         payment_method: body.payment_method,
     };
     let Some(charged) = state
-        .unless_stopping(ledger::charge(&state.pool, &request))
+        .unless_stopping(
+            ledger::charge(&state.pool, &request).instrument(tracing::info_span!("ledger charge")),
+        )
         .await
     else {
         return stopping();
@@ -220,7 +250,9 @@ async fn refund(
         );
     }
     let Some(refunded) = state
-        .unless_stopping(ledger::refund(&state.pool, &key))
+        .unless_stopping(
+            ledger::refund(&state.pool, &key).instrument(tracing::info_span!("ledger refund")),
+        )
         .await
     else {
         return stopping();

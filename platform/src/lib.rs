@@ -11,3 +11,4 @@ pub mod postgres;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
+pub mod trace;

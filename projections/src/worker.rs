@@ -21,6 +21,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::model::{ApplyError, ReadModel, fold_all};
 
@@ -215,6 +216,24 @@ async fn apply_batch<M: ReadModel>(
     dead_letters: &str,
     batch: &[BorrowedMessage<'_>],
 ) -> anyhow::Result<usize> {
+    let span = event_contract::trace::batch_span(batch, M::NAME);
+    apply_batch_in::<M>(pool, producer, dead_letters, batch)
+        .instrument(span)
+        .await
+}
+
+async fn apply_batch_in<M: ReadModel>(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    dead_letters: &str,
+    batch: &[BorrowedMessage<'_>],
+) -> anyhow::Result<usize> {
+    // Each message's span, in its own trace, lasts until the batch is
+    // applied.
+    let _spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|message| event_contract::trace::consume_span(message, M::NAME))
+        .collect();
     let decoded: Vec<Result<Envelope, ApplyError>> = batch.iter().map(decode).collect();
     let envelopes: Vec<(usize, &Envelope)> = decoded
         .iter()

@@ -41,9 +41,12 @@ pub fn producer(brokers: &str, linger: Duration) -> anyhow::Result<FutureProduce
     Ok(config.create()?)
 }
 
-/// Records handed to the producer, not yet known to be acknowledged.
+/// Records handed to the producer, not yet known to be acknowledged, each
+/// with its publish span (open until the broker answers).
 pub struct InFlight {
-    deliveries: Vec<(uuid::Uuid, DeliveryFuture)>,
+    deliveries: Vec<(uuid::Uuid, DeliveryFuture, tracing::Span)>,
+    /// The batch's span, linked to the trace of each event in it.
+    batch: tracing::Span,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -57,12 +60,18 @@ impl std::fmt::Debug for InFlight {
 /// Hands every event of the batch to the producer, in order, without waiting
 /// for the broker. Records with one key go to one partition in the order they
 /// are handed over, and the idempotent producer never reorders them.
+///
+/// An event written in a trace (its metadata holds the append's context) is
+/// published in a span of that trace, which its message's `traceparent`
+/// names; the batch's own span links those traces.
 pub async fn enqueue(
     producer: &FutureProducer,
     topics: &Topics,
     events: &[RawEvent],
 ) -> Result<InFlight, PublishError> {
+    let batch = tracing::info_span!(parent: None, "publish batch", events = events.len());
     let mut deliveries = Vec::with_capacity(events.len());
+    let mut parents = Vec::with_capacity(events.len());
     for event in events {
         let Some(topic) = topics.topic_of(&event.aggregate_type) else {
             continue;
@@ -71,10 +80,14 @@ pub async fn enqueue(
             event_id: event.event_id,
             error,
         })?;
+        let parent = event_contract::trace::stored(&event.metadata);
+        let span = publish_span(event, topic, parent.as_deref());
+        parents.extend(parent);
+        let traceparent = platform::trace::traceparent(&span);
         let mut record = FutureRecord::to(topic)
             .key(&event.aggregate_id)
             .payload(&value)
-            .headers(event_contract::headers(event));
+            .headers(event_contract::headers(event, traceparent.as_deref()));
         // The local queue may be full; give the broker a moment, then retry.
         let delivery = loop {
             match producer.send_result(record) {
@@ -91,15 +104,44 @@ pub async fn enqueue(
                 }
             }
         };
-        deliveries.push((event.event_id, delivery));
+        deliveries.push((event.event_id, delivery, span));
     }
-    Ok(InFlight { deliveries })
+    platform::trace::link_all(&batch, parents.iter().map(String::as_str));
+    Ok(InFlight { deliveries, batch })
+}
+
+/// The span an event is published in: a child of the append that wrote it,
+/// or none when it was written outside a trace.
+fn publish_span(event: &RawEvent, topic: &str, parent: Option<&str>) -> tracing::Span {
+    let Some(parent) = parent else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        otel.name = format!("publish {}", event.event_type),
+        otel.kind = "producer",
+        event_type = %event.event_type,
+        aggregate_id = %event.aggregate_id,
+        global_position = event.global_position,
+        messaging.destination.name = topic,
+    );
+    platform::trace::follow(&span, Some(parent));
+    span
 }
 
 impl InFlight {
     /// Waits for the broker; fails with the first record it did not take.
     pub async fn acknowledged(self) -> Result<(), PublishError> {
-        let (ids, futures): (Vec<_>, Vec<_>) = self.deliveries.into_iter().unzip();
+        let _batch = self.batch;
+        let mut ids = Vec::with_capacity(self.deliveries.len());
+        let mut futures = Vec::with_capacity(self.deliveries.len());
+        let mut spans = Vec::with_capacity(self.deliveries.len());
+        for (event_id, delivery, span) in self.deliveries {
+            ids.push(event_id);
+            futures.push(delivery);
+            spans.push(span);
+        }
         for (event_id, outcome) in ids.into_iter().zip(join_all(futures).await) {
             match outcome {
                 Ok(Ok(_)) => {}

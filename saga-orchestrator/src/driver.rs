@@ -30,6 +30,7 @@ use event_store::{
     CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey, Settled,
 };
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer};
 use crate::saga::{Action, OrderSaga, Outcome};
@@ -267,8 +268,10 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     .map(|saved| lease_after(&saved))?);
             };
             let mut outcomes = if actions.len() == 1 {
+                let span = saga.step_span(&first);
                 let Some(outcome) = self
                     .execute(&mut saga, &mut version, &mut last_save, &first)
+                    .instrument(span)
                     .await?
                 else {
                     // Someone else saved the saga meanwhile: start over from it.
@@ -279,11 +282,10 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             } else {
                 // Every line's reservation, or every line's commit: commands
                 // on products of their own, side by side.
-                let done = futures::future::join_all(
-                    actions
-                        .iter()
-                        .map(|action| self.bounded_command(&saga, action)),
-                )
+                let done = futures::future::join_all(actions.iter().map(|action| {
+                    self.bounded_command(&saga, action)
+                        .instrument(saga.step_span(action))
+                }))
                 .await;
                 actions.into_iter().zip(done).collect::<Vec<_>>()
             };

@@ -26,6 +26,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::driver::{Driver, Policy};
 use crate::gateway::PaymentGateway;
@@ -160,7 +161,9 @@ pub async fn run<G: PaymentGateway + Clone>(
                         Some(Err(_)) | None => break,
                     }
                 }
-                let taken = take_in_batch(&pool, &sagas, &producer, &dead_letters, &batch, &mut shutdown).await;
+                let taken = take_in_batch(&pool, &sagas, &producer, &dead_letters, &batch, &mut shutdown)
+                    .instrument(event_contract::trace::batch_span(&batch, "saga"))
+                    .await;
                 match taken {
                     Taken::Done => {
                         // Stored, the offsets go to Kafka with the next
@@ -359,11 +362,19 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     let mut placed = Vec::new();
     let mut first_events = std::collections::HashMap::new();
     let mut cancelled = Vec::new();
+    // Each placement's span, in the order's trace, lasts until its saga is
+    // stored; the saga's steps continue that trace.
+    let mut intake = Vec::new();
     for message in batch {
         match decode(message) {
             Ok((envelope, OrderEvent::OrderPlaced(event))) => {
                 let correlation = envelope.correlation_id().unwrap_or_default();
-                placed.push(OrderSaga::start(&event, correlation, envelope.recorded_at));
+                let span = event_contract::trace::consume_span(message, "saga");
+                placed.push(
+                    OrderSaga::start(&event, correlation, envelope.recorded_at)
+                        .in_trace(platform::trace::traceparent(&span)),
+                );
+                intake.push(span);
                 if envelope.sequence == 1 {
                     first_events.insert(envelope.aggregate_id.clone(), event);
                 }
@@ -399,6 +410,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     else {
         return Taken::Interrupted;
     };
+    drop(intake);
     let new: HashSet<String> = new.into_iter().collect();
     // A redelivered placement stored nothing: its saga is driven already.
     for saga in placed

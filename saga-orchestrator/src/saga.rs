@@ -266,6 +266,11 @@ pub struct OrderSaga {
     /// time sagas take; absent in sagas stored before it was kept.
     #[serde(default)]
     pub placed_at: Option<DateTime<Utc>>,
+    /// The trace context the saga's steps continue (a W3C `traceparent`:
+    /// the span that took the order in), so that every step, after any
+    /// restart, is part of the order's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl OrderSaga {
@@ -288,7 +293,30 @@ impl OrderSaga {
             steps: Vec::new(),
             updated_at: at,
             placed_at: Some(at),
+            trace: None,
         }
+    }
+
+    /// The saga with its steps in the trace `traceparent` names.
+    pub fn in_trace(mut self, traceparent: Option<String>) -> Self {
+        self.trace = traceparent;
+        self
+    }
+
+    /// A span for one step of the saga, in the order's trace: its commands,
+    /// their appends and the gateway's calls are its children.
+    pub fn step_span(&self, action: &Action) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "saga step",
+            otel.name = format!("saga {}", action.name()),
+            order_id = %self.order_id,
+            step = %action.name(),
+            compensation = action.is_compensation(),
+            attempts = self.attempts,
+        );
+        platform::trace::follow(&span, self.trace.as_deref());
+        span
     }
 
     /// What to do next; `None` once the saga is over.

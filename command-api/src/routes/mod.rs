@@ -172,6 +172,11 @@ pub struct CommandHeaderParams {
     /// kept, anything else is replaced by a new id. Echoed on every response.
     #[param(rename = "X-Request-Id", value_type = String, required = false)]
     request_id: Option<String>,
+    /// W3C trace context: the request, its events and every step they set
+    /// off join the caller's trace. A value that is not a valid
+    /// `traceparent` is ignored (a new trace starts).
+    #[param(rename = "traceparent", value_type = String, required = false)]
+    traceparent: Option<String>,
 }
 
 /// The path of a product route.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer, Unavailable};
 
@@ -113,11 +114,6 @@ impl HttpGateway {
             ));
         }
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
-        let request = self.client.post(url);
-        let request = match body {
-            Some(body) => request.json(body),
-            None => request,
-        };
         let operation = if body.is_some() {
             "charge"
         } else if path.ends_with("/refund") {
@@ -125,19 +121,41 @@ impl HttpGateway {
         } else {
             "other"
         };
-        let started = std::time::Instant::now();
-        let (result, health) = match request.send().await {
-            Err(error) if error.is_timeout() => {
-                (Err(Unavailable(with_causes(&error))), Health::Unknown)
-            }
-            Err(error) => (Err(Unavailable(with_causes(&error))), Health::Failing),
-            Ok(response) => read(response, invalid_is_decline).await,
+        // The call is a span of the step's trace, and the gateway's own
+        // spans are its children.
+        let span = tracing::info_span!(
+            "payment gateway call",
+            otel.name = format!("payment gateway {operation}"),
+            otel.kind = "client",
+            http.request.method = "POST",
+            outcome = tracing::field::Empty,
+        );
+        let mut request = self.client.post(url);
+        if let Some(traceparent) = platform::trace::traceparent(&span) {
+            request = request.header(platform::trace::TRACEPARENT, traceparent);
+        }
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
         };
+        let started = std::time::Instant::now();
+        let (result, health) = async {
+            match request.send().await {
+                Err(error) if error.is_timeout() => {
+                    (Err(Unavailable(with_causes(&error))), Health::Unknown)
+                }
+                Err(error) => (Err(Unavailable(with_causes(&error))), Health::Failing),
+                Ok(response) => read(response, invalid_is_decline).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
         let outcome = match health {
             Health::Answering => "answered",
             Health::Failing => "failed",
             Health::Unknown => "timed_out",
         };
+        span.record("outcome", outcome);
         metrics::histogram!("payment_gateway_request_seconds", "operation" => operation, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
         match health {
