@@ -254,6 +254,9 @@ async fn prometheus_scrapes_the_platform_and_promql_finds_what_operators_watch()
         format!("relay_lag_events{{run=\"{run}\"}}"),
         // Each read model's distance from the relay.
         format!("projection_lag_events{{run=\"{run}\"}}"),
+        // Each consumer's, the saga's too, by partition.
+        format!("consumer_lag_messages{{run=\"{run}\", consumer=\"saga\"}}"),
+        format!("consumer_lag_messages{{run=\"{run}\", consumer=\"orders\"}}"),
         // Sagas by state: the confirmed one is counted.
         format!("sagas_ended_total{{run=\"{run}\", state=\"CONFIRMED\"}} >= 1"),
         format!("sagas{{run=\"{run}\"}}"),

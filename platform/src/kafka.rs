@@ -313,6 +313,90 @@ pub async fn close(consumer: impl Into<Arc<StreamConsumer>>) -> bool {
 
 /// [`create_topics`], waiting for the brokers (with a warning per try) until
 /// they answer. Returns `false` if `shutdown` completed first.
+/// The `consumer_lag_messages` gauge of a consumer, by topic and partition:
+/// messages in its assigned partitions not yet consumed, measured every few
+/// seconds; `total` is told their sum.
+pub struct LagGauge {
+    consumer: &'static str,
+    total: Arc<dyn Fn(i64) + Send + Sync>,
+    last: Option<Instant>,
+    /// The measurement under way: it holds the consumer until it ends.
+    measuring: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LagGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LagGauge")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LagGauge {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    pub fn new(consumer: &'static str, total: impl Fn(i64) + Send + Sync + 'static) -> Self {
+        Self {
+            consumer,
+            total: Arc::new(total),
+            last: None,
+            measuring: None,
+        }
+    }
+
+    /// Waits for the measurement under way, so the consumer it holds can be
+    /// closed by its owner ([`close`]), not dropped by it.
+    pub async fn finish(&mut self) {
+        if let Some(measuring) = self.measuring.take() {
+            let _ = measuring.await;
+        }
+    }
+
+    /// Measures again if the last measurement is old enough and done.
+    pub fn update(&mut self, consumer: &Arc<StreamConsumer>) {
+        let busy = self
+            .measuring
+            .as_ref()
+            .is_some_and(|task| !task.is_finished());
+        if busy || self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let (consumer, name, total) =
+            (Arc::clone(consumer), self.consumer, Arc::clone(&self.total));
+        // Watermark queries block; keep them off the async workers.
+        self.measuring = Some(tokio::task::spawn_blocking(move || {
+            let Ok(positions) = consumer.position() else {
+                return;
+            };
+            let mut lag = 0i64;
+            for element in positions.elements() {
+                let Ok((_, high)) = consumer.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_secs(1),
+                ) else {
+                    return;
+                };
+                let position = match element.offset() {
+                    rdkafka::Offset::Offset(offset) => offset,
+                    _ => 0,
+                };
+                let behind = (high - position).max(0);
+                metrics::gauge!(
+                    "consumer_lag_messages",
+                    "consumer" => name,
+                    "topic" => element.topic().to_owned(),
+                    "partition" => element.partition().to_string()
+                )
+                .set(behind as f64);
+                lag += behind;
+            }
+            total(lag);
+        }));
+    }
+}
+
 pub async fn create_topics_when_up(
     brokers: &str,
     names: &[String],

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use event_contract::{Envelope, Topics};
 use futures::FutureExt;
-use platform::kafka::{GroupMember, Membership};
+use platform::kafka::{GroupMember, LagGauge, Membership};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
@@ -113,7 +113,10 @@ pub async fn run<M: ReadModel>(
         platform::kafka::client_config(&config.brokers, "orders-dead-letters")
             .set("enable.idempotence", "true")
             .create()?;
-    let mut lag = LagGauge::new(M::NAME);
+    // Per partition (`consumer_lag_messages`), and in all for the projection.
+    let mut lag = LagGauge::new(M::NAME, |total| {
+        metrics::gauge!("projection_lag_events", "projection" => M::NAME).set(total as f64);
+    });
     tracing::info!(projection = M::NAME, %topic, "projection worker started");
     loop {
         let first = tokio::select! {
@@ -390,76 +393,4 @@ fn next_offsets(batch: &[BorrowedMessage<'_>]) -> anyhow::Result<TopicPartitionL
         list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     Ok(list)
-}
-
-/// The `projection_lag_events` gauge: messages in the assigned partitions not
-/// yet consumed, measured every few seconds.
-struct LagGauge {
-    projection: &'static str,
-    last: Option<Instant>,
-    /// The measurement under way: it holds the consumer until it ends.
-    measuring: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl LagGauge {
-    const EVERY: Duration = Duration::from_secs(5);
-
-    fn new(projection: &'static str) -> Self {
-        Self {
-            projection,
-            last: None,
-            measuring: None,
-        }
-    }
-
-    /// Waits for the measurement under way, so the consumer it holds can be
-    /// closed by its owner (`platform::kafka::close`), not dropped by it.
-    async fn finish(&mut self) {
-        if let Some(measuring) = self.measuring.take() {
-            let _ = measuring.await;
-        }
-    }
-
-    fn update(&mut self, consumer: &Arc<StreamConsumer>) {
-        let busy = self
-            .measuring
-            .as_ref()
-            .is_some_and(|task| !task.is_finished());
-        if busy || self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let consumer = Arc::clone(consumer);
-        let projection = self.projection;
-        // Watermark queries block; keep them off the async workers.
-        self.measuring = Some(tokio::task::spawn_blocking(move || {
-            let Ok(positions) = consumer.position() else {
-                return;
-            };
-            let mut lag = 0i64;
-            for element in positions.elements() {
-                let Ok((_, high)) = consumer.fetch_watermarks(
-                    element.topic(),
-                    element.partition(),
-                    Duration::from_secs(1),
-                ) else {
-                    return;
-                };
-                let position = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => 0,
-                };
-                let behind = (high - position).max(0);
-                metrics::gauge!(
-                    "consumer_lag_messages",
-                    "consumer" => projection,
-                    "topic" => element.topic().to_owned(),
-                    "partition" => element.partition().to_string()
-                )
-                .set(behind as f64);
-                lag += behind;
-            }
-            metrics::gauge!("projection_lag_events", "projection" => projection).set(lag as f64);
-        }));
-    }
 }

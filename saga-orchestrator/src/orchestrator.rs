@@ -114,7 +114,8 @@ pub async fn run<G: PaymentGateway + Clone>(
         &config.membership,
     )
     .eager();
-    let mut consumer = member.consumer()?;
+    let mut consumer = Arc::new(member.consumer()?);
+    let mut lag = platform::kafka::LagGauge::new("saga", |_| {});
     let producer: FutureProducer =
         platform::kafka::client_config(&config.brokers, "orders-saga-dead-letters")
             .set("enable.idempotence", "true")
@@ -146,8 +147,9 @@ pub async fn run<G: PaymentGateway + Clone>(
                             () = &mut shutdown => break,
                             () = tokio::time::sleep(delay) => {}
                         }
+                        lag.finish().await;
                         platform::kafka::close(consumer).await;
-                        consumer = member.consumer()?;
+                        consumer = Arc::new(member.consumer()?);
                         continue;
                     }
                 };
@@ -175,6 +177,7 @@ pub async fn run<G: PaymentGateway + Clone>(
                                 tracing::debug!(%error, "cannot store an offset; it will be redelivered");
                             }
                         }
+                        lag.update(&consumer);
                     }
                     // Shutting down before the events were stored: their
                     // offsets stay, and the next member of the group takes
@@ -200,6 +203,7 @@ pub async fn run<G: PaymentGateway + Clone>(
             }
         }
     }
+    lag.finish().await;
     platform::kafka::close(consumer).await;
     Ok(())
 }
