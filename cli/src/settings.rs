@@ -148,6 +148,11 @@ pub struct Settings {
     /// Seconds a subscription connection has to send `connection_init` with
     /// a valid token.
     pub ws_init_timeout_secs: u64,
+    /// Milliseconds a query with `afterPosition` waits at most for the read
+    /// models to apply it.
+    pub graphql_after_position_wait_ms: u64,
+    /// Queries waiting for `afterPosition` at once (more are refused at once).
+    pub graphql_after_position_waiters: usize,
 }
 
 impl Settings {
@@ -230,6 +235,8 @@ impl Settings {
             .set_default("ws_max_subscriptions", 20)?
             .set_default("ws_idle_timeout_secs", 120)?
             .set_default("ws_init_timeout_secs", 10)?
+            .set_default("graphql_after_position_wait_ms", 5_000)?
+            .set_default("graphql_after_position_waiters", 1_000)?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -250,6 +257,11 @@ impl Settings {
         if !self.otlp_endpoint.trim().is_empty() {
             platform::telemetry::traces_url(&self.otlp_endpoint)?;
         }
+        let wait = self.graphql_after_position_wait_ms;
+        anyhow::ensure!(
+            (1..=60_000).contains(&wait),
+            "graphql_after_position_wait_ms is {wait}: between 1 and 60000"
+        );
         let ratio = self.trace_sample_ratio;
         anyhow::ensure!(
             (0.0..=1.0).contains(&ratio),
@@ -360,6 +372,8 @@ impl Settings {
             ws_subscriptions: self.ws_max_subscriptions,
             ws_idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs.max(1)),
             ws_init_timeout: Duration::from_secs(self.ws_init_timeout_secs.max(1)),
+            after_position_wait: Duration::from_millis(self.graphql_after_position_wait_ms),
+            after_position_waiters: self.graphql_after_position_waiters,
         }
     }
 

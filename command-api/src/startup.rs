@@ -170,14 +170,24 @@ fn complete(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
          open it in the tracing backend"
             .into(),
     );
+    let mut position = Header::new(crate::routes::schema::position());
+    position.description = Some(
+        "Where the command left its resource (the body's `position`): GraphQL's `afterPosition`"
+            .into(),
+    );
     let mut etag = Header::new(crate::routes::schema::etag());
     etag.description = Some("The resource's version, quoted".into());
     for item in openapi.paths.paths.values_mut() {
         for operation in item.post.iter_mut() {
-            for response in operation.responses.responses.values_mut() {
+            for (status, response) in operation.responses.responses.iter_mut() {
                 let RefOr::T(response) = response else {
                     continue;
                 };
+                if status.starts_with('2') {
+                    response
+                        .headers
+                        .insert("X-Event-Position".into(), RefOr::T(position.clone()));
+                }
                 if response.headers.contains_key("ETag") {
                     response
                         .headers

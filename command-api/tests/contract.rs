@@ -24,7 +24,10 @@ async fn creating_a_product_answers_201_with_its_version_and_etag() {
         .await;
 
     assert_eq!(answer.status, StatusCode::CREATED);
-    assert_eq!(answer.body, json!({"sku": "MUG-01", "version": 1}));
+    assert_eq!(
+        answer.body_at("Product", "MUG-01", 1),
+        json!({"sku": "MUG-01", "version": 1})
+    );
     assert_eq!(answer.etag().as_deref(), Some("\"1\""));
     assert!(answer.headers.contains_key("x-request-id"));
 }
@@ -39,7 +42,10 @@ async fn adding_stock_answers_202_with_the_new_version() {
         .await;
 
     assert_eq!(answer.status, StatusCode::ACCEPTED);
-    assert_eq!(answer.body, json!({"sku": "MUG", "version": 2}));
+    assert_eq!(
+        answer.body_at("Product", "MUG", 2),
+        json!({"sku": "MUG", "version": 2})
+    );
     assert_eq!(answer.etag().as_deref(), Some("\"2\""));
 }
 
@@ -94,7 +100,10 @@ async fn cancelling_an_order_answers_202_with_the_new_version() {
         .await;
 
     assert_eq!(answer.status, StatusCode::ACCEPTED);
-    assert_eq!(answer.body, json!({"order_id": order_id, "version": 2}));
+    assert_eq!(
+        answer.body_at("Order", &order_id, 2),
+        json!({"order_id": order_id, "version": 2})
+    );
 }
 
 // --- 400 and 415 ---------------------------------------------------------------

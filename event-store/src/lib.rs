@@ -6,6 +6,8 @@
 //!   conflict, idempotency keys and correlation metadata.
 //! - [`batch::AppendBatcher`]: group commit of concurrent commands.
 //! - [`Catalog`]: product prices for new orders.
+//! - [`Position`]: where a command left its aggregate, handed to clients
+//!   to read their own writes.
 //! - [`GlobalReader`]: every event in one gap-free commit order, for the relay
 //!   and for replays; [`reader::streams`]: aggregates' histories.
 //! - [`migrate`]: the schema, applied by `orders migrate` and by tests.
@@ -18,6 +20,7 @@ pub mod batch;
 pub mod catalog;
 pub mod dispatch;
 pub mod idempotency;
+pub mod position;
 pub mod reader;
 pub mod repository;
 mod streams;
@@ -32,6 +35,7 @@ pub use catalog::Catalog;
 pub use dispatch::{
     CommandBus, CommandContext, CommandError, Expect, Outcome, Settled, StoreError,
 };
+pub use position::Position;
 pub use reader::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
 pub use repository::{AppendError, IdempotencyClaim, IdempotencyKey, NewEvent, PgEventRepository};
 

@@ -128,6 +128,52 @@ pub async fn streams<J: Json>(
         .collect()
 }
 
+const READ_STREAM_UNTIL: &str = "
+SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload::text AS payload, metadata::text AS metadata, global_position,
+       transaction_id::text::bigint AS transaction_id, recorded_at
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+   AND ($3::bigint IS NULL OR sequence <= $3)
+   AND ($4::timestamptz IS NULL OR recorded_at <= $4)
+ ORDER BY sequence
+ LIMIT $5";
+
+/// How far into an aggregate's history [`stream_until`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Up to and including this sequence.
+    Sequence(i64),
+    /// The events recorded at or before this instant.
+    Recorded(chrono::DateTime<chrono::Utc>),
+}
+
+/// The first events of one aggregate, oldest first, up to `until`, and at
+/// most `limit` of them.
+pub async fn stream_until<J: Json>(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    until: Until,
+    limit: i64,
+) -> Result<Vec<RecordedEvent<J>>, sqlx::Error> {
+    let (sequence, at) = match until {
+        Until::Sequence(sequence) => (Some(sequence), None),
+        Until::Recorded(at) => (None, Some(at)),
+    };
+    sqlx::query(READ_STREAM_UNTIL)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .bind(at)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(recorded_event)
+        .collect()
+}
+
 /// Which events a read returns, besides being after the checkpoint.
 #[derive(Debug, Clone, Default)]
 pub struct ReadFilter {

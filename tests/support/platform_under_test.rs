@@ -108,6 +108,15 @@ impl TestPlatform {
         .await
     }
 
+    /// The API alone, with `extra` settings: commands are stored, and
+    /// nothing reaches the read side.
+    pub async fn start_api_only(extra: &[(&str, String)]) -> Self {
+        let (database, pool) = migrated().await;
+        let topics = TestTopics::new();
+        let settings = settings(&database, &topics, extra);
+        Self::start_roles(database, pool, topics, &settings, &[Role::Api]).await
+    }
+
     /// Every role, the saga with `policy` included, and the payment gateway
     /// service (with a database of its own) that the test can inspect.
     pub async fn start_with_saga(policy: Policy) -> (Self, TestGateway) {

@@ -21,23 +21,35 @@ use crate::problem::{ApiError, FieldError, Problem};
 use crate::startup::AppState;
 
 /// A command's success: the status, the resource's new version as `ETag`,
-/// and the body. Replays of an idempotent request say so in a header.
+/// the position of its last event as `X-Event-Position` (the body repeats
+/// it), and the body. Replays of an idempotent request say so in a header.
 #[derive(Debug)]
 pub struct Accepted<T> {
     status: StatusCode,
     version: u64,
+    position: String,
     replayed: bool,
     body: T,
 }
+
+/// The header naming the position of a command's last event.
+pub const POSITION_HEADER: &str = "x-event-position";
 
 /// Header set on answers that repeat an earlier request's outcome.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 impl<T: Serialize> Accepted<T> {
-    pub fn new(status: StatusCode, outcome: &event_store::Outcome, body: T) -> Self {
+    /// `position` is what the body says too (see [`position_of`]).
+    pub fn new(
+        status: StatusCode,
+        outcome: &event_store::Outcome,
+        position: String,
+        body: T,
+    ) -> Self {
         Self {
             status,
             version: outcome.version,
+            position,
             replayed: outcome.replayed,
             body,
         }
@@ -51,11 +63,19 @@ impl<T: Serialize> IntoResponse for Accepted<T> {
         if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", self.version)) {
             headers.insert(header::ETAG, etag);
         }
+        if let Ok(position) = HeaderValue::from_str(&self.position) {
+            headers.insert(POSITION_HEADER, position);
+        }
         if self.replayed {
             headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
         }
         response
     }
+}
+
+/// The position of the last event of a command on an `A`, as clients get it.
+pub fn position_of<A: cqrs_es::Aggregate>(outcome: &event_store::Outcome) -> String {
+    event_store::Position::of(A::TYPE, outcome).to_string()
 }
 
 impl AppState {

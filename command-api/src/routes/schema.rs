@@ -188,6 +188,17 @@ pub fn retry_after() -> Object {
         .build()
 }
 
+pub fn position() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[A-Za-z0-9_-]{1,800}$"))
+        .description(Some(
+            "Where the command left its resource: pass it as GraphQL's `afterPosition` to read \
+             a view that includes it. Opaque; also in the X-Event-Position header.",
+        ))
+        .build()
+}
+
 pub fn etag() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)

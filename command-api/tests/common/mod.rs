@@ -67,6 +67,29 @@ impl Answer {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     }
+
+    /// The body without its `position`, after checking that the position is
+    /// the header's and names the command's aggregate at `version`.
+    pub fn body_at(&self, aggregate_type: &str, aggregate_id: &str, version: u64) -> Value {
+        let header = self
+            .headers
+            .get("x-event-position")
+            .and_then(|v| v.to_str().ok())
+            .expect("a command's answer names its position");
+        assert_eq!(self.body["position"], header, "the body repeats the header");
+        let position: event_store::Position = header.parse().unwrap();
+        assert_eq!(
+            position,
+            event_store::Position {
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: aggregate_id.into(),
+                sequence: version,
+            }
+        );
+        let mut body = self.body.clone();
+        body.as_object_mut().unwrap().remove("position");
+        body
+    }
 }
 
 impl TestApi {

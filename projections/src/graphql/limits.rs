@@ -38,6 +38,10 @@ pub struct GraphqlLimits {
     /// A connection not signed in (`connection_init` with a valid token)
     /// this long after the upgrade is closed, pings or not.
     pub ws_init_timeout: Duration,
+    /// The longest a query with `afterPosition` waits for the read models.
+    pub after_position_wait: Duration,
+    /// Queries waiting for `afterPosition` at once; more are refused.
+    pub after_position_waiters: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -53,6 +57,8 @@ impl Default for GraphqlLimits {
             ws_subscriptions: 20,
             ws_idle_timeout: Duration::from_secs(120),
             ws_init_timeout: Duration::from_secs(10),
+            after_position_wait: Duration::from_secs(5),
+            after_position_waiters: 1_000,
         }
     }
 }

@@ -68,7 +68,7 @@ impl Loader<Uuid> for OrderLoader {
         rows.iter()
             .map(|row| {
                 let order = order_row(row)?;
-                Ok((order.order_id, Order(order)))
+                Ok((order.order_id, Order::live(order)))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Arc::new)

@@ -4,6 +4,7 @@
 //! depth, complexity, size, batch, alias and connection limits.
 
 pub mod access;
+pub mod consistency;
 pub mod http;
 pub mod limits;
 pub mod loaders;
@@ -72,6 +73,7 @@ pub fn schema(pool: PgPool, updates: Updates, limits: GraphqlLimits) -> OrdersSc
             SagaLoader { pool: pool.clone() },
             tokio::spawn,
         ))
+        .data(consistency::Waits::new(&limits))
         .data(pool)
         .data(updates)
         .finish()

@@ -10,9 +10,13 @@ use uuid::Uuid;
 
 use super::MAX_PAGE;
 use super::access::order_reader;
+use super::consistency::{self, AsOf, Model};
 use super::loaders::{OrderLoader, ProductLoader};
-use super::types::{Order, OrderStatus, Product};
+use super::types::{Order, OrderStatus, Product, View};
+use crate::model::customer_orders::CustomerOrders;
+use crate::model::orders::OrderSummary;
 use crate::model::orders::{COLUMNS as ORDER_COLUMNS, order_row};
+use crate::model::products::ProductStock;
 use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
 
 /// Where a page of orders stops: newest first, ties broken by id.
@@ -31,11 +35,38 @@ pub struct Query;
 impl Query {
     /// One order by id; `null` if the read side does not know it (yet), or
     /// if it is another customer's (scope `orders`; `admin` sees every order).
-    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>> {
+    ///
+    /// `afterPosition` (a command's `position`) waits until the read side
+    /// has applied that command, at most a few seconds; `asOf` gives the
+    /// order as it was at a version or an instant instead, folded from its
+    /// events (`null` before it was placed).
+    async fn order(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        after_position: Option<String>,
+        as_of: Option<AsOf>,
+    ) -> Result<Option<Order>> {
         let caller = order_reader(ctx)?;
         let Ok(id) = Uuid::parse_str(&id) else {
             return Ok(None);
         };
+        if let Some(as_of) = as_of {
+            if after_position.is_some() {
+                return Err(Error::new(
+                    "asOf reads the event store: afterPosition has no use with it",
+                ));
+            }
+            let pool = ctx.data::<PgPool>()?;
+            let past = consistency::as_of::<OrderSummary>(pool, &id.to_string(), &as_of).await?;
+            return Ok(past
+                .filter(|row| caller.may_see(&row.customer_id))
+                .map(|row| Order(row, View::AsOf)));
+        }
+        if let Some(position) = after_position {
+            consistency::after_position(ctx, &position, caller, &[Model::of::<OrderSummary>()])
+                .await?;
+        }
         let order = ctx.data::<DataLoader<OrderLoader>>()?.load_one(id).await?;
         Ok(order.filter(|order| caller.may_see(&order.0.customer_id)))
     }
@@ -51,9 +82,20 @@ impl Query {
         status: Option<OrderStatus>,
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
+        after_position: Option<String>,
     ) -> Result<OrderConnection> {
         let caller = order_reader(ctx)?;
         let limit = page_size(first)?;
+        if let Some(position) = after_position {
+            // A customer's list reads both models; the whole list, one.
+            let models = [Model::of::<CustomerOrders>(), Model::of::<OrderSummary>()];
+            let models = if customer_id.is_some() || !caller.is_admin() {
+                &models[..]
+            } else {
+                &models[1..]
+            };
+            consistency::after_position(ctx, &position, caller, models).await?;
+        }
         let after = decode_cursor::<OrderCursor>(after)?;
         let customer_id = match customer_id {
             _ if caller.is_admin() => customer_id,
@@ -107,7 +149,7 @@ impl Query {
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|row| order_row(row).map(Order))
+            .map(|row| order_row(row).map(Order::live))
             .collect::<Result<_, _>>()?,
         };
         let has_next = orders.len() as i64 > limit;
@@ -127,8 +169,21 @@ impl Query {
     }
 
     /// One product by SKU. Lookups of one request are batched into one
-    /// statement, however many aliases ask.
-    async fn product(&self, ctx: &Context<'_>, sku: String) -> Result<Option<Product>> {
+    /// statement, however many aliases ask. `asOf` gives the product as it
+    /// was at a version or an instant instead, folded from its events
+    /// (`null` before it was created).
+    async fn product(
+        &self,
+        ctx: &Context<'_>,
+        sku: String,
+        as_of: Option<AsOf>,
+    ) -> Result<Option<Product>> {
+        if let Some(as_of) = as_of {
+            let pool = ctx.data::<PgPool>()?;
+            return Ok(consistency::as_of::<ProductStock>(pool, &sku, &as_of)
+                .await?
+                .map(Product));
+        }
         Ok(ctx
             .data::<DataLoader<ProductLoader>>()?
             .load_one(sku)
@@ -211,5 +266,5 @@ pub(crate) async fn load_order(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<O
     row.as_ref()
         .map(order_row)
         .transpose()
-        .map(|o| o.map(Order))
+        .map(|o| o.map(Order::live))
 }

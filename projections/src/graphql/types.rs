@@ -34,9 +34,24 @@ impl OrderStatus {
     }
 }
 
-/// An order as the read side knows it.
+/// An order as the read side knows it, or as it was (`asOf`).
 #[derive(Debug, Clone)]
-pub struct Order(pub OrderRow);
+pub struct Order(pub OrderRow, pub View);
+
+/// Whether an order is the read model's row or a view of its past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Live,
+    /// Folded from the events up to the row's version: its history stops
+    /// there too.
+    AsOf,
+}
+
+impl Order {
+    pub fn live(row: OrderRow) -> Self {
+        Self(row, View::Live)
+    }
+}
 
 #[Object]
 impl Order {
@@ -91,13 +106,18 @@ impl Order {
         self.0.cancellation_reason.as_deref()
     }
 
-    /// The order's own events from the event store, oldest first.
+    /// The order's own events from the event store, oldest first (for an
+    /// `asOf` view, up to its version).
     async fn history(&self, ctx: &Context<'_>) -> Result<Vec<EventRecord>> {
         let loader = ctx.data::<DataLoader<HistoryLoader>>()?;
-        Ok(loader
+        let mut history = loader
             .load_one(self.0.order_id.to_string())
             .await?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if self.1 == View::AsOf {
+            history.retain(|event| event.sequence <= self.0.version);
+        }
+        Ok(history)
     }
 
     /// The orchestrator's view of this order: where its saga stands and each
@@ -185,6 +205,12 @@ impl Product {
     /// `onHand - reserved`, never negative.
     async fn available(&self) -> i64 {
         self.0.available()
+    }
+
+    /// The product's version: what `ETag` and `If-Match` carry on the REST
+    /// side.
+    async fn version(&self) -> i64 {
+        self.0.version
     }
 }
 

@@ -13,7 +13,8 @@ use crate::auth::Ordering;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
 use crate::routes::{
-    Accepted, CommandHeaderParams, CommandProblems, OrderPath, Validation, command_failed, schema,
+    Accepted, CommandHeaderParams, CommandProblems, OrderPath, Validation, command_failed,
+    position_of, schema,
 };
 use crate::startup::AppState;
 
@@ -31,6 +32,8 @@ pub struct OrderVersion {
     pub order_id: Uuid,
     #[schema(example = 2)]
     pub version: u64,
+    #[schema(schema_with = crate::routes::schema::position)]
+    pub position: String,
 }
 
 /// Cancel an order. The saga refunds the payment and returns the stock. A
@@ -82,9 +85,16 @@ pub async fn cancel_order(
         )
         .await
         .map_err(|error| command_failed(error, &id))?;
+    let position = position_of::<Order>(&outcome);
     let cancelled = OrderVersion {
         order_id: order_id.as_uuid(),
         version: outcome.version,
+        position: position.clone(),
     };
-    Ok(Accepted::new(StatusCode::ACCEPTED, &outcome, cancelled))
+    Ok(Accepted::new(
+        StatusCode::ACCEPTED,
+        &outcome,
+        position,
+        cancelled,
+    ))
 }

@@ -18,7 +18,7 @@ use crate::auth::Ordering;
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::problem::{ApiError, FieldError};
 use crate::routes::{
-    Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, schema,
+    Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, position_of, schema,
 };
 use crate::startup::AppState;
 
@@ -58,6 +58,8 @@ pub struct OrderPlacedResponse {
     /// Always `PLACED`: the saga takes it from here.
     #[schema(schema_with = schema::placed)]
     pub status: String,
+    #[schema(schema_with = schema::position)]
+    pub position: String,
 }
 
 /// The request's lines, checked but not yet priced.
@@ -163,12 +165,19 @@ pub async fn place_order(
     // On a replay this is the order the first request placed.
     let order_id =
         Uuid::parse_str(&outcome.aggregate_id).map_err(|error| ApiError::Internal(error.into()))?;
+    let position = position_of::<Order>(&outcome);
     let placed = OrderPlacedResponse {
         order_id,
         version: outcome.version,
         status: domain::OrderStatus::Placed.as_str().to_owned(),
+        position: position.clone(),
     };
-    Ok(Accepted::new(StatusCode::ACCEPTED, &outcome, placed))
+    Ok(Accepted::new(
+        StatusCode::ACCEPTED,
+        &outcome,
+        position,
+        placed,
+    ))
 }
 
 /// Attaches each product's current price; unknown SKUs answer 404.

@@ -13,7 +13,8 @@ use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
 use crate::routes::{
-    Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, command_failed, schema,
+    Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, command_failed,
+    position_of, schema,
 };
 use crate::startup::AppState;
 
@@ -74,9 +75,16 @@ pub async fn add_stock(
         )
         .await
         .map_err(|error| command_failed(error, &sku))?;
+    let position = position_of::<Product>(&outcome);
     let version = ProductVersion {
         sku,
         version: outcome.version,
+        position: position.clone(),
     };
-    Ok(Accepted::new(StatusCode::ACCEPTED, &outcome, version))
+    Ok(Accepted::new(
+        StatusCode::ACCEPTED,
+        &outcome,
+        position,
+        version,
+    ))
 }

@@ -13,7 +13,7 @@ use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody};
 use crate::problem::ApiError;
 use crate::routes::{
-    Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, schema,
+    Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, position_of, schema,
 };
 use crate::startup::AppState;
 
@@ -86,9 +86,16 @@ pub async fn create_product(
         .execute::<Product>(sku.as_str(), command, &context, Expect::New)
         .await
         .map_err(|error| command_failed(error, sku.as_str()))?;
+    let position = position_of::<Product>(&outcome);
     let version = ProductVersion {
         sku: outcome.aggregate_id.clone(),
         version: outcome.version,
+        position: position.clone(),
     };
-    Ok(Accepted::new(StatusCode::CREATED, &outcome, version))
+    Ok(Accepted::new(
+        StatusCode::CREATED,
+        &outcome,
+        position,
+        version,
+    ))
 }

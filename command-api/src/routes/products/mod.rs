@@ -18,6 +18,8 @@ pub struct ProductVersion {
     /// Send it back as `If-Match: "<version>"` to update only this version.
     #[schema(example = 1)]
     pub version: u64,
+    #[schema(schema_with = super::schema::position)]
+    pub position: String,
 }
 
 impl Refusal for ProductError {

@@ -1,0 +1,272 @@
+//! Reading one's own writes, and reading the past.
+//!
+//! `afterPosition`: a command answers the position of its last event (see
+//! `event_store::Position`); a query given it waits until every read model
+//! it reads has applied that event: the model's row of that aggregate is at
+//! its sequence or later (a model of another aggregate type has nothing to
+//! apply). The wait holds no database connection: it looks once, then
+//! sleeps until the projections announce a commit touching that aggregate
+//! (their change notifications, the ones subscriptions use), looks again,
+//! and gives up after the configured bound with an error naming how far
+//! behind each model is.
+//!
+//! `asOf`: an order or a product as it was at a version or an instant,
+//! folded from the event store by the same pure fold the projections run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Context, Error, ErrorExtensions, InputObject, Result};
+use chrono::{DateTime, Utc};
+use event_store::Position;
+use event_store::reader::Until;
+use futures::future::BoxFuture;
+use identity::Caller;
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, broadcast};
+
+use super::limits::GraphqlLimits;
+use super::updates::{Updated, Updates};
+use crate::model::orders::OrderSummary;
+use crate::model::{ReadModel, fold_all};
+
+/// Error code of an `afterPosition` that is not one this API gave the caller.
+pub const BAD_POSITION: &str = "BAD_POSITION";
+/// Error code of a wait that ran out before the read models caught up.
+pub const NOT_CAUGHT_UP: &str = "NOT_CAUGHT_UP";
+/// Error code of a wait refused because too many are waiting.
+pub const TOO_MANY_WAITING: &str = "TOO_MANY_WAITING";
+
+/// Events an `asOf` view folds at most: a longer history is refused rather
+/// than read whole for one request.
+pub const MAX_AS_OF_EVENTS: i64 = 20_000;
+
+/// A read model, as a wait sees it.
+#[derive(Clone, Copy)]
+pub struct Model {
+    name: &'static str,
+    aggregate_type: &'static str,
+    /// The version of its row of an aggregate (0: no row yet).
+    version: for<'a> fn(&'a PgPool, &'a str) -> BoxFuture<'a, sqlx::Result<i64>>,
+}
+
+impl Model {
+    pub fn of<M: ReadModel>() -> Self {
+        Self {
+            name: M::NAME,
+            aggregate_type: M::AGGREGATE_TYPE,
+            version: |pool, id| Box::pin(version_of::<M>(pool, id)),
+        }
+    }
+}
+
+async fn version_of<M: ReadModel>(pool: &PgPool, id: &str) -> sqlx::Result<i64> {
+    // The connection goes back to the pool before any waiting.
+    let mut connection = pool.acquire().await?;
+    let rows = M::load(&mut connection, M::TABLE, &[id]).await?;
+    Ok(rows.get(id).map_or(0, M::version))
+}
+
+/// Bounds on waiting, shared by every request of a schema.
+#[derive(Debug, Clone)]
+pub struct Waits {
+    bound: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl Waits {
+    pub fn new(limits: &GraphqlLimits) -> Self {
+        Self {
+            bound: limits.after_position_wait,
+            permits: Arc::new(Semaphore::new(limits.after_position_waiters.max(1))),
+        }
+    }
+}
+
+fn bad_position() -> Error {
+    Error::new("afterPosition is not a position this API gave you")
+        .extend_with(|_, e| e.set("code", BAD_POSITION))
+}
+
+/// Waits until every one of `models` has applied `token` (a position a
+/// command answered `caller`), within the configured bound.
+pub async fn after_position(
+    ctx: &Context<'_>,
+    token: &str,
+    caller: &Caller,
+    models: &[Model],
+) -> Result<()> {
+    let position: Position = token.parse().map_err(|_| bad_position())?;
+    let pool = ctx.data::<PgPool>()?;
+    authorize(pool, &position, caller).await?;
+    let models: Vec<Model> = models
+        .iter()
+        .filter(|model| model.aggregate_type == position.aggregate_type)
+        .copied()
+        .collect();
+    if models.is_empty() {
+        return Ok(());
+    }
+    let waits = ctx.data::<Waits>()?;
+    let Ok(_permit) = waits.permits.try_acquire() else {
+        return Err(Error::new(
+            "too many queries are waiting for afterPosition; try again shortly",
+        )
+        .extend_with(|_, e| e.set("code", TOO_MANY_WAITING)));
+    };
+    // Subscribed before the first look, so no commit falls between the two.
+    let mut commits = ctx.data::<Updates>()?.subscribe();
+    let deadline = tokio::time::Instant::now() + waits.bound;
+    let target = i64::try_from(position.sequence).unwrap_or(i64::MAX);
+    loop {
+        let behind = behind(pool, &position.aggregate_id, target, &models).await?;
+        if behind.is_empty() {
+            return Ok(());
+        }
+        // Sleep until one of them commits a change to this aggregate.
+        loop {
+            match tokio::time::timeout_at(deadline, commits.recv()).await {
+                Err(_elapsed) => return Err(not_caught_up(waits.bound, &behind)),
+                Ok(Ok(Updated { projection, id }))
+                    if *id == *position.aggregate_id
+                        && behind.iter().any(|(name, _)| **name == *projection) =>
+                {
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                // Missed some: look again.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    tokio::time::sleep_until(
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                    )
+                    .await;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(not_caught_up(waits.bound, &behind));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The models not yet at `target` for `id`, with how many events each lacks.
+async fn behind(
+    pool: &PgPool,
+    id: &str,
+    target: i64,
+    models: &[Model],
+) -> Result<Vec<(&'static str, i64)>> {
+    let mut behind = Vec::new();
+    for model in models {
+        let version = (model.version)(pool, id).await?;
+        if version < target {
+            behind.push((model.name, target - version));
+        }
+    }
+    Ok(behind)
+}
+
+fn not_caught_up(bound: Duration, behind: &[(&'static str, i64)]) -> Error {
+    let lag: Vec<String> = behind
+        .iter()
+        .map(|(name, events)| format!("{name} lacks {events} event(s) of it"))
+        .collect();
+    let lags: HashMap<&str, i64> = behind.iter().copied().collect();
+    Error::new(format!(
+        "the read models did not reach afterPosition within {} ms: {}",
+        bound.as_millis(),
+        lag.join(", ")
+    ))
+    .extend_with(move |_, e| {
+        e.set("code", NOT_CAUGHT_UP);
+        e.set(
+            "lag",
+            async_graphql::Value::from_json(serde_json::json!(lags)).unwrap_or_default(),
+        );
+    })
+}
+
+/// A position names something the caller may read: a product (public), an
+/// order of theirs (its first events say whose it is), anything for `admin`.
+/// Anything else is refused as an unknown position would be, so that a
+/// position cannot tell whether another customer's order exists.
+async fn authorize(pool: &PgPool, position: &Position, caller: &Caller) -> Result<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    match position.aggregate_type.as_str() {
+        "Product" => Ok(()),
+        "Order" => {
+            let until = Until::Sequence(i64::try_from(position.sequence).unwrap_or(i64::MAX));
+            match fold::<OrderSummary>(pool, "Order", &position.aggregate_id, until).await? {
+                Some(order) if caller.may_see(&order.customer_id) => Ok(()),
+                _ => Err(bad_position()),
+            }
+        }
+        _ => Err(bad_position()),
+    }
+}
+
+/// A point in an aggregate's history: `{version: 3}` or
+/// `{at: "2026-12-05T10:00:00Z"}`, exactly one of them.
+#[derive(Debug, Clone, InputObject)]
+pub struct AsOf {
+    /// The aggregate's state after its event of this sequence (0: before
+    /// it existed; a version beyond the last is the last).
+    pub version: Option<i32>,
+    /// The aggregate's state after the events recorded at or before this
+    /// instant.
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl AsOf {
+    fn until(&self) -> Result<Until> {
+        match (self.version, self.at) {
+            (Some(version), None) if version >= 0 => Ok(Until::Sequence(i64::from(version))),
+            (Some(_), None) => Err(Error::new("asOf.version must be 0 or more")),
+            (None, Some(at)) => Ok(Until::Recorded(at)),
+            _ => Err(Error::new("asOf takes exactly one of version and at")),
+        }
+    }
+}
+
+/// The row `M` would hold for aggregate `id` at `as_of`, folded from the
+/// event store; `None` before the aggregate existed.
+pub async fn as_of<M: ReadModel>(pool: &PgPool, id: &str, as_of: &AsOf) -> Result<Option<M::Row>> {
+    fold::<M>(pool, M::AGGREGATE_TYPE, id, as_of.until()?).await
+}
+
+async fn fold<M: ReadModel>(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+    until: Until,
+) -> Result<Option<M::Row>> {
+    if until == Until::Sequence(0) {
+        return Ok(None);
+    }
+    let events = event_store::reader::stream_until::<String>(
+        pool,
+        aggregate_type,
+        id,
+        until,
+        MAX_AS_OF_EVENTS + 1,
+    )
+    .await?;
+    if events.len() as i64 > MAX_AS_OF_EVENTS {
+        return Err(Error::new(format!(
+            "asOf folds at most {MAX_AS_OF_EVENTS} events, and this history is longer up to that point"
+        )));
+    }
+    let mut rows = HashMap::new();
+    let folded = fold_all::<M>(&mut rows, events.iter());
+    if let Some((_, error)) = folded.poisoned.first() {
+        return Err(Error::new(format!(
+            "the stored events cannot be folded: {error}"
+        )));
+    }
+    Ok(rows.remove(id))
+}
