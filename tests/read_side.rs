@@ -312,3 +312,52 @@ async fn subscribers_see_each_change_of_their_order_over_websocket() {
     assert_eq!(order["cancellationReason"], "too slow");
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_needs_no_internet_its_page_and_every_file_it_loads_come_from_the_platform() {
+    let platform = TestPlatform::start().await;
+    let client = reqwest::Client::new();
+    let page = client
+        .get(platform.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("://"),
+        "the page names no other site: {html}"
+    );
+    let mut files = 0;
+    for attribute in ["src=\"", "href=\""] {
+        for part in html.split(attribute).skip(1) {
+            let path = part.split('"').next().unwrap();
+            let asset = client.get(platform.url(path)).send().await.unwrap();
+            assert_eq!(asset.status(), 200, "{path}");
+            let kind = asset.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(
+                kind.starts_with("text/javascript") || kind.starts_with("text/css"),
+                "{path}: {kind}"
+            );
+            assert!(!asset.bytes().await.unwrap().is_empty(), "{path}");
+            files += 1;
+        }
+    }
+    assert_eq!(
+        files, 5,
+        "React, ReactDOM, GraphiQL's script and styles, the start script"
+    );
+    let missing = client
+        .get(platform.url("/graphql/assets/../../etc/passwd"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    platform.stop().await;
+}

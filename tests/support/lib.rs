@@ -2,6 +2,7 @@
 //! application on a free port, and an HTTP client pointed at it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is the failure report.
 
+pub mod browser;
 mod platform_under_test;
 pub mod websocket;
 

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod consistency;
+pub mod graphiql;
 pub mod http;
 pub mod limits;
 pub mod loaders;
@@ -14,13 +15,11 @@ pub mod types;
 pub mod updates;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{EmptyMutation, Schema};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use identity::Authenticator;
 use sqlx::PgPool;
 
@@ -91,27 +90,18 @@ pub fn sdl() -> String {
 pub fn router(schema: OrdersSchema, authenticator: Authenticator, limits: GraphqlLimits) -> Router {
     let endpoint = Endpoint::new(schema, authenticator, limits);
     let subscriptions = endpoint.clone();
-    Router::new().route(
-        "/graphql",
-        post(move |request: Request| async move { endpoint.execute(request).await }).get(
-            move |request: Request| async move {
-                if request.headers().contains_key(header::UPGRADE) {
-                    subscriptions.subscribe(request).await
-                } else {
-                    graphiql()
-                }
-            },
-        ),
-    )
-}
-
-fn graphiql() -> Response {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .title("Order platform")
-            .finish(),
-    )
-    .into_response()
+    Router::new()
+        .route(
+            "/graphql",
+            post(move |request: Request| async move { endpoint.execute(request).await }).get(
+                move |request: Request| async move {
+                    if request.headers().contains_key(header::UPGRADE) {
+                        subscriptions.subscribe(request).await
+                    } else {
+                        graphiql::page()
+                    }
+                },
+            ),
+        )
+        .route("/graphql/assets/{file}", get(graphiql::asset))
 }

@@ -1,0 +1,30 @@
+// Starts GraphiQL on this platform's endpoint. Every file the page loads is
+// served by the platform itself: it works without internet.
+(function () {
+  "use strict";
+  var http = new URL("/graphql", window.location.href);
+  var socket = new URL("/graphql", window.location.href);
+  socket.protocol = socket.protocol === "https:" ? "wss:" : "ws:";
+  var fetcher = GraphiQL.createFetcher({
+    url: http.toString(),
+    subscriptionUrl: socket.toString(),
+  });
+  var example = [
+    "# Products are public. For orders, put your token in the Headers",
+    "# pane below: {\"Authorization\": \"Bearer <token>\"}",
+    "{",
+    "  products(first: 5) {",
+    "    nodes { sku name priceCents onHand available }",
+    "  }",
+    "}",
+    "",
+  ].join("\n");
+  ReactDOM.createRoot(document.getElementById("graphiql")).render(
+    React.createElement(GraphiQL, {
+      fetcher: fetcher,
+      defaultQuery: example,
+      shouldPersistHeaders: true,
+      defaultEditorToolsVisibility: true,
+    })
+  );
+})();
