@@ -14,7 +14,7 @@ use projections::model::customer_orders::CustomerOrders;
 use projections::model::orders::OrderSummary;
 use projections::model::products::ProductStock;
 use projections::model::{ReadModel, fold_all};
-use projections::rebuild::{Pauses, rebuild, rebuild_pausing};
+use projections::rebuild::{Mode, Pauses, rebuild, rebuild_as, rebuild_pausing};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
@@ -334,5 +334,69 @@ async fn events_committed_while_a_rebuild_writes_its_table_are_read_at_once() {
         live_indexes
     );
     assert_equal_to_a_fresh_fold::<OrderSummary>(&platform.pool).await;
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_with_diff_reports_the_rows_a_changed_fold_changes_and_swaps_nothing() {
+    let platform = TestPlatform::start().await;
+    for (sku, stock) in [("DIFF-A", 5), ("DIFF-B", 7), ("DIFF-C", 9)] {
+        platform.create_product(sku, 100, stock).await;
+    }
+    platform
+        .eventually(
+            "{ a: product(sku: \"DIFF-A\") { onHand } b: product(sku: \"DIFF-B\") { onHand } c: product(sku: \"DIFF-C\") { onHand } }",
+            json!({}),
+            Duration::from_secs(30),
+            |data| (data["a"]["onHand"] == 5 && data["b"]["onHand"] == 7 && data["c"]["onHand"] == 9).then_some(()),
+        )
+        .await;
+    // What a change to the products' fold would do to one row.
+    sqlx::query("UPDATE product_stock SET on_hand = 107 WHERE sku = 'DIFF-B'")
+        .execute(&platform.pool)
+        .await
+        .unwrap();
+    let live_b = "SELECT on_hand FROM product_stock WHERE sku = 'DIFF-B'";
+
+    let hidden = ProgressBar::hidden();
+    let report = rebuild_as::<ProductStock>(&platform.pool, &hidden, Mode::Diff)
+        .await
+        .unwrap();
+    let diff = report.diff.expect("a diff");
+    assert_eq!(diff.differing, 1, "{diff:?}");
+    assert_eq!(
+        (diff.missing_live, diff.only_live, diff.other_version),
+        (0, 0, 0),
+        "{diff:?}"
+    );
+    assert_eq!(diff.examples.len(), 1);
+    assert!(
+        diff.examples[0].starts_with("DIFF-B: live") && diff.examples[0].contains("on_hand: 107"),
+        "{}",
+        diff.examples[0]
+    );
+    // Nothing swapped: the live row is as it was, the rebuilt one beside it.
+    let live: i64 = sqlx::query_scalar(live_b)
+        .fetch_one(&platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 107);
+    let rebuilt: i64 =
+        sqlx::query_scalar("SELECT on_hand FROM product_stock_rebuild WHERE sku = 'DIFF-B'")
+            .fetch_one(&platform.pool)
+            .await
+            .unwrap();
+    assert_eq!(rebuilt, 7);
+
+    // --swap applies it.
+    let report = rebuild_as::<ProductStock>(&platform.pool, &hidden, Mode::Swap)
+        .await
+        .unwrap();
+    assert!(report.diff.is_none());
+    let live: i64 = sqlx::query_scalar(live_b)
+        .fetch_one(&platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 7);
     platform.stop().await;
 }

@@ -170,7 +170,11 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
 /// `orders rebuild <name|all>`: one progress bar per read model, then a
 /// summary line each. `which` is a read model's name from the registry
 /// (`orders`, `products`, `customer-orders`) or `all`.
-pub async fn rebuild(settings: &Settings, which: &str) -> anyhow::Result<()> {
+pub async fn rebuild(
+    settings: &Settings,
+    which: &str,
+    mode: projections::rebuild::Mode,
+) -> anyhow::Result<()> {
     let chosen: Vec<Projection> = if which == "all" {
         Projection::ALL.to_vec()
     } else {
@@ -181,9 +185,27 @@ pub async fn rebuild(settings: &Settings, which: &str) -> anyhow::Result<()> {
     apply_migrations(&pool).await?;
     let mut reports = Vec::new();
     for projection in chosen {
-        reports.push(projection.rebuild(&pool, &progress_bar()).await?);
+        reports.push(projection.rebuild_as(&pool, &progress_bar(), mode).await?);
     }
     for report in reports {
+        if let Some(diff) = &report.diff {
+            println!(
+                "{}: rebuilt beside the live table ({} rows from {} events), nothing swapped:\n  \
+                 {} rows differ, {} missing from the live table, {} live rows without events, \
+                 {} at another version (not compared)",
+                report.projection,
+                report.rows,
+                report.events,
+                diff.differing,
+                diff.missing_live,
+                diff.only_live,
+                diff.other_version
+            );
+            for example in &diff.examples {
+                println!("  {example}");
+            }
+            continue;
+        }
         let seconds = report.elapsed.as_secs_f64();
         println!(
             "rebuilt {}: {} events into {} rows in {:.1} s ({:.0} events/s){}",

@@ -60,6 +60,15 @@ enum Command {
         /// Which read model (`orders`, `products`, `customer-orders`), or `all`.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(commands::rebuild_names()))]
         projection: String,
+        /// Build the new table beside the live one and report how their rows
+        /// differ (counts and the first examples), swapping nothing: for
+        /// checking a change to a projection's code before it goes live.
+        #[arg(long, conflicts_with = "swap")]
+        diff: bool,
+        /// Build and swap the new table in (what a rebuild does without
+        /// `--diff`).
+        #[arg(long)]
+        swap: bool,
     },
     /// Publish the events from a global position on again (for a new
     /// consumer); the relay's own progress is left alone.
@@ -116,8 +125,15 @@ fn main() -> ExitCode {
                     }
                     Command::Migrate => commands::migrate(&settings).await,
                     Command::Status => commands::status(&settings).await,
-                    Command::Rebuild { projection } => {
-                        commands::rebuild(&settings, &projection).await
+                    Command::Rebuild {
+                        projection, diff, ..
+                    } => {
+                        let mode = if diff {
+                            projections::rebuild::Mode::Diff
+                        } else {
+                            projections::rebuild::Mode::Swap
+                        };
+                        commands::rebuild(&settings, &projection, mode).await
                     }
                     Command::Republish { from } => commands::republish(&settings, from).await,
                     Command::Audit { .. } | Command::Schemas { .. } | Command::Token { .. } => {

@@ -54,20 +54,63 @@ pub struct RebuildReport {
     /// Events the fold refused (the live worker sends those to the DLQ).
     pub refused: usize,
     pub elapsed: Duration,
+    /// How the rebuilt table differs from the live one, when asked for
+    /// ([`Mode::Diff`]); nothing was swapped then.
+    pub diff: Option<Diff>,
 }
+
+/// What a rebuild does once the fresh table is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Swap it in.
+    Swap,
+    /// Compare it with the live table and leave both as they are
+    /// (`<table>_rebuild` stays for inspection until the next rebuild).
+    Diff,
+}
+
+/// How a freshly folded table differs from the live one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// Rows at the same version in both, with different contents: what a
+    /// change of the fold changes.
+    pub differing: usize,
+    /// Rows the live table lacks.
+    pub missing_live: usize,
+    /// Live rows with no events behind them.
+    pub only_live: i64,
+    /// Rows at another version in the live table (its worker is behind, or
+    /// went on after the rebuild read the events): not compared.
+    pub other_version: usize,
+    /// The first differing rows, live then rebuilt.
+    pub examples: Vec<String>,
+}
+
+/// Examples a [`Diff`] keeps.
+const EXAMPLES: usize = 5;
 
 /// Rebuilds one read model; `progress` shows events folded against the total.
 pub async fn rebuild<M: ReadModel>(
     pool: &PgPool,
     progress: &ProgressBar,
 ) -> anyhow::Result<RebuildReport> {
-    rebuild_pausing::<M>(
+    rebuild_as::<M>(pool, progress, Mode::Swap).await
+}
+
+/// Rebuilds one read model into its fresh table, then does what `mode` says.
+pub async fn rebuild_as<M: ReadModel>(
+    pool: &PgPool,
+    progress: &ProgressBar,
+    mode: Mode,
+) -> anyhow::Result<RebuildReport> {
+    rebuild_pausing_as::<M>(
         pool,
         progress,
         Pauses {
             while_writing: async {},
             before_swap: async {},
         },
+        mode,
     )
     .await
 }
@@ -88,6 +131,15 @@ pub async fn rebuild_pausing<M: ReadModel>(
     pool: &PgPool,
     progress: &ProgressBar,
     pauses: Pauses<impl Future<Output = ()>, impl Future<Output = ()>>,
+) -> anyhow::Result<RebuildReport> {
+    rebuild_pausing_as::<M>(pool, progress, pauses, Mode::Swap).await
+}
+
+async fn rebuild_pausing_as<M: ReadModel>(
+    pool: &PgPool,
+    progress: &ProgressBar,
+    pauses: Pauses<impl Future<Output = ()>, impl Future<Output = ()>>,
+    mode: Mode,
 ) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
     let fresh = format!("{}{SUFFIX}", M::TABLE);
@@ -151,6 +203,20 @@ pub async fn rebuild_pausing<M: ReadModel>(
     }
     let checkpoint = read_ahead.await??;
     write_fresh::<M>(pool, &fresh, &rows, pauses.while_writing).await?;
+    if mode == Mode::Diff {
+        let diff = diff::<M>(pool, &rows).await?;
+        progress.finish();
+        let report = RebuildReport {
+            projection: M::NAME,
+            events,
+            rows: rows.len(),
+            refused,
+            elapsed: started.elapsed(),
+            diff: Some(diff),
+        };
+        tokio::task::spawn_blocking(move || drop(rows));
+        return Ok(report);
+    }
     let mut connection = pool.acquire().await?;
     let reader = GlobalReader::new(pool.clone());
 
@@ -205,10 +271,45 @@ pub async fn rebuild_pausing<M: ReadModel>(
         rows: rows.len(),
         refused,
         elapsed: started.elapsed(),
+        diff: None,
     };
     // Freeing millions of rows takes a while; nobody needs to wait for it.
     tokio::task::spawn_blocking(move || drop(rows));
     Ok(report)
+}
+
+/// Compares the freshly folded `rows` (what the fresh table holds) with the
+/// live table, row by row, a thousand at a time.
+async fn diff<M: ReadModel>(pool: &PgPool, rows: &HashMap<String, M::Row>) -> anyhow::Result<Diff> {
+    let mut diff = Diff::default();
+    let mut connection = pool.acquire().await?;
+    let mut ids: Vec<&str> = rows.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    let mut found = 0i64;
+    for chunk in ids.chunks(1000) {
+        let live = M::load(&mut connection, M::TABLE, chunk).await?;
+        found += live.len() as i64;
+        for id in chunk {
+            let rebuilt = &rows[*id];
+            match live.get(*id) {
+                None => diff.missing_live += 1,
+                Some(row) if M::version(row) != M::version(rebuilt) => diff.other_version += 1,
+                Some(row) if row != rebuilt => {
+                    diff.differing += 1;
+                    if diff.examples.len() < EXAMPLES {
+                        diff.examples
+                            .push(format!("{id}: live {row:?}, rebuilt {rebuilt:?}"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let live_rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", M::TABLE))
+        .fetch_one(&mut *connection)
+        .await?;
+    diff.only_live = live_rows - found;
+    Ok(diff)
 }
 
 /// Gives the empty fresh table the live table's keys and indexes, named

@@ -111,7 +111,19 @@ impl Projection {
         pool: &PgPool,
         progress: &ProgressBar,
     ) -> anyhow::Result<RebuildReport> {
-        with_model!(self, M => crate::rebuild::rebuild::<M>(pool, progress).await)
+        self.rebuild_as(pool, progress, crate::rebuild::Mode::Swap)
+            .await
+    }
+
+    /// Rebuilds the read model into a fresh table, then swaps it in or
+    /// compares it with the live one, as `mode` says.
+    pub async fn rebuild_as(
+        self,
+        pool: &PgPool,
+        progress: &ProgressBar,
+        mode: crate::rebuild::Mode,
+    ) -> anyhow::Result<RebuildReport> {
+        with_model!(self, M => crate::rebuild::rebuild_as::<M>(pool, progress, mode).await)
     }
 
     /// Folds every event of the model's aggregate from the store and compares
