@@ -37,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("payment-gateway", &["platform"]),
+    ("operations", &["event-contract", "platform"]),
 ];
 
 /// Crates that only assemble or exercise the others.

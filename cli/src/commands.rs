@@ -89,6 +89,9 @@ pub async fn apply_migrations(pool: &PgPool) -> anyhow::Result<()> {
     saga_orchestrator::migrate(pool)
         .await
         .context("applying the sagas' migrations")?;
+    operations::migrate(pool)
+        .await
+        .context("applying the operations' migrations")?;
     Ok(())
 }
 
@@ -119,6 +122,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         event_store::migrator().iter().count()
             + projections::migrator().iter().count()
             + saga_orchestrator::migrator().iter().count()
+            + operations::migrator().iter().count()
     );
     let row: Result<(i64, Option<i64>), _> =
         sqlx::query_as("SELECT count(*), max(global_position) FROM events")

@@ -10,6 +10,7 @@
 pub mod assembly;
 pub mod audit;
 pub mod commands;
+pub mod dlq;
 pub mod schemas;
 pub mod settings;
 

@@ -77,6 +77,11 @@ enum Command {
         #[arg(long)]
         from: i64,
     },
+    /// Dead letters: what consumers could not process, on every `<topic>.dlq`.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
     /// Check the books of a running platform (events, read models, sagas,
     /// the payment gateway's ledger); print every violation, exit 1 if any.
     Audit {
@@ -93,6 +98,82 @@ enum Command {
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
     },
+}
+
+/// What `orders dlq` does.
+#[derive(Debug, clap::Subcommand)]
+enum DlqCommand {
+    /// The dead letters nobody has replayed or discarded yet (with `--all`,
+    /// every one, with what was done to it).
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print JSON, one dead letter per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter whole: headers, value, actions.
+    Show {
+        /// `<dead-letter topic>:<partition>:<offset>`, as `list` prints it.
+        id: String,
+    },
+    /// Send dead letters' messages to their source topics again (consumers
+    /// that applied them skip them, the one that refused them tries again),
+    /// and record it.
+    Replay {
+        /// Dead letters by id; or every open one the filter matches, with
+        /// `--matching`.
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Replay every open dead letter the filter lets through.
+        #[arg(long)]
+        matching: bool,
+        /// Say what would be replayed, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who replays them, for the record (default: the user running this).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Record dead letters as dealt with, for a reason: they no longer show
+    /// among the open ones.
+    Discard {
+        ids: Vec<String>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// Which dead letters a command takes.
+#[derive(Debug, clap::Args)]
+struct DlqFilter {
+    /// A source topic (`orders.events`) or a dead-letter topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// The aggregate id (the message's key).
+    #[arg(long)]
+    aggregate: Option<String>,
+    /// Text in the reason.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Also those already replayed or discarded.
+    #[arg(long)]
+    all: bool,
+}
+
+impl From<DlqFilter> for operations::dead_letters::Filter {
+    fn from(filter: DlqFilter) -> Self {
+        Self {
+            topic: filter.topic,
+            aggregate: filter.aggregate,
+            reason: filter.reason,
+            include_handled: filter.all,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -136,6 +217,7 @@ fn main() -> ExitCode {
                         commands::rebuild(&settings, &projection, mode).await
                     }
                     Command::Republish { from } => commands::republish(&settings, from).await,
+                    Command::Dlq { action } => dlq(&settings, action).await,
                     Command::Audit { .. } | Command::Schemas { .. } | Command::Token { .. } => {
                         Ok(())
                     }
@@ -168,6 +250,41 @@ fn audit(config: Option<&std::path::Path>, settle_secs: u64) -> ExitCode {
         Err(error) => {
             eprintln!("error: cannot audit: {error:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+    use orders_cli::dlq;
+    let letters = dlq::open(settings).await?;
+    match command {
+        DlqCommand::List { filter, json } => dlq::list(&letters, &filter.into(), json).await,
+        DlqCommand::Show { id } => dlq::show(&letters, &id).await,
+        DlqCommand::Replay {
+            ids,
+            filter,
+            matching,
+            dry_run,
+            by,
+        } => {
+            let chosen = if matching {
+                anyhow::ensure!(
+                    ids.is_empty(),
+                    "name dead letters or use --matching, not both"
+                );
+                dlq::Chosen::Matching(filter.into())
+            } else {
+                anyhow::ensure!(
+                    !ids.is_empty(),
+                    "name the dead letters to replay, or use --matching"
+                );
+                dlq::Chosen::Ids(ids)
+            };
+            dlq::replay(&letters, chosen, dry_run, &dlq::actor(by)).await
+        }
+        DlqCommand::Discard { ids, reason, by } => {
+            anyhow::ensure!(!ids.is_empty(), "name the dead letters to discard");
+            dlq::discard(&letters, &ids, &reason, &dlq::actor(by)).await
         }
     }
 }
