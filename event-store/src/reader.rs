@@ -135,9 +135,17 @@ SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_versi
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2
    AND ($3::bigint IS NULL OR sequence <= $3)
-   AND ($4::timestamptz IS NULL OR recorded_at <= $4)
+   AND ($4::timestamptz IS NULL OR sequence <= (
+        SELECT coalesce(max(sequence), 0) FROM events
+         WHERE aggregate_type = $1 AND aggregate_id = $2 AND recorded_at <= $4))
  ORDER BY sequence
  LIMIT $5";
+
+const LAST_SEQUENCE_UNTIL: &str = "
+SELECT coalesce(max(sequence), 0) FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+   AND ($3::bigint IS NULL OR sequence <= $3)
+   AND ($4::timestamptz IS NULL OR recorded_at <= $4)";
 
 /// How far into an aggregate's history [`stream_until`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +156,30 @@ pub enum Until {
     Recorded(chrono::DateTime<chrono::Utc>),
 }
 
-/// The first events of one aggregate, oldest first, up to `until`, and at
-/// most `limit` of them.
+/// The sequence of one aggregate's last event up to `until` (0: none), from
+/// the key's index alone: what a read up to there would hold.
+pub async fn last_sequence_until(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    until: Until,
+) -> Result<i64, sqlx::Error> {
+    let (sequence, at) = match until {
+        Until::Sequence(sequence) => (Some(sequence), None),
+        Until::Recorded(at) => (None, Some(at)),
+    };
+    sqlx::query_scalar(LAST_SEQUENCE_UNTIL)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .bind(at)
+        .fetch_one(pool)
+        .await
+}
+
+/// The first events of one aggregate, oldest first, up to `until` (an
+/// instant cuts after the last event recorded by then), and at most `limit`
+/// of them.
 pub async fn stream_until<J: Json>(
     pool: &PgPool,
     aggregate_type: &str,

@@ -108,6 +108,8 @@ pub struct DeadLetter {
     /// Oldest first.
     pub actions: Vec<Action>,
     #[serde(skip)]
+    raw_key: Option<Vec<u8>>,
+    #[serde(skip)]
     raw_payload: Option<Vec<u8>>,
     #[serde(skip)]
     raw_headers: Vec<(String, Option<Vec<u8>>)>,
@@ -236,6 +238,13 @@ impl DeadLetters {
                 letter.id
             )
         })?;
+        // Only back where it came from: the dead-letter topic names its source.
+        anyhow::ensure!(
+            Topics::dead_letter(source) == letter.id.topic
+                && self.topics.all().iter().any(|topic| topic == source),
+            "{} says it came from {source}, which is not its dead-letter topic's source",
+            letter.id
+        );
         let producer: FutureProducer =
             platform::kafka::client_config(&self.brokers, "orders-dead-letter-replay")
                 .set("enable.idempotence", "true")
@@ -262,18 +271,30 @@ impl DeadLetters {
             key: REPLAY_OF_HEADER,
             value: Some(&replay_of),
         });
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(source).headers(headers);
-        if let Some(key) = &letter.key {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(source).headers(headers);
+        if let Some(key) = &letter.raw_key {
             record = record.key(key);
         }
         if let Some(payload) = &letter.raw_payload {
             record = record.payload(payload);
         }
+        // Recorded in the same transaction that stays open while the broker
+        // takes the message: a replay that failed leaves no record, and one
+        // that went out is recorded unless the commit itself then fails.
+        let mut tx = self.pool.begin().await?;
+        insert_action(&mut tx, letter, "replayed", None, actor).await?;
         producer
             .send(record, BROKER_TIMEOUT)
             .await
             .map_err(|(error, _)| anyhow::anyhow!("cannot write to {source}: {error}"))?;
-        self.record(letter, "replayed", None, actor).await
+        tx.commit().await.with_context(|| {
+            format!(
+                "{} was replayed to {source}, but the record of it was not stored",
+                letter.id
+            )
+        })?;
+        handled(letter, "replayed", None, actor);
+        Ok(())
     }
 
     /// Records the dead letter as discarded by `actor`, for `reason`: it no
@@ -299,26 +320,9 @@ impl DeadLetters {
         reason: Option<&str>,
         actor: &str,
     ) -> anyhow::Result<()> {
-        let actor = actor.trim();
-        anyhow::ensure!(
-            !actor.is_empty() && actor.chars().count() <= 200,
-            "an action needs who took it (1 to 200 characters)"
-        );
-        sqlx::query(
-            "INSERT INTO dead_letter_actions (dlq_topic, partition, \"offset\", action, reason, actor)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&letter.id.topic)
-        .bind(letter.id.partition)
-        .bind(letter.id.offset)
-        .bind(action)
-        .bind(reason)
-        .bind(actor)
-        .execute(&self.pool)
-        .await
-        .context("recording the action")?;
-        metrics::counter!("dead_letter_actions_total", "action" => action.to_owned()).increment(1);
-        tracing::info!(letter = %letter.id, action, actor, reason, "dead letter handled");
+        let mut connection = self.pool.acquire().await?;
+        insert_action(&mut connection, letter, action, reason, actor).await?;
+        handled(letter, action, reason, actor);
         Ok(())
     }
 
@@ -375,6 +379,41 @@ impl DeadLetters {
     }
 }
 
+/// Writes one action on `letter` to the audit table.
+async fn insert_action(
+    connection: &mut sqlx::PgConnection,
+    letter: &DeadLetter,
+    action: &str,
+    reason: Option<&str>,
+    actor: &str,
+) -> anyhow::Result<()> {
+    let actor = actor.trim();
+    anyhow::ensure!(
+        !actor.is_empty() && actor.chars().count() <= 200,
+        "an action needs who took it (1 to 200 characters)"
+    );
+    sqlx::query(
+        "INSERT INTO dead_letter_actions (dlq_topic, partition, \"offset\", action, reason, actor)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&letter.id.topic)
+    .bind(letter.id.partition)
+    .bind(letter.id.offset)
+    .bind(action)
+    .bind(reason)
+    .bind(actor)
+    .execute(connection)
+    .await
+    .context("recording the action")?;
+    Ok(())
+}
+
+/// Counts and logs an action that was recorded.
+fn handled(letter: &DeadLetter, action: &str, reason: Option<&str>, actor: &str) {
+    metrics::counter!("dead_letter_actions_total", "action" => action.to_owned()).increment(1);
+    tracing::info!(letter = %letter.id, action, actor = actor.trim(), reason, "dead letter handled");
+}
+
 fn read_topic(
     brokers: &str,
     topic: &str,
@@ -386,6 +425,8 @@ fn read_topic(
             .set("group.id", "orders-dead-letter-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // An offset removed by retention meanwhile: on from the oldest kept.
+            .set("auto.offset.reset", "earliest")
             .create()?;
     let metadata = consumer
         .fetch_metadata(Some(topic), BROKER_TIMEOUT)
@@ -393,9 +434,13 @@ fn read_topic(
     let Some(found) = metadata.topics().first() else {
         return Ok(Vec::new());
     };
-    if found.error().is_some() {
+    match found.error() {
+        None => {}
         // Not created yet: no consumer has refused anything.
-        return Ok(Vec::new());
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+            return Ok(Vec::new());
+        }
+        Some(error) => anyhow::bail!("cannot read {topic}: {error:?}"),
     }
     let mut assignment = TopicPartitionList::new();
     let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -419,6 +464,10 @@ fn read_topic(
     let deadline = Instant::now() + READ_LIMIT;
     let mut letters = Vec::new();
     while !ends.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading {topic} took longer than {READ_LIMIT:?}"
+        );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
                 let partition = message.partition();
@@ -433,10 +482,7 @@ fn read_topic(
                 }
             }
             Some(Err(error)) => return Err(error).with_context(|| format!("reading {topic}")),
-            None => anyhow::ensure!(
-                Instant::now() < deadline,
-                "reading {topic} took longer than {READ_LIMIT:?}"
-            ),
+            None => {}
         }
     }
     letters.sort_by_key(|letter| (letter.id.partition, letter.id.offset));
@@ -471,6 +517,7 @@ fn letter_of<M: Message>(message: &M) -> DeadLetter {
             .to_millis()
             .and_then(DateTime::<Utc>::from_timestamp_millis),
         actions: Vec::new(),
+        raw_key: message.key().map(<[u8]>::to_vec),
         raw_payload: message.payload().map(<[u8]>::to_vec),
         raw_headers,
     }

@@ -143,6 +143,15 @@ async fn rebuild_pausing_as<M: ReadModel>(
 ) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
     let fresh = format!("{}{SUFFIX}", M::TABLE);
+    // One rebuild of a model at a time: two would share the fresh table. The
+    // lock lives as long as this connection, which is closed (not returned
+    // to the pool) when the rebuild ends, however it ends.
+    let mut alone = pool.acquire().await?.detach();
+    let took: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("rebuild:{}", M::NAME))
+        .fetch_one(&mut alone)
+        .await?;
+    anyhow::ensure!(took, "a rebuild of {} is already running", M::NAME);
     // Counting the aggregates sizes the rows' map once, rather than moving
     // every row each time it grows.
     let (total, aggregates): (i64, i64) = sqlx::query_as(

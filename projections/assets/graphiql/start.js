@@ -23,7 +23,8 @@
     React.createElement(GraphiQL, {
       fetcher: fetcher,
       defaultQuery: example,
-      shouldPersistHeaders: true,
+      // A token typed into the Headers pane stays in this tab only.
+      shouldPersistHeaders: false,
       defaultEditorToolsVisibility: true,
     })
   );

@@ -11,6 +11,15 @@ pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 /// Error code of a field the caller's scopes do not reach.
 pub const FORBIDDEN: &str = "FORBIDDEN";
 
+/// The caller, whatever its scopes; an error without a token.
+pub fn signed_in<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Caller> {
+    match ctx.data_opt::<Identity>() {
+        Some(Identity::Caller(caller)) => Ok(caller),
+        _ => Err(Error::new("this field needs Authorization: Bearer <token>")
+            .extend_with(|_, e| e.set("code", UNAUTHENTICATED))),
+    }
+}
+
 /// The caller, if it may read orders at all.
 pub fn order_reader<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Caller> {
     let caller = match ctx.data_opt::<Identity>() {

@@ -42,6 +42,17 @@ pub const TOO_MANY_WAITING: &str = "TOO_MANY_WAITING";
 /// than read whole for one request.
 pub const MAX_AS_OF_EVENTS: i64 = 20_000;
 
+/// What an `asOf` argument adds to a query's complexity (the limit is
+/// `MAX_COMPLEXITY`): a fold reads a history, not a row.
+pub const AS_OF_COST: usize = 500;
+
+/// `asOf` folds running at once in a process; more wait their turn.
+const FOLDS_AT_ONCE: usize = 4;
+
+/// How often a waiting query looks again even without a notification (one
+/// may be lost while the listener reconnects).
+const LOOK_AGAIN: Duration = Duration::from_millis(500);
+
 /// A read model, as a wait sees it.
 #[derive(Clone, Copy)]
 pub struct Model {
@@ -68,11 +79,12 @@ async fn version_of<M: ReadModel>(pool: &PgPool, id: &str) -> sqlx::Result<i64> 
     Ok(rows.get(id).map_or(0, M::version))
 }
 
-/// Bounds on waiting, shared by every request of a schema.
+/// Bounds on waiting and folding, shared by every request of a schema.
 #[derive(Debug, Clone)]
 pub struct Waits {
     bound: Duration,
     permits: Arc<Semaphore>,
+    folds: Arc<Semaphore>,
 }
 
 impl Waits {
@@ -80,6 +92,7 @@ impl Waits {
         Self {
             bound: limits.after_position_wait,
             permits: Arc::new(Semaphore::new(limits.after_position_waiters.max(1))),
+            folds: Arc::new(Semaphore::new(FOLDS_AT_ONCE)),
         }
     }
 }
@@ -99,7 +112,7 @@ pub async fn after_position(
 ) -> Result<()> {
     let position: Position = token.parse().map_err(|_| bad_position())?;
     let pool = ctx.data::<PgPool>()?;
-    authorize(pool, &position, caller).await?;
+    authorize(ctx, pool, &position, caller).await?;
     let models: Vec<Model> = models
         .iter()
         .filter(|model| model.aggregate_type == position.aggregate_type)
@@ -119,32 +132,41 @@ pub async fn after_position(
     let mut commits = ctx.data::<Updates>()?.subscribe();
     let deadline = tokio::time::Instant::now() + waits.bound;
     let target = i64::try_from(position.sequence).unwrap_or(i64::MAX);
+    let mut last_known: Vec<(&'static str, i64)> =
+        models.iter().map(|model| (model.name, target)).collect();
     loop {
-        let behind = behind(pool, &position.aggregate_id, target, &models).await?;
-        if behind.is_empty() {
-            return Ok(());
+        // Each look is bounded too: a slow database does not stretch the wait.
+        let looked = tokio::time::timeout_at(
+            deadline,
+            behind(pool, &position.aggregate_id, target, &models),
+        )
+        .await;
+        match looked {
+            Ok(Ok(behind)) if behind.is_empty() => return Ok(()),
+            Ok(Ok(behind)) => last_known = behind,
+            Ok(Err(error)) => return Err(error),
+            Err(_elapsed) => return Err(not_caught_up(waits.bound, &last_known)),
         }
-        // Sleep until one of them commits a change to this aggregate.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(not_caught_up(waits.bound, &last_known));
+        }
+        // Asleep until one of them commits a change to this aggregate, or a
+        // while (a notification can be lost while the listener reconnects),
+        // or the bound; then a look again.
+        let look_again = (tokio::time::Instant::now() + LOOK_AGAIN).min(deadline);
         loop {
-            match tokio::time::timeout_at(deadline, commits.recv()).await {
-                Err(_elapsed) => return Err(not_caught_up(waits.bound, &behind)),
+            match tokio::time::timeout_at(look_again, commits.recv()).await {
+                Err(_elapsed) => break,
                 Ok(Ok(Updated { projection, id }))
                     if *id == *position.aggregate_id
-                        && behind.iter().any(|(name, _)| **name == *projection) =>
+                        && last_known.iter().any(|(name, _)| **name == *projection) =>
                 {
                     break;
                 }
                 Ok(Ok(_)) => {}
-                // Missed some: look again.
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    tokio::time::sleep_until(
-                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
-                    )
-                    .await;
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(not_caught_up(waits.bound, &behind));
-                    }
+                    tokio::time::sleep_until(look_again).await;
                     break;
                 }
             }
@@ -189,24 +211,37 @@ fn not_caught_up(bound: Duration, behind: &[(&'static str, i64)]) -> Error {
     })
 }
 
-/// A position names something the caller may read: a product (public), an
-/// order of theirs (its first events say whose it is), anything for `admin`.
-/// Anything else is refused as an unknown position would be, so that a
-/// position cannot tell whether another customer's order exists.
-async fn authorize(pool: &PgPool, position: &Position, caller: &Caller) -> Result<()> {
-    if caller.is_admin() {
-        return Ok(());
-    }
-    match position.aggregate_type.as_str() {
-        "Product" => Ok(()),
-        "Order" => {
-            let until = Until::Sequence(i64::try_from(position.sequence).unwrap_or(i64::MAX));
-            match fold::<OrderSummary>(pool, "Order", &position.aggregate_id, until).await? {
-                Some(order) if caller.may_see(&order.customer_id) => Ok(()),
-                _ => Err(bad_position()),
-            }
-        }
-        _ => Err(bad_position()),
+/// A position names an event that exists (so a wait can end), of something
+/// the caller may read: a product (public), an order of theirs (its events
+/// say whose it is), anything for `admin`. Anything else is refused as an
+/// unknown position would be, so that a position cannot tell whether
+/// another customer's order exists.
+async fn authorize(
+    ctx: &Context<'_>,
+    pool: &PgPool,
+    position: &Position,
+    caller: &Caller,
+) -> Result<()> {
+    let sequence = i64::try_from(position.sequence).map_err(|_| bad_position())?;
+    let until = Until::Sequence(sequence);
+    let (aggregate_type, id) = (
+        position.aggregate_type.as_str(),
+        position.aggregate_id.as_str(),
+    );
+    let last = event_store::reader::last_sequence_until(pool, aggregate_type, id, until).await?;
+    let readable = match aggregate_type {
+        _ if last != sequence => false,
+        _ if caller.is_admin() => true,
+        "Product" => true,
+        "Order" => fold::<OrderSummary>(ctx, pool, aggregate_type, id, until)
+            .await?
+            .is_some_and(|order| caller.may_see(&order.customer_id)),
+        _ => false,
+    };
+    if readable {
+        Ok(())
+    } else {
+        Err(bad_position())
     }
 }
 
@@ -235,19 +270,34 @@ impl AsOf {
 
 /// The row `M` would hold for aggregate `id` at `as_of`, folded from the
 /// event store; `None` before the aggregate existed.
-pub async fn as_of<M: ReadModel>(pool: &PgPool, id: &str, as_of: &AsOf) -> Result<Option<M::Row>> {
-    fold::<M>(pool, M::AGGREGATE_TYPE, id, as_of.until()?).await
+pub async fn as_of<M: ReadModel>(
+    ctx: &Context<'_>,
+    id: &str,
+    as_of: &AsOf,
+) -> Result<Option<M::Row>> {
+    let until = as_of.until()?;
+    fold::<M>(ctx, ctx.data::<PgPool>()?, M::AGGREGATE_TYPE, id, until).await
 }
 
 async fn fold<M: ReadModel>(
+    ctx: &Context<'_>,
     pool: &PgPool,
     aggregate_type: &str,
     id: &str,
     until: Until,
 ) -> Result<Option<M::Row>> {
-    if until == Until::Sequence(0) {
+    // A history too long is refused from the key's index, before any event
+    // is read; the folds of a process take turns.
+    let last = event_store::reader::last_sequence_until(pool, aggregate_type, id, until).await?;
+    if last > MAX_AS_OF_EVENTS {
+        return Err(Error::new(format!(
+            "asOf folds at most {MAX_AS_OF_EVENTS} events, and this history is longer up to that point"
+        )));
+    }
+    if last == 0 {
         return Ok(None);
     }
+    let _turn = ctx.data::<Waits>()?.folds.acquire().await?;
     let events = event_store::reader::stream_until::<String>(
         pool,
         aggregate_type,

@@ -14,7 +14,7 @@ pub fn page() -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
-             font-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'",
+             font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
         ),
     );
     response

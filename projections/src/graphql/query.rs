@@ -9,8 +9,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::MAX_PAGE;
-use super::access::order_reader;
-use super::consistency::{self, AsOf, Model};
+use super::access::{order_reader, signed_in};
+use super::consistency::{self, AS_OF_COST, AsOf, Model};
 use super::loaders::{OrderLoader, ProductLoader};
 use super::types::{Order, OrderStatus, Product, View};
 use crate::model::customer_orders::CustomerOrders;
@@ -40,6 +40,7 @@ impl Query {
     /// has applied that command, at most a few seconds; `asOf` gives the
     /// order as it was at a version or an instant instead, folded from its
     /// events (`null` before it was placed).
+    #[graphql(complexity = "child_complexity + as_of.as_ref().map_or(0, |_| AS_OF_COST)")]
     async fn order(
         &self,
         ctx: &Context<'_>,
@@ -57,8 +58,7 @@ impl Query {
                     "asOf reads the event store: afterPosition has no use with it",
                 ));
             }
-            let pool = ctx.data::<PgPool>()?;
-            let past = consistency::as_of::<OrderSummary>(pool, &id.to_string(), &as_of).await?;
+            let past = consistency::as_of::<OrderSummary>(ctx, &id.to_string(), &as_of).await?;
             return Ok(past
                 .filter(|row| caller.may_see(&row.customer_id))
                 .map(|row| Order(row, View::AsOf)));
@@ -171,7 +171,8 @@ impl Query {
     /// One product by SKU. Lookups of one request are batched into one
     /// statement, however many aliases ask. `asOf` gives the product as it
     /// was at a version or an instant instead, folded from its events
-    /// (`null` before it was created).
+    /// (`null` before it was created); it needs a token.
+    #[graphql(complexity = "child_complexity + as_of.as_ref().map_or(0, |_| AS_OF_COST)")]
     async fn product(
         &self,
         ctx: &Context<'_>,
@@ -179,8 +180,9 @@ impl Query {
         as_of: Option<AsOf>,
     ) -> Result<Option<Product>> {
         if let Some(as_of) = as_of {
-            let pool = ctx.data::<PgPool>()?;
-            return Ok(consistency::as_of::<ProductStock>(pool, &sku, &as_of)
+            // A product's history is for callers with a token.
+            signed_in(ctx)?;
+            return Ok(consistency::as_of::<ProductStock>(ctx, &sku, &as_of)
                 .await?
                 .map(Product));
         }

@@ -121,8 +121,12 @@ impl Order {
     }
 
     /// The orchestrator's view of this order: where its saga stands and each
-    /// step it took. `null` until the saga has started.
+    /// step it took. `null` until the saga has started, and in an `asOf`
+    /// view (the saga keeps no history).
     async fn saga(&self, ctx: &Context<'_>) -> Result<Option<SagaState>> {
+        if self.1 == View::AsOf {
+            return Ok(None);
+        }
         let loader = ctx.data::<DataLoader<SagaLoader>>()?;
         Ok(loader.load_one(self.0.order_id.to_string()).await?)
     }
