@@ -37,7 +37,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("payment-gateway", &["platform"]),
-    ("operations", &["event-contract", "platform"]),
+    (
+        "operations",
+        &["event-contract", "platform", "saga-orchestrator"],
+    ),
 ];
 
 /// Crates that only assemble or exercise the others.

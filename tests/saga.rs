@@ -634,3 +634,79 @@ async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
     assert!(by_saga.iter().all(|m| m.key() == Some(&b"poison"[..])));
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_a_flagged_saga_looks_at_it_and_retries_it_on_the_record() {
+    let policy = Policy {
+        attention_after: 3,
+        ..quick()
+    };
+    let (platform, mut gateway) = start(policy).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
+    gateway.outage().await;
+    cancel(&platform, &id, "arrived broken").await;
+    flagged(&platform, &id).await;
+
+    let listed = operations::sagas::needing_attention(&platform.pool)
+        .await
+        .unwrap();
+    let found = listed
+        .iter()
+        .find(|saga| saga.order_id == id)
+        .expect("the flagged saga is listed");
+    assert!(found.needs_attention);
+    assert_eq!(found.state, "COMPENSATING");
+    let shown = operations::sagas::show(&platform.pool, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(shown.actions.is_empty());
+    assert!(shown.saga.saga["steps"].as_array().unwrap().len() >= 3);
+    // Who retries must be named, and what is retried must exist.
+    assert!(
+        operations::sagas::retry(&platform.pool, &id, None, " ")
+            .await
+            .is_err()
+    );
+    assert!(
+        operations::sagas::retry(&platform.pool, "no-such-order", None, "carol")
+            .await
+            .is_err()
+    );
+
+    gateway.resume(&platform).await;
+    operations::sagas::retry(&platform.pool, &id, Some("the gateway is back"), "carol")
+        .await
+        .unwrap();
+    settled(&platform, &id).await;
+    assert_eq!(
+        order_ends(&platform, &id, "CANCELLED").await,
+        "arrived broken"
+    );
+    assert!(gateway.captured().await.is_empty());
+
+    let shown = operations::sagas::show(&platform.pool, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown.actions.len(), 1);
+    assert_eq!(shown.actions[0].action, "retried");
+    assert_eq!(shown.actions[0].actor, "carol");
+    assert_eq!(
+        shown.actions[0].reason.as_deref(),
+        Some("the gateway is back")
+    );
+    assert!(shown.saga.done && !shown.saga.needs_attention);
+    // Done: nothing left to retry, and no longer listed.
+    assert!(
+        operations::sagas::retry(&platform.pool, &id, None, "carol")
+            .await
+            .is_err()
+    );
+    let listed = operations::sagas::needing_attention(&platform.pool)
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|saga| saga.order_id != id));
+    platform.stop().await;
+}

@@ -77,6 +77,11 @@ enum Command {
         #[arg(long)]
         from: i64,
     },
+    /// Order sagas that need someone: list them, look at one, retry it.
+    Saga {
+        #[command(subcommand)]
+        action: SagaCommand,
+    },
     /// Dead letters: what consumers could not process, on every `<topic>.dlq`.
     Dlq {
         #[command(subcommand)]
@@ -97,6 +102,31 @@ enum Command {
         check: bool,
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
+    },
+}
+
+/// What `orders saga` does.
+#[derive(Debug, clap::Subcommand)]
+enum SagaCommand {
+    /// Sagas flagged as needing attention, and those with work due for over
+    /// five minutes that no process does.
+    List {
+        /// Print JSON, one saga per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One order's saga whole: state, steps, bookkeeping, operators' actions.
+    Show { order_id: String },
+    /// Make the saga's next action due at once, with a fresh count of
+    /// failures and its attention flag cleared; recorded.
+    Retry {
+        order_id: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who retries it (default: the user running this).
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -218,6 +248,7 @@ fn main() -> ExitCode {
                     }
                     Command::Republish { from } => commands::republish(&settings, from).await,
                     Command::Dlq { action } => dlq(&settings, action).await,
+                    Command::Saga { action } => saga(&settings, action).await,
                     Command::Audit { .. } | Command::Schemas { .. } | Command::Token { .. } => {
                         Ok(())
                     }
@@ -285,6 +316,68 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::Discard { ids, reason, by } => {
             anyhow::ensure!(!ids.is_empty(), "name the dead letters to discard");
             dlq::discard(&letters, &ids, &reason, &dlq::actor(by)).await
+        }
+    }
+}
+
+async fn saga(settings: &Settings, command: SagaCommand) -> anyhow::Result<()> {
+    use operations::sagas;
+    platform::telemetry::init_logging(settings.log_format, "warn");
+    let pool = commands::connect(settings).await?;
+    commands::apply_migrations(&pool).await?;
+    match command {
+        SagaCommand::List { json } => {
+            let found = sagas::needing_attention(&pool).await?;
+            for saga in &found {
+                if json {
+                    println!("{}", serde_json::to_string(saga)?);
+                } else {
+                    let why = saga.saga["attention"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| {
+                            format!("{} failure(s) in a row", saga.saga["attempts"])
+                        });
+                    println!(
+                        "{}  {}  {}  next try {}  {}",
+                        saga.order_id,
+                        saga.state,
+                        if saga.needs_attention {
+                            "needs attention"
+                        } else {
+                            "stalled"
+                        },
+                        saga.next_attempt_at.to_rfc3339(),
+                        why
+                    );
+                }
+            }
+            if !json {
+                println!("{} saga(s) need someone", found.len());
+            }
+            Ok(())
+        }
+        SagaCommand::Show { order_id } => {
+            let report = sagas::show(&pool, &order_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("order {order_id} has no saga"))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        SagaCommand::Retry {
+            order_id,
+            reason,
+            by,
+        } => {
+            sagas::retry(
+                &pool,
+                &order_id,
+                reason.as_deref(),
+                &orders_cli::dlq::actor(by),
+            )
+            .await?;
+            println!("the saga of order {order_id} is due now");
+            Ok(())
         }
     }
 }

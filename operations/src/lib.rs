@@ -1,9 +1,11 @@
 //! What operators do to a running platform, for the `orders` command (and
 //! anything else that wants to offer it): read the dead letters, replay them
 //! into the live path, or discard them with a reason, every action recorded
-//! in `dead_letter_actions` (who, when, what, why).
+//! in `dead_letter_actions` (who, when, what, why); list the sagas that need
+//! someone, look at one whole, retry it at once (`saga_actions`).
 
 pub mod dead_letters;
+pub mod sagas;
 
 use sqlx::PgPool;
 

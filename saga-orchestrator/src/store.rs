@@ -353,6 +353,96 @@ pub async fn request_cancel(pool: &PgPool, order_id: &str, reason: &str) -> sqlx
     Ok(updated.rows_affected() == 1)
 }
 
+/// A saga as an operator looks at it: the row's bookkeeping beside the saga.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspected {
+    pub order_id: String,
+    pub state: String,
+    pub done: bool,
+    pub needs_attention: bool,
+    pub cancel_reason: Option<String>,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub lease_owner: Option<String>,
+    pub leased_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub version: i64,
+    pub saga: serde_json::Value,
+}
+
+const INSPECTED: &str = "SELECT order_id, state, done, needs_attention, cancel_reason,
+        next_attempt_at, lease_owner, leased_until, updated_at, version, saga
+   FROM sagas";
+
+fn inspected(row: &sqlx::postgres::PgRow) -> sqlx::Result<Inspected> {
+    Ok(Inspected {
+        order_id: row.try_get("order_id")?,
+        state: row.try_get("state")?,
+        done: row.try_get("done")?,
+        needs_attention: row.try_get("needs_attention")?,
+        cancel_reason: row.try_get("cancel_reason")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        leased_until: row.try_get("leased_until")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+        saga: row.try_get("saga")?,
+    })
+}
+
+/// One saga, as an operator looks at it.
+pub async fn inspect(pool: &PgPool, order_id: &str) -> sqlx::Result<Option<Inspected>> {
+    sqlx::query(&format!("{INSPECTED} WHERE order_id = $1"))
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(inspected)
+        .transpose()
+}
+
+/// Sagas someone should look at: flagged as needing attention, or with work
+/// due for over `stalled` that no driver holds. Oldest change first.
+pub async fn needing_attention(
+    pool: &PgPool,
+    stalled: std::time::Duration,
+) -> sqlx::Result<Vec<Inspected>> {
+    sqlx::query(&format!(
+        "{INSPECTED}
+          WHERE needs_attention
+             OR (NOT done AND next_attempt_at < now() - make_interval(secs => $1)
+                 AND (leased_until IS NULL OR leased_until < now()))
+          ORDER BY updated_at LIMIT 1000"
+    ))
+    .bind(stalled.as_secs_f64())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(inspected)
+    .collect()
+}
+
+/// An operator's retry: the saga's next action is due at once, with a fresh
+/// count of failures and its attention flag cleared (a driver that fails
+/// again flags it again). The version moves on, so a driver holding the
+/// saga reloads it before its next save. `false` if there is no such saga
+/// or it has nothing left to do.
+pub async fn retry_now<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    order_id: &str,
+) -> sqlx::Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE sagas
+            SET next_attempt_at = now(), needs_attention = false, version = version + 1,
+                saga = jsonb_set(jsonb_set(saga, '{attempts}', '0'), '{attention}', 'null'),
+                updated_at = now()
+          WHERE order_id = $1 AND NOT done",
+    )
+    .bind(order_id)
+    .execute(executor)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// Sagas with something to do now that no driver holds: new ones, ones
 /// whose retry is due, and ones a crash left in the middle (once their
 /// driver's lease ran out).
