@@ -9,28 +9,10 @@ use std::time::Duration;
 
 use operations::dead_letters::{DeadLetter, DeadLetters, Filter};
 use platform_tests::TestPlatform;
+use platform_tests::product_envelope as envelope;
 use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// A message as the relay publishes it, for an event of a product that the
-/// store never saw: what a broken or lost publication looks like to the
-/// consumers.
-fn envelope(sku: &str, sequence: i64, event_type: &str, payload: serde_json::Value) -> String {
-    json!({
-        "event_id": uuid::Uuid::now_v7(),
-        "aggregate_type": "Product",
-        "aggregate_id": sku,
-        "sequence": sequence,
-        "global_position": 1_000_000 + sequence,
-        "event_type": event_type,
-        "event_version": "1.0",
-        "recorded_at": chrono::Utc::now(),
-        "payload": payload,
-        "metadata": {"correlation_id": "dead-letter-test", "causation_id": "dead-letter-test"},
-    })
-    .to_string()
-}
 
 /// Waits until the open dead letters `filter` lets through are `count`.
 async fn open_letters(letters: &DeadLetters, filter: &Filter, count: usize) -> Vec<DeadLetter> {

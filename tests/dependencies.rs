@@ -41,6 +41,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "operations",
         &["event-contract", "platform", "saga-orchestrator"],
     ),
+    (
+        "orders-console",
+        &["command-api", "operations", "projections"],
+    ),
 ];
 
 /// Crates that only assemble or exercise the others.

@@ -539,13 +539,13 @@ async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
     platform.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() {
+/// A confirmed order whose capture the provider forgets (the ledger holds
+/// it approved), then cancelled: its refund cannot pass. Returns once the
+/// saga is flagged, with the saga as GraphQL shows it.
+async fn a_cancel_the_gateway_cannot_refund() -> (TestPlatform, TestGateway, String, Value) {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
     let id = confirmed(&platform, &[("MUG", 2)]).await;
-
-    // The provider forgets the capture the ledger holds approved.
     let ledger = gateway.database.pool(1).await.unwrap();
     sqlx::query("DELETE FROM charges WHERE key = $1")
         .bind(charge_key(&id))
@@ -553,8 +553,13 @@ async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() 
         .await
         .unwrap();
     cancel(&platform, &id, "arrived broken").await;
+    let saga = flagged(&platform, &id).await;
+    (platform, gateway, id, saga)
+}
 
-    let flagged = flagged(&platform, &id).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() {
+    let (platform, gateway, id, flagged) = a_cancel_the_gateway_cannot_refund().await;
     assert_eq!(flagged["state"], "COMPENSATING");
     let refund = flagged["steps"]
         .as_array()
@@ -708,5 +713,122 @@ async fn an_operator_finds_a_flagged_saga_looks_at_it_and_retries_it_on_the_reco
         .await
         .unwrap();
     assert!(listed.iter().all(|saga| saga.order_id != id));
+    platform.stop().await;
+}
+
+/// Abandons the saga as `actor`, trying again while a driver holds it (a
+/// retry of its step in flight), for at most [`WITHIN`].
+async fn abandon(
+    platform: &TestPlatform,
+    id: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<(), operations::sagas::ActionError> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        match operations::sagas::abandon(&platform.pool, id, reason, actor).await {
+            Err(operations::sagas::ActionError::Refused(why))
+                if why.contains("at work") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_saga_stops_for_good_and_the_audit_lists_it_instead_of_failing() {
+    use operations::sagas::ActionError;
+    // The refund can never pass: someone has to settle it with the provider.
+    let (platform, gateway, id, _) = a_cancel_the_gateway_cannot_refund().await;
+
+    // Bad requests change nothing.
+    assert!(matches!(
+        abandon(&platform, &id, "  ", "dave").await,
+        Err(ActionError::Invalid(_))
+    ));
+    assert!(matches!(
+        abandon(&platform, &id, "why", "").await,
+        Err(ActionError::Invalid(_))
+    ));
+    assert!(matches!(
+        abandon(&platform, "no-such-order", "why", "dave").await,
+        Err(ActionError::NotFound(_))
+    ));
+    let untouched = operations::sagas::show(&platform.pool, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(untouched.actions.is_empty() && !untouched.saga.done);
+
+    abandon(
+        &platform,
+        &id,
+        "refunded by hand at the provider, ticket 42",
+        "dave",
+    )
+    .await
+    .unwrap();
+
+    let shown = operations::sagas::show(&platform.pool, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown.saga.state, "ABANDONED");
+    assert!(shown.saga.done && !shown.saga.needs_attention);
+    assert_eq!(shown.actions.len(), 1);
+    assert_eq!(shown.actions[0].action, "abandoned");
+    assert_eq!(shown.actions[0].actor, "dave");
+    let saga = platform
+        .eventually(SAGA, json!({"id": id}), WITHIN, |data| {
+            let saga = &data["order"]["saga"];
+            (saga["state"] == "ABANDONED").then(|| saga.clone())
+        })
+        .await;
+    assert_eq!(saga["needsAttention"], false);
+    let last = saga["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["name"], "abandoned");
+    assert_eq!(
+        last["detail"],
+        "by dave: refunded by hand at the provider, ticket 42"
+    );
+    // Nothing left to do, for anyone: not listed, not due, not retried,
+    // not abandoned twice.
+    let listed = operations::sagas::needing_attention(&platform.pool)
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|saga| saga.order_id != id));
+    let due = saga_orchestrator::store::due(&platform.pool, 1000)
+        .await
+        .unwrap();
+    assert!(!due.contains(&id));
+    assert!(matches!(
+        operations::sagas::retry(&platform.pool, &id, None, "dave").await,
+        Err(ActionError::Refused(_))
+    ));
+    assert!(matches!(
+        abandon(&platform, &id, "again", "erin").await,
+        Err(ActionError::Refused(_))
+    ));
+    assert_eq!(
+        payment_events(&platform, &id).await,
+        ["ChargeRequested", "ChargeApproved"],
+        "abandoning undoes nothing"
+    );
+
+    // The books: this order is listed as abandoned, with who and why, and
+    // everything else still balances.
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        report.abandoned,
+        [format!(
+            "{id}: by dave: refunded by hand at the provider, ticket 42"
+        )]
+    );
+    assert!(report.to_string().contains("1 abandoned"), "{report}");
     platform.stop().await;
 }

@@ -19,7 +19,7 @@ pub enum Role {
     /// Every role in this process.
     All,
     /// HTTP: the REST command API and the GraphQL query API, with health,
-    /// metrics and OpenAPI.
+    /// metrics and OpenAPI, and the operator console with its operations.
     Api,
     /// The relay from the event store to Kafka (one leads, others stand by).
     Relay,
@@ -122,11 +122,20 @@ pub async fn start(
             let updates = projections::graphql::updates::Updates::listen(pool.clone());
             let config = settings.api()?;
             let limits = settings.graphql_limits();
+            let console = orders_console::Console::new(
+                pool.clone(),
+                operations::dead_letters::DeadLetters::new(
+                    &settings.kafka_brokers,
+                    event_contract::Topics::with_prefix(&settings.kafka_topic_prefix),
+                    pool.clone(),
+                ),
+            );
             let routes = projections::graphql::router(
                 projections::graphql::schema(pool.clone(), updates, limits),
                 config.authenticator.clone(),
                 limits,
-            );
+            )
+            .merge(orders_console::router(console));
             let service =
                 command_api::Application::build_with(&config, pool.clone(), routes).await?;
             api = Some(service.local_addr()?);

@@ -14,7 +14,11 @@
 //! - every read model row equals the fold of its events.
 //!
 //! Orders whose saga is still at work are left out of the per-order checks:
-//! their books are open. The tests and the fault suite run this same code.
+//! their books are open. So are orders whose saga an operator abandoned
+//! (`orders saga abandon`): their books are the operator's, and the report
+//! lists each with who abandoned it and why. Everything else (the products'
+//! totals, the payments, the read models) is checked with them in. The
+//! tests and the fault suite run this same code.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -41,6 +45,8 @@ pub struct Report {
     pub cancelled: usize,
     /// Orders whose saga is still at work.
     pub open: usize,
+    /// Orders whose saga an operator abandoned: `<order id>: by <who>: <why>`.
+    pub abandoned: Vec<String>,
     pub products: usize,
     pub charges: usize,
     /// Read model rows compared with the fold of their events.
@@ -58,14 +64,18 @@ impl std::fmt::Display for Report {
         for violation in &self.violations {
             writeln!(f, "VIOLATION: {violation}")?;
         }
+        for abandoned in &self.abandoned {
+            writeln!(f, "ABANDONED: order {abandoned} (books not checked)")?;
+        }
         write!(
             f,
-            "audited {} events: {} orders ({} confirmed, {} cancelled, {} in progress), {} products, {} gateway charges, {} read model rows; {}",
+            "audited {} events: {} orders ({} confirmed, {} cancelled, {} in progress, {} abandoned), {} products, {} gateway charges, {} read model rows; {}",
             self.events,
             self.orders,
             self.confirmed,
             self.cancelled,
             self.open,
+            self.abandoned.len(),
             self.products,
             self.charges,
             self.rows,
@@ -108,17 +118,22 @@ pub async fn audit(pool: &PgPool, gateway_url: &str) -> anyhow::Result<Report> {
     let charges = gateway_charges(gateway_url).await?;
     // A saga is stuck when its work has been due for long and nobody holds it:
     // the scan picks due sagas up within a second.
-    let rows: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+    let rows: Vec<(String, bool, bool, bool, Option<String>)> = sqlx::query_as(
         "SELECT order_id, done, needs_attention,
                 NOT done AND next_attempt_at < now() - interval '5 minutes'
-                    AND (leased_until IS NULL OR leased_until < now())
+                    AND (leased_until IS NULL OR leased_until < now()),
+                CASE WHEN state = 'ABANDONED' THEN coalesce(saga ->> 'abandoned', '') END
            FROM sagas",
     )
     .fetch_all(pool)
     .await
     .context("reading the sagas")?;
     let mut stalled = Vec::new();
-    for (id, _, attention, stuck) in &rows {
+    let mut abandoned = HashMap::new();
+    for (id, _, attention, stuck, why) in &rows {
+        if let Some(why) = why {
+            abandoned.insert(id.clone(), why.clone());
+        }
         if *attention {
             stalled.push(format!(
                 "the saga of order {id} needs attention (see order.saga in GraphQL)"
@@ -129,10 +144,7 @@ pub async fn audit(pool: &PgPool, gateway_url: &str) -> anyhow::Result<Report> {
             ));
         }
     }
-    let sagas: HashMap<String, bool> = rows
-        .into_iter()
-        .map(|(id, done, _, _)| (id, done))
-        .collect();
+    let sagas: HashMap<String, bool> = rows.into_iter().map(|(id, done, ..)| (id, done)).collect();
     let store = Store::read(pool).await?;
     let mut report = Report {
         events: store.events,
@@ -144,7 +156,7 @@ pub async fn audit(pool: &PgPool, gateway_url: &str) -> anyhow::Result<Report> {
     report.violations.extend(store.violations.iter().cloned());
     // A saga at work is no violation, unless it cannot get on alone.
     report.violations.extend(stalled);
-    check_orders(&store, &sagas, &charges, &mut report);
+    check_orders(&store, &sagas, &abandoned, &charges, &mut report);
     check_products(&store, &mut report);
     check_payments(&store, &mut report);
     for projection in Projection::ALL {
@@ -337,6 +349,7 @@ impl Store {
 fn check_orders(
     store: &Store,
     sagas: &HashMap<String, bool>,
+    abandoned: &HashMap<String, String>,
     charges: &HashMap<String, GatewayCharge>,
     report: &mut Report,
 ) {
@@ -347,6 +360,10 @@ fn check_orders(
                 .push(format!("order {id} has events but was never placed"));
             continue;
         };
+        if let Some(why) = abandoned.get(id) {
+            report.abandoned.push(format!("{id}: {why}"));
+            continue;
+        }
         let live = sagas.get(id).is_some_and(|done| !done);
         if live {
             report.open += 1;

@@ -135,6 +135,30 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         ),
         Err(error) => println!("events: unavailable ({error})"),
     }
+    match operations::overview::overview(&pool, &orders_console::read_models()).await {
+        Ok(overview) => {
+            for relay in &overview.relay {
+                println!(
+                    "relay {}: published to position {}, {} event(s) behind",
+                    relay.name, relay.global_position, relay.behind
+                );
+            }
+            for projection in &overview.projections {
+                println!(
+                    "read model {} ({}): applied to position {}, {} event(s) behind{}",
+                    projection.name,
+                    projection.table,
+                    projection.last_global_position,
+                    projection.behind,
+                    projection
+                        .oldest_unapplied_at
+                        .map(|at| format!(", the oldest recorded {}", at.to_rfc3339()))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Err(error) => println!("relay and read models: unavailable ({error})"),
+    }
     match saga_orchestrator::store::counts(&pool).await {
         Ok((by_state, attention)) => {
             let states: Vec<String> = by_state

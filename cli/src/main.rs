@@ -77,7 +77,8 @@ enum Command {
         #[arg(long)]
         from: i64,
     },
-    /// Order sagas that need someone: list them, look at one, retry it.
+    /// Order sagas that need someone: list them, look at one, retry or
+    /// abandon it.
     Saga {
         #[command(subcommand)]
         action: SagaCommand,
@@ -125,6 +126,18 @@ enum SagaCommand {
         #[arg(long)]
         reason: Option<String>,
         /// Who retries it (default: the user running this).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Stop the saga for good, undoing nothing: its order's books are
+    /// yours from then on, and `orders audit` lists it as abandoned with
+    /// who and why. Refused for a saga that ended or that a driver holds.
+    Abandon {
+        order_id: String,
+        /// Why (required), for the record and the audit.
+        #[arg(long)]
+        reason: String,
+        /// Who abandons it (default: the user running this).
         #[arg(long)]
         by: Option<String>,
     },
@@ -377,6 +390,15 @@ async fn saga(settings: &Settings, command: SagaCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("the saga of order {order_id} is due now");
+            Ok(())
+        }
+        SagaCommand::Abandon {
+            order_id,
+            reason,
+            by,
+        } => {
+            sagas::abandon(&pool, &order_id, &reason, &orders_cli::dlq::actor(by)).await?;
+            println!("the saga of order {order_id} is abandoned");
             Ok(())
         }
     }

@@ -40,8 +40,9 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header a replayed message carries: the dead letter it came from.
 pub const REPLAY_OF_HEADER: &str = "replay_of";
 
-/// Where a dead letter sits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+/// Where a dead letter sits; written (and serialized) as
+/// `<dead-letter topic>:<partition>:<offset>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LetterId {
     pub topic: String,
     pub partition: i32,
@@ -51,6 +52,12 @@ pub struct LetterId {
 impl fmt::Display for LetterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.topic, self.partition, self.offset)
+    }
+}
+
+impl Serialize for LetterId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -210,15 +217,18 @@ impl DeadLetters {
         Ok(letters)
     }
 
-    /// The dead letter at `id`, if there is one.
-    pub async fn find(&self, id: &LetterId) -> anyhow::Result<Option<DeadLetter>> {
-        let known = self
-            .topics
+    /// Whether `topic` is one of this platform's dead-letter topics.
+    pub fn is_dead_letter_topic(&self, topic: &str) -> bool {
+        self.topics
             .all()
             .iter()
-            .any(|source| Topics::dead_letter(source) == id.topic);
+            .any(|source| Topics::dead_letter(source) == topic)
+    }
+
+    /// The dead letter at `id`, if there is one.
+    pub async fn find(&self, id: &LetterId) -> anyhow::Result<Option<DeadLetter>> {
         anyhow::ensure!(
-            known,
+            self.is_dead_letter_topic(&id.topic),
             "{} is not one of this platform's dead-letter topics",
             id.topic
         );

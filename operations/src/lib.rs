@@ -2,9 +2,11 @@
 //! anything else that wants to offer it): read the dead letters, replay them
 //! into the live path, or discard them with a reason, every action recorded
 //! in `dead_letter_actions` (who, when, what, why); list the sagas that need
-//! someone, look at one whole, retry it at once (`saga_actions`).
+//! someone, look at one whole, retry it at once or abandon it
+//! (`saga_actions`); and the overview of where the platform stands.
 
 pub mod dead_letters;
+pub mod overview;
 pub mod sagas;
 
 use sqlx::PgPool;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use saga_orchestrator::store::{self, Inspected};
 use serde::Serialize;
@@ -60,6 +59,68 @@ pub async fn show(pool: &PgPool, order_id: &str) -> anyhow::Result<Option<SagaRe
     }))
 }
 
+/// Why an operator's action on a saga was refused; the ones to show the
+/// operator as they are (`NotFound`, `Refused`, `Invalid`) and the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// Who or why is missing or too long.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("order {0} has no saga")]
+    NotFound(String),
+    /// The saga is not in a state that allows it (ended, or driven now).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// Who took an action and why, checked: `actor` 1 to 200 characters, a
+/// reason at most 500 (and required when `needed`).
+fn who_and_why<'a>(
+    actor: &'a str,
+    reason: Option<&'a str>,
+    needed: bool,
+) -> Result<(&'a str, Option<&'a str>), ActionError> {
+    let actor = actor.trim();
+    if actor.is_empty() || actor.chars().count() > 200 {
+        return Err(ActionError::Invalid(
+            "an action needs who took it (1 to 200 characters)".into(),
+        ));
+    }
+    let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
+    if needed && reason.is_none() {
+        return Err(ActionError::Invalid(
+            "say why (a reason is required)".into(),
+        ));
+    }
+    if reason.is_some_and(|reason| reason.chars().count() > 500) {
+        return Err(ActionError::Invalid(
+            "a reason has at most 500 characters".into(),
+        ));
+    }
+    Ok((actor, reason))
+}
+
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    order_id: &str,
+    action: &str,
+    reason: Option<&str>,
+    actor: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO saga_actions (order_id, action, reason, actor) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(order_id)
+    .bind(action)
+    .bind(reason)
+    .bind(actor)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Makes the saga's next action due at once with a fresh count of failures
 /// (see `store::retry_now`), recorded as `actor`'s, with `reason` if given.
 pub async fn retry(
@@ -67,34 +128,47 @@ pub async fn retry(
     order_id: &str,
     reason: Option<&str>,
     actor: &str,
-) -> anyhow::Result<()> {
-    let actor = actor.trim();
-    anyhow::ensure!(
-        !actor.is_empty() && actor.chars().count() <= 200,
-        "an action needs who took it (1 to 200 characters)"
-    );
-    let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
-    anyhow::ensure!(
-        reason.is_none_or(|reason| reason.chars().count() <= 500),
-        "a reason has at most 500 characters"
-    );
+) -> Result<(), ActionError> {
+    let (actor, reason) = who_and_why(actor, reason, false)?;
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO saga_actions (order_id, action, reason, actor) VALUES ($1, 'retried', $2, $3)",
-    )
-    .bind(order_id)
-    .bind(reason)
-    .bind(actor)
-    .execute(&mut *tx)
-    .await
-    .context("recording the action")?;
+    record(&mut tx, order_id, "retried", reason, actor).await?;
     // In the same transaction: retried and recorded, or neither.
-    anyhow::ensure!(
-        store::retry_now(&mut *tx, order_id).await?,
-        "order {order_id} has no saga with anything left to do"
-    );
+    if !store::retry_now(&mut *tx, order_id).await? {
+        return Err(match store::inspect(pool, order_id).await? {
+            None => ActionError::NotFound(order_id.to_owned()),
+            Some(saga) => ActionError::Refused(format!(
+                "the saga of order {order_id} ended {}: there is nothing to retry",
+                saga.state
+            )),
+        });
+    }
     tx.commit().await?;
     metrics::counter!("saga_actions_total", "action" => "retried").increment(1);
     tracing::info!(order_id, actor, reason, "saga retried by an operator");
+    Ok(())
+}
+
+/// Stops the saga for good (see `SagaState::Abandoned`): nothing it holds
+/// is undone, and `orders audit` lists its order as abandoned, with
+/// `actor` and `reason` (required), instead of checking its books.
+pub async fn abandon(
+    pool: &PgPool,
+    order_id: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<(), ActionError> {
+    let (actor, reason) = who_and_why(actor, Some(reason), true)?;
+    let reason = reason.unwrap_or_default();
+    let mut tx = pool.begin().await?;
+    record(&mut tx, order_id, "abandoned", Some(reason), actor).await?;
+    match store::abandon(&mut tx, order_id, actor, reason).await {
+        Ok(_) => {}
+        Err(store::AbandonRefused::NoSaga(id)) => return Err(ActionError::NotFound(id)),
+        Err(store::AbandonRefused::Store(error)) => return Err(error.into()),
+        Err(refused) => return Err(ActionError::Refused(refused.to_string())),
+    }
+    tx.commit().await?;
+    metrics::counter!("saga_actions_total", "action" => "abandoned").increment(1);
+    tracing::warn!(order_id, actor, reason, "saga abandoned by an operator");
     Ok(())
 }

@@ -88,6 +88,11 @@ impl Projection {
         with_model!(self, M => M::TABLE)
     }
 
+    /// The aggregate type whose events it applies.
+    pub fn aggregate_type(self) -> &'static str {
+        with_model!(self, M => M::AGGREGATE_TYPE)
+    }
+
     /// The projection named `name`, or with that [`slug`](Self::slug).
     pub fn named(name: &str) -> Option<Self> {
         Self::ALL

@@ -29,16 +29,22 @@ pub enum SagaState {
     Compensating,
     /// Done: the order is cancelled and nothing it held is kept.
     Cancelled,
+    /// Done by an operator's word (`orders saga abandon`): the saga does
+    /// nothing more, whatever it held stays as it was, and why is recorded
+    /// (`abandoned`). The books of its order are the operator's from then
+    /// on; `orders audit` lists it rather than checking it.
+    Abandoned,
 }
 
 impl SagaState {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Reserving,
         Self::Charging,
         Self::Confirming,
         Self::Confirmed,
         Self::Compensating,
         Self::Cancelled,
+        Self::Abandoned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,12 +55,13 @@ impl SagaState {
             Self::Confirmed => "CONFIRMED",
             Self::Compensating => "COMPENSATING",
             Self::Cancelled => "CANCELLED",
+            Self::Abandoned => "ABANDONED",
         }
     }
 
     /// Whether the saga has nothing left to do.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Confirmed | Self::Cancelled)
+        matches!(self, Self::Confirmed | Self::Cancelled | Self::Abandoned)
     }
 }
 
@@ -271,6 +278,9 @@ pub struct OrderSaga {
     /// restart, is part of the order's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// Who abandoned the saga and why (see [`SagaState::Abandoned`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<String>,
 }
 
 impl OrderSaga {
@@ -294,6 +304,7 @@ impl OrderSaga {
             updated_at: at,
             placed_at: Some(at),
             trace: None,
+            abandoned: None,
         }
     }
 
@@ -342,7 +353,7 @@ impl OrderSaga {
                     }),
             ),
             SagaState::Compensating => self.next_compensation(),
-            SagaState::Confirmed | SagaState::Cancelled => None,
+            SagaState::Confirmed | SagaState::Cancelled | SagaState::Abandoned => None,
         }
     }
 
@@ -459,6 +470,10 @@ impl OrderSaga {
             at,
             detail,
         });
+        if self.state == SagaState::Abandoned {
+            // Noted, and nothing more: its books are the operator's.
+            return;
+        }
         let outcome = match outcome {
             // An undo is never abandoned: a timeout is one more failure, and
             // so is a key given up on (only forward steps are given up).
@@ -652,7 +667,9 @@ impl OrderSaga {
             detail: Some(reason.to_owned()),
         });
         match self.state {
-            SagaState::Cancelled => {}
+            // An abandoned saga takes note and does nothing: its books are
+            // the operator's.
+            SagaState::Cancelled | SagaState::Abandoned => {}
             SagaState::Compensating => {
                 if self.nothing_left_to_undo() {
                     self.state = SagaState::Cancelled;
@@ -663,6 +680,29 @@ impl OrderSaga {
                 self.compensate_keeping_reason();
             }
         }
+    }
+
+    /// An operator stops the saga for good: `who` and `why` are recorded,
+    /// and nothing it holds is undone (see [`SagaState::Abandoned`]). A
+    /// saga that ended already stays as it is: `false`.
+    pub fn abandon(&mut self, who: &str, why: &str, at: DateTime<Utc>) -> bool {
+        if self.state.is_final() {
+            return false;
+        }
+        let record = format!("by {who}: {why}");
+        self.steps.push(StepRecord {
+            name: "abandoned".into(),
+            status: "DONE".into(),
+            at,
+            detail: Some(record.clone()),
+        });
+        self.abandoned = Some(record);
+        self.state = SagaState::Abandoned;
+        self.attempts = 0;
+        self.attention = None;
+        self.action_started_at = None;
+        self.updated_at = at;
+        true
     }
 
     fn compensate(&mut self, reason: String) {

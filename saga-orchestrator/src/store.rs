@@ -328,7 +328,9 @@ impl SaveColumns {
         self.order_id.push(save.saga.order_id.clone());
         self.state.push(save.saga.state.as_str());
         self.ended.push(save.saga.is_over());
-        self.cancelled.push(save.saga.order_cancelled);
+        // An abandoned saga waits for no cancel: it takes none in.
+        self.cancelled
+            .push(save.saga.order_cancelled || save.saga.state == SagaState::Abandoned);
         self.attention.push(save.needs_attention);
         self.next_attempt_at.push(save.next_attempt_at);
         self.updated_at.push(save.saga.updated_at);
@@ -443,6 +445,80 @@ pub async fn retry_now<'c>(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Why an operator's abandon was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AbandonRefused {
+    #[error("order {0} has no saga")]
+    NoSaga(String),
+    #[error("the saga of order {order_id} ended {state}: there is nothing to abandon")]
+    Ended { order_id: String, state: String },
+    #[error(
+        "a driver ({owner}) is at work on the saga of order {order_id} until {until}; try again then"
+    )]
+    Driven {
+        order_id: String,
+        owner: String,
+        until: DateTime<Utc>,
+    },
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// An operator abandons the saga of `order_id` (see
+/// [`SagaState::Abandoned`]): `who` and `why` go into its log, it is done
+/// and no longer needs attention, and nothing it holds is undone. Refused
+/// while a driver holds its lease (the step in its hands could land after),
+/// and for a saga that ended. Run it in the transaction that records the
+/// action.
+pub async fn abandon(
+    tx: &mut sqlx::PgConnection,
+    order_id: &str,
+    who: &str,
+    why: &str,
+) -> Result<OrderSaga, AbandonRefused> {
+    let row = sqlx::query(
+        "SELECT saga, version, lease_owner, leased_until > now() AS leased, leased_until
+           FROM sagas WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AbandonRefused::NoSaga(order_id.to_owned()))?;
+    let sqlx::types::Json(mut saga): sqlx::types::Json<OrderSaga> = row.try_get("saga")?;
+    let version: i64 = row.try_get("version")?;
+    if row.try_get::<Option<bool>, _>("leased")? == Some(true) {
+        return Err(AbandonRefused::Driven {
+            order_id: order_id.to_owned(),
+            owner: row
+                .try_get::<Option<String>, _>("lease_owner")?
+                .unwrap_or_default(),
+            until: row
+                .try_get::<Option<DateTime<Utc>>, _>("leased_until")?
+                .unwrap_or_else(Utc::now),
+        });
+    }
+    if !saga.abandon(who, why, Utc::now()) {
+        return Err(AbandonRefused::Ended {
+            order_id: order_id.to_owned(),
+            state: saga.state.as_str().to_owned(),
+        });
+    }
+    sqlx::query(
+        "UPDATE sagas
+            SET saga = $2, state = $3, version = version + 1, done = true,
+                needs_attention = false, leased_until = NULL, updated_at = $4
+          WHERE order_id = $1 AND version = $5",
+    )
+    .bind(order_id)
+    .bind(sqlx::types::Json(&saga))
+    .bind(saga.state.as_str())
+    .bind(saga.updated_at)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(saga)
+}
+
 /// Sagas with something to do now that no driver holds: new ones, ones
 /// whose retry is due, and ones a crash left in the middle (once their
 /// driver's lease ran out).
@@ -497,13 +573,15 @@ pub struct SagaView {
     pub updated_at: DateTime<Utc>,
     /// An undo failed repeatedly, or the records disagree: someone should look.
     pub needs_attention: bool,
+    /// The id of the order's trace (hex), which every step continues.
+    pub trace_id: Option<String>,
 }
 
 /// The sagas of `order_ids` that exist, in no particular order.
 pub async fn views(pool: &PgPool, order_ids: &[String]) -> sqlx::Result<Vec<SagaView>> {
     let rows = sqlx::query(
         "SELECT order_id, saga -> 'state' AS state, saga -> 'steps' AS steps, updated_at,
-                needs_attention
+                needs_attention, saga ->> 'trace' AS trace
            FROM sagas WHERE order_id = ANY($1)",
     )
     .bind(order_ids)
@@ -519,7 +597,16 @@ pub async fn views(pool: &PgPool, order_ids: &[String]) -> sqlx::Result<Vec<Saga
                 steps,
                 updated_at: row.try_get("updated_at")?,
                 needs_attention: row.try_get("needs_attention")?,
+                trace_id: row
+                    .try_get::<Option<String>, _>("trace")?
+                    .as_deref()
+                    .and_then(trace_id_of),
             })
         })
         .collect()
+}
+
+/// The trace id (hex) of a W3C `traceparent`, if it is a valid one.
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    platform::trace::parse(traceparent).map(|context| context.trace_id().to_string())
 }

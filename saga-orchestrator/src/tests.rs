@@ -210,6 +210,77 @@ fn a_late_approval_while_undoing_is_refunded() {
 }
 
 #[test]
+fn an_abandoned_saga_stops_where_it_is_and_undoes_nothing() {
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    saga.record(&Action::RequestCharge, Outcome::Done, at(2));
+    for second in 3..9 {
+        saga.record(
+            &Action::Charge,
+            Outcome::Inconsistent {
+                detail: "the ledger and the gateway disagree".into(),
+            },
+            at(second),
+        );
+    }
+    assert!(saga.needs_attention(5));
+
+    assert!(saga.abandon("alice", "settled with the bank by hand", at(10)));
+
+    assert_eq!(saga.state, SagaState::Abandoned);
+    assert!(saga.state.is_final());
+    assert_eq!(saga.next_action(), None);
+    assert!(saga.next_actions().is_empty());
+    assert!(saga.is_over());
+    assert!(!saga.needs_attention(5));
+    // What it held stays held: the operator owns the books of this order.
+    assert_eq!(saga.charge, Charge::Requested);
+    assert_eq!(saga.lines[0].stock, Stock::Reserved);
+    assert_eq!(
+        saga.abandoned.as_deref(),
+        Some("by alice: settled with the bank by hand")
+    );
+    let last = saga.steps.last().unwrap();
+    assert_eq!(
+        (last.name.as_str(), last.at),
+        ("abandoned", at(10)),
+        "the log says who and when"
+    );
+    // Survives a save and a load.
+    let back: OrderSaga = serde_json::from_value(serde_json::to_value(&saga).unwrap()).unwrap();
+    assert_eq!(back, saga);
+}
+
+#[test]
+fn a_saga_that_ended_cannot_be_abandoned_and_an_abandoned_one_ignores_a_cancel() {
+    let mut confirmed = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    drive(&mut confirmed, approving);
+    let before = confirmed.clone();
+    assert!(!confirmed.abandon("alice", "too late", at(20)));
+    assert_eq!(confirmed, before, "an ended saga is left as it was");
+
+    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    saga.record(&reserve("MUG"), Outcome::Done, at(1));
+    assert!(saga.abandon("alice", "stuck", at(2)));
+    assert!(!saga.abandon("bob", "again", at(3)), "abandoned once");
+    saga.order_cancelled("changed my mind", at(4));
+    assert_eq!(saga.state, SagaState::Abandoned);
+    assert_eq!(saga.next_action(), None, "no release, no cancel command");
+    assert_eq!(saga.lines[0].stock, Stock::Reserved);
+    assert!(saga.order_cancelled, "the cancel is noted");
+    // A late answer to a step in flight changes nothing either.
+    saga.give_up(&Action::RequestCharge, at(5));
+    saga.record(&Action::ConfirmOrder, Outcome::Done, at(6));
+    saga.record(
+        &reserve("MUG"),
+        Outcome::Failed { detail: "x".into() },
+        at(7),
+    );
+    assert_eq!(saga.state, SagaState::Abandoned);
+    assert_eq!(saga.attempts, 0);
+}
+
+#[test]
 fn a_customer_cancel_before_any_charge_undoes_only_the_stock() {
     let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));

@@ -187,3 +187,23 @@ impl Page {
             .collect()
     }
 }
+
+impl Page {
+    /// Saves what the tab shows as `<dir>/<name>.png` when
+    /// `ORDERS_SCREENSHOTS` names a folder (`scripts/screenshots` sets it);
+    /// does nothing otherwise.
+    pub async fn screenshot(&mut self, name: &str) {
+        let Ok(dir) = std::env::var("ORDERS_SCREENSHOTS") else {
+            return;
+        };
+        use base64::Engine as _;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("image data"))
+            .expect("base64");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png).unwrap();
+    }
+}

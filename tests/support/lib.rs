@@ -8,6 +8,30 @@ pub mod websocket;
 
 pub use platform_under_test::{TestGateway, TestPlatform, settings};
 
+/// A message as the relay publishes it, for an event of a product that the
+/// store never saw: what a broken or lost publication looks like to the
+/// consumers (`platform::testing::produce_poison` sends it).
+pub fn product_envelope(
+    sku: &str,
+    sequence: i64,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> String {
+    serde_json::json!({
+        "event_id": uuid::Uuid::now_v7(),
+        "aggregate_type": "Product",
+        "aggregate_id": sku,
+        "sequence": sequence,
+        "global_position": 1_000_000 + sequence,
+        "event_type": event_type,
+        "event_version": "1.0",
+        "recorded_at": chrono::Utc::now(),
+        "payload": payload,
+        "metadata": {"correlation_id": "dead-letter-test", "causation_id": "dead-letter-test"},
+    })
+    .to_string()
+}
+
 use std::net::SocketAddr;
 
 use command_api::{ApiConfig, Application};

@@ -95,6 +95,7 @@ impl Loader<String> for SagaLoader {
                     steps: view.steps.into_iter().map(SagaStep::from).collect(),
                     updated_at: view.updated_at,
                     needs_attention: view.needs_attention,
+                    trace_id: view.trace_id,
                 };
                 (view.order_id, saga)
             })

@@ -135,8 +135,9 @@ impl Order {
 /// Where an order's saga stands.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct SagaState {
-    /// `RESERVING`, `CHARGING`, `CONFIRMING`, `CONFIRMED`, `COMPENSATING` or
-    /// `CANCELLED`.
+    /// `RESERVING`, `CHARGING`, `CONFIRMING`, `CONFIRMED`, `COMPENSATING`,
+    /// `CANCELLED`, or `ABANDONED` (an operator stopped it; its last step
+    /// says who and why).
     pub state: String,
     /// Every step taken, oldest first.
     pub steps: Vec<SagaStep>,
@@ -144,6 +145,9 @@ pub struct SagaState {
     /// An undo has failed repeatedly; it is still retried, but someone
     /// should look.
     pub needs_attention: bool,
+    /// The id of the order's trace (32 hex digits), from `POST /api/orders`
+    /// to its end: look it up in the tracing backend.
+    pub trace_id: Option<String>,
 }
 
 /// One step a saga took.

@@ -1,0 +1,271 @@
+//! `/api/operations/`: what `orders status`, `orders dlq` and `orders saga`
+//! do, over HTTP for `admin` callers. Bad input is a 422 that changes
+//! nothing; an unknown letter or saga a 404; an action the saga's state
+//! does not allow a 409.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use command_api::auth::Admin;
+use command_api::extract::JsonBody;
+use command_api::problem::{ApiError, FieldError};
+use operations::dead_letters::{DeadLetter, Filter, LetterId};
+use operations::sagas::ActionError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Console;
+
+/// The longest text a filter or a reason may hold.
+const TEXT_LIMIT: usize = 500;
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Validation(vec![FieldError::new(field, message)])
+}
+
+fn unavailable(error: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::Unavailable(error.into())
+}
+
+/// Who an action is recorded as: the token's subject.
+fn actor(admin: &Admin) -> String {
+    admin.0.customer().to_string()
+}
+
+/// `GET /api/operations/overview`.
+pub async fn overview(_: Admin, State(console): State<Console>) -> Result<Json<Value>, ApiError> {
+    let overview = operations::overview::overview(&console.pool, &crate::read_models())
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!(overview)))
+}
+
+/// A dead letter with what the console shows of it at a glance.
+#[derive(Serialize)]
+struct Letter<'a> {
+    #[serde(flatten)]
+    letter: &'a DeadLetter,
+    error: &'a str,
+    consumer: &'a str,
+    source_topic: Option<&'a str>,
+    state: Option<&'a str>,
+}
+
+fn letter(letter: &DeadLetter) -> Letter<'_> {
+    Letter {
+        letter,
+        error: letter.error(),
+        consumer: letter.consumer(),
+        source_topic: letter.source_topic(),
+        state: letter.state(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LetterQuery {
+    topic: Option<String>,
+    aggregate: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// An optional filter text: empty means none, too long is refused.
+fn filter_text(field: &str, text: Option<String>) -> Result<Option<String>, ApiError> {
+    let text = text
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty());
+    if text
+        .as_ref()
+        .is_some_and(|text| text.chars().count() > TEXT_LIMIT)
+    {
+        return Err(invalid(field, format!("at most {TEXT_LIMIT} characters")));
+    }
+    Ok(text)
+}
+
+/// `GET /api/operations/dead-letters?topic=&aggregate=&reason=&all=true`.
+pub async fn dead_letters(
+    _: Admin,
+    State(console): State<Console>,
+    query: Result<Query<LetterQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| invalid("query", rejection.body_text()))?;
+    let filter = Filter {
+        topic: filter_text("topic", query.topic)?,
+        aggregate: filter_text("aggregate", query.aggregate)?,
+        reason: filter_text("reason", query.reason)?,
+        include_handled: query.all,
+    };
+    let found = console
+        .dead_letters
+        .list(&filter)
+        .await
+        .map_err(unavailable)?;
+    let found: Vec<Letter<'_>> = found.iter().map(letter).collect();
+    Ok(Json(json!({ "dead_letters": found })))
+}
+
+/// The dead letter `id` names: 422 for an id that is not one, 404 for a
+/// topic that is not the platform's or a letter that is not there.
+async fn find(console: &Console, id: &str) -> Result<DeadLetter, ApiError> {
+    let id: LetterId = id
+        .parse()
+        .map_err(|error: anyhow::Error| invalid("id", error.to_string()))?;
+    let not_found = || ApiError::NotFound {
+        detail: format!("no dead letter at {id}"),
+        errors: Vec::new(),
+    };
+    if !console.dead_letters.is_dead_letter_topic(&id.topic) {
+        return Err(not_found());
+    }
+    console
+        .dead_letters
+        .find(&id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)
+}
+
+/// `GET /api/operations/dead-letters/{id}`.
+pub async fn dead_letter(
+    _: Admin,
+    State(console): State<Console>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let found = find(&console, &id).await?;
+    Ok(Json(json!(letter(&found))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/operations/dead-letters/{id}/replay` (`{"dry_run": true}`
+/// says where it would go and sends nothing).
+pub async fn replay(
+    admin: Admin,
+    State(console): State<Console>,
+    Path(id): Path<String>,
+    body: JsonBody<ReplayBody>,
+) -> Result<Json<Value>, ApiError> {
+    let found = find(&console, &id).await?;
+    let Some(to) = found.source_topic().map(str::to_owned) else {
+        return Err(ApiError::Refused(format!(
+            "{} names no source topic: it cannot be replayed",
+            found.id
+        )));
+    };
+    if !body.value.dry_run {
+        console
+            .dead_letters
+            .replay(&found, &actor(&admin))
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(Json(
+        json!({ "id": found.id, "to": to, "dry_run": body.value.dry_run }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The reason of `body`, required or not, at most [`TEXT_LIMIT`] characters.
+fn reason(body: ReasonBody, required: bool) -> Result<Option<String>, ApiError> {
+    let reason = filter_text("reason", body.reason)?;
+    if required && reason.is_none() {
+        return Err(invalid("reason", "say why (a reason is required)"));
+    }
+    Ok(reason)
+}
+
+/// `POST /api/operations/dead-letters/{id}/discard` with `{"reason": ...}`.
+pub async fn discard(
+    admin: Admin,
+    State(console): State<Console>,
+    Path(id): Path<String>,
+    body: JsonBody<ReasonBody>,
+) -> Result<Json<Value>, ApiError> {
+    let reason = reason(body.value, true)?.unwrap_or_default();
+    let found = find(&console, &id).await?;
+    console
+        .dead_letters
+        .discard(&found, &reason, &actor(&admin))
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "id": found.id, "discarded": true })))
+}
+
+/// `GET /api/operations/sagas`: those needing someone.
+pub async fn sagas(_: Admin, State(console): State<Console>) -> Result<Json<Value>, ApiError> {
+    let found = operations::sagas::needing_attention(&console.pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "sagas": found })))
+}
+
+/// `GET /api/operations/sagas/{order_id}`.
+pub async fn saga(
+    _: Admin,
+    State(console): State<Console>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    operations::sagas::show(&console.pool, &order_id)
+        .await
+        .map_err(unavailable)?
+        .map(|report| Json(json!(report)))
+        .ok_or_else(|| saga_not_found(&order_id))
+}
+
+fn saga_not_found(order_id: &str) -> ApiError {
+    ApiError::NotFound {
+        detail: format!("order {order_id} has no saga"),
+        errors: Vec::new(),
+    }
+}
+
+fn action_error(error: ActionError) -> ApiError {
+    match error {
+        ActionError::Invalid(why) => invalid("reason", why),
+        ActionError::NotFound(order_id) => saga_not_found(&order_id),
+        ActionError::Refused(why) => ApiError::Refused(why),
+        ActionError::Store(error) => unavailable(error),
+    }
+}
+
+/// `POST /api/operations/sagas/{order_id}/retry` with an optional reason.
+pub async fn retry(
+    admin: Admin,
+    State(console): State<Console>,
+    Path(order_id): Path<String>,
+    body: JsonBody<ReasonBody>,
+) -> Result<Json<Value>, ApiError> {
+    let reason = reason(body.value, false)?;
+    operations::sagas::retry(&console.pool, &order_id, reason.as_deref(), &actor(&admin))
+        .await
+        .map_err(action_error)?;
+    Ok(Json(json!({ "order_id": order_id, "retried": true })))
+}
+
+/// `POST /api/operations/sagas/{order_id}/abandon` with `{"reason": ...}`.
+pub async fn abandon(
+    admin: Admin,
+    State(console): State<Console>,
+    Path(order_id): Path<String>,
+    body: JsonBody<ReasonBody>,
+) -> Result<Json<Value>, ApiError> {
+    let reason = reason(body.value, true)?.unwrap_or_default();
+    operations::sagas::abandon(&console.pool, &order_id, &reason, &actor(&admin))
+        .await
+        .map_err(action_error)?;
+    Ok(Json(json!({ "order_id": order_id, "abandoned": true })))
+}
