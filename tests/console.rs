@@ -241,6 +241,25 @@ async fn only_admins_are_answered_and_bad_input_changes_nothing() {
             None,
             404,
         ),
+        // One line each: a line break would forge lines of the audit's report.
+        (
+            Method::POST,
+            "/api/operations/sagas/no-such-order/abandon".into(),
+            Some(json!({"reason": "fine\nVIOLATION: forged"})),
+            422,
+        ),
+        (
+            Method::POST,
+            format!("/api/operations/dead-letters/{dlq}:0:0/discard"),
+            Some(json!({"reason": "a\u{1b}[2Jb"})),
+            422,
+        ),
+        (
+            Method::GET,
+            "/api/operations/dead-letters?reason=a%0Ab".into(),
+            None,
+            422,
+        ),
     ];
     for (method, path, body, expected) in bad {
         let (status, problem) = call(&admin, &platform, method.clone(), &path, body).await;

@@ -746,11 +746,11 @@ async fn an_abandoned_saga_stops_for_good_and_the_audit_lists_it_instead_of_fail
     // Bad requests change nothing.
     assert!(matches!(
         abandon(&platform, &id, "  ", "dave").await,
-        Err(ActionError::Invalid(_))
+        Err(ActionError::Invalid { .. })
     ));
     assert!(matches!(
         abandon(&platform, &id, "why", "").await,
-        Err(ActionError::Invalid(_))
+        Err(ActionError::Invalid { .. })
     ));
     assert!(matches!(
         abandon(&platform, "no-such-order", "why", "dave").await,
@@ -830,5 +830,59 @@ async fn an_abandoned_saga_stops_for_good_and_the_audit_lists_it_instead_of_fail
         )]
     );
     assert!(report.to_string().contains("1 abandoned"), "{report}");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_an_abandon_is_flagged_until_an_operator_settles_it() {
+    let (platform, mut gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    // The gateway is away: the charge times out, its refund cannot pass.
+    gateway.outage().await;
+    let id = place(&platform, &[("MUG", 1)], "tok_visa").await;
+    flagged(&platform, &id).await;
+    abandon(&platform, &id, "the provider's support will look", "dave")
+        .await
+        .unwrap();
+
+    // The customer, told nothing, cancels the order the saga left placed:
+    // it is cancelled, but nothing is undone, so someone must hear of it.
+    cancel(&platform, &id, "took too long").await;
+    let saga = flagged(&platform, &id).await;
+    assert_eq!(saga["state"], "ABANDONED");
+    let listed = operations::sagas::needing_attention(&platform.pool)
+        .await
+        .unwrap();
+    assert!(listed.iter().any(|saga| saga.order_id == id));
+    gateway.resume(&platform).await;
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains(&id) && v.contains("needs attention")),
+        "{report}"
+    );
+
+    // The operator settles it by hand and says so: abandoned again.
+    abandon(&platform, &id, "stock released by hand", "dave")
+        .await
+        .unwrap();
+    let shown = operations::sagas::show(&platform.pool, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(shown.saga.done && !shown.saga.needs_attention);
+    assert_eq!(shown.actions.len(), 2);
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        report.abandoned,
+        [format!("{id}: by dave: stock released by hand")]
+    );
     platform.stop().await;
 }

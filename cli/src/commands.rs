@@ -137,23 +137,31 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
     }
     match operations::overview::overview(&pool, &orders_console::read_models()).await {
         Ok(overview) => {
+            let behind = |lag: &operations::overview::Lag| {
+                format!(
+                    "{}{} event(s) behind{}",
+                    if lag.behind_more { "at least " } else { "" },
+                    lag.behind,
+                    lag.oldest_behind_at
+                        .map(|at| format!(", the oldest recorded {}", at.to_rfc3339()))
+                        .unwrap_or_default()
+                )
+            };
             for relay in &overview.relay {
                 println!(
-                    "relay {}: published to position {}, {} event(s) behind",
-                    relay.name, relay.global_position, relay.behind
+                    "relay {}: published to position {}, {}",
+                    relay.name,
+                    relay.global_position,
+                    behind(&relay.lag)
                 );
             }
             for projection in &overview.projections {
                 println!(
-                    "read model {} ({}): applied to position {}, {} event(s) behind{}",
+                    "read model {} ({}): applied to position {}, {}",
                     projection.name,
                     projection.table,
                     projection.last_global_position,
-                    projection.behind,
-                    projection
-                        .oldest_unapplied_at
-                        .map(|at| format!(", the oldest recorded {}", at.to_rfc3339()))
-                        .unwrap_or_default()
+                    behind(&projection.lag)
                 );
             }
         }

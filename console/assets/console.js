@@ -452,6 +452,14 @@ function statusPage(ctx) {
     el('div', { class: 'page-head' }, el('h1', {}, 'Status'), refresh, stamp), body);
 }
 
+// Events behind; "at least" when positions beyond the overview's window were not looked at.
+function lagCell(reader) {
+  const behind = typeof reader.behind === 'number' ? reader.behind.toLocaleString('en') : reader.behind;
+  const cell = td(reader.behind_more ? `\u2265 ${behind}` : behind, 'num');
+  if (reader.behind_more) cell.title = 'at least: later positions were not counted';
+  return cell;
+}
+
 function overviewView(overview) {
   const events = overview.events || {};
   const relay = Array.isArray(overview.relay) ? overview.relay : [];
@@ -464,7 +472,7 @@ function overviewView(overview) {
   const relayView = relay.length ?
     table('relay-table', ['Name', '#Published position', '#Behind', 'Oldest unpublished', 'Updated'],
       relay.map((r) => el('tr', { class: behindRow(r.behind) },
-        td(r.name), num(r.global_position), num(r.behind), td(when(r.oldest_unpublished_at)),
+        td(r.name), num(r.global_position), lagCell(r), td(when(r.oldest_behind_at)),
         td(when(r.updated_at))))) :
     emptyNote('The relay has not run yet.');
 
@@ -472,8 +480,8 @@ function overviewView(overview) {
     table('projections-table',
       ['Name', 'Table', '#Applied position', '#Behind', 'Oldest unapplied', 'Updated', 'Rebuilt'],
       projections.map((p) => el('tr', { class: behindRow(p.behind) },
-        td(p.name), td(mono(p.table)), num(p.last_global_position), num(p.behind),
-        td(when(p.oldest_unapplied_at)), td(when(p.updated_at)), td(when(p.rebuilt_at))))) :
+        td(p.name), td(mono(p.table)), num(p.last_global_position), lagCell(p),
+        td(when(p.oldest_behind_at)), td(when(p.updated_at)), td(when(p.rebuilt_at))))) :
     emptyNote('No projections reported.');
 
   const sagaView = el('div', {},

@@ -12,23 +12,32 @@
 mod assets;
 mod routes;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::routing::{get, post};
 use operations::dead_letters::DeadLetters;
 use operations::overview::ReadModel;
 use projections::Projection;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 /// What the console's routes work on.
 #[derive(Debug, Clone)]
 pub struct Console {
     pool: PgPool,
     dead_letters: DeadLetters,
+    /// Listings of the dead letters running at once in this process.
+    dead_letter_reads: Arc<Semaphore>,
 }
 
 impl Console {
     pub fn new(pool: PgPool, dead_letters: DeadLetters) -> Self {
-        Self { pool, dead_letters }
+        Self {
+            pool,
+            dead_letters,
+            dead_letter_reads: Arc::new(Semaphore::new(2)),
+        }
     }
 }
 

@@ -16,9 +16,6 @@ use serde_json::{Value, json};
 
 use crate::Console;
 
-/// The longest text a filter or a reason may hold.
-const TEXT_LIMIT: usize = 500;
-
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::Validation(vec![FieldError::new(field, message)])
 }
@@ -71,18 +68,15 @@ pub struct LetterQuery {
     all: bool,
 }
 
-/// An optional filter text: empty means none, too long is refused.
+/// An optional text (a filter, a reason): empty means none; too long, or
+/// not one line, is refused.
 fn filter_text(field: &str, text: Option<String>) -> Result<Option<String>, ApiError> {
-    let text = text
-        .map(|text| text.trim().to_owned())
-        .filter(|text| !text.is_empty());
-    if text
-        .as_ref()
-        .is_some_and(|text| text.chars().count() > TEXT_LIMIT)
-    {
-        return Err(invalid(field, format!("at most {TEXT_LIMIT} characters")));
-    }
-    Ok(text)
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    operations::clean_text(field, &text, operations::REASON_LIMIT)
+        .map(|clean| clean.map(str::to_owned))
+        .map_err(|message| invalid(field, message))
 }
 
 /// `GET /api/operations/dead-letters?topic=&aggregate=&reason=&all=true`.
@@ -98,6 +92,13 @@ pub async fn dead_letters(
         reason: filter_text("reason", query.reason)?,
         include_handled: query.all,
     };
+    // Each listing reads every dead-letter topic on a thread of its own:
+    // a few at a time, however many callers ask.
+    let _reading = console
+        .dead_letter_reads
+        .acquire()
+        .await
+        .map_err(unavailable)?;
     let found = console
         .dead_letters
         .list(&filter)
@@ -154,12 +155,11 @@ pub async fn replay(
     body: JsonBody<ReplayBody>,
 ) -> Result<Json<Value>, ApiError> {
     let found = find(&console, &id).await?;
-    let Some(to) = found.source_topic().map(str::to_owned) else {
-        return Err(ApiError::Refused(format!(
-            "{} names no source topic: it cannot be replayed",
-            found.id
-        )));
-    };
+    let to = console
+        .dead_letters
+        .replay_target(&found)
+        .map_err(ApiError::Refused)?
+        .to_owned();
     if !body.value.dry_run {
         console
             .dead_letters
@@ -179,7 +179,7 @@ pub struct ReasonBody {
     reason: Option<String>,
 }
 
-/// The reason of `body`, required or not, at most [`TEXT_LIMIT`] characters.
+/// The reason of `body`, required or not (see [`filter_text`]).
 fn reason(body: ReasonBody, required: bool) -> Result<Option<String>, ApiError> {
     let reason = filter_text("reason", body.reason)?;
     if required && reason.is_none() {
@@ -235,7 +235,7 @@ fn saga_not_found(order_id: &str) -> ApiError {
 
 fn action_error(error: ActionError) -> ApiError {
     match error {
-        ActionError::Invalid(why) => invalid("reason", why),
+        ActionError::Invalid { field, message } => invalid(field, message),
         ActionError::NotFound(order_id) => saga_not_found(&order_id),
         ActionError::Refused(why) => ApiError::Refused(why),
         ActionError::Store(error) => unavailable(error),

@@ -35,6 +35,10 @@ use sqlx::PgPool;
 
 /// How long reading one dead-letter topic may take.
 const READ_LIMIT: Duration = Duration::from_secs(30);
+/// A listing reads at most this many of the newest messages of each
+/// partition: memory and time stay bounded however many piled up (older
+/// ones are still found by their id).
+pub const LIST_LIMIT: i64 = 10_000;
 /// How long one call to the broker may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header a replayed message carries: the dead letter it came from.
@@ -239,22 +243,33 @@ impl DeadLetters {
         Ok(letters.into_iter().find(|letter| letter.id == *id))
     }
 
-    /// Sends the dead letter's message to its source topic again and records
-    /// it as replayed by `actor`.
-    pub async fn replay(&self, letter: &DeadLetter, actor: &str) -> anyhow::Result<()> {
-        let source = letter.source_topic().with_context(|| {
+    /// Where a replay of `letter` goes: the source topic it names, if that
+    /// is its dead-letter topic's source and one of this platform's; why not
+    /// otherwise (nothing the broker or the database said).
+    pub fn replay_target<'a>(&self, letter: &'a DeadLetter) -> Result<&'a str, String> {
+        let source = letter.source_topic().ok_or_else(|| {
             format!(
                 "{} has no {SOURCE_TOPIC_HEADER} header: not a dead letter this platform wrote",
                 letter.id
             )
         })?;
         // Only back where it came from: the dead-letter topic names its source.
-        anyhow::ensure!(
-            Topics::dead_letter(source) == letter.id.topic
-                && self.topics.all().iter().any(|topic| topic == source),
-            "{} says it came from {source}, which is not its dead-letter topic's source",
-            letter.id
-        );
+        if Topics::dead_letter(source) == letter.id.topic
+            && self.topics.all().iter().any(|topic| topic == source)
+        {
+            Ok(source)
+        } else {
+            Err(format!(
+                "{} says it came from {source}, which is not its dead-letter topic's source",
+                letter.id
+            ))
+        }
+    }
+
+    /// Sends the dead letter's message to its source topic again and records
+    /// it as replayed by `actor`.
+    pub async fn replay(&self, letter: &DeadLetter, actor: &str) -> anyhow::Result<()> {
+        let source = self.replay_target(letter).map_err(anyhow::Error::msg)?;
         let producer: FutureProducer =
             platform::kafka::client_config(&self.brokers, "orders-dead-letter-replay")
                 .set("enable.idempotence", "true")
@@ -315,11 +330,9 @@ impl DeadLetters {
         reason: &str,
         actor: &str,
     ) -> anyhow::Result<()> {
-        let reason = reason.trim();
-        anyhow::ensure!(
-            !reason.is_empty() && reason.chars().count() <= 500,
-            "a discard needs a reason of 1 to 500 characters"
-        );
+        let reason = crate::clean_text("a reason", reason, crate::REASON_LIMIT)
+            .map_err(anyhow::Error::msg)?
+            .context("a discard needs a reason")?;
         self.record(letter, "discarded", Some(reason), actor).await
     }
 
@@ -397,11 +410,9 @@ async fn insert_action(
     reason: Option<&str>,
     actor: &str,
 ) -> anyhow::Result<()> {
-    let actor = actor.trim();
-    anyhow::ensure!(
-        !actor.is_empty() && actor.chars().count() <= 200,
-        "an action needs who took it (1 to 200 characters)"
-    );
+    let actor = crate::clean_text("who took an action", actor, crate::ACTOR_LIMIT)
+        .map_err(anyhow::Error::msg)?
+        .context("an action needs who took it")?;
     sqlx::query(
         "INSERT INTO dead_letter_actions (dlq_topic, partition, \"offset\", action, reason, actor)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -461,7 +472,7 @@ fn read_topic(
             Some((wanted, _)) if wanted != id => continue,
             Some((_, offset)) if offset < low || offset >= high => continue,
             Some((_, offset)) => (offset, offset + 1),
-            None if high > low => (low, high),
+            None if high > low => (low.max(high - LIST_LIMIT), high),
             None => continue,
         };
         assignment.add_partition_offset(topic, id, Offset::Offset(from))?;

@@ -11,6 +11,27 @@ pub mod sagas;
 
 use sqlx::PgPool;
 
+/// Who took an action: at most this many characters.
+pub const ACTOR_LIMIT: usize = 200;
+/// Why: at most this many characters.
+pub const REASON_LIMIT: usize = 500;
+
+/// `text` trimmed, as recorded and printed: `None` when empty; an error
+/// when it is longer than `limit` characters or holds a control character
+/// (a line break in a reason would forge lines of the audit's report).
+pub fn clean_text<'a>(what: &str, text: &'a str, limit: usize) -> Result<Option<&'a str>, String> {
+    let text = text.trim();
+    if text.chars().count() > limit {
+        return Err(format!("{what} has at most {limit} characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} must be one line of text, without control characters"
+        ));
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
 /// This crate's migrations (from version 3001 on), beside the others'.
 pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");

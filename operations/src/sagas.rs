@@ -60,12 +60,15 @@ pub async fn show(pool: &PgPool, order_id: &str) -> anyhow::Result<Option<SagaRe
 }
 
 /// Why an operator's action on a saga was refused; the ones to show the
-/// operator as they are (`NotFound`, `Refused`, `Invalid`) and the rest.
+/// operator as they are (`Invalid`, `NotFound`, `Refused`) and the rest.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
-    /// Who or why is missing or too long.
-    #[error("{0}")]
-    Invalid(String),
+    /// `field` (`actor` or `reason`) is missing, too long or not one line.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("order {0} has no saga")]
     NotFound(String),
     /// The saga is not in a state that allows it (ended, or driven now).
@@ -75,29 +78,24 @@ pub enum ActionError {
     Store(#[from] sqlx::Error),
 }
 
-/// Who took an action and why, checked: `actor` 1 to 200 characters, a
-/// reason at most 500 (and required when `needed`).
+/// Who took an action and why, checked (see [`crate::clean_text`]); a
+/// reason is required when `needed`.
 fn who_and_why<'a>(
     actor: &'a str,
     reason: Option<&'a str>,
     needed: bool,
 ) -> Result<(&'a str, Option<&'a str>), ActionError> {
-    let actor = actor.trim();
-    if actor.is_empty() || actor.chars().count() > 200 {
-        return Err(ActionError::Invalid(
-            "an action needs who took it (1 to 200 characters)".into(),
-        ));
-    }
-    let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
+    let invalid = |field, message| ActionError::Invalid { field, message };
+    let actor = crate::clean_text("who took an action", actor, crate::ACTOR_LIMIT)
+        .map_err(|message| invalid("actor", message))?
+        .ok_or_else(|| invalid("actor", "an action needs who took it".into()))?;
+    let reason = match reason {
+        Some(reason) => crate::clean_text("a reason", reason, crate::REASON_LIMIT)
+            .map_err(|message| invalid("reason", message))?,
+        None => None,
+    };
     if needed && reason.is_none() {
-        return Err(ActionError::Invalid(
-            "say why (a reason is required)".into(),
-        ));
-    }
-    if reason.is_some_and(|reason| reason.chars().count() > 500) {
-        return Err(ActionError::Invalid(
-            "a reason has at most 500 characters".into(),
-        ));
+        return Err(invalid("reason", "say why (a reason is required)".into()));
     }
     Ok((actor, reason))
 }
@@ -161,14 +159,17 @@ pub async fn abandon(
     let reason = reason.unwrap_or_default();
     let mut tx = pool.begin().await?;
     record(&mut tx, order_id, "abandoned", Some(reason), actor).await?;
-    match store::abandon(&mut tx, order_id, actor, reason).await {
-        Ok(_) => {}
+    let ended_now = match store::abandon(&mut tx, order_id, actor, reason).await {
+        Ok(ended_now) => ended_now,
         Err(store::AbandonRefused::NoSaga(id)) => return Err(ActionError::NotFound(id)),
         Err(store::AbandonRefused::Store(error)) => return Err(error.into()),
         Err(refused) => return Err(ActionError::Refused(refused.to_string())),
-    }
+    };
     tx.commit().await?;
     metrics::counter!("saga_actions_total", "action" => "abandoned").increment(1);
+    if ended_now {
+        metrics::counter!("sagas_ended_total", "state" => "ABANDONED").increment(1);
+    }
     tracing::warn!(order_id, actor, reason, "saga abandoned by an operator");
     Ok(())
 }

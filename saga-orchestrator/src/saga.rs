@@ -667,9 +667,16 @@ impl OrderSaga {
             detail: Some(reason.to_owned()),
         });
         match self.state {
-            // An abandoned saga takes note and does nothing: its books are
-            // the operator's.
-            SagaState::Cancelled | SagaState::Abandoned => {}
+            SagaState::Cancelled => {}
+            // An abandoned saga undoes nothing: its books are the operator's,
+            // who must hear that the customer has been told the order is
+            // cancelled (their money and stock are as the saga left them).
+            SagaState::Abandoned => {
+                self.attention = Some(format!(
+                    "the order was cancelled ({reason}) after its saga was abandoned: \
+                     settle its stock and payment by hand, then abandon it again to say so"
+                ));
+            }
             SagaState::Compensating => {
                 if self.nothing_left_to_undo() {
                     self.state = SagaState::Cancelled;
@@ -684,9 +691,12 @@ impl OrderSaga {
 
     /// An operator stops the saga for good: `who` and `why` are recorded,
     /// and nothing it holds is undone (see [`SagaState::Abandoned`]). A
-    /// saga that ended already stays as it is: `false`.
+    /// saga that ended already stays as it is (`false`), except an
+    /// abandoned one that calls for attention (its order was cancelled
+    /// since): abandoning it again says the operator settled that too.
     pub fn abandon(&mut self, who: &str, why: &str, at: DateTime<Utc>) -> bool {
-        if self.state.is_final() {
+        let flagged_again = self.state == SagaState::Abandoned && self.attention.is_some();
+        if self.state.is_final() && !flagged_again {
             return false;
         }
         let record = format!("by {who}: {why}");

@@ -465,19 +465,22 @@ pub enum AbandonRefused {
 }
 
 /// An operator abandons the saga of `order_id` (see
-/// [`SagaState::Abandoned`]): `who` and `why` go into its log, it is done
-/// and no longer needs attention, and nothing it holds is undone. Refused
-/// while a driver holds its lease (the step in its hands could land after),
-/// and for a saga that ended. Run it in the transaction that records the
-/// action.
+/// [`SagaState::Abandoned`]): `who` and `why` go into its log (after a
+/// cancel still waiting for the driver), it is done and no longer needs
+/// attention, and nothing it holds is undone. Refused while a driver holds
+/// its lease (the step in its hands could land after), and for a saga that
+/// ended (but for an abandoned one flagged since). Run it in the
+/// transaction that records the action. `true` if the saga ended now
+/// (not when an abandoned one is abandoned again).
 pub async fn abandon(
     tx: &mut sqlx::PgConnection,
     order_id: &str,
     who: &str,
     why: &str,
-) -> Result<OrderSaga, AbandonRefused> {
+) -> Result<bool, AbandonRefused> {
     let row = sqlx::query(
-        "SELECT saga, version, lease_owner, leased_until > now() AS leased, leased_until
+        "SELECT saga, version, lease_owner, leased_until > now() AS leased, leased_until,
+                cancel_reason
            FROM sagas WHERE order_id = $1 FOR UPDATE",
     )
     .bind(order_id)
@@ -497,6 +500,15 @@ pub async fn abandon(
                 .unwrap_or_else(Utc::now),
         });
     }
+    // A cancel the driver has not taken in yet is noted first: the
+    // operator abandons the saga knowing of it.
+    if let Some(reason) = row.try_get::<Option<String>, _>("cancel_reason")?
+        && !saga.order_cancelled
+        && !saga.state.is_final()
+    {
+        saga.order_cancelled(&reason, Utc::now());
+    }
+    let ends_now = saga.state != SagaState::Abandoned;
     if !saga.abandon(who, why, Utc::now()) {
         return Err(AbandonRefused::Ended {
             order_id: order_id.to_owned(),
@@ -516,7 +528,7 @@ pub async fn abandon(
     .bind(version)
     .execute(&mut *tx)
     .await?;
-    Ok(saga)
+    Ok(ends_now)
 }
 
 /// Sagas with something to do now that no driver holds: new ones, ones

@@ -268,6 +268,10 @@ fn a_saga_that_ended_cannot_be_abandoned_and_an_abandoned_one_ignores_a_cancel()
     assert_eq!(saga.next_action(), None, "no release, no cancel command");
     assert_eq!(saga.lines[0].stock, Stock::Reserved);
     assert!(saga.order_cancelled, "the cancel is noted");
+    assert!(
+        saga.needs_attention(5),
+        "and someone must settle what the customer was told"
+    );
     // A late answer to a step in flight changes nothing either.
     saga.give_up(&Action::RequestCharge, at(5));
     saga.record(&Action::ConfirmOrder, Outcome::Done, at(6));
@@ -278,6 +282,14 @@ fn a_saga_that_ended_cannot_be_abandoned_and_an_abandoned_one_ignores_a_cancel()
     );
     assert_eq!(saga.state, SagaState::Abandoned);
     assert_eq!(saga.attempts, 0);
+    // The operator settles it and says so.
+    assert!(saga.abandon("carol", "refunded by hand", at(8)));
+    assert!(!saga.needs_attention(5));
+    assert_eq!(
+        saga.abandoned.as_deref(),
+        Some("by carol: refunded by hand")
+    );
+    assert!(!saga.abandon("carol", "once more", at(9)));
 }
 
 #[test]
