@@ -880,8 +880,8 @@ function sagaButtons(ctx, orderId) {
       return;
     }
     const sure = window.confirm(`Abandon the saga of order ${orderId}?\n\n` +
-      'This stops the saga for good: it will not be retried again. ' +
-      'The audit will list this action with your name and reason.');
+      'This stops the saga for good and undoes nothing: settle its stock and payment by hand. ' +
+      'The audit will list the order with your name and reason.');
     if (!sure) return;
     act(ctx, abandon, async () => {
       await api(path('abandon'), { method: 'POST', body: { reason: reason.trim() } });
