@@ -777,6 +777,10 @@ function deadLettersPage(ctx) {
         ['Id', 'At', 'Aggregate', 'Consumer', 'Source topic', 'Error', 'State', 'Actions'],
         letters.map((letter) => deadLetterRows(ctx, letter))) :
       emptyNote('No dead letters'));
+    if (data && data.more) {
+      list.append(el('p', { class: 'muted', id: 'dlq-more' },
+        `${letters.length} of ${data.matching} shown, oldest first: narrow the filter to see the others.`));
+    }
   });
   return el('section', { id: 'dead-letters-page' }, el('h1', {}, 'Dead letters'), form, list);
 }

@@ -66,7 +66,12 @@ pub struct LetterQuery {
     reason: Option<String>,
     #[serde(default)]
     all: bool,
+    /// How many to answer, oldest first (default and most: [`LETTERS_LIMIT`]).
+    limit: Option<usize>,
 }
+
+/// The most dead letters one listing answers: narrow the filter for others.
+const LETTERS_LIMIT: usize = 500;
 
 /// An optional text (a filter, a reason): empty means none; too long, or
 /// not one line, is refused.
@@ -86,6 +91,13 @@ pub async fn dead_letters(
     query: Result<Query<LetterQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| invalid("query", rejection.body_text()))?;
+    let limit = match query.limit {
+        None => LETTERS_LIMIT,
+        Some(limit @ 1..=LETTERS_LIMIT) => limit,
+        Some(_) => {
+            return Err(invalid("limit", format!("from 1 to {LETTERS_LIMIT}")));
+        }
+    };
     let filter = Filter {
         topic: filter_text("topic", query.topic)?,
         aggregate: filter_text("aggregate", query.aggregate)?,
@@ -104,8 +116,11 @@ pub async fn dead_letters(
         .list(&filter)
         .await
         .map_err(unavailable)?;
-    let found: Vec<Letter<'_>> = found.iter().map(letter).collect();
-    Ok(Json(json!({ "dead_letters": found })))
+    let matching = found.len();
+    let found: Vec<Letter<'_>> = found.iter().take(limit).map(letter).collect();
+    Ok(Json(
+        json!({ "dead_letters": found, "matching": matching, "more": matching > limit }),
+    ))
 }
 
 /// The dead letter `id` names: 422 for an id that is not one, 404 for a
