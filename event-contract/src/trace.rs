@@ -34,13 +34,6 @@ fn read(metadata: &RawValue) -> Option<Metadata<'_>> {
     serde_json::from_str::<Metadata<'_>>(metadata.get()).ok()
 }
 
-/// The request that caused the event, from its stored metadata.
-pub fn correlation_id(metadata: &RawValue) -> Option<String> {
-    read(metadata)
-        .and_then(|m| m.correlation_id)
-        .map(Cow::into_owned)
-}
-
 /// The trace context of the append that wrote the event, from its stored
 /// metadata, if it is a valid `traceparent`.
 pub fn stored(metadata: &RawValue) -> Option<String> {
@@ -170,10 +163,7 @@ mod tests {
             r#"{"correlation_id":"0190a0b0-aaaa-7bbb-8ccc-dddddddddddd"}"#.into(),
         )
         .unwrap();
-        let header = traceparent(
-            &correlation_id(&metadata).unwrap(),
-            uuid::Uuid::parse_str(EVENT_ID).unwrap(),
-        );
+        let header = of_stored(&metadata, uuid::Uuid::parse_str(EVENT_ID).unwrap());
         assert_eq!(
             header,
             "00-0190a0b0aaaa7bbb8cccdddddddddddd-8333444455556666-01"

@@ -311,8 +311,6 @@ pub async fn close(consumer: impl Into<Arc<StreamConsumer>>) -> bool {
     closed
 }
 
-/// [`create_topics`], waiting for the brokers (with a warning per try) until
-/// they answer. Returns `false` if `shutdown` completed first.
 /// The `consumer_lag_messages` gauge of a consumer, by topic and partition:
 /// messages in its assigned partitions not yet consumed, measured every few
 /// seconds; `total` is told their sum.
@@ -397,6 +395,8 @@ impl LagGauge {
     }
 }
 
+/// [`create_topics`], waiting for the brokers (with a warning per try) until
+/// they answer. Returns `false` if `shutdown` completed first.
 pub async fn create_topics_when_up(
     brokers: &str,
     names: &[String],

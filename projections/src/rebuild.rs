@@ -212,67 +212,58 @@ async fn rebuild_pausing_as<M: ReadModel>(
     }
     let checkpoint = read_ahead.await??;
     write_fresh::<M>(pool, &fresh, &rows, pauses.while_writing).await?;
-    if mode == Mode::Diff {
-        let diff = diff::<M>(pool, &rows).await?;
-        progress.finish();
-        let report = RebuildReport {
-            projection: M::NAME,
-            events,
-            rows: rows.len(),
-            refused,
-            elapsed: started.elapsed(),
-            diff: Some(diff),
-        };
-        tokio::task::spawn_blocking(move || drop(rows));
-        return Ok(report);
-    }
-    let mut connection = pool.acquire().await?;
-    let reader = GlobalReader::new(pool.clone());
+    let diff = if mode == Mode::Diff {
+        Some(diff::<M>(pool, &rows).await?)
+    } else {
+        let mut connection = pool.acquire().await?;
+        let reader = GlobalReader::new(pool.clone());
 
-    pauses.before_swap.await;
+        pauses.before_swap.await;
 
-    // 2. The swap, with the live workers paused.
-    let mut tx = connection.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(lock_name(M::NAME))
+        // 2. The swap, with the live workers paused.
+        let mut tx = connection.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(lock_name(M::NAME))
+            .execute(&mut *tx)
+            .await?;
+        let late_events: Vec<RecordedEvent<String>> = reader
+            .stream_text(checkpoint, &filter)
+            .try_collect()
+            .await?;
+        let fold = fold_all::<M>(&mut rows, &late_events);
+        refused += fold.poisoned.len();
+        // Each changed id once, as the fold lists them.
+        let changed = fold.changed;
+        events += late_events.len() as u64;
+        progress.inc(late_events.len() as u64);
+        let last_position = late_events.last().map(|e| e.global_position);
+        let late: Vec<M::Row> = changed
+            .iter()
+            .filter_map(|id| rows.get(id).cloned())
+            .collect();
+        for chunk in late.chunks(CHUNK) {
+            M::store(&mut tx, &fresh, chunk).await?;
+        }
+        swap_tables(&mut tx, M::TABLE).await?;
+        sqlx::query(
+            "INSERT INTO projection_status (projection, last_global_position, rebuilt_at)
+             VALUES ($1, $2, now())
+             ON CONFLICT (projection) DO UPDATE SET
+                last_global_position = greatest(projection_status.last_global_position, $2),
+                rebuilt_at = now(), updated_at = now()",
+        )
+        .bind(M::NAME)
+        .bind(
+            last_position
+                .or(Some(checkpoint.global_position))
+                .unwrap_or(0),
+        )
         .execute(&mut *tx)
         .await?;
-    let late_events: Vec<RecordedEvent<String>> = reader
-        .stream_text(checkpoint, &filter)
-        .try_collect()
-        .await?;
-    let fold = fold_all::<M>(&mut rows, &late_events);
-    refused += fold.poisoned.len();
-    // Each changed id once, as the fold lists them.
-    let changed = fold.changed;
-    events += late_events.len() as u64;
-    progress.inc(late_events.len() as u64);
-    let last_position = late_events.last().map(|e| e.global_position);
-    let late: Vec<M::Row> = changed
-        .iter()
-        .filter_map(|id| rows.get(id).cloned())
-        .collect();
-    for chunk in late.chunks(CHUNK) {
-        M::store(&mut tx, &fresh, chunk).await?;
-    }
-    swap_tables(&mut tx, M::TABLE).await?;
-    sqlx::query(
-        "INSERT INTO projection_status (projection, last_global_position, rebuilt_at)
-         VALUES ($1, $2, now())
-         ON CONFLICT (projection) DO UPDATE SET
-            last_global_position = greatest(projection_status.last_global_position, $2),
-            rebuilt_at = now(), updated_at = now()",
-    )
-    .bind(M::NAME)
-    .bind(
-        last_position
-            .or(Some(checkpoint.global_position))
-            .unwrap_or(0),
-    )
-    .execute(&mut *tx)
-    .await?;
-    announce(&mut tx, M::NAME, &changed).await?;
-    tx.commit().await?;
+        announce(&mut tx, M::NAME, &changed).await?;
+        tx.commit().await?;
+        None
+    };
     progress.finish();
     let report = RebuildReport {
         projection: M::NAME,
@@ -280,7 +271,7 @@ async fn rebuild_pausing_as<M: ReadModel>(
         rows: rows.len(),
         refused,
         elapsed: started.elapsed(),
-        diff: None,
+        diff,
     };
     // Freeing millions of rows takes a while; nobody needs to wait for it.
     tokio::task::spawn_blocking(move || drop(rows));

@@ -110,16 +110,6 @@ impl Projection {
         with_model!(self, M => Box::pin(crate::worker::run::<M>(pool, config, shutdown)))
     }
 
-    /// Rebuilds the read model into a fresh table and swaps it in.
-    pub async fn rebuild(
-        self,
-        pool: &PgPool,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<RebuildReport> {
-        self.rebuild_as(pool, progress, crate::rebuild::Mode::Swap)
-            .await
-    }
-
     /// Rebuilds the read model into a fresh table, then swaps it in or
     /// compares it with the live one, as `mode` says.
     pub async fn rebuild_as(

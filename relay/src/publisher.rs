@@ -82,8 +82,10 @@ pub async fn enqueue(
         })?;
         let parent = event_contract::trace::stored(&event.metadata);
         let span = publish_span(event, topic, parent.as_deref());
+        // The publish span's context; without one (no exporter layer), the
+        // append's as read above, so that the metadata is not read again.
+        let traceparent = platform::trace::traceparent(&span).or_else(|| parent.clone());
         parents.extend(parent);
-        let traceparent = platform::trace::traceparent(&span);
         let mut record = FutureRecord::to(topic)
             .key(&event.aggregate_id)
             .payload(&value)

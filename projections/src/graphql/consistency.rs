@@ -233,7 +233,8 @@ async fn authorize(
         _ if last != sequence => false,
         _ if caller.is_admin() => true,
         "Product" => true,
-        "Order" => fold::<OrderSummary>(ctx, pool, aggregate_type, id, until)
+        // Whose order it is, its first event says.
+        "Order" => fold::<OrderSummary>(ctx, pool, aggregate_type, id, Until::Sequence(1))
             .await?
             .is_some_and(|order| caller.may_see(&order.customer_id)),
         _ => false,
