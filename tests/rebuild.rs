@@ -400,3 +400,44 @@ async fn a_rebuild_with_diff_reports_the_rows_a_changed_fold_changes_and_swaps_n
     assert_eq!(live, 7);
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_lost_its_lock_swaps_nothing() {
+    let platform = TestPlatform::start().await;
+    one_order_projected(&platform).await;
+    let pool = platform.pool.clone();
+    let before = live::<ProductStock>(&pool).await;
+    // The connection that holds the rebuild's lock dies before the swap
+    // (a terminated backend, an idle timeout): another rebuild may now run
+    // and share the fresh table, so this one must not swap it in.
+    let before_swap = async {
+        let killed: bool = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND classid::bigint = (hashtextextended('rebuild:products', 0) >> 32) & 4294967295
+                AND objid::bigint = hashtextextended('rebuild:products', 0) & 4294967295",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(killed, "the rebuild's lock holder was found");
+    };
+    let lost = rebuild_pausing::<ProductStock>(
+        &pool,
+        &ProgressBar::hidden(),
+        Pauses {
+            while_writing: async {},
+            before_swap,
+        },
+    )
+    .await;
+    assert!(lost.is_err(), "{lost:?}");
+    assert_eq!(live::<ProductStock>(&pool).await, before);
+    // The lock went with its connection: the next rebuild runs.
+    rebuild::<ProductStock>(&pool, &ProgressBar::hidden())
+        .await
+        .unwrap();
+    assert_equal_to_a_fresh_fold::<ProductStock>(&pool).await;
+    platform.stop().await;
+}

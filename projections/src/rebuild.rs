@@ -145,7 +145,8 @@ async fn rebuild_pausing_as<M: ReadModel>(
     let fresh = format!("{}{SUFFIX}", M::TABLE);
     // One rebuild of a model at a time: two would share the fresh table. The
     // lock lives as long as this connection, which is closed (not returned
-    // to the pool) when the rebuild ends, however it ends.
+    // to the pool) when the rebuild ends, however it ends; the swap runs on
+    // it.
     let mut alone = pool.acquire().await?.detach();
     let took: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
         .bind(format!("rebuild:{}", M::NAME))
@@ -215,13 +216,14 @@ async fn rebuild_pausing_as<M: ReadModel>(
     let diff = if mode == Mode::Diff {
         Some(diff::<M>(pool, &rows).await?)
     } else {
-        let mut connection = pool.acquire().await?;
         let reader = GlobalReader::new(pool.clone());
 
         pauses.before_swap.await;
 
-        // 2. The swap, with the live workers paused.
-        let mut tx = connection.begin().await?;
+        // 2. The swap, with the live workers paused, on the connection that
+        // holds the rebuild's lock: if it was lost (the connection died),
+        // another rebuild may share the fresh table, and nothing is swapped.
+        let mut tx = alone.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(lock_name(M::NAME))
             .execute(&mut *tx)
