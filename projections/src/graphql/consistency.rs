@@ -46,6 +46,9 @@ pub const MAX_AS_OF_EVENTS: i64 = 20_000;
 /// `MAX_COMPLEXITY`): a fold reads a history, not a row.
 pub const AS_OF_COST: usize = 500;
 
+/// How long an `asOf` view waits for its turn before it is refused.
+const FOLD_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `asOf` folds running at once in a process; more wait their turn.
 const FOLDS_AT_ONCE: usize = 4;
 
@@ -112,7 +115,7 @@ pub async fn after_position(
 ) -> Result<()> {
     let position: Position = token.parse().map_err(|_| bad_position())?;
     let pool = ctx.data::<PgPool>()?;
-    authorize(ctx, pool, &position, caller).await?;
+    authorize(pool, &position, caller).await?;
     let models: Vec<Model> = models
         .iter()
         .filter(|model| model.aggregate_type == position.aggregate_type)
@@ -216,12 +219,7 @@ fn not_caught_up(bound: Duration, behind: &[(&'static str, i64)]) -> Error {
 /// say whose it is), anything for `admin`. Anything else is refused as an
 /// unknown position would be, so that a position cannot tell whether
 /// another customer's order exists.
-async fn authorize(
-    ctx: &Context<'_>,
-    pool: &PgPool,
-    position: &Position,
-    caller: &Caller,
-) -> Result<()> {
+async fn authorize(pool: &PgPool, position: &Position, caller: &Caller) -> Result<()> {
     let sequence = i64::try_from(position.sequence).map_err(|_| bad_position())?;
     let until = Until::Sequence(sequence);
     let (aggregate_type, id) = (
@@ -233,8 +231,9 @@ async fn authorize(
         _ if last != sequence => false,
         _ if caller.is_admin() => true,
         "Product" => true,
-        // Whose order it is, its first event says.
-        "Order" => fold::<OrderSummary>(ctx, pool, aggregate_type, id, Until::Sequence(1))
+        // Whose order it is, its first event says: one event, read without
+        // waiting behind the asOf folds.
+        "Order" => fold::<OrderSummary>(pool, aggregate_type, id, Until::Sequence(1))
             .await?
             .is_some_and(|order| caller.may_see(&order.customer_id)),
         _ => false,
@@ -277,18 +276,28 @@ pub async fn as_of<M: ReadModel>(
     as_of: &AsOf,
 ) -> Result<Option<M::Row>> {
     let until = as_of.until()?;
-    fold::<M>(ctx, ctx.data::<PgPool>()?, M::AGGREGATE_TYPE, id, until).await
+    // The folds of a process take turns, reading included (an instant is
+    // found among all of an aggregate's events); a request that waits too
+    // long for its turn is told so.
+    let _turn = tokio::time::timeout(
+        FOLD_TURN_WAIT,
+        ctx.data::<Waits>()?.folds.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| Error::new("too many asOf views are being folded; retry in a moment"))??;
+    fold::<M>(ctx.data::<PgPool>()?, M::AGGREGATE_TYPE, id, until).await
 }
 
+/// The row `M` would hold for aggregate `id` up to `until`, folded from the
+/// event store. The caller takes a turn if the history may be long.
 async fn fold<M: ReadModel>(
-    ctx: &Context<'_>,
     pool: &PgPool,
     aggregate_type: &str,
     id: &str,
     until: Until,
 ) -> Result<Option<M::Row>> {
     // A history too long is refused from the key's index, before any event
-    // is read; the folds of a process take turns.
+    // is read.
     let last = event_store::reader::last_sequence_until(pool, aggregate_type, id, until).await?;
     if last > MAX_AS_OF_EVENTS {
         return Err(Error::new(format!(
@@ -298,7 +307,6 @@ async fn fold<M: ReadModel>(
     if last == 0 {
         return Ok(None);
     }
-    let _turn = ctx.data::<Waits>()?.folds.acquire().await?;
     let events = event_store::reader::stream_until::<String>(
         pool,
         aggregate_type,
