@@ -178,3 +178,44 @@ async fn a_refused_message_is_listed_then_replayed_once_its_cause_is_fixed_or_di
     );
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_brokers_do_not_take_fails_in_bounded_time_and_records_nothing() {
+    let platform = TestPlatform::start().await;
+    let topics = event_contract::Topics::with_prefix(&platform.topics.prefix);
+    let products = topics.for_aggregate("Product").unwrap();
+    platform::testing::produce_poison(&products, "JUNK", &["not json"])
+        .await
+        .unwrap();
+    let letters = DeadLetters::new(
+        &platform::testing::kafka_brokers(),
+        topics.clone(),
+        platform.pool.clone(),
+    );
+    let junk = Filter {
+        aggregate: Some("JUNK".into()),
+        ..Filter::default()
+    };
+    let letter = open_letters(&letters, &junk, 1).await.remove(0);
+
+    // The brokers are gone when the replay is sent: it fails within the
+    // broker timeout (not librdkafka's five minutes, while a transaction and
+    // a connection stay open), and no replay is recorded.
+    let unreachable = DeadLetters::new("127.0.0.1:1", topics, platform.pool.clone());
+    let replayed = tokio::time::timeout(
+        Duration::from_secs(40),
+        unreachable.replay(&letter, "alice"),
+    )
+    .await;
+    assert!(
+        matches!(replayed, Ok(Err(_))),
+        "the replay fails in time: {replayed:?}"
+    );
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter_actions")
+        .fetch_one(&platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
+    assert_eq!(letters.list(&junk).await.unwrap().len(), 1, "still open");
+    platform.stop().await;
+}

@@ -273,6 +273,11 @@ impl DeadLetters {
         let producer: FutureProducer =
             platform::kafka::client_config(&self.brokers, "orders-dead-letter-replay")
                 .set("enable.idempotence", "true")
+                // The answer comes within the broker timeout, not
+                // librdkafka's five minutes: the record's transaction (and
+                // its connection) stays open until then, and a caller's
+                // request would time out first and cancel mid-send.
+                .set("message.timeout.ms", BROKER_TIMEOUT.as_millis().to_string())
                 .create()?;
         let replay_of = letter.id.to_string();
         let dead_letter_headers = [
