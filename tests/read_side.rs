@@ -213,11 +213,13 @@ async fn bad_queries_get_graphql_errors_and_limits_hold() {
         )
         .await;
     assert!(bad_cursor["errors"].is_array(), "{bad_cursor:#}");
-    // Only introspection can nest this deep; the limit refuses it.
+    // Introspection may nest as deep as client tools ask (a type's
+    // wrappers), but not without end, and its lists not more than three
+    // deep: each list nested in another multiplies the answer.
     let deep = format!(
         "{{ __schema {{ types {{ fields {{ type {} name {} }} }} }} }}",
-        "{ ofType ".repeat(12),
-        "}".repeat(12)
+        "{ ofType ".repeat(40),
+        "}".repeat(40)
     );
     let refused = platform.graphql(&deep, json!({})).await;
     assert!(
@@ -226,6 +228,19 @@ async fn bad_queries_get_graphql_errors_and_limits_hold() {
             .unwrap()
             .contains("deep"),
         "{refused:#}"
+    );
+    let multiplied = platform
+        .graphql(
+            "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }",
+            json!({}),
+        )
+        .await;
+    assert!(
+        multiplied["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4 lists"),
+        "{multiplied:#}"
     );
     // Ten full pages of orders with their histories cost more than allowed.
     let page =

@@ -1,18 +1,37 @@
-//! Bounds on what one GraphQL request may ask, beyond depth and complexity:
-//! operations per batch, fields and aliases per document, and root fields
-//! per operation (each root list runs its own SQL statement; nested lists
-//! are batched by the loaders, so root fields bound the statements a query
-//! runs at once). A WebSocket carries subscriptions only.
+//! Bounds on what one GraphQL request may ask, beyond complexity: operations
+//! per batch, fields and aliases per document, root fields per operation
+//! (each root list runs its own SQL statement; nested lists are batched by
+//! the loaders, so root fields bound the statements a query runs at once),
+//! and the document's shape with its fragments spread out:
+//!
+//! - data fields nest at most [`MAX_DEPTH`](super::MAX_DEPTH) deep;
+//! - introspection (`__schema`, `__type`) may nest deeper, as the standard
+//!   introspection query of every client tool does (a type reference's
+//!   `ofType` chain), but its lists (`types`, `fields`, `args`, ...) nest at
+//!   most [`MAX_INTROSPECTION_LISTS`](super::MAX_INTROSPECTION_LISTS) deep:
+//!   what an answer holds grows with the lists it nests, and nesting
+//!   `fields { type { fields ... } }` would revisit the schema again and again;
+//! - selections and fragments nest at most [`MAX_NESTING`](super::MAX_NESTING)
+//!   deep, fragments may not spread themselves, and a document spread out
+//!   holds at most [`MAX_SELECTIONS`](super::MAX_SELECTIONS) selections.
+//!
+//! The shape is measured once per fragment, so a document whose fragments
+//! spread one another many times over costs its size to measure, and is
+//! refused before anything walks it spread out (async-graphql's own checks
+//! and validation do). A WebSocket carries subscriptions only.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
+};
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
-use async_graphql::{ServerError, ServerResult, Variables};
+use async_graphql::{Request, ServerError, ServerResult, Variables};
 
 use super::http::OverWebSocket;
+use super::{MAX_DEPTH, MAX_INTROSPECTION_LISTS, MAX_NESTING, MAX_SELECTIONS};
 
 /// The GraphQL endpoint's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +92,19 @@ struct DocumentLimits(GraphqlLimits);
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for DocumentLimits {
+    // The document is parsed and measured here, before async-graphql's own
+    // checks walk it with its fragments spread out: those walks take time
+    // that grows with every spread of a spread.
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        check(request.parsed_query()?, &self.0)?;
+        next.run(ctx, request).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -81,7 +113,6 @@ impl Extension for DocumentLimits {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
-        check(&document, &self.0)?;
         // Queries belong on `POST /graphql`, where the body limit and the
         // rate limit count them: a WebSocket carries subscriptions only.
         let only_subscriptions = document
@@ -98,10 +129,14 @@ impl Extension for DocumentLimits {
     }
 }
 
-/// Refuses a document over `limits`.
+/// Refuses a document over `limits` or of a shape the module's rules refuse.
 pub fn check(document: &ExecutableDocument, limits: &GraphqlLimits) -> ServerResult<()> {
     let mut counts = Counts::default();
+    let mut shapes = Shapes::new(document);
     for (_, operation) in document.operations.iter() {
+        shapes
+            .measure(&operation.node.selection_set.node, false, 0)?
+            .check()?;
         counts.walk(&operation.node.selection_set.node);
         let mut seen = HashSet::new();
         let roots = root_fields(document, &operation.node.selection_set.node, &mut seen);
@@ -140,6 +175,177 @@ fn coded(message: impl Into<String>, code: &str) -> ServerError {
     extensions.set("code", code);
     error.extensions = Some(extensions);
     error
+}
+
+/// Introspection fields that answer a list.
+const INTROSPECTION_LISTS: &[&str] = &[
+    "types",
+    "directives",
+    "fields",
+    "args",
+    "inputFields",
+    "interfaces",
+    "possibleTypes",
+    "enumValues",
+];
+
+/// How a selection set reaches down, with its fragments spread out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Shape {
+    /// Selection sets nested (fields' and fragments'), as async-graphql's
+    /// recursion limit counts them.
+    nesting: usize,
+    /// Fields nested outside introspection.
+    depth: usize,
+    /// Introspection lists nested.
+    lists: usize,
+    /// Selections in all (fields, fragments and spreads), spread out.
+    selections: usize,
+}
+
+impl Shape {
+    /// This shape and `other`, side by side.
+    fn beside(self, other: Self) -> Self {
+        Self {
+            nesting: self.nesting.max(other.nesting),
+            depth: self.depth.max(other.depth),
+            lists: self.lists.max(other.lists),
+            selections: self.selections.saturating_add(other.selections),
+        }
+    }
+
+    fn check(self) -> ServerResult<()> {
+        if self.nesting > MAX_NESTING {
+            return Err(too_deep(self.nesting));
+        }
+        if self.selections > MAX_SELECTIONS {
+            return Err(refused(format!(
+                "the document holds {} selections, its fragments spread out; at most {MAX_SELECTIONS} are allowed",
+                self.selections
+            )));
+        }
+        if self.depth > MAX_DEPTH {
+            return Err(refused(format!(
+                "the query is nested {} fields deep; at most {MAX_DEPTH} are allowed",
+                self.depth
+            )));
+        }
+        if self.lists > MAX_INTROSPECTION_LISTS {
+            return Err(refused(format!(
+                "the introspection nests {} lists (types, fields, args, ...) deep; at most {MAX_INTROSPECTION_LISTS} are allowed",
+                self.lists
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn too_deep(nesting: usize) -> ServerError {
+    refused(format!(
+        "the document nests {nesting} selections deep, its fragments spread out; at most {MAX_NESTING} are allowed"
+    ))
+}
+
+/// Measures selection sets, each fragment once (in and outside
+/// introspection).
+struct Shapes<'a> {
+    document: &'a ExecutableDocument,
+    measured: HashMap<(&'a str, bool), Shape>,
+    spreading: HashSet<&'a str>,
+}
+
+impl<'a> Shapes<'a> {
+    fn new(document: &'a ExecutableDocument) -> Self {
+        Self {
+            document,
+            measured: HashMap::new(),
+            spreading: HashSet::new(),
+        }
+    }
+
+    /// The shape of `set`, `inside` introspection or not, `level` selection
+    /// sets down (which bounds this walk's own recursion).
+    fn measure(
+        &mut self,
+        set: &'a SelectionSet,
+        inside: bool,
+        level: usize,
+    ) -> ServerResult<Shape> {
+        if level > MAX_NESTING {
+            return Err(too_deep(level));
+        }
+        let mut shape = Shape::default();
+        for item in &set.items {
+            let child = match &item.node {
+                Selection::Field(field) => {
+                    let name = field.node.name.node.as_str();
+                    let enters = !inside && matches!(name, "__schema" | "__type");
+                    let within = inside || enters;
+                    let below = &field.node.selection_set.node;
+                    let inner = if below.items.is_empty() {
+                        Shape::default()
+                    } else {
+                        let inner = self.measure(below, within, level + 1)?;
+                        Shape {
+                            nesting: inner.nesting + 1,
+                            ..inner
+                        }
+                    };
+                    Shape {
+                        nesting: inner.nesting,
+                        depth: if within {
+                            usize::from(enters)
+                        } else {
+                            inner.depth + 1
+                        },
+                        lists: inner.lists
+                            + usize::from(inside && INTROSPECTION_LISTS.contains(&name)),
+                        selections: inner.selections.saturating_add(1),
+                    }
+                }
+                Selection::InlineFragment(fragment) => {
+                    let inner =
+                        self.measure(&fragment.node.selection_set.node, inside, level + 1)?;
+                    Shape {
+                        nesting: inner.nesting + 1,
+                        selections: inner.selections.saturating_add(1),
+                        ..inner
+                    }
+                }
+                Selection::FragmentSpread(spread) => {
+                    let inner =
+                        self.spread(spread.node.fragment_name.node.as_str(), inside, level)?;
+                    Shape {
+                        nesting: inner.nesting + 1,
+                        selections: inner.selections.saturating_add(1),
+                        ..inner
+                    }
+                }
+            };
+            shape = shape.beside(child);
+        }
+        Ok(shape)
+    }
+
+    /// The shape of the fragment `name`, measured once. Unknown fragments
+    /// are left to validation; one that spreads itself is refused here.
+    fn spread(&mut self, name: &'a str, inside: bool, level: usize) -> ServerResult<Shape> {
+        if let Some(shape) = self.measured.get(&(name, inside)) {
+            return Ok(*shape);
+        }
+        let Some((key, fragment)) = self.document.fragments.get_key_value(name) else {
+            return Ok(Shape::default());
+        };
+        let name = key.as_str();
+        if !self.spreading.insert(name) {
+            return Err(refused(format!("the fragment {name} spreads itself")));
+        }
+        let shape = self.measure(&fragment.node.selection_set.node, inside, level + 1);
+        self.spreading.remove(name);
+        let shape = shape?;
+        self.measured.insert((name, inside), shape);
+        Ok(shape)
+    }
 }
 
 #[derive(Default)]
@@ -213,6 +419,134 @@ mod tests {
         check(&document, &GraphqlLimits::default()).map_err(|e| e.message)
     }
 
+    /// `query` run by the served schema (without a database: introspection
+    /// and refusals need none) on a thread of its own, or `None` when it
+    /// took more than five seconds.
+    fn answered(query: &str) -> Option<async_graphql::Response> {
+        let schema = super::super::builder()
+            .extension(GraphqlLimits::default())
+            .finish();
+        let request = async_graphql::Request::new(query);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(futures::executor::block_on(schema.execute(request)));
+        });
+        receiver.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    fn refusal(query: &str) -> String {
+        let response = answered(query).expect("answered within five seconds");
+        assert!(response.data == async_graphql::Value::Null, "{response:?}");
+        response.errors[0].message.clone()
+    }
+
+    /// A type reference `depth` levels of `ofType` deep, as client tools ask
+    /// for the wrappers of a field's type (`[Order!]!` is three).
+    fn type_reference(depth: usize) -> String {
+        let mut reference = "kind name".to_owned();
+        for _ in 0..depth {
+            reference = format!("kind name ofType {{ {reference} }}");
+        }
+        reference
+    }
+
+    #[test]
+    fn introspection_as_client_tools_nest_it_is_answered() {
+        let reference = type_reference(9);
+        let query = format!(
+            "query IntrospectionQuery {{ __schema {{ queryType {{ name }} types {{ ...FullType }} \
+               directives {{ name locations args {{ ...InputValue }} }} }} }}
+             fragment FullType on __Type {{ kind name description specifiedByURL isOneOf
+               fields(includeDeprecated: true) {{ name args(includeDeprecated: true) {{ ...InputValue }} \
+                 type {{ ...TypeRef }} isDeprecated deprecationReason }}
+               inputFields(includeDeprecated: true) {{ ...InputValue }} interfaces {{ ...TypeRef }}
+               enumValues(includeDeprecated: true) {{ name }} possibleTypes {{ ...TypeRef }} }}
+             fragment InputValue on __InputValue {{ name type {{ ...TypeRef }} defaultValue }}
+             fragment TypeRef on __Type {{ {reference} }}"
+        );
+        let response = answered(&query).expect("answered within five seconds");
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let data = response.data.into_json().expect("JSON");
+        let types = data["__schema"]["types"].as_array().expect("types");
+        assert!(types.iter().any(|t| t["name"] == "Order"), "{data}");
+    }
+
+    #[test]
+    fn introspection_that_revisits_the_schema_through_nested_lists_is_refused() {
+        // Three lists, as the standard query's `types { fields { args } }`.
+        checked("{ __schema { types { fields { type { fields { name } } } } } }").expect("passes");
+        let refused = refusal(
+            "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }",
+        );
+        assert!(refused.contains("4 lists"), "{refused}");
+        let refused = refusal(
+            "{ __type(name: \"Query\") { fields { type { ofType { fields { type { ofType { \
+               fields { type { ofType { fields { name } } } } } } } } } } } }",
+        );
+        assert!(refused.contains("4 lists"), "{refused}");
+        let refused = refusal(
+            "{ ...A } fragment A on Query { __schema { types { ...B } } } \
+             fragment B on __Type { fields { type { ...C } } } \
+             fragment C on __Type { interfaces { fields { name } } }",
+        );
+        assert!(refused.contains("4 lists"), "{refused}");
+    }
+
+    #[test]
+    fn data_fields_stay_bounded_in_depth_beside_introspection() {
+        // Field names do not matter to the depth, which is measured before
+        // the fields are checked against the schema.
+        let deep = format!(
+            "{}sku{}",
+            "products { edges { node { ".repeat(4),
+            " } } }".repeat(4)
+        );
+        let refused = refusal(&format!("{{ __schema {{ types {{ name }} }} {deep} }}"));
+        assert!(refused.contains("13 fields deep"), "{refused}");
+        // Inside introspection, a data field is still introspection's.
+        checked("{ __type(name: \"Order\") { fields { type { ofType { ofType { name } } } } } }")
+            .expect("passes");
+    }
+
+    #[test]
+    fn fragments_spread_many_times_over_are_refused_at_once() {
+        // Twenty levels of four spreads each: 4^20 selections spread out,
+        // within async-graphql's recursion limit.
+        let mut query = "{ ...F0 }".to_owned();
+        for level in 0..20 {
+            let next = format!("...F{} ", level + 1);
+            query += &format!(" fragment F{level} on Query {{ {} }}", next.repeat(4));
+        }
+        query += " fragment F20 on Query { __typename }";
+        let refused = refusal(&query);
+        assert!(refused.contains("selections"), "{refused}");
+    }
+
+    #[test]
+    fn a_fragment_that_spreads_itself_is_refused_at_once() {
+        let refused = refusal("{ ...F } fragment F on Query { __typename ...F ...F ...F }");
+        assert!(refused.contains("spreads itself"), "{refused}");
+        let refused =
+            refusal("{ ...A } fragment A on Query { ...B ...B } fragment B on Query { ...A ...A }");
+        assert!(refused.contains("spreads itself"), "{refused}");
+    }
+
+    #[test]
+    fn a_chain_of_fragments_is_bounded_without_exhausting_the_stack() {
+        let mut query = "{ ...F0 }".to_owned();
+        for level in 0..2_000 {
+            query += &format!(" fragment F{level} on Query {{ ...F{} }}", level + 1);
+        }
+        query += " fragment F2000 on Query { __typename }";
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || checked(&query))
+            .expect("a thread")
+            .join()
+            .expect("no stack overflow");
+        assert!(outcome.expect_err("refused").contains("deep"));
+    }
+
     #[test]
     fn a_body_of_nothing_but_nesting_is_refused_without_overflowing_the_stack() {
         // The deepest document a 64 KiB body holds, on a stack no larger than
@@ -259,9 +593,12 @@ mod tests {
         let refused = checked(&format!("{{ ...F }} fragment F on Query {{ {fields} }}"))
             .expect_err("refused");
         assert!(refused.contains("11 root fields"), "{refused}");
-        // A cycle does not hang the count.
-        checked("{ ...F } fragment F on Query { __typename ...G } fragment G on Query { ...F }")
-            .expect("counted; validation refuses the cycle later");
+        // A cycle does not hang the count: it is refused.
+        let refused = checked(
+            "{ ...F } fragment F on Query { __typename ...G } fragment G on Query { ...F }",
+        )
+        .expect_err("refused");
+        assert!(refused.contains("spreads itself"), "{refused}");
     }
 
     #[test]

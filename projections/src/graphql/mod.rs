@@ -7,6 +7,7 @@ pub mod access;
 pub mod consistency;
 pub mod graphiql;
 pub mod http;
+mod introspection;
 pub mod limits;
 pub mod loaders;
 pub mod query;
@@ -32,8 +33,20 @@ use updates::Updates;
 
 pub type OrdersSchema = Schema<Query, EmptyMutation, Subscription>;
 
-/// Deepest query accepted.
+/// Deepest data query accepted, in fields (introspection is bounded by
+/// [`MAX_INTROSPECTION_LISTS`] and [`MAX_NESTING`] instead; see [`limits`]).
 pub const MAX_DEPTH: usize = 12;
+/// Introspection lists (`types`, `fields`, `args`, ...) nested in one
+/// selection: the standard introspection query nests three
+/// (`types { fields { args } }`).
+pub const MAX_INTROSPECTION_LISTS: usize = 3;
+/// Selection sets nested, fragments spread out, as async-graphql's
+/// recursion limit counts them: the standard introspection query nests 17
+/// with its type references 9 `ofType` deep, so client tools may ask for
+/// about 30 deep.
+pub const MAX_NESTING: usize = 40;
+/// Selections in one document with its fragments spread out.
+pub const MAX_SELECTIONS: usize = 5_000;
 /// Costliest query accepted: a field costs 1, a page `first` times its items.
 pub const MAX_COMPLEXITY: usize = 5_000;
 /// Largest page.
@@ -44,8 +57,7 @@ pub const MAX_DIRECTIVES: usize = 5;
 
 fn builder() -> async_graphql::SchemaBuilder<Query, EmptyMutation, Subscription> {
     Schema::build(Query, EmptyMutation, Subscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_recursive_depth(MAX_DEPTH * 2)
+        .limit_recursive_depth(MAX_NESTING)
         .limit_complexity(MAX_COMPLEXITY)
         .limit_directives(MAX_DIRECTIVES)
 }
@@ -55,6 +67,7 @@ fn builder() -> async_graphql::SchemaBuilder<Query, EmptyMutation, Subscription>
 pub fn schema(pool: PgPool, updates: Updates, limits: GraphqlLimits) -> OrdersSchema {
     builder()
         .extension(limits)
+        .extension(introspection::DirectiveDeprecation)
         .extension(http::Guard)
         .data(DataLoader::new(
             ProductLoader { pool: pool.clone() },
