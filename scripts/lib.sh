@@ -66,22 +66,40 @@ ensure_dev_secret() {
   export ORDERS_AUTH_HS256_SECRET
 }
 
-# The OpenAPI fuzzer the test suite runs (tests/openapi_fuzz.rs): Schemathesis
-# from PyPI, pinned, in a virtual environment under .local/schemathesis.
-SCHEMATHESIS_VERSION=4.32.5
-ensure_schemathesis() {
-  local venv="$LOCAL_DIR/schemathesis"
-  if [ -x "$venv/bin/st" ] && [ "$(cat "$venv/.version" 2>/dev/null)" = "$SCHEMATHESIS_VERSION" ]; then
-    return 0
-  fi
-  say "installing Schemathesis $SCHEMATHESIS_VERSION into $venv"
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    ensure_packages python3-venv
+# The tools from package registries that the tests run against the platform,
+# pinned in tests/tools/: Python ones (requirements.txt: Schemathesis, the
+# CloudEvents SDK, a Kafka client) in a virtual environment under
+# .local/python, and npm ones (package.json and its lock: graphql-js, the
+# AsyncAPI parser) under .local/node. Each is installed again only when its
+# pin file changed.
+ensure_test_tools() {
+  local tools=$ROOT/tests/tools
+  local venv=$LOCAL_DIR/python
+  local wanted
+  wanted=$(sha256sum "$tools/requirements.txt" | cut -d' ' -f1)
+  if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$wanted" ]; then
+    say "installing the Python test tools (tests/tools/requirements.txt) into $venv"
     rm -rf "$venv"
-    python3 -m venv "$venv" || fail "python3 -m venv failed"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      ensure_packages python3-venv
+      rm -rf "$venv"
+      python3 -m venv "$venv" || fail "python3 -m venv failed"
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$tools/requirements.txt" ||
+      fail "pip could not install tests/tools/requirements.txt"
+    echo "$wanted" >"$venv/.installed"
   fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
-    fail "pip could not install schemathesis==$SCHEMATHESIS_VERSION"
-  echo "$SCHEMATHESIS_VERSION" >"$venv/.version"
+
+  command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+  local node=$LOCAL_DIR/node
+  wanted=$(cat "$tools/package.json" "$tools/package-lock.json" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$node/.installed" 2>/dev/null)" != "$wanted" ]; then
+    say "installing the npm test tools (tests/tools/package.json) into $node"
+    rm -rf "$node"
+    mkdir -p "$node"
+    cp "$tools/package.json" "$tools/package-lock.json" "$node/"
+    (cd "$node" && npm ci --silent --no-audit --no-fund --ignore-scripts) ||
+      fail "npm could not install tests/tools/package.json"
+    echo "$wanted" >"$node/.installed"
+  fi
 }

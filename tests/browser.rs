@@ -11,7 +11,7 @@ use serde_json::json;
 const WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graphiql_runs_a_query_in_a_browser_without_internet() {
+async fn graphiql_runs_a_query_and_shows_the_schema_in_a_browser_without_internet() {
     let platform = TestPlatform::start().await;
     platform.create_product("MUG-01", 1250, 25).await;
     let browser = Browser::start().await;
@@ -51,6 +51,40 @@ async fn graphiql_runs_a_query_in_a_browser_without_internet() {
         answer["data"]["product"],
         serde_json::json!({"sku": "MUG-01", "onHand": 25})
     );
+
+    // The documentation pane reads the schema by GraphiQL's own
+    // introspection query: from the root type Query to the type Order.
+    page.eval(
+        "document.querySelector('.graphiql-sidebar button[aria-label=\"Show Documentation Explorer\"]').click()",
+    )
+    .await;
+    let follow = |name: &str| {
+        format!(
+            "(() => {{ const link = [...document.querySelectorAll('.graphiql-doc-explorer a.graphiql-doc-explorer-type-name')]\
+                 .find(a => a.innerText.trim() === {name:?});\
+                 if (link) {{ link.click(); return true; }} return false; }})()"
+        )
+    };
+    page.wait_for(&follow("Query"), WITHIN).await;
+    page.wait_for(&follow("Order"), WITHIN).await;
+    let title = page
+        .wait_for(
+            "(() => { const t = document.querySelector('.graphiql-doc-explorer-title');\
+                 return t && t.innerText.trim() === 'Order' ? t.innerText : ''; })()",
+            WITHIN,
+        )
+        .await;
+    assert_eq!(title, "Order");
+    let fields = page
+        .wait_for(
+            "[...document.querySelectorAll('.graphiql-doc-explorer-field-name')].map(f => f.innerText).join(' ')",
+            WITHIN,
+        )
+        .await;
+    let fields = fields.as_str().unwrap();
+    for field in ["customerId", "status", "lines", "history", "saga"] {
+        assert!(fields.contains(field), "{field} missing from {fields}");
+    }
     platform.stop().await;
 }
 

@@ -20,11 +20,7 @@ fn schemathesis() -> PathBuf {
     if let Some(path) = std::env::var_os("ORDERS_SCHEMATHESIS") {
         return PathBuf::from(path);
     }
-    let local = std::env::var_os("ORDERS_LOCAL_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local"),
-        PathBuf::from,
-    );
-    let st = local.join("schemathesis/bin/st");
+    let st = platform_tests::tools::python_bin("st");
     assert!(
         st.exists(),
         "{} is missing: scripts/test installs Schemathesis there",

@@ -1,6 +1,7 @@
 //! The machine-readable contract in `schemas/`, generated from the code: the
 //! OpenAPI document of the command API, the GraphQL SDL, the JSON Schema of
-//! the Kafka envelope and one per event type.
+//! the Kafka envelope and one per event type, and the AsyncAPI document of
+//! the Kafka topics.
 //! `orders schemas` writes it; `orders schemas --check` (and a test) fail when
 //! the checked-in files differ from what the code generates.
 
@@ -22,7 +23,26 @@ pub fn render() -> anyhow::Result<BTreeMap<String, String>> {
         "envelope.json".to_owned(),
         serde_json::to_string_pretty(&envelope)? + "\n",
     );
-    for event in domain::event_types() {
+    let events = domain::event_types();
+    let described: Vec<event_contract::asyncapi::EventSchema> = events
+        .iter()
+        .map(|event| event_contract::asyncapi::EventSchema {
+            aggregate_type: event.aggregate_type.to_owned(),
+            event_type: event.event_type.to_owned(),
+            event_version: domain::EVENT_VERSION.to_owned(),
+            schema: event.schema.as_object().cloned().unwrap_or_default(),
+        })
+        .collect();
+    let asyncapi = event_contract::asyncapi::document(
+        env!("CARGO_PKG_VERSION"),
+        &event_contract::Topics::default(),
+        &described,
+    )?;
+    files.insert(
+        "asyncapi.yaml".to_owned(),
+        serde_saphyr::to_string(&asyncapi).context("rendering the AsyncAPI document")?,
+    );
+    for event in events {
         let mut schema = event.schema;
         schema.insert(
             "$id".into(),

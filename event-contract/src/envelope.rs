@@ -102,14 +102,15 @@ pub fn decode(value: &[u8]) -> Result<Envelope, serde_json::Error> {
 /// The headers of a stored event's message: its id, its type and its trace
 /// context (`traceparent`): `publish`, the context of the span publishing
 /// it, when there is one, else the one the event carries (see
-/// [`trace::of_stored`]).
+/// [`trace::of_stored`]); and its CloudEvents attributes ([`cloud_event`]),
+/// so that the message is a CloudEvent in Kafka's binary mode.
 pub fn headers(event: &RawEvent, publish: Option<&str>) -> OwnedHeaders {
     let event_id = event.event_id.to_string();
     let traceparent = match publish {
         Some(publish) => publish.to_owned(),
         None => trace::of_stored(&event.metadata, event.event_id),
     };
-    OwnedHeaders::new()
+    let headers = OwnedHeaders::new_with_capacity(10)
         .insert(Header {
             key: EVENT_ID_HEADER,
             value: Some(&event_id),
@@ -121,7 +122,75 @@ pub fn headers(event: &RawEvent, publish: Option<&str>) -> OwnedHeaders {
         .insert(Header {
             key: trace::TRACEPARENT_HEADER,
             value: Some(&traceparent),
+        });
+    cloud_event(event)
+        .iter()
+        .fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value),
+            })
         })
+}
+
+/// The CloudEvents 1.0 attributes of a stored event as Kafka headers (the
+/// binary content mode of the CloudEvents Kafka binding): `ce_specversion`,
+/// `ce_id` (the event id), `ce_source` (`/orders-platform/<aggregate
+/// type>`), `ce_type` (`orders.<event type>.v<major event version>`),
+/// `ce_time` (when it was recorded), `ce_subject` (the aggregate id) and
+/// `content-type` (of the value, which is the [`Envelope`]).
+pub fn cloud_event(event: &RawEvent) -> [(&'static str, String); 7] {
+    let major = event
+        .event_version
+        .split('.')
+        .next()
+        .unwrap_or(&event.event_version);
+    [
+        (
+            cloud_events::SPECVERSION,
+            cloud_events::SPEC_VERSION.to_owned(),
+        ),
+        (cloud_events::ID, event.event_id.to_string()),
+        (
+            cloud_events::SOURCE,
+            format!("{}/{}", cloud_events::SOURCE_PREFIX, event.aggregate_type),
+        ),
+        (
+            cloud_events::TYPE,
+            format!(
+                "{}.{}.v{major}",
+                cloud_events::TYPE_PREFIX,
+                event.event_type
+            ),
+        ),
+        (
+            cloud_events::TIME,
+            event
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        (cloud_events::SUBJECT, event.aggregate_id.clone()),
+        (cloud_events::CONTENT_TYPE, cloud_events::JSON.to_owned()),
+    ]
+}
+
+/// The names and fixed values of the CloudEvents headers.
+pub mod cloud_events {
+    pub const SPECVERSION: &str = "ce_specversion";
+    pub const ID: &str = "ce_id";
+    pub const SOURCE: &str = "ce_source";
+    pub const TYPE: &str = "ce_type";
+    pub const TIME: &str = "ce_time";
+    pub const SUBJECT: &str = "ce_subject";
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The CloudEvents version the headers follow.
+    pub const SPEC_VERSION: &str = "1.0";
+    /// `ce_source` is this, a slash and the aggregate type.
+    pub const SOURCE_PREFIX: &str = "/orders-platform";
+    /// `ce_type` is this, a dot, the event type, `.v` and its major version.
+    pub const TYPE_PREFIX: &str = "orders";
+    /// The value's media type.
+    pub const JSON: &str = "application/json";
 }
 
 /// The event's own fields inside a stored payload `{"<event_type>": {...}}`;
@@ -278,6 +347,35 @@ mod tests {
             value(&headers, trace::TRACEPARENT_HEADER).as_deref(),
             Some("00-0190a0b0aaaa7bbb8cccdddddddddddd-8333444455556666-01")
         );
+    }
+
+    #[test]
+    fn the_headers_make_the_message_a_cloud_event_in_binary_mode() {
+        let event = stored(
+            "OrderConfirmed",
+            &json!({"OrderConfirmed": {}}),
+            &json!({"correlation_id": "r-1"}),
+        );
+        let headers = headers(&event, None);
+        let expected = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", EVENT_ID),
+            ("ce_source", "/orders-platform/Order"),
+            ("ce_type", "orders.OrderConfirmed.v1"),
+            ("ce_time", "2026-11-25T12:00:00.123456Z"),
+            ("ce_subject", "o-1"),
+            ("content-type", "application/json"),
+        ];
+        for (key, wanted) in expected {
+            assert_eq!(value(&headers, key).as_deref(), Some(wanted), "{key}");
+        }
+        let named: Vec<&str> = headers.iter().map(|header| header.key).collect();
+        let cloud_events: Vec<&str> = named
+            .iter()
+            .copied()
+            .filter(|key| key.starts_with("ce_") || *key == "content-type")
+            .collect();
+        assert_eq!(cloud_events.len(), expected.len(), "{named:?}");
     }
 
     #[test]

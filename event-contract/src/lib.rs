@@ -5,7 +5,8 @@
 //! enum). What goes to Kafka is an [`Envelope`] whose `payload` holds the
 //! event's own fields (what `schemas/events/<type>.json` describes), keyed by
 //! the aggregate id, on the aggregate type's topic ([`Topics`]), with headers
-//! that name the event and carry its trace context ([`trace`]). A message that
+//! that name the event and carry its trace context ([`trace`]), and that make
+//! every message a CloudEvent in Kafka's binary mode ([`cloud_event`]). A message that
 //! a consumer cannot process goes on to the topic's dead-letter topic
 //! ([`dead_letter`]) with why.
 //!
@@ -14,13 +15,15 @@
 //! [`Envelope::decode`], and readers of the store that show events (GraphQL's
 //! history) unwrap them with [`stored_fields`].
 
+pub mod asyncapi;
 pub mod dead_letter;
 mod envelope;
 mod topics;
 pub mod trace;
 
 pub use envelope::{
-    Envelope, RawEvent, decode, decode_fields, decode_stored, encode, headers, stored_fields,
+    Envelope, RawEvent, cloud_event, cloud_events, decode, decode_fields, decode_stored, encode,
+    headers, stored_fields,
 };
 pub use topics::Topics;
 

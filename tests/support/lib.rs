@@ -4,6 +4,7 @@
 
 pub mod browser;
 mod platform_under_test;
+pub mod tools;
 pub mod websocket;
 
 pub use platform_under_test::{TestGateway, TestPlatform, settings};
