@@ -50,20 +50,33 @@ port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# Exports ORDERS_AUTH_HS256_SECRET: as already set, or the development secret
-# kept in .local/auth/hs256-secret (created once, readable by its owner only).
-ensure_dev_secret() {
-  if [ -n "${ORDERS_AUTH_HS256_SECRET:-}" ] || [ -n "${ORDERS_AUTH_JWKS_URL:-}" ]; then
-    return 0
-  fi
-  local file="$LOCAL_DIR/auth/hs256-secret"
+# Exports the variable $1: as already set, or a development secret of 32
+# random bytes (hex) kept in .local/auth/$2 (created once, readable by its
+# owner only), described as $3.
+ensure_local_secret() {
+  local name=$1 file="$LOCAL_DIR/auth/$2"
+  [ -n "${!name:-}" ] && return 0
   if [ ! -s "$file" ]; then
     mkdir -p "$LOCAL_DIR/auth"
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file.tmp" && mv "$file.tmp" "$file")
-    say "created a development signing secret in $file"
+    say "created a development $3 in $file"
   fi
-  ORDERS_AUTH_HS256_SECRET=$(cat "$file")
-  export ORDERS_AUTH_HS256_SECRET
+  printf -v "$name" '%s' "$(cat "$file")"
+  export "${name?}"
+}
+
+# Exports ORDERS_AUTH_HS256_SECRET: as already set, or the development secret
+# kept in .local/auth/hs256-secret. Nothing when a JWKS URL is set instead.
+ensure_dev_secret() {
+  [ -n "${ORDERS_AUTH_JWKS_URL:-}" ] && return 0
+  ensure_local_secret ORDERS_AUTH_HS256_SECRET hs256-secret "signing secret"
+}
+
+# Exports ORDERS_GATEWAY_TOKEN, which the saga sends the payment gateway and
+# the gateway requires: as already set, or the development token kept in
+# .local/auth/gateway-token.
+ensure_gateway_token() {
+  ensure_local_secret ORDERS_GATEWAY_TOKEN gateway-token "payment gateway token"
 }
 
 # The tools from package registries that the tests run against the platform,

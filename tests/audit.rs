@@ -81,7 +81,7 @@ async fn settled_books() -> (TestPlatform, TestGateway, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_books_pass_and_every_kind_of_broken_book_is_reported() {
     let (platform, gateway, confirmed, cancelled) = settled_books().await;
-    let report = audit_settled(&platform.pool, &gateway.url, Duration::from_secs(15))
+    let report = audit_settled(&platform.pool, &gateway.access(), Duration::from_secs(15))
         .await
         .unwrap();
     assert!(report.is_clean(), "{report}");
@@ -99,9 +99,9 @@ async fn balanced_books_pass_and_every_kind_of_broken_book_is_reported() {
 
     let broken = |pattern: &'static str| {
         let pool = platform.pool.clone();
-        let url = gateway.url.clone();
+        let access = gateway.access();
         async move {
-            let report = audit(&pool, &url).await.unwrap();
+            let report = audit(&pool, &access).await.unwrap();
             assert!(
                 report.violations.iter().any(|v| v.contains(pattern)),
                 "no violation mentions {pattern:?}: {report}"

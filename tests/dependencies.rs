@@ -78,6 +78,38 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
 /// Normal dependencies of every workspace crate: (crate, dependency, whether
 /// the dependency is a workspace crate).
 fn manifests() -> BTreeMap<String, Vec<(String, bool)>> {
+    metadata()["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|package| {
+            let dependencies = normal(package)
+                .map(|dependency| {
+                    (
+                        dependency["name"].as_str().expect("name").to_owned(),
+                        dependency["path"].is_string(),
+                    )
+                })
+                .collect();
+            (
+                package["name"].as_str().expect("name").to_owned(),
+                dependencies,
+            )
+        })
+        .collect()
+}
+
+/// A package's normal dependencies (not dev or build ones).
+fn normal(package: &Value) -> impl Iterator<Item = &Value> {
+    package["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .filter(|dependency| dependency["kind"].is_null())
+}
+
+/// `cargo metadata` of the workspace's own packages.
+fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -95,30 +127,36 @@ fn manifests() -> BTreeMap<String, Vec<(String, bool)>> {
         "cargo metadata: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let metadata: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    metadata["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .map(|package| {
-            let dependencies = package["dependencies"]
-                .as_array()
-                .expect("dependencies")
-                .iter()
-                .filter(|dependency| dependency["kind"].is_null())
-                .map(|dependency| {
-                    (
-                        dependency["name"].as_str().expect("name").to_owned(),
-                        dependency["path"].is_string(),
-                    )
-                })
-                .collect();
-            (
-                package["name"].as_str().expect("name").to_owned(),
-                dependencies,
-            )
-        })
-        .collect()
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+#[test]
+fn nothing_that_ships_turns_on_a_test_helper() {
+    // The test helpers (a per-process random signing secret, throwaway
+    // databases) are behind a `testing` feature; a crate the `orders`
+    // binary is built from asking for it would put them in the binary.
+    let metadata = metadata();
+    let mut broken = Vec::new();
+    for package in metadata["packages"].as_array().expect("packages") {
+        let name = package["name"].as_str().expect("name");
+        if name == "bench" || name == "platform-tests" {
+            continue;
+        }
+        for dependency in normal(package) {
+            let features = dependency["features"].as_array().expect("features");
+            if features.iter().any(|feature| feature == "testing") {
+                broken.push(format!(
+                    "{name} turns on {}'s testing feature",
+                    dependency["name"]
+                ));
+            }
+        }
+        let defaults = package["features"]["default"].as_array();
+        if defaults.is_some_and(|defaults| defaults.iter().any(|f| f == "testing")) {
+            broken.push(format!("{name} has testing among its default features"));
+        }
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
 }
 
 #[test]

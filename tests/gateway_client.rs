@@ -26,6 +26,8 @@ async fn serve_on(listen: SocketAddr, database: &TestDatabase) -> (String, Cance
         database_url: database.url.clone(),
         pool_size: 4,
         slow_answer: Duration::from_millis(200),
+        token: platform::testing::gateway_token().into(),
+        ..GatewayConfig::default()
     })
     .await
     .unwrap();
@@ -35,15 +37,19 @@ async fn serve_on(listen: SocketAddr, database: &TestDatabase) -> (String, Cance
     (url, stop)
 }
 
-fn client(base_url: String, threshold: u32) -> HttpGateway {
-    HttpGateway::new(HttpGatewayConfig {
+fn config(base_url: String, threshold: u32) -> HttpGatewayConfig {
+    HttpGatewayConfig {
         base_url,
+        token: platform::testing::gateway_token().into(),
         request_timeout: Duration::from_millis(300),
         window: threshold,
         failure_ratio: 1.0,
         open_for: Duration::from_millis(500),
-    })
-    .unwrap()
+    }
+}
+
+fn client(base_url: String, threshold: u32) -> HttpGateway {
+    HttpGateway::new(config(base_url, threshold)).unwrap()
 }
 
 fn request(key: &str, token: &str) -> ChargeRequest {
@@ -159,6 +165,36 @@ async fn a_gateway_that_is_down_opens_the_circuit_until_it_answers_again() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(gateway.charge(&request("v", "tok_visa")).await.is_ok());
     assert!(gateway.charge(&request("w", "tok_visa")).await.is_ok());
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_gateway_that_refuses_the_clients_token_is_failing_and_opens_the_circuit() {
+    let (url, _database, stop) = serve().await;
+    let gateway = HttpGateway::new(HttpGatewayConfig {
+        token: "a-token-the-gateway-was-not-given-0123456789".into(),
+        ..config(url.clone(), 2)
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let refused = gateway.charge(&request("v", "tok_visa")).await.unwrap_err();
+        assert!(refused.0.contains("401"), "{refused}");
+    }
+    let refused = gateway.charge(&request("v", "tok_visa")).await.unwrap_err();
+    assert!(refused.0.contains("circuit open"), "{refused}");
+    // Nothing was charged: the gateway's own client finds no charge.
+    assert!(matches!(
+        client(url, 2).refund("v").await.unwrap(),
+        RefundAnswer::NothingCaptured
+    ));
+    // A client without a token is refused before it starts.
+    assert!(
+        HttpGateway::new(HttpGatewayConfig {
+            token: String::new(),
+            ..config("http://127.0.0.1:1".into(), 2)
+        })
+        .is_err()
+    );
     stop.cancel();
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use identity::testing::{self, SECRET};
+use identity::testing;
 use identity::{Claims, mint_hs256};
 use platform_tests::TestPlatform;
 use serde_json::{Value, json};
@@ -75,11 +75,11 @@ async fn only_a_valid_token_gets_in_and_a_refusal_changes_nothing() {
         ),
         (
             "expired".into(),
-            Some(mint_hs256(SECRET, &expired).unwrap()),
+            Some(mint_hs256(testing::secret(), &expired).unwrap()),
         ),
         (
             "premature".into(),
-            Some(mint_hs256(SECRET, &premature).unwrap()),
+            Some(mint_hs256(testing::secret(), &premature).unwrap()),
         ),
         ("alg none".into(), Some(unsigned(&claims))),
         ("garbage".into(), Some("not.a.token".into())),

@@ -5,7 +5,7 @@
 //! how often a flood of unknown `kid`s may make the platform fetch the set.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,24 +76,33 @@ impl ProviderKey {
     }
 }
 
-/// The identity provider's JWKS endpoint, counting its fetches.
+/// The identity provider's JWKS endpoint, counting its fetches; when
+/// `down`, it takes the connection and answers nothing for ten seconds.
 struct Provider {
     url: String,
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
 }
 
 impl Provider {
     async fn start() -> Self {
         let keys: Arc<Mutex<Vec<Value>>> = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (served, counted) = (Arc::clone(&keys), Arc::clone(&fetches));
+        let down = Arc::new(AtomicBool::new(false));
+        let (served, counted, hangs) = (Arc::clone(&keys), Arc::clone(&fetches), Arc::clone(&down));
         let app = axum::Router::new().route(
             "/.well-known/jwks.json",
             axum::routing::get(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let set = json!({ "keys": served.lock().unwrap().clone() });
-                async move { axum::Json(set) }
+                let hang = hangs.load(Ordering::SeqCst);
+                async move {
+                    if hang {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    axum::Json(set)
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -102,7 +111,16 @@ impl Provider {
             listener.local_addr().unwrap()
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, keys, fetches }
+        Self {
+            url,
+            keys,
+            fetches,
+            down,
+        }
+    }
+
+    fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
     }
 
     fn publish(&self, keys: &[&ProviderKey]) {
@@ -160,6 +178,7 @@ async fn tokens_are_checked_against_the_providers_keys_as_it_rotates_them() {
         ("ORDERS_AUTH_JWKS_URL", provider.url.clone()),
         ("ORDERS_AUTH_ISSUER", ISSUER.into()),
         ("ORDERS_AUTH_AUDIENCE", AUDIENCE.into()),
+        ("ORDERS_AUTH_ADMIN_CLAIM", "roles".into()),
         (
             "ORDERS_AUTH_JWKS_MIN_REFETCH_SECS",
             MIN_REFETCH.as_secs().to_string(),
@@ -190,7 +209,7 @@ async fn tokens_are_checked_against_the_providers_keys_as_it_rotates_them() {
         status_with(&platform, &first.sign(&other_issuer)).await,
         401
     );
-    let hs256 = identity::mint_hs256(identity::testing::SECRET, &claims("alice")).unwrap();
+    let hs256 = identity::mint_hs256(identity::testing::secret(), &claims("alice")).unwrap();
     assert_eq!(status_with(&platform, &hs256).await, 401);
 
     // The provider rotates: a token of its new key names a kid the platform
@@ -242,6 +261,7 @@ async fn a_provider_that_cannot_be_reached_is_a_503_not_a_401() {
         ("ORDERS_AUTH_HS256_SECRET", String::new()),
         ("ORDERS_AUTH_JWKS_URL", url),
         ("ORDERS_AUTH_AUDIENCE", AUDIENCE.into()),
+        ("ORDERS_AUTH_ADMIN_CLAIM", "roles".into()),
     ])
     .await;
     let key = ProviderKey::es256("k", 0x44);
@@ -258,5 +278,146 @@ async fn a_provider_that_cannot_be_reached_is_a_503_not_a_401() {
         !body.contains("127.0.0.1"),
         "the provider's address leaked: {body}"
     );
+    platform.stop().await;
+}
+
+/// A platform checking tokens against `provider`, granting `admin` by
+/// `claim`, its key sets trusted for `max_age`.
+async fn platform_of(provider: &Provider, claim: &str, max_age: Duration) -> TestPlatform {
+    TestPlatform::start_with(&[
+        ("ORDERS_AUTH_HS256_SECRET", String::new()),
+        ("ORDERS_AUTH_JWKS_URL", provider.url.clone()),
+        ("ORDERS_AUTH_ISSUER", ISSUER.into()),
+        ("ORDERS_AUTH_AUDIENCE", AUDIENCE.into()),
+        ("ORDERS_AUTH_ADMIN_CLAIM", claim.into()),
+        (
+            "ORDERS_AUTH_JWKS_MIN_REFETCH_SECS",
+            MIN_REFETCH.as_secs().to_string(),
+        ),
+        (
+            "ORDERS_AUTH_JWKS_MAX_KEY_AGE_SECS",
+            max_age.as_secs().to_string(),
+        ),
+    ])
+    .await
+}
+
+/// The status of creating a product (an administrator's command) with `token`.
+async fn create_with(platform: &TestPlatform, token: &str, sku: &str) -> u16 {
+    reqwest::Client::new()
+        .post(platform.url("/api/products"))
+        .bearer_auth(token)
+        .json(&json!({"sku": sku, "name": sku, "price_cents": 100, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_comes_from_the_claim_the_provider_assigns_not_from_a_scope_asked_for() {
+    let provider = Provider::start().await;
+    let key = ProviderKey::es256("k", 0x55);
+    provider.publish(&[&key]);
+    // (the claim named, the claim in the token, what grants admin there)
+    for (claim, top, granted) in [
+        ("roles", "roles", json!(["orders-admin", "admin"])),
+        // Keycloak's realm roles.
+        (
+            "realm_access.roles",
+            "realm_access",
+            json!({"roles": ["admin"]}),
+        ),
+        // Auth0's namespaced claims.
+        (
+            "https://shop.test/roles",
+            "https://shop.test/roles",
+            json!(["admin"]),
+        ),
+        ("groups", "groups", json!("staff admin")),
+    ] {
+        let platform = platform_of(&provider, claim, Duration::from_secs(3600)).await;
+        // A user who asked the provider for the admin scope is no admin.
+        let asked = Claims::new("eve", "orders admin", Duration::from_secs(600))
+            .issuer(Some(ISSUER))
+            .audience(Some(AUDIENCE));
+        assert_eq!(
+            create_with(&platform, &key.sign(&asked), "EVE").await,
+            403,
+            "{claim}"
+        );
+        // One the provider made an administrator is.
+        let assigned = claims("ops").with_claim(top, granted);
+        assert_eq!(
+            create_with(&platform, &key.sign(&assigned), "OPS").await,
+            201,
+            "{claim}"
+        );
+        // Other roles grant nothing.
+        let other = if top == "realm_access" {
+            claims("bob").with_claim(top, json!({"roles": ["orders-admin"]}))
+        } else {
+            claims("bob").with_claim(top, json!(["orders-admin"]))
+        };
+        assert_eq!(
+            create_with(&platform, &key.sign(&other), "BOB").await,
+            403,
+            "{claim}"
+        );
+        platform.stop().await;
+    }
+    // Without a claim named, a platform checking a provider's tokens does
+    // not start.
+    let refused = orders_cli::Settings::load_with_env(
+        None,
+        std::collections::HashMap::from([
+            ("ORDERS_AUTH_JWKS_URL".to_owned(), provider.url.clone()),
+            ("ORDERS_AUTH_AUDIENCE".to_owned(), AUDIENCE.to_owned()),
+        ]),
+    )
+    .unwrap()
+    .authenticator()
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("ORDERS_AUTH_ADMIN_CLAIM"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_stops_answering_holds_no_request_and_its_keys_age_out() {
+    let provider = Provider::start().await;
+    let key = ProviderKey::es256("k", 0x66);
+    provider.publish(&[&key]);
+    let max_age = Duration::from_secs(8);
+    let platform = platform_of(&provider, "roles", max_age).await;
+    let token = key.sign(&claims("alice"));
+    assert_eq!(status_with(&platform, &token).await, 404);
+    let fetched_at = Instant::now();
+
+    provider.go_down();
+    // While the set is young, known keys keep working, and a token naming a
+    // kid nobody knows is answered at once: no request waits for a
+    // provider that does not answer.
+    for n in 0..5 {
+        let started = Instant::now();
+        assert_eq!(status_with(&platform, &token).await, 404);
+        let ghost = key.sign_as(&format!("ghost-{n}"), &claims("mallory"));
+        let status = status_with(&platform, &ghost).await;
+        assert!(matches!(status, 401 | 503), "{status}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2_500),
+            "a request waited {:?}",
+            started.elapsed()
+        );
+    }
+    // Past the key set's age, its keys are not trusted any more: 503, the
+    // provider cannot be asked whether they still stand.
+    let after = max_age.saturating_sub(fetched_at.elapsed()) + Duration::from_millis(500);
+    tokio::time::sleep(after).await;
+    let started = Instant::now();
+    assert_eq!(status_with(&platform, &token).await, 503);
+    assert!(started.elapsed() < Duration::from_millis(2_500));
     platform.stop().await;
 }

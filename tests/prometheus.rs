@@ -239,8 +239,12 @@ async fn prometheus_scrapes_the_platform_and_promql_finds_what_operators_watch()
     let run = uuid::Uuid::new_v4().simple().to_string();
     std::fs::create_dir_all(targets_dir()).unwrap();
     let file = targets_dir().join(format!("test-{run}.json"));
-    let entry =
-        json!([{"targets": [platform.address.to_string()], "labels": {"role": "all", "run": run}}]);
+    // Prometheus scrapes the port a deployment keeps for it inside its
+    // network (the API's own `/metrics` wants an administrator's token).
+    let metrics = platform
+        .metrics
+        .expect("the test platform serves metrics_listen");
+    let entry = json!([{"targets": [metrics.to_string()], "labels": {"role": "all", "run": run}}]);
     let temporary = file.with_extension("tmp");
     std::fs::write(&temporary, entry.to_string()).unwrap();
     std::fs::rename(&temporary, &file).unwrap();

@@ -112,7 +112,7 @@ fn headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
             Just(format!(
                 "Bearer {}",
                 identity::mint_hs256(
-                    identity::testing::SECRET,
+                    identity::testing::secret(),
                     &identity::Claims {
                         exp: identity::now() - 3600,
                         ..identity::Claims::new("late", "admin", std::time::Duration::ZERO)

@@ -133,6 +133,11 @@ async fn a_position_the_read_side_never_reaches_fails_in_time_with_the_lag_and_h
     // taken would fail after a second.
     let platform = TestPlatform::start_api_only(&[
         ("ORDERS_GRAPHQL_AFTER_POSITION_WAIT_MS", "3000".into()),
+        // One caller waits twelve times here, more than a caller's share.
+        (
+            "ORDERS_GRAPHQL_AFTER_POSITION_WAITERS_PER_CALLER",
+            "20".into(),
+        ),
         ("ORDERS_DATABASE_POOL_SIZE", "4".into()),
         ("ORDERS_DATABASE_ACQUIRE_TIMEOUT_SECS", "1".into()),
     ])

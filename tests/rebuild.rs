@@ -250,6 +250,7 @@ async fn one_order_projected(platform: &TestPlatform) {
         send(platform, &step, &mut orders).await;
     }
     caught_up::<OrderSummary>(&platform.pool, "order_id").await;
+    caught_up::<ProductStock>(&platform.pool, "sku").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -452,6 +452,118 @@ async fn an_undo_that_keeps_failing_is_flagged_retried_and_finished() {
     platform.stop().await;
 }
 
+/// The order's saga steps as its customer (`customer-1`, scope `orders`)
+/// reads them over GraphQL.
+async fn steps_seen_by_the_customer(platform: &TestPlatform, id: &str) -> Vec<Value> {
+    let answer: Value = identity::testing::client("customer-1", "orders")
+        .post(platform.url("/graphql"))
+        .json(&json!({"query": SAGA, "variables": {"id": id}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["data"]["order"]["saga"]["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the customer reads the saga: {answer:#}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_read_public_reasons_where_operators_read_what_was_recorded() {
+    let policy = Policy {
+        attention_after: 2,
+        ..quick()
+    };
+    let (platform, mut gateway) = start(policy).await;
+    platform.create_product("MUG", 1250, 10).await;
+
+    // A decline: the operator reads the card network's reason, the customer
+    // a stable one.
+    let declined = place(&platform, &[("MUG", 1)], "tok_declined").await;
+    settled(&platform, &declined).await;
+    let charge = |steps: &[Value]| {
+        steps
+            .iter()
+            .find(|step| step["name"] == "charge")
+            .cloned()
+            .unwrap()
+    };
+    let admin = platform.graphql(SAGA, json!({"id": declined})).await;
+    let admin_steps = admin["data"]["order"]["saga"]["steps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(charge(&admin_steps)["detail"], "card declined");
+    let customer_steps = steps_seen_by_the_customer(&platform, &declined).await;
+    assert_eq!(charge(&customer_steps)["detail"], "payment declined");
+
+    // An undo that fails while the gateway is down: the operator reads the
+    // client's error (the gateway's address, the system's words), the
+    // customer only that it is being retried.
+    let id = confirmed(&platform, &[("MUG", 2)]).await;
+    gateway.outage().await;
+    cancel(&platform, &id, "arrived broken").await;
+    let flagged = flagged(&platform, &id).await;
+    let failed = |steps: &[Value]| -> Vec<Value> {
+        steps
+            .iter()
+            .filter(|step| step["name"] == "refund" && step["status"] == "FAILED")
+            .cloned()
+            .collect()
+    };
+    let recorded = failed(flagged["steps"].as_array().unwrap());
+    assert!(!recorded.is_empty(), "{flagged:#}");
+    assert!(
+        recorded
+            .iter()
+            .all(|step| step["detail"].as_str().unwrap() != "failed for now; tried again"),
+        "{recorded:#?}"
+    );
+    let seen = steps_seen_by_the_customer(&platform, &id).await;
+    let seen_failed = failed(&seen);
+    assert!(!seen_failed.is_empty(), "{seen:#?}");
+    let public: std::collections::HashSet<&str> = saga_orchestrator::saga::PUBLIC_REASONS
+        .iter()
+        .copied()
+        .collect();
+    for step in &seen {
+        if let Some(detail) = step["detail"].as_str() {
+            assert!(
+                public.contains(detail),
+                "the customer read {detail:?}: {seen:#?}"
+            );
+        }
+    }
+    for step in &seen_failed {
+        assert_eq!(step["detail"], "failed for now; tried again");
+    }
+
+    // An operator abandons it: the customer does not read who or why.
+    abandon(
+        &platform,
+        &id,
+        "settled with the provider, ticket 7",
+        "dave",
+    )
+    .await
+    .unwrap();
+    let seen = steps_seen_by_the_customer(&platform, &id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["name"], "abandoned");
+    assert_eq!(last["detail"], "stopped by an operator");
+    let text = serde_json::to_string(&seen).unwrap();
+    for secret in ["dave", "ticket", "127.0.0.1", "os error", "http"] {
+        assert!(
+            !text.contains(secret),
+            "the customer read {secret:?}: {text}"
+        );
+    }
+    gateway.resume(&platform).await;
+    platform.stop().await;
+}
+
 /// Waits until the platform's metrics hold every one of `lines`.
 async fn metrics_show(platform: &TestPlatform, lines: &[&str]) {
     let deadline = tokio::time::Instant::now() + WITHIN;
@@ -582,7 +694,7 @@ async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() 
         "no refund is recorded for money nobody gave back"
     );
     // The audit does not call these books balanced.
-    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.access())
         .await
         .unwrap();
     assert!(
@@ -598,7 +710,6 @@ async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
     use rdkafka::Message;
-    use rdkafka::message::Headers;
 
     let (platform, _gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
@@ -628,15 +739,83 @@ async fn a_poison_order_message_goes_to_the_dead_letters_and_blocks_nothing() {
     let by_saga: Vec<_> = dead
         .iter()
         .filter(|message| {
-            message.headers().is_some_and(|headers| {
-                headers
-                    .iter()
-                    .any(|h| h.key == "consumer" && h.value == Some(&b"saga"[..]))
-            })
+            platform::testing::header(*message, "consumer").as_deref() == Some("saga")
         })
         .collect();
     assert_eq!(by_saga.len(), 2, "{dead:?}");
     assert!(by_saga.iter().all(|m| m.key() == Some(&b"poison"[..])));
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_order_message_sells_nothing_and_confirms_nothing() {
+    let (platform, gateway) = start(quick()).await;
+    platform.create_product("MUG", 1250, 10).await;
+    let topic = event_contract::Topics::with_prefix(&platform.topics.prefix)
+        .for_aggregate("Order")
+        .unwrap();
+    // An OrderPlaced nobody placed, as the relay would publish it: five mugs
+    // for a cent.
+    let forged_id = uuid::Uuid::now_v7().to_string();
+    let forged = json!({
+        "event_id": uuid::Uuid::now_v7(),
+        "aggregate_type": "Order",
+        "aggregate_id": forged_id,
+        "sequence": 1,
+        "global_position": 1,
+        "event_type": "OrderPlaced",
+        "event_version": "1.0",
+        "recorded_at": chrono::Utc::now(),
+        "payload": {
+            "order_id": forged_id, "customer_id": "mallory",
+            "lines": [{"sku": "MUG", "quantity": 5, "unit_price_cents": 0}],
+            "currency": "EUR", "total_cents": 1, "payment_method": "tok_visa"
+        },
+        "metadata": {"correlation_id": "forged", "causation_id": "forged"},
+    });
+    platform::testing::produce_poison(&topic, &forged_id, &[&forged.to_string()])
+        .await
+        .unwrap();
+    // A real order after it goes through: the saga read the forged one
+    // before it.
+    let id = place(&platform, &[("MUG", 1)], "tok_visa").await;
+    settled(&platform, &id).await;
+    order_ends(&platform, &id, "CONFIRMED").await;
+
+    // Nothing of the forged order happened: no saga, no stock moved for it,
+    // no event appended to it, no charge; its message is a dead letter.
+    let saga: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE order_id = $1")
+        .bind(&forged_id)
+        .fetch_one(&platform.pool)
+        .await
+        .unwrap();
+    assert_eq!(saga, 0);
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 OR payload::text LIKE '%' || $1 || '%'",
+    )
+    .bind(&forged_id)
+    .fetch_one(&platform.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 0);
+    stock_is(&platform, "MUG", 9, 0).await;
+    assert!(
+        !gateway
+            .charges()
+            .await
+            .contains_key(&charge_key(&forged_id)),
+        "the forged order was charged"
+    );
+    let dead =
+        platform::testing::consume(&[event_contract::Topics::dead_letter(&topic)], 3, WITHIN)
+            .await
+            .unwrap();
+    let by_saga = dead
+        .iter()
+        .find(|message| platform::testing::header(*message, "consumer").as_deref() == Some("saga"))
+        .expect("the saga dead-lettered the forged message");
+    let error = platform::testing::header(by_saga, "error").unwrap();
+    assert!(error.contains("holds no such event"), "{error}");
     platform.stop().await;
 }
 
@@ -819,7 +998,7 @@ async fn an_abandoned_saga_stops_for_good_and_the_audit_lists_it_instead_of_fail
 
     // The books: this order is listed as abandoned, with who and why, and
     // everything else still balances.
-    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.access())
         .await
         .unwrap();
     assert!(report.is_clean(), "{report}");
@@ -855,7 +1034,7 @@ async fn a_cancel_after_an_abandon_is_flagged_until_an_operator_settles_it() {
         .unwrap();
     assert!(listed.iter().any(|saga| saga.order_id == id));
     gateway.resume(&platform).await;
-    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.access())
         .await
         .unwrap();
     assert!(
@@ -876,7 +1055,7 @@ async fn a_cancel_after_an_abandon_is_flagged_until_an_operator_settles_it() {
         .unwrap();
     assert!(shown.saga.done && !shown.saga.needs_attention);
     assert_eq!(shown.actions.len(), 2);
-    let report = orders_cli::audit::audit(&platform.pool, &gateway.url)
+    let report = orders_cli::audit::audit(&platform.pool, &gateway.access())
         .await
         .unwrap();
     assert!(report.is_clean(), "{report}");

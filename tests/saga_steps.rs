@@ -179,7 +179,7 @@ impl Stage {
     async fn books_balance(&self) {
         let report = audit_settled(
             &self.platform.pool,
-            &self.gateway.url,
+            &self.gateway.access(),
             Duration::from_secs(20),
         )
         .await
@@ -694,5 +694,46 @@ async fn a_reservation_in_doubt_that_landed_is_found_and_released_before_the_can
     let (mug, _) = stage.bus.load::<Product>("MUG").await.unwrap();
     assert_eq!((mug.on_hand(), mug.reserved()), (10, 0));
     stage.books_balance().await;
+    stage.platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_whose_clock_runs_ahead_keeps_the_databases_time() {
+    fn an_hour_ahead() -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::hours(1)
+    }
+    let mut stage = stage().await;
+    let saga = stage.placed().await;
+    store::insert(&stage.platform.pool, &saga).await.unwrap();
+    // The charge fails while the gateway is down: the saga waits for a retry.
+    stage.gateway.outage().await;
+    let clock = platform::clock::DbClock::with_local_clock(an_hour_ahead);
+    clock.sync(&stage.platform.pool).await.unwrap();
+    let driver =
+        Driver::new(stage.platform.pool.clone(), stage.client.clone(), quick()).with_clock(clock);
+    driver.drive(&saga.order_id).await.unwrap();
+
+    let (due_in, charge_started, last_step): (f64, f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8,
+                extract(epoch FROM (saga ->> 'action_started_at')::timestamptz - now())::float8,
+                extract(epoch FROM (saga -> 'steps' -> -1 ->> 'at')::timestamptz - now())::float8
+           FROM sagas WHERE order_id = $1",
+    )
+    .bind(&saga.order_id)
+    .fetch_one(&stage.platform.pool)
+    .await
+    .unwrap();
+    // Due after its backoff by the database's clock, not an hour later; the
+    // charge's deadline and the steps run on that clock too.
+    assert!(due_in < 60.0, "due in {due_in} s");
+    assert!(
+        charge_started.abs() < 60.0,
+        "the charge started {charge_started} s from now"
+    );
+    assert!(
+        last_step.abs() < 60.0,
+        "the last step was {last_step} s from now"
+    );
+    stage.gateway.resume(&stage.platform).await;
     stage.platform.stop().await;
 }

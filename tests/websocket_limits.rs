@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use identity::testing::{self, SECRET};
+use identity::testing;
 use identity::{Claims, mint_hs256};
 use platform_tests::TestPlatform;
 use platform_tests::websocket::{
@@ -193,7 +193,7 @@ async fn a_connection_ends_when_its_token_expires() {
     let platform = platform_with(&[]).await;
     let id = placed_by(&platform, "alice").await;
     let short = mint_hs256(
-        SECRET,
+        testing::secret(),
         &Claims::new("alice", "orders", Duration::from_secs(3)),
     )
     .unwrap();

@@ -10,9 +10,12 @@
 //! - `bench saga`: orders from placement to CONFIRMED through the saga.
 //! - `bench catchup`: a live worker applying a backlog, next to a rebuild;
 //!   the relay's lag while a rebuild runs.
+//! - `bench hot-product`: one product that sold to a million orders: its
+//!   state's and snapshot's size, the fold's time, peak memory.
 
 mod catchup;
 mod connection;
+mod hot;
 mod latency;
 mod rebuild;
 mod relay;
@@ -51,6 +54,8 @@ enum Command {
     Saga(saga::Options),
     /// Live catch-up versus rebuild, and relay lag during a rebuild.
     Catchup(catchup::Options),
+    /// One product that sold to a million orders: state, snapshot, memory.
+    HotProduct(hot::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Command::Rebuild(options) => server.block_on(rebuild::run(options)),
         Command::Saga(options) => server.block_on(saga::run(options)),
         Command::Catchup(options) => server.block_on(catchup::run(options)),
+        Command::HotProduct(options) => server.block_on(hot::run(options)),
     }
 }

@@ -127,7 +127,7 @@ pub fn run(
             append_workers: options.append_workers,
             // Every request's token is checked, as in production.
             authenticator: identity::Authenticator::new(&identity::AuthConfig {
-                hs256_secret: Some(identity::testing::SECRET.into()),
+                hs256_secret: Some(identity::testing::secret().into()),
                 ..identity::AuthConfig::default()
             })?,
             ..ApiConfig::default()

@@ -53,6 +53,9 @@ pub struct Running {
     pub api: Option<SocketAddr>,
     /// Where the payment gateway listens, if it runs here.
     pub gateway: Option<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served for the
+    /// network's scraper and probes (`metrics_listen`), if they are.
+    pub metrics: Option<SocketAddr>,
     roles: JoinSet<anyhow::Result<()>>,
     stop: CancellationToken,
 }
@@ -97,7 +100,8 @@ pub async fn start(
     } else {
         None
     };
-    if !runs(Role::Api) && !settings.metrics_listen.is_empty() {
+    let mut metrics = None;
+    if !settings.metrics_listen.is_empty() {
         let listen: SocketAddr = settings.metrics_listen.parse().with_context(|| {
             format!(
                 "metrics_listen {:?} is not an address",
@@ -107,10 +111,20 @@ pub async fn start(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} for metrics"))?;
+        metrics = Some(listener.local_addr()?);
+        // Ready: the database answers, and Kafka does for a process whose
+        // roles read or write it (the API's commands need only the database).
+        let consumes = [Role::Relay, Role::Projections, Role::Saga]
+            .into_iter()
+            .any(runs);
+        let kafka = (needs_pool)
+            .then(|| platform::kafka::KafkaProbe::new(&settings.kafka_brokers))
+            .transpose()?;
+        let readiness = command_api::routes::meta::Readiness::new(pool.clone(), kafka, consumes);
         let stopped = stop.clone().cancelled_owned();
         running.spawn(async move {
             tracing::info!(addr = %listen, "metrics listening");
-            axum::serve(listener, command_api::routes::meta::metrics_only())
+            axum::serve(listener, command_api::routes::meta::metrics_only(readiness))
                 .with_graceful_shutdown(stopped)
                 .await
                 .context("serving metrics")
@@ -134,6 +148,7 @@ pub async fn start(
                 projections::graphql::schema(pool.clone(), updates, limits),
                 config.authenticator.clone(),
                 limits,
+                settings.graphql_access()?,
             )
             .merge(orders_console::router(console));
             let service =
@@ -170,6 +185,7 @@ pub async fn start(
     Ok(Running {
         api,
         gateway,
+        metrics,
         roles: running,
         stop,
     })

@@ -19,6 +19,14 @@
 //! lists each with who abandoned it and why. Everything else (the products'
 //! totals, the payments, the read models) is checked with them in. The
 //! tests and the fault suite run this same code.
+//!
+//! It holds a bounded part of the books in memory, however large they are:
+//! the events are streamed one aggregate at a time along the store's key,
+//! orders are checked a thousand at a time with their payments, sagas,
+//! stock moves and charges looked up for those orders only, and what needs
+//! all of the store at once (the stock each order moved on each product,
+//! summed; the gateway's ledger) is staged in temporary tables of the
+//! audit's own database session.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -28,8 +36,6 @@ use cqrs_es::Aggregate;
 use domain::{
     Order, OrderEvent, OrderStatus, Payment, PaymentEvent, PaymentStatus, Product, ProductEvent,
 };
-use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
-use futures::TryStreamExt;
 use projections::Projection;
 use saga_orchestrator::driver::charge_key;
 use sqlx::PgPool;
@@ -87,6 +93,23 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Where the payment gateway is, and the token it requires.
+#[derive(Clone)]
+pub struct GatewayAccess {
+    /// Such as `http://127.0.0.1:8081`.
+    pub url: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for GatewayAccess {
+    // The token is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayAccess")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A charge as the gateway lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct GatewayCharge {
@@ -100,12 +123,12 @@ pub struct GatewayCharge {
 /// few events behind, a saga not yet picked up) gets that long to catch up.
 pub async fn audit_settled(
     pool: &PgPool,
-    gateway_url: &str,
+    gateway: &GatewayAccess,
     settle: Duration,
 ) -> anyhow::Result<Report> {
     let deadline = tokio::time::Instant::now() + settle;
     loop {
-        let report = audit(pool, gateway_url).await?;
+        let report = audit(pool, gateway).await?;
         if report.is_clean() || tokio::time::Instant::now() >= deadline {
             return Ok(report);
         }
@@ -113,101 +136,577 @@ pub async fn audit_settled(
     }
 }
 
+/// Orders checked at once, with what is looked up for them.
+const ORDERS_AT_ONCE: usize = 1_000;
+
 /// One pass over the books.
-pub async fn audit(pool: &PgPool, gateway_url: &str) -> anyhow::Result<Report> {
-    let charges = gateway_charges(gateway_url).await?;
-    // A saga is stuck when its work has been due for long and nobody holds it:
-    // the scan picks due sagas up within a second.
-    let rows: Vec<(String, bool, bool, bool, Option<String>)> = sqlx::query_as(
-        "SELECT order_id, done, needs_attention,
-                NOT done AND next_attempt_at < now() - interval '5 minutes'
-                    AND (leased_until IS NULL OR leased_until < now()),
-                CASE WHEN state = 'ABANDONED' THEN coalesce(saga ->> 'abandoned', '') END
-           FROM sagas",
-    )
-    .fetch_all(pool)
-    .await
-    .context("reading the sagas")?;
-    let mut stalled = Vec::new();
-    let mut abandoned = HashMap::new();
-    for (id, _, attention, stuck, why) in &rows {
-        if let Some(why) = why {
-            abandoned.insert(id.clone(), why.clone());
+pub async fn audit(pool: &PgPool, gateway: &GatewayAccess) -> anyhow::Result<Report> {
+    // The temporary tables live in this session.
+    let mut session = pool.acquire().await.context("connecting for the audit")?;
+    let staged = async {
+        let charges = stage_charges(&mut session, gateway).await?;
+        stage_moves(&mut session).await?;
+        let mut report = Report {
+            charges,
+            events: sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+                .fetch_one(&mut *session)
+                .await?
+                .try_into()
+                .unwrap_or_default(),
+            ..Report::default()
+        };
+        stalled_sagas(&mut session, &mut report).await?;
+        check_products(pool, &mut report).await?;
+        check_orders(pool, &mut session, &mut report).await?;
+        unowned(&mut session, &mut report).await?;
+        for projection in Projection::ALL {
+            let comparison = projection.compare(pool).await?;
+            report.rows += comparison.compared;
+            let described = comparison.wrong.len();
+            report.violations.extend(comparison.wrong);
+            if comparison.wrong_count > described {
+                report.violations.push(format!(
+                    "read model {}: {} rows differ from the fold of their events in all",
+                    projection.table(),
+                    comparison.wrong_count
+                ));
+            }
+            if comparison.behind_count > 0 {
+                report.violations.push(format!(
+                    "read model {} lags behind the events for {} aggregates (first: {})",
+                    projection.table(),
+                    comparison.behind_count,
+                    comparison.behind.first().map_or("", String::as_str)
+                ));
+            }
+            if comparison.refused > 0 {
+                report.violations.push(format!(
+                    "read model {} cannot apply {} stored events",
+                    projection.table(),
+                    comparison.refused
+                ));
+            }
+            if comparison.orphans > 0 {
+                report.violations.push(format!(
+                    "read model {} holds {} rows no events explain",
+                    projection.table(),
+                    comparison.orphans
+                ));
+            }
         }
-        if *attention {
-            stalled.push(format!(
-                "the saga of order {id} needs attention (see order.saga in GraphQL)"
-            ));
-        } else if *stuck {
-            stalled.push(format!(
-                "the saga of order {id} has had work due for over 5 minutes that no process does"
-            ));
-        }
+        anyhow::Ok(report)
     }
-    let sagas: HashMap<String, bool> = rows.into_iter().map(|(id, done, ..)| (id, done)).collect();
-    let store = Store::read(pool).await?;
-    let mut report = Report {
-        events: store.events,
-        orders: store.orders.len(),
-        products: store.products.len(),
-        charges: charges.len(),
-        ..Report::default()
-    };
-    report.violations.extend(store.violations.iter().cloned());
-    // A saga at work is no violation, unless it cannot get on alone.
-    report.violations.extend(stalled);
-    check_orders(&store, &sagas, &abandoned, &charges, &mut report);
-    check_products(&store, &mut report);
-    check_payments(&store, &mut report);
-    for projection in Projection::ALL {
-        let comparison = projection.compare(pool).await?;
-        report.rows += comparison.compared;
-        report.violations.extend(comparison.wrong);
-        if !comparison.behind.is_empty() {
-            report.violations.push(format!(
-                "read model {} lags behind the events for {} aggregates (first: {})",
-                projection.table(),
-                comparison.behind.len(),
-                comparison.behind[0]
-            ));
-        }
-        if comparison.refused > 0 {
-            report.violations.push(format!(
-                "read model {} cannot apply {} stored events",
-                projection.table(),
-                comparison.refused
-            ));
-        }
-        if comparison.orphans > 0 {
-            report.violations.push(format!(
-                "read model {} holds {} rows no events explain",
-                projection.table(),
-                comparison.orphans
-            ));
-        }
-    }
-    Ok(report)
+    .await;
+    // Whatever happened, the staging goes (the session returns to the pool).
+    let _ = sqlx::query("DROP TABLE IF EXISTS pg_temp.audit_charges, pg_temp.audit_moves")
+        .execute(&mut *session)
+        .await;
+    staged
 }
 
-/// Every charge the gateway at `base` lists, by key.
-pub async fn gateway_charges(base: &str) -> anyhow::Result<HashMap<String, GatewayCharge>> {
-    #[derive(serde::Deserialize)]
-    struct Page {
-        charges: Vec<GatewayCharge>,
-        next_after: Option<String>,
+/// The gateway's ledger, page by page into `audit_charges`; returns how many
+/// charges it holds.
+async fn stage_charges(
+    session: &mut sqlx::PgConnection,
+    gateway: &GatewayAccess,
+) -> anyhow::Result<usize> {
+    sqlx::raw_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS audit_charges
+            (key text PRIMARY KEY, status text NOT NULL, amount_cents bigint);
+         TRUNCATE audit_charges",
+    )
+    .execute(&mut *session)
+    .await?;
+    let mut staged = 0;
+    let mut pages = GatewayPages::new(gateway)?;
+    while let Some(page) = pages.next().await? {
+        staged += page.len();
+        let (keys, statuses, amounts): (Vec<String>, Vec<String>, Vec<Option<i64>>) = page
+            .into_iter()
+            .map(|charge| (charge.key, charge.status, charge.amount_cents))
+            .fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |mut columns, (k, s, a)| {
+                    columns.0.push(k);
+                    columns.1.push(s);
+                    columns.2.push(a);
+                    columns
+                },
+            );
+        sqlx::query(
+            "INSERT INTO audit_charges SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(keys)
+        .bind(statuses)
+        .bind(amounts)
+        .execute(&mut *session)
+        .await?;
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut charges = HashMap::new();
-    let mut after = String::new();
+    Ok(staged)
+}
+
+/// What each order moved on each product, summed by the database into
+/// `audit_moves` (indexed by order).
+async fn stage_moves(session: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::raw_sql(include_str!("audit_moves.sql"))
+        .execute(&mut *session)
+        .await
+        .context("summing the stock moves")?;
+    Ok(())
+}
+
+/// Sagas that cannot get on alone: flagged, or with work long due that no
+/// process does.
+async fn stalled_sagas(
+    session: &mut sqlx::PgConnection,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT order_id, needs_attention FROM sagas
+          WHERE needs_attention
+             OR (NOT done AND next_attempt_at < now() - interval '5 minutes'
+                 AND (leased_until IS NULL OR leased_until < now()))
+          ORDER BY order_id",
+    )
+    .fetch_all(&mut *session)
+    .await
+    .context("reading the sagas")?;
+    for (id, attention) in rows {
+        report.violations.push(if attention {
+            format!("the saga of order {id} needs attention (see order.saga in GraphQL)")
+        } else {
+            format!(
+                "the saga of order {id} has had work due for over 5 minutes that no process does"
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Every product, one at a time, against its own events.
+async fn check_products(pool: &PgPool, report: &mut Report) -> anyhow::Result<()> {
+    let mut events = Box::pin(event_store::reader::stream_aggregates(pool, Product::TYPE));
+    let mut held = None;
+    while let Some(stream) = event_store::reader::next_aggregate(&mut events, &mut held)
+        .await
+        .context("reading the products' events")?
+    {
+        report.products += 1;
+        let sku = stream[0].aggregate_id.clone();
+        let mut product = Product::default();
+        let (mut added, mut sold, mut returned, mut open) = (0i64, 0i64, 0i64, 0i64);
+        for event in folded(&stream, report) {
+            let event: ProductEvent = event;
+            match &event {
+                ProductEvent::StockAdded(e) => added += i64::from(e.quantity),
+                ProductEvent::StockReserved(e) => open += i64::from(e.quantity),
+                ProductEvent::ReservationReleased(e) => open -= i64::from(e.quantity),
+                ProductEvent::ReservationCommitted(e) => {
+                    open -= i64::from(e.quantity);
+                    sold += i64::from(e.quantity);
+                }
+                ProductEvent::SoldStockReturned(e) => returned += i64::from(e.quantity),
+                ProductEvent::ProductCreated(_) => {}
+            }
+            product.apply(event);
+        }
+        let expected = added - sold + returned;
+        if i64::try_from(product.on_hand()).ok() != Some(expected) {
+            report.violations.push(format!(
+                "{sku} has {} on hand, but added - sold + returned is {expected}",
+                product.on_hand()
+            ));
+        }
+        if i64::try_from(product.reserved()).ok() != Some(open) {
+            report.violations.push(format!(
+                "{sku} has {} reserved, but its open reservations add up to {open}",
+                product.reserved()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The decoded events of one aggregate's stream, noting in `report` a
+/// sequence out of order and an event that does not decode.
+fn folded<E: serde::de::DeserializeOwned>(
+    stream: &[event_store::RecordedEvent<String>],
+    report: &mut Report,
+) -> Vec<E> {
+    let mut decoded = Vec::with_capacity(stream.len());
+    for (expected, event) in (1..).zip(stream) {
+        if event.sequence != expected {
+            report.violations.push(format!(
+                "{} {}: event {} follows {}",
+                event.aggregate_type,
+                event.aggregate_id,
+                event.sequence,
+                expected - 1
+            ));
+        }
+        match serde_json::from_str::<E>(&event.payload) {
+            Ok(event) => decoded.push(event),
+            Err(error) => report.violations.push(format!(
+                "{} {} event {}: cannot decode: {error}",
+                event.aggregate_type, event.aggregate_id, event.sequence
+            )),
+        }
+    }
+    decoded
+}
+
+/// What the books say of one order besides its own events.
+#[derive(Default)]
+struct Around {
+    payment: Option<Payment>,
+    approvals: u32,
+    refunds: u32,
+    /// (done, abandoned why) of its saga.
+    saga: Option<(bool, Option<String>)>,
+    /// Stock it moved, by product.
+    moved: BTreeMap<String, Moved>,
+    charge: Option<GatewayCharge>,
+}
+
+/// Every order, a thousand at a time.
+async fn check_orders(
+    pool: &PgPool,
+    session: &mut sqlx::PgConnection,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut events = Box::pin(event_store::reader::stream_aggregates(pool, Order::TYPE));
+    let mut held = None;
+    let mut chunk: Vec<(String, Order)> = Vec::with_capacity(ORDERS_AT_ONCE);
     loop {
-        let page: Page = client
+        let next = event_store::reader::next_aggregate(&mut events, &mut held)
+            .await
+            .context("reading the orders' events")?;
+        let ended = next.is_none();
+        if let Some(stream) = next {
+            let id = stream[0].aggregate_id.clone();
+            let mut order = Order::default();
+            for event in folded::<OrderEvent>(&stream, report) {
+                order.apply(event);
+            }
+            chunk.push((id, order));
+        }
+        if chunk.len() >= ORDERS_AT_ONCE || (ended && !chunk.is_empty()) {
+            let mut around = around(pool, session, &chunk, report).await?;
+            for (id, order) in &chunk {
+                check_order(id, order, around.remove(id).unwrap_or_default(), report);
+            }
+            chunk.clear();
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+/// What the books say around `orders`: their payments, sagas, stock moves
+/// and charges.
+async fn around(
+    pool: &PgPool,
+    session: &mut sqlx::PgConnection,
+    orders: &[(String, Order)],
+    report: &mut Report,
+) -> anyhow::Result<HashMap<String, Around>> {
+    let ids: Vec<String> = orders.iter().map(|(id, _)| id.clone()).collect();
+    let mut around: HashMap<String, Around> = HashMap::new();
+    let payments = event_store::reader::streams::<String>(pool, Payment::TYPE, &ids)
+        .await
+        .context("reading the payments")?;
+    for stream in payments.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
+        let id = stream[0].aggregate_id.clone();
+        let entry = around.entry(id.clone()).or_default();
+        let mut payment = Payment::default();
+        for event in folded::<PaymentEvent>(stream, report) {
+            match &event {
+                PaymentEvent::ChargeApproved(_) => entry.approvals += 1,
+                PaymentEvent::PaymentRefunded(_) => entry.refunds += 1,
+                _ => {}
+            }
+            payment.apply(event);
+        }
+        if let Some(requested) = payment.requested()
+            && requested.order_id.to_string() != id
+        {
+            report
+                .violations
+                .push(format!("payment {id} is for order {}", requested.order_id));
+        }
+        entry.payment = Some(payment);
+    }
+    let sagas: Vec<(String, bool, Option<String>)> = sqlx::query_as(
+        "SELECT order_id, done,
+                CASE WHEN state = 'ABANDONED' THEN coalesce(saga ->> 'abandoned', '') END
+           FROM sagas WHERE order_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *session)
+    .await
+    .context("reading the sagas")?;
+    for (id, done, abandoned) in sagas {
+        around.entry(id).or_default().saga = Some((done, abandoned));
+    }
+    let moves: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, sku, reserved, released, committed, returned
+           FROM audit_moves WHERE order_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *session)
+    .await?;
+    for (id, sku, reserved, released, committed, returned) in moves {
+        around.entry(id).or_default().moved.insert(
+            sku,
+            Moved {
+                reserved,
+                released,
+                committed,
+                returned,
+            },
+        );
+    }
+    let keys: Vec<String> = ids.iter().map(|id| charge_key(id)).collect();
+    let charges: Vec<(String, String, Option<i64>)> =
+        sqlx::query_as("SELECT key, status, amount_cents FROM audit_charges WHERE key = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&mut *session)
+            .await?;
+    for (key, status, amount_cents) in charges {
+        if let Some(id) = key.strip_prefix("order-") {
+            around.entry(id.to_owned()).or_default().charge = Some(GatewayCharge {
+                key: key.clone(),
+                status,
+                amount_cents,
+            });
+        }
+    }
+    Ok(around)
+}
+
+/// What belongs to no order: captures the gateway holds, payments, stock
+/// moved for orders that do not exist.
+async fn unowned(session: &mut sqlx::PgConnection, report: &mut Report) -> anyhow::Result<()> {
+    let no_order = "NOT EXISTS (SELECT 1 FROM events o
+                     WHERE o.aggregate_type = 'Order' AND o.aggregate_id = {id} AND o.sequence = 1)";
+    let captures: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT key FROM audit_charges c WHERE status = 'approved' AND {} ORDER BY key LIMIT 100",
+        no_order.replace("{id}", "substr(c.key, 7)")
+    ))
+    .fetch_all(&mut *session)
+    .await?;
+    for key in captures {
+        report.violations.push(format!(
+            "the gateway holds a capture {key} that belongs to no order"
+        ));
+    }
+    let payments: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT p.aggregate_id FROM events p
+          WHERE p.aggregate_type = 'Payment' AND p.sequence = 1 AND {} LIMIT 100",
+        no_order.replace("{id}", "p.aggregate_id")
+    ))
+    .fetch_all(&mut *session)
+    .await?;
+    for id in payments {
+        report
+            .violations
+            .push(format!("payment {id} belongs to no order"));
+    }
+    let moves: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT m.sku, m.order_id FROM audit_moves m WHERE {} LIMIT 100",
+        no_order.replace("{id}", "m.order_id")
+    ))
+    .fetch_all(&mut *session)
+    .await?;
+    for (sku, order) in moves {
+        report.violations.push(format!(
+            "{sku} moved stock for order {order}, which did not order it"
+        ));
+    }
+    Ok(())
+}
+
+fn check_order(id: &str, order: &Order, around: Around, report: &mut Report) {
+    report.orders += 1;
+    let Some(placed) = order.placed() else {
+        report
+            .violations
+            .push(format!("order {id} has events but was never placed"));
+        return;
+    };
+    if around.approvals > 1 {
+        report.violations.push(format!(
+            "payment {id} was approved {} times",
+            around.approvals
+        ));
+    }
+    if around.refunds > 1 {
+        report.violations.push(format!(
+            "payment {id} was refunded {} times",
+            around.refunds
+        ));
+    }
+    for sku in around.moved.keys() {
+        if !placed.lines.iter().any(|line| line.sku.as_str() == sku) {
+            report.violations.push(format!(
+                "{sku} moved stock for order {id}, which did not order it"
+            ));
+        }
+    }
+    if let Some((_, Some(why))) = &around.saga {
+        report.abandoned.push(format!("{id}: {why}"));
+        return;
+    }
+    if around.saga.as_ref().is_some_and(|(done, _)| !done) {
+        report.open += 1;
+        return;
+    }
+    let violations = &mut report.violations;
+    let confirmed = match placed.status {
+        OrderStatus::Placed => {
+            violations.push(format!(
+                "order {id} is PLACED, but no saga is at work on it"
+            ));
+            return;
+        }
+        OrderStatus::Confirmed => {
+            report.confirmed += 1;
+            true
+        }
+        OrderStatus::Cancelled => {
+            report.cancelled += 1;
+            false
+        }
+    };
+    for line in &placed.lines {
+        let sku = line.sku.to_string();
+        let moved = around.moved.get(&sku).copied().unwrap_or_default();
+        let bought = if confirmed {
+            i64::from(line.quantity)
+        } else {
+            0
+        };
+        if moved.sold() != bought {
+            violations.push(format!(
+                "order {id} ({}) holds {} sold units of {sku}, expected {bought}",
+                status_name(confirmed),
+                moved.sold()
+            ));
+        }
+        if moved.open() != 0 {
+            violations.push(format!(
+                "order {id} ({}) still holds {} reserved units of {sku}",
+                status_name(confirmed),
+                moved.open()
+            ));
+        }
+    }
+    let ledger = around.payment.as_ref();
+    let ledger_status = ledger.and_then(Payment::status);
+    let charge = around.charge.as_ref();
+    if confirmed {
+        let amount = ledger.and_then(Payment::requested).map(|p| p.amount_cents);
+        if ledger_status != Some(PaymentStatus::Approved) || amount != Some(placed.total_cents) {
+            violations.push(format!(
+                "confirmed order {id} of {} has its payment {ledger_status:?} of {amount:?} in the ledger",
+                placed.total_cents
+            ));
+        }
+        match charge {
+            Some(c) if c.status == "approved" && c.amount_cents == Some(placed.total_cents) => {}
+            other => violations.push(format!(
+                "confirmed order {id} of {} has no matching capture at the gateway: {other:?}",
+                placed.total_cents
+            )),
+        }
+    } else {
+        if matches!(
+            ledger_status,
+            Some(PaymentStatus::Approved | PaymentStatus::Requested)
+        ) {
+            violations.push(format!(
+                "cancelled order {id} has its payment {ledger_status:?} in the ledger"
+            ));
+        }
+        if let Some(c) = charge
+            && matches!(c.status.as_str(), "approved" | "pending")
+        {
+            violations.push(format!(
+                "cancelled order {id} has a charge {} at the gateway",
+                c.status
+            ));
+        }
+    }
+    // A capture the gateway gave back is on the record, and only then, and
+    // it was this order's total.
+    let gateway_refunded = charge.is_some_and(|c| c.status == "refunded");
+    if let Some(c) = charge
+        && gateway_refunded
+        && c.amount_cents != Some(placed.total_cents)
+    {
+        violations.push(format!(
+            "order {id}: the gateway refunded {}, not its total of {}",
+            c.amount_cents
+                .map_or("an unknown amount".into(), |a| a.to_string()),
+            placed.total_cents
+        ));
+    }
+    let ledger_refunded = ledger_status == Some(PaymentStatus::Refunded);
+    if gateway_refunded != ledger_refunded {
+        violations.push(format!(
+            "order {id}: the gateway {} the charge, the ledger holds it {ledger_status:?}",
+            if gateway_refunded {
+                "refunded"
+            } else {
+                "did not refund"
+            }
+        ));
+    }
+}
+
+fn status_name(confirmed: bool) -> &'static str {
+    if confirmed { "CONFIRMED" } else { "CANCELLED" }
+}
+
+/// The gateway's ledger, a page at a time.
+struct GatewayPages<'a> {
+    gateway: &'a GatewayAccess,
+    client: reqwest::Client,
+    after: Option<String>,
+}
+
+impl<'a> GatewayPages<'a> {
+    fn new(gateway: &'a GatewayAccess) -> anyhow::Result<Self> {
+        Ok(Self {
+            gateway,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            after: Some(String::new()),
+        })
+    }
+
+    /// The next page, `None` after the last.
+    async fn next(&mut self) -> anyhow::Result<Option<Vec<GatewayCharge>>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            charges: Vec<GatewayCharge>,
+            next_after: Option<String>,
+        }
+        let Some(after) = self.after.take() else {
+            return Ok(None);
+        };
+        let base = &self.gateway.url;
+        let page: Page = self
+            .client
             // Keys are URL-safe (the gateway allows A-Z a-z 0-9 - _ . :).
             .get(format!(
                 "{}/charges?limit=1000&after={after}",
                 base.trim_end_matches('/')
             ))
+            .bearer_auth(&self.gateway.token)
             .send()
             .await
             .and_then(|response| response.error_for_status())
@@ -215,12 +714,21 @@ pub async fn gateway_charges(base: &str) -> anyhow::Result<HashMap<String, Gatew
             .json()
             .await
             .context("reading the payment gateway's charges")?;
-        charges.extend(page.charges.into_iter().map(|c| (c.key.clone(), c)));
-        match page.next_after {
-            Some(next) => after = next,
-            None => return Ok(charges),
-        }
+        self.after = page.next_after;
+        Ok(Some(page.charges))
     }
+}
+
+/// Every charge the gateway lists, by key (for tools that look at a few).
+pub async fn gateway_charges(
+    gateway: &GatewayAccess,
+) -> anyhow::Result<HashMap<String, GatewayCharge>> {
+    let mut charges = HashMap::new();
+    let mut pages = GatewayPages::new(gateway)?;
+    while let Some(page) = pages.next().await? {
+        charges.extend(page.into_iter().map(|c| (c.key.clone(), c)));
+    }
+    Ok(charges)
 }
 
 /// Stock an order moved on one product, summed over its events.
@@ -239,327 +747,5 @@ impl Moved {
 
     fn sold(&self) -> i64 {
         self.committed - self.returned
-    }
-}
-
-/// Every aggregate folded from the events, and sums kept on the side.
-#[derive(Default)]
-struct Store {
-    events: u64,
-    orders: BTreeMap<String, Order>,
-    products: BTreeMap<String, Product>,
-    payments: BTreeMap<String, Payment>,
-    /// (product, order) → what the order moved.
-    moved: BTreeMap<(String, String), Moved>,
-    /// Per product: units added.
-    added: HashMap<String, i64>,
-    approvals: HashMap<String, u32>,
-    refunds: HashMap<String, u32>,
-    violations: Vec<String>,
-}
-
-impl Store {
-    async fn read(pool: &PgPool) -> anyhow::Result<Self> {
-        let reader = GlobalReader::new(pool.clone());
-        let filter = ReadFilter::default();
-        let mut events = reader.stream_text(GlobalCheckpoint::default(), &filter);
-        let mut store = Self::default();
-        let mut sequences: HashMap<(String, String), i64> = HashMap::new();
-        while let Some(event) = events.try_next().await.context("reading the events")? {
-            store.events += 1;
-            let id = event.aggregate_id.clone();
-            let last = sequences
-                .entry((event.aggregate_type.clone(), id.clone()))
-                .or_default();
-            if event.sequence != *last + 1 {
-                store.violations.push(format!(
-                    "{} {id}: event {} follows {}",
-                    event.aggregate_type, event.sequence, last
-                ));
-            }
-            *last = event.sequence;
-            let undecodable = |error: serde_json::Error| {
-                format!(
-                    "{} {id} event {}: cannot decode: {error}",
-                    event.aggregate_type, event.sequence
-                )
-            };
-            match event.aggregate_type.as_str() {
-                "Order" => match serde_json::from_str::<OrderEvent>(&event.payload) {
-                    Ok(decoded) => store.orders.entry(id).or_default().apply(decoded),
-                    Err(error) => store.violations.push(undecodable(error)),
-                },
-                "Product" => match serde_json::from_str::<ProductEvent>(&event.payload) {
-                    Ok(decoded) => store.product_event(id, decoded),
-                    Err(error) => store.violations.push(undecodable(error)),
-                },
-                "Payment" => match serde_json::from_str::<PaymentEvent>(&event.payload) {
-                    Ok(decoded) => {
-                        match &decoded {
-                            PaymentEvent::ChargeApproved(_) => {
-                                *store.approvals.entry(id.clone()).or_default() += 1
-                            }
-                            PaymentEvent::PaymentRefunded(_) => {
-                                *store.refunds.entry(id.clone()).or_default() += 1
-                            }
-                            _ => {}
-                        }
-                        store.payments.entry(id).or_default().apply(decoded);
-                    }
-                    Err(error) => store.violations.push(undecodable(error)),
-                },
-                other => store
-                    .violations
-                    .push(format!("an event of unknown aggregate type {other}")),
-            }
-        }
-        Ok(store)
-    }
-
-    fn product_event(&mut self, sku: String, event: ProductEvent) {
-        match &event {
-            ProductEvent::StockAdded(added) => {
-                *self.added.entry(sku.clone()).or_default() += i64::from(added.quantity);
-            }
-            ProductEvent::StockReserved(e) => {
-                self.moved(&sku, &e.order_id).reserved += i64::from(e.quantity);
-            }
-            ProductEvent::ReservationReleased(e) => {
-                self.moved(&sku, &e.order_id).released += i64::from(e.quantity);
-            }
-            ProductEvent::ReservationCommitted(e) => {
-                self.moved(&sku, &e.order_id).committed += i64::from(e.quantity);
-            }
-            ProductEvent::SoldStockReturned(e) => {
-                self.moved(&sku, &e.order_id).returned += i64::from(e.quantity);
-            }
-            ProductEvent::ProductCreated(_) => {}
-        }
-        self.products.entry(sku).or_default().apply(event);
-    }
-
-    /// What `order` moved on `sku` so far.
-    fn moved(&mut self, sku: &str, order: &domain::values::OrderId) -> &mut Moved {
-        self.moved
-            .entry((sku.to_owned(), order.to_string()))
-            .or_default()
-    }
-}
-
-fn check_orders(
-    store: &Store,
-    sagas: &HashMap<String, bool>,
-    abandoned: &HashMap<String, String>,
-    charges: &HashMap<String, GatewayCharge>,
-    report: &mut Report,
-) {
-    for (id, order) in &store.orders {
-        let Some(placed) = order.placed() else {
-            report
-                .violations
-                .push(format!("order {id} has events but was never placed"));
-            continue;
-        };
-        if let Some(why) = abandoned.get(id) {
-            report.abandoned.push(format!("{id}: {why}"));
-            continue;
-        }
-        let live = sagas.get(id).is_some_and(|done| !done);
-        if live {
-            report.open += 1;
-            continue;
-        }
-        let violations = &mut report.violations;
-        let confirmed = match placed.status {
-            OrderStatus::Placed => {
-                violations.push(format!(
-                    "order {id} is PLACED, but no saga is at work on it"
-                ));
-                continue;
-            }
-            OrderStatus::Confirmed => {
-                report.confirmed += 1;
-                true
-            }
-            OrderStatus::Cancelled => {
-                report.cancelled += 1;
-                false
-            }
-        };
-        for line in &placed.lines {
-            let sku = line.sku.to_string();
-            let moved = store
-                .moved
-                .get(&(sku.clone(), id.clone()))
-                .copied()
-                .unwrap_or_default();
-            let bought = if confirmed {
-                i64::from(line.quantity)
-            } else {
-                0
-            };
-            if moved.sold() != bought {
-                violations.push(format!(
-                    "order {id} ({}) holds {} sold units of {sku}, expected {bought}",
-                    status_name(confirmed),
-                    moved.sold()
-                ));
-            }
-            if moved.open() != 0 {
-                violations.push(format!(
-                    "order {id} ({}) still holds {} reserved units of {sku}",
-                    status_name(confirmed),
-                    moved.open()
-                ));
-            }
-        }
-        let ledger = store.payments.get(id);
-        let ledger_status = ledger.and_then(Payment::status);
-        let charge = charges.get(&charge_key(id));
-        if confirmed {
-            let amount = ledger.and_then(Payment::requested).map(|p| p.amount_cents);
-            if ledger_status != Some(PaymentStatus::Approved) || amount != Some(placed.total_cents)
-            {
-                violations.push(format!(
-                    "confirmed order {id} of {} has its payment {ledger_status:?} of {amount:?} in the ledger",
-                    placed.total_cents
-                ));
-            }
-            match charge {
-                Some(c) if c.status == "approved" && c.amount_cents == Some(placed.total_cents) => {
-                }
-                other => violations.push(format!(
-                    "confirmed order {id} of {} has no matching capture at the gateway: {other:?}",
-                    placed.total_cents
-                )),
-            }
-        } else {
-            if matches!(
-                ledger_status,
-                Some(PaymentStatus::Approved | PaymentStatus::Requested)
-            ) {
-                violations.push(format!(
-                    "cancelled order {id} has its payment {ledger_status:?} in the ledger"
-                ));
-            }
-            if let Some(c) = charge
-                && matches!(c.status.as_str(), "approved" | "pending")
-            {
-                violations.push(format!(
-                    "cancelled order {id} has a charge {} at the gateway",
-                    c.status
-                ));
-            }
-        }
-        // A capture the gateway gave back is on the record, and only then,
-        // and it was this order's total.
-        let gateway_refunded = charge.is_some_and(|c| c.status == "refunded");
-        if let Some(c) = charge
-            && gateway_refunded
-            && c.amount_cents != Some(placed.total_cents)
-        {
-            violations.push(format!(
-                "order {id}: the gateway refunded {}, not its total of {}",
-                c.amount_cents
-                    .map_or("an unknown amount".into(), |a| a.to_string()),
-                placed.total_cents
-            ));
-        }
-        let ledger_refunded = ledger_status == Some(PaymentStatus::Refunded);
-        if gateway_refunded != ledger_refunded {
-            violations.push(format!(
-                "order {id}: the gateway {} the charge, the ledger holds it {ledger_status:?}",
-                if gateway_refunded {
-                    "refunded"
-                } else {
-                    "did not refund"
-                }
-            ));
-        }
-    }
-    // Money the gateway holds for no order.
-    for (key, charge) in charges {
-        let known = key
-            .strip_prefix("order-")
-            .is_some_and(|id| store.orders.contains_key(id));
-        if !known && charge.status == "approved" {
-            report.violations.push(format!(
-                "the gateway holds a capture {key} that belongs to no order"
-            ));
-        }
-    }
-}
-
-fn status_name(confirmed: bool) -> &'static str {
-    if confirmed { "CONFIRMED" } else { "CANCELLED" }
-}
-
-fn check_products(store: &Store, report: &mut Report) {
-    let mut sold: HashMap<&str, i64> = HashMap::new();
-    let mut returned: HashMap<&str, i64> = HashMap::new();
-    let mut reserved: HashMap<&str, i64> = HashMap::new();
-    for ((sku, order), moved) in &store.moved {
-        *sold.entry(sku).or_default() += moved.committed;
-        *returned.entry(sku).or_default() += moved.returned;
-        *reserved.entry(sku).or_default() += moved.open();
-        let bought = store
-            .orders
-            .get(order)
-            .and_then(Order::placed)
-            .is_some_and(|placed| placed.lines.iter().any(|line| line.sku.as_str() == sku));
-        if !bought {
-            report.violations.push(format!(
-                "{sku} moved stock for order {order}, which did not order it"
-            ));
-        }
-    }
-    for (sku, product) in &store.products {
-        let s = sku.as_str();
-        let expected = store.added.get(s).copied().unwrap_or(0) - sold.get(s).copied().unwrap_or(0)
-            + returned.get(s).copied().unwrap_or(0);
-        if i64::try_from(product.on_hand()).ok() != Some(expected) {
-            report.violations.push(format!(
-                "{sku} has {} on hand, but added - sold + returned is {expected}",
-                product.on_hand()
-            ));
-        }
-        let open = reserved.get(s).copied().unwrap_or(0);
-        if i64::try_from(product.reserved()).ok() != Some(open) {
-            report.violations.push(format!(
-                "{sku} has {} reserved, but its open reservations add up to {open}",
-                product.reserved()
-            ));
-        }
-    }
-}
-
-fn check_payments(store: &Store, report: &mut Report) {
-    for (id, count) in &store.approvals {
-        if *count > 1 {
-            report
-                .violations
-                .push(format!("payment {id} was approved {count} times"));
-        }
-    }
-    for (id, count) in &store.refunds {
-        if *count > 1 {
-            report
-                .violations
-                .push(format!("payment {id} was refunded {count} times"));
-        }
-    }
-    for (id, payment) in &store.payments {
-        if let Some(requested) = payment.requested()
-            && requested.order_id.to_string() != *id
-        {
-            report
-                .violations
-                .push(format!("payment {id} is for order {}", requested.order_id));
-        }
-        if !store.orders.contains_key(id) {
-            report
-                .violations
-                .push(format!("payment {id} belongs to no order"));
-        }
     }
 }

@@ -288,8 +288,7 @@ fn progress_bar() -> indicatif::ProgressBar {
 pub async fn audit(settings: &Settings, settle: Duration) -> anyhow::Result<bool> {
     platform::telemetry::init_logging(settings.log_format, "warn");
     let pool = connect(settings).await?;
-    let report =
-        crate::audit::audit_settled(&pool, &settings.payment_gateway_url(None), settle).await?;
+    let report = crate::audit::audit_settled(&pool, &settings.gateway_access(None), settle).await?;
     println!("{report}");
     Ok(report.is_clean())
 }

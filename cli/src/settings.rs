@@ -106,6 +106,18 @@ pub struct Settings {
     pub gateway_database_url: SecretString,
     /// Milliseconds a `tok_slow` charge takes to answer.
     pub gateway_slow_answer_ms: u64,
+    /// The token the saga sends the payment gateway and the gateway
+    /// requires (at least 32 bytes): only the saga may call it. Kept secret.
+    pub gateway_token: SecretString,
+    /// Host names (comma-separated, without ports) the gateway answers to;
+    /// others get 421. Empty: 127.0.0.1, localhost, ::1 and its listening
+    /// address. Set it to the name the saga reaches it by (a service name).
+    pub gateway_hosts: String,
+    /// Charges the gateway holds at once while their card network is slow
+    /// or silent (`tok_slow`, `tok_timeout`); more are answered 503.
+    pub gateway_max_held: usize,
+    /// Seconds a charge whose card network never answers is held before 504.
+    pub gateway_hold_secs: u64,
     /// HS256 secret that signs callers' tokens (development and tests; at
     /// least 32 bytes). Kept secret.
     pub auth_hs256_secret: SecretString,
@@ -117,6 +129,17 @@ pub struct Settings {
     pub auth_audience: String,
     /// Shortest time in seconds between two fetches of the JWKS.
     pub auth_jwks_min_refetch_secs: u64,
+    /// Seconds between two fetches of the JWKS in the background.
+    pub auth_jwks_refresh_secs: u64,
+    /// Seconds a JWKS is trusted since it was last fetched; past them,
+    /// while the provider cannot be reached, tokens get 503.
+    pub auth_jwks_max_key_age_secs: u64,
+    /// The claim that grants `admin`: `scope` for the platform's own HS256
+    /// tokens; with a JWKS it must name one the provider's administrators
+    /// assign (`roles`, `groups`, `realm_access.roles`, a namespaced claim).
+    pub auth_admin_claim: String,
+    /// The value of that claim that grants `admin`.
+    pub auth_admin_value: String,
     /// Every caller is an administrator. Only for a trusted network.
     pub auth_disabled: bool,
     /// Per-caller REST command rate (requests per second; 0 switches it off)
@@ -127,6 +150,11 @@ pub struct Settings {
     /// 0 switches it off) and burst.
     pub rate_limit_graphql_per_sec: u32,
     pub rate_limit_graphql_burst: u32,
+    /// Per-caller rate of every other request on the API's port (health,
+    /// readiness, metrics, documents, unknown routes; 0 switches it off)
+    /// and burst.
+    pub rate_limit_meta_per_sec: u32,
+    pub rate_limit_meta_burst: u32,
     /// Proxies (addresses or networks, comma-separated) whose
     /// `X-Forwarded-For` names the client; empty believes no such header.
     pub trusted_proxies: String,
@@ -153,6 +181,14 @@ pub struct Settings {
     pub graphql_after_position_wait_ms: u64,
     /// Queries waiting for `afterPosition` at once (more are refused at once).
     pub graphql_after_position_waiters: usize,
+    /// Queries of one caller waiting for `afterPosition` at once.
+    pub graphql_after_position_waiters_per_caller: usize,
+    /// Subscription connections of one address not signed in yet.
+    pub ws_max_unsigned_per_address: usize,
+    /// Origins (comma-separated, such as `https://shop.example`) of other
+    /// sites whose pages may open a subscription connection; a page of this
+    /// host's own always may.
+    pub ws_allowed_origins: String,
 }
 
 impl Settings {
@@ -215,16 +251,26 @@ impl Settings {
             .set_default("gateway_listen", "127.0.0.1:8081")?
             .set_default("gateway_database_url", "")?
             .set_default("gateway_slow_answer_ms", 3_000)?
+            .set_default("gateway_token", "")?
+            .set_default("gateway_hosts", "")?
+            .set_default("gateway_max_held", 64)?
+            .set_default("gateway_hold_secs", 30)?
             .set_default("auth_hs256_secret", "")?
             .set_default("auth_jwks_url", "")?
             .set_default("auth_issuer", "")?
             .set_default("auth_audience", "")?
             .set_default("auth_jwks_min_refetch_secs", 10)?
+            .set_default("auth_jwks_refresh_secs", 300)?
+            .set_default("auth_jwks_max_key_age_secs", 3600)?
+            .set_default("auth_admin_claim", "")?
+            .set_default("auth_admin_value", "admin")?
             .set_default("auth_disabled", false)?
             .set_default("rate_limit_commands_per_sec", 20)?
             .set_default("rate_limit_commands_burst", 40)?
             .set_default("rate_limit_graphql_per_sec", 50)?
             .set_default("rate_limit_graphql_burst", 100)?
+            .set_default("rate_limit_meta_per_sec", 20)?
+            .set_default("rate_limit_meta_burst", 40)?
             .set_default("trusted_proxies", "")?
             .set_default("graphql_max_batch", 10)?
             .set_default("graphql_max_fields", 500)?
@@ -237,6 +283,9 @@ impl Settings {
             .set_default("ws_init_timeout_secs", 10)?
             .set_default("graphql_after_position_wait_ms", 5_000)?
             .set_default("graphql_after_position_waiters", 1_000)?
+            .set_default("graphql_after_position_waiters_per_caller", 10)?
+            .set_default("ws_max_unsigned_per_address", 4)?
+            .set_default("ws_allowed_origins", "")?
             .add_source(source)
             .add_source(
                 Environment::with_prefix("ORDERS")
@@ -317,6 +366,7 @@ impl Settings {
                 "rate_limit_graphql_per_sec",
                 self.rate_limit_graphql_per_sec,
             ),
+            ("rate_limit_meta_per_sec", self.rate_limit_meta_per_sec),
         ] {
             // Beyond this a bucket's period rounds to nothing.
             anyhow::ensure!(
@@ -341,6 +391,10 @@ impl Settings {
                 per_second: self.rate_limit_graphql_per_sec,
                 burst: self.rate_limit_graphql_burst,
             },
+            meta_rate: command_api::auth::Rate {
+                per_second: self.rate_limit_meta_per_sec,
+                burst: self.rate_limit_meta_burst,
+            },
             trusted_proxies: command_api::auth::TrustedProxies::parse(&self.trusted_proxies)
                 .map_err(|error| anyhow::anyhow!("trusted_proxies: {error}"))?,
         })
@@ -354,6 +408,10 @@ impl Settings {
             issuer: Some(self.auth_issuer.clone()),
             audience: Some(self.auth_audience.clone()),
             jwks_min_refetch: Duration::from_secs(self.auth_jwks_min_refetch_secs),
+            jwks_refresh: Duration::from_secs(self.auth_jwks_refresh_secs.max(1)),
+            jwks_max_key_age: Duration::from_secs(self.auth_jwks_max_key_age_secs.max(1)),
+            admin_claim: Some(self.auth_admin_claim.clone()),
+            admin_value: Some(self.auth_admin_value.clone()),
             disabled: self.auth_disabled,
         })
         .map_err(anyhow::Error::new)
@@ -374,7 +432,24 @@ impl Settings {
             ws_init_timeout: Duration::from_secs(self.ws_init_timeout_secs.max(1)),
             after_position_wait: Duration::from_millis(self.graphql_after_position_wait_ms),
             after_position_waiters: self.graphql_after_position_waiters,
+            after_position_waiters_per_caller: self.graphql_after_position_waiters_per_caller,
+            ws_unsigned_per_address: self.ws_max_unsigned_per_address.max(1),
         }
+    }
+
+    /// Who may open GraphQL subscription connections, beyond their tokens.
+    pub fn graphql_access(&self) -> anyhow::Result<projections::graphql::http::Access> {
+        Ok(projections::graphql::http::Access {
+            proxies: command_api::auth::TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|error| anyhow::anyhow!("trusted_proxies: {error}"))?,
+            allowed_origins: self
+                .ws_allowed_origins
+                .split(',')
+                .map(str::trim)
+                .filter(|origin| !origin.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
     }
 
     pub fn relay(&self) -> relay::RelayConfig {
@@ -419,6 +494,7 @@ impl Settings {
     ) -> saga_orchestrator::gateway::http::HttpGatewayConfig {
         saga_orchestrator::gateway::http::HttpGatewayConfig {
             base_url,
+            token: self.gateway_token.expose_secret().to_owned(),
             request_timeout: Duration::from_millis(self.payment_gateway_timeout_ms),
             ..saga_orchestrator::gateway::http::HttpGatewayConfig::default()
         }
@@ -452,6 +528,26 @@ impl Settings {
             database_url,
             pool_size: self.database_pool_size.clamp(2, 16),
             slow_answer: Duration::from_millis(self.gateway_slow_answer_ms),
+            token: self.gateway_token.expose_secret().to_owned(),
+            hosts: self
+                .gateway_hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|host| !host.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            max_held: self.gateway_max_held.max(1),
+            hold_for: Duration::from_secs(self.gateway_hold_secs.max(1)),
+        }
+    }
+
+    /// How operators' tools (`orders audit`, `orders status`) read the
+    /// gateway's ledger: its URL (see
+    /// [`payment_gateway_url`](Self::payment_gateway_url)) and token.
+    pub fn gateway_access(&self, gateway: Option<SocketAddr>) -> crate::audit::GatewayAccess {
+        crate::audit::GatewayAccess {
+            url: self.payment_gateway_url(gateway),
+            token: self.gateway_token.expose_secret().to_owned(),
         }
     }
 

@@ -26,7 +26,7 @@ impl Platform {
             .env("DATABASE_URL", database_url)
             .env("ORDERS_LISTEN", format!("127.0.0.1:{port}"))
             .env("ORDERS_LOG_FILTER", "warn")
-            .env("ORDERS_AUTH_HS256_SECRET", identity::testing::SECRET)
+            .env("ORDERS_AUTH_HS256_SECRET", identity::testing::secret())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -12,12 +12,8 @@ use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::middleware::NoOpMiddleware;
 use identity::{AuthError, Authenticator, Caller, Identity};
 use ipnet::IpNet;
-use tower_governor::GovernorError;
-use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
-use tower_governor::key_extractor::KeyExtractor;
 
 use crate::problem::ApiError;
 
@@ -200,68 +196,107 @@ impl TrustedProxies {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct CallerKey {
-    proxies: TrustedProxies,
-}
-
-impl KeyExtractor for CallerKey {
-    type Key = RateKey;
-
-    fn extract<T>(&self, request: &axum::http::Request<T>) -> Result<RateKey, GovernorError> {
-        if let Some(Identity::Caller(caller)) = request.extensions().get::<Identity>() {
-            return Ok(RateKey::Customer(caller.customer().as_str().to_owned()));
-        }
-        Ok(request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(RateKey::Unknown, |ConnectInfo(peer)| {
-                RateKey::peer(self.proxies.client(peer.ip(), request.headers()))
-            }))
+/// Whom a request counts against: the caller its token names, or its peer
+/// address (the client behind a trusted proxy; an IPv6 /64).
+pub fn rate_key<B>(request: &axum::http::Request<B>, proxies: &TrustedProxies) -> RateKey {
+    if let Some(Identity::Caller(caller)) = request.extensions().get::<Identity>() {
+        return RateKey::Customer(caller.customer().as_str().to_owned());
     }
+    peer_key(request, proxies)
 }
 
-/// One route class's buckets, and how a request finds its caller's.
+/// The peer address a request counts against, whoever its token names.
+pub fn peer_key<B>(request: &axum::http::Request<B>, proxies: &TrustedProxies) -> RateKey {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(RateKey::Unknown, |ConnectInfo(peer)| {
+            RateKey::peer(proxies.client(peer.ip(), request.headers()))
+        })
+}
+
+type Buckets = governor::RateLimiter<
+    RateKey,
+    governor::state::keyed::DefaultKeyedStateStore<RateKey>,
+    governor::clock::DefaultClock,
+>;
+
+/// One route class's buckets, one per caller: each request costs its
+/// caller one, before it is served; a request that turns out to be several
+/// (a GraphQL batch, a subscription started on an open WebSocket) costs
+/// more through [`charge`](Self::charge) before any of it runs. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Limiter {
-    config: Arc<GovernorConfig<CallerKey, NoOpMiddleware<governor::clock::QuantaInstant>>>,
-    key: CallerKey,
+    buckets: Arc<Buckets>,
+    proxies: TrustedProxies,
+    /// Which class, for the 429's detail.
+    class: &'static str,
 }
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").finish_non_exhaustive()
+        f.debug_struct("Limiter")
+            .field("class", &self.class)
+            .finish_non_exhaustive()
     }
 }
-
-/// Set by a handler on its response when the request counted as more than
-/// one (a GraphQL batch of n operations is n requests): the caller's bucket
-/// is charged for them afterwards.
-#[derive(Debug, Clone, Copy)]
-pub struct FurtherRequests(pub u32);
 
 /// The limiter for `rate`, or `None` when it is unlimited. Callers without
 /// a valid token are told apart by address, through `proxies`.
-pub fn limiter(rate: Rate, proxies: &TrustedProxies) -> Option<Limiter> {
-    if rate.per_second == 0 || rate.burst == 0 {
-        return None;
-    }
-    let period = Duration::from_secs(1) / rate.per_second;
-    let key = CallerKey {
-        proxies: proxies.clone(),
-    };
-    let config = GovernorConfigBuilder::default()
-        .period(period)
-        .burst_size(rate.burst)
-        .key_extractor(key.clone())
-        .finish()?;
+pub fn limiter(class: &'static str, rate: Rate, proxies: &TrustedProxies) -> Option<Limiter> {
+    let per_second = std::num::NonZeroU32::new(rate.per_second)?;
+    let burst = std::num::NonZeroU32::new(rate.burst)?;
+    let quota = governor::Quota::per_second(per_second).allow_burst(burst);
     Some(Limiter {
-        config: Arc::new(config),
-        key,
+        buckets: Arc::new(governor::RateLimiter::keyed(quota)),
+        proxies: proxies.clone(),
+        class,
     })
 }
 
-/// Wraps `router` in `limiter`, answering 429 problem+json with Retry-After.
+impl Limiter {
+    /// Whom `request` counts against.
+    pub fn key_of<B>(&self, request: &axum::http::Request<B>) -> RateKey {
+        rate_key(request, &self.proxies)
+    }
+
+    /// Takes `n` requests from `key`'s bucket, all or none: `Err` (429 with
+    /// the seconds until they fit) when the bucket holds fewer.
+    pub fn charge(&self, key: &RateKey, n: u32) -> Result<(), ApiError> {
+        let Some(n) = std::num::NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        use governor::clock::Clock;
+        match self.buckets.check_key_n(key, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(self.buckets.clock().now());
+                Err(ApiError::TooManyRequests {
+                    retry_after: wait.as_secs().max(1),
+                })
+            }
+            // More than a full bucket: never, at this rate.
+            Err(_) => Err(ApiError::invalid(
+                "body",
+                format!(
+                    "this asks for {n} {} operations at once, more than a caller's burst",
+                    self.class
+                ),
+            )),
+        }
+    }
+
+    /// Forgets the callers whose buckets are full again.
+    fn forget_idle(&self) {
+        self.buckets.retain_recent();
+    }
+}
+
+/// Wraps `router` in `limiter`: every request costs its caller one before
+/// it is served (429 problem+json with Retry-After when the bucket is
+/// empty), and the limiter rides in the request's extensions for handlers
+/// that charge more.
 pub fn limited<S: Clone + Send + Sync + 'static>(
     router: axum::Router<S>,
     limiter: Option<&Limiter>,
@@ -269,37 +304,35 @@ pub fn limited<S: Clone + Send + Sync + 'static>(
     let Some(limiter) = limiter else {
         return router;
     };
-    let charge = {
-        let limiter = limiter.clone();
-        axum::middleware::from_fn(move |request: Request, next: Next| {
+    let limiter = limiter.clone();
+    router.layer(axum::middleware::from_fn(
+        move |mut request: Request, next: Next| {
             let limiter = limiter.clone();
             async move {
-                let key = limiter.key.extract(&request).ok();
-                let response = next.run(request).await;
-                if let (Some(key), Some(FurtherRequests(n))) =
-                    (key, response.extensions().get::<FurtherRequests>().copied())
-                {
-                    for _ in 0..n {
-                        if limiter.config.limiter().check_key(&key).is_err() {
-                            break;
-                        }
-                    }
+                let key = limiter.key_of(&request);
+                if let Err(refused) = limiter.charge(&key, 1) {
+                    return refused.into_response();
                 }
-                response
+                request.extensions_mut().insert(Charged { limiter, key });
+                next.run(request).await
             }
-        })
-    };
-    let layer =
-        tower_governor::GovernorLayer::new(Arc::clone(&limiter.config)).error_handler(|error| {
-            match error {
-                GovernorError::TooManyRequests { wait_time, .. } => ApiError::TooManyRequests {
-                    retry_after: wait_time.max(1),
-                },
-                other => ApiError::Internal(anyhow::anyhow!("rate limiter: {other}")),
-            }
-            .into_response()
-        });
-    router.layer(charge).layer(layer)
+        },
+    ))
+}
+
+/// In a request's extensions: the limiter it was counted by and whom
+/// against, for a handler whose request turns out to be several.
+#[derive(Debug, Clone)]
+pub struct Charged {
+    pub limiter: Limiter,
+    pub key: RateKey,
+}
+
+impl Charged {
+    /// Charges `n` more requests to the same caller.
+    pub fn more(&self, n: u32) -> Result<(), ApiError> {
+        self.limiter.charge(&self.key, n)
+    }
 }
 
 /// Every minute, forgets the callers whose buckets are full again, so the
@@ -309,7 +342,7 @@ pub async fn forget_idle_callers(limiters: Vec<Limiter>) {
     loop {
         tick.tick().await;
         for limiter in &limiters {
-            limiter.config.limiter().retain_recent();
+            limiter.forget_idle();
         }
     }
 }

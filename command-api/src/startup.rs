@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 use crate::auth::{Limiter, Rate, TrustedProxies, limited, limiter};
 use crate::extract::BODY_LIMIT;
 use crate::problem::ApiError;
+use crate::routes::meta::Readiness;
 use crate::routes::{meta, orders, products};
 use identity::Authenticator;
 
@@ -49,8 +50,12 @@ pub struct ApiConfig {
     pub authenticator: Authenticator,
     /// Per-caller rate of REST commands.
     pub command_rate: Rate,
-    /// Per-caller rate of GraphQL requests (and WebSocket upgrades).
+    /// Per-caller rate of GraphQL requests (and WebSocket upgrades and
+    /// subscriptions).
     pub graphql_rate: Rate,
+    /// Per-caller rate of every other request: health, readiness, metrics,
+    /// the OpenAPI document, problem types, unknown routes.
+    pub meta_rate: Rate,
     /// Proxies whose `X-Forwarded-For` names the client of a request
     /// without a valid token.
     pub trusted_proxies: TrustedProxies,
@@ -71,6 +76,7 @@ impl Default for ApiConfig {
             authenticator: Authenticator::disabled(),
             command_rate: Rate::UNLIMITED,
             graphql_rate: Rate::UNLIMITED,
+            meta_rate: Rate::UNLIMITED,
             trusted_proxies: TrustedProxies::default(),
         }
     }
@@ -84,7 +90,7 @@ struct Inner {
     bus: CommandBus,
     catalog: Catalog,
     idempotency_ttl: Duration,
-    kafka: Option<KafkaProbe>,
+    readiness: Readiness,
 }
 
 impl std::fmt::Debug for AppState {
@@ -110,9 +116,9 @@ impl AppState {
                 })
                 .with_append_workers(config.append_workers)
                 .with_snapshots(config.snapshot_every),
+            readiness: Readiness::new(Some(pool.clone()), kafka, false),
             catalog: Catalog::new(pool),
             idempotency_ttl: config.idempotency_ttl,
-            kafka,
         })))
     }
 
@@ -128,8 +134,9 @@ impl AppState {
         self.0.idempotency_ttl
     }
 
-    pub fn kafka(&self) -> Option<&KafkaProbe> {
-        self.0.kafka.as_ref()
+    /// What `/readyz` checks.
+    pub fn readiness(&self) -> &Readiness {
+        &self.0.readiness
     }
 }
 
@@ -236,13 +243,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP surface: commands, health, metrics, documentation, and
 /// `extra` routes served beside them (the GraphQL API) with the same request
 /// ids, metrics, authentication, limits and problem answers for unknown
-/// routes. Also returns the rate limiters, whose idle callers
-/// [`forget_idle_callers`](crate::auth::forget_idle_callers) forgets.
+/// routes. Every request counts against its caller's rate: commands, GraphQL
+/// and everything else (health, readiness, metrics, documents, unknown
+/// routes) each by a limiter of their own. Also returns the rate limiters,
+/// whose idle callers [`forget_idle_callers`](crate::auth::forget_idle_callers)
+/// forgets.
 pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Vec<Limiter>) {
     let request_timeout = config.request_timeout;
     let (commands, document) = command_routes().split_for_parts();
-    let command_limiter = limiter(config.command_rate, &config.trusted_proxies);
-    let graphql_limiter = limiter(config.graphql_rate, &config.trusted_proxies);
+    let command_limiter = limiter("command", config.command_rate, &config.trusted_proxies);
+    let graphql_limiter = limiter("GraphQL", config.graphql_rate, &config.trusted_proxies);
+    let meta_limiter = limiter("service", config.meta_rate, &config.trusted_proxies);
     let commands = limited(
         commands.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
         command_limiter.as_ref(),
@@ -251,16 +262,19 @@ pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Ve
         extra.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
         graphql_limiter.as_ref(),
     );
-    let limiters = command_limiter.into_iter().chain(graphql_limiter).collect();
+    let limiters = command_limiter
+        .into_iter()
+        .chain(graphql_limiter)
+        .chain(meta_limiter.clone())
+        .collect();
     let document: Arc<str> = complete(document)
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".into())
         .into();
-    let router = Router::new()
-        .merge(commands)
+    let meta = Router::new()
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
-        .route("/metrics", get(meta::metrics))
+        .route("/metrics", get(meta::admin_metrics))
         .route(
             "/api/openapi.json",
             get(move || {
@@ -274,9 +288,14 @@ pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Ve
             }),
         )
         .route("/problems/{slug}", get(meta::problem_type))
+        .fallback(meta::no_route)
+        .with_state(state.clone());
+    let meta = limited(meta, meta_limiter.as_ref());
+    let router = Router::new()
+        .merge(commands)
         .with_state(state)
         .merge(extra)
-        .fallback(meta::no_route)
+        .merge(meta)
         .method_not_allowed_fallback(meta::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(

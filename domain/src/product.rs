@@ -7,7 +7,13 @@
 //!
 //! - `reserved <= on_hand`, so `available = on_hand - reserved` is never negative;
 //! - `reserved` is the sum of the open reservations, one per order;
-//! - `on_hand = added - sold + returned`, and an order never returns more than it bought.
+//! - `on_hand = added - sold + returned`, and no more comes back than was sold.
+//!
+//! The state grows with what is open (one entry per open reservation), never
+//! with history: a product that sold to a million orders keeps one count of
+//! units sold, not an entry per order. What one order may return is bounded
+//! by the order's own lines (the saga returns a line's units once, under the
+//! line's key), not here.
 
 use std::collections::BTreeMap;
 
@@ -148,11 +154,8 @@ pub enum ProductError {
     /// The order holds no reservation of this product (never made, released or committed).
     #[error("order {order_id} holds no reservation")]
     NoReservation { order_id: OrderId },
-    /// The order's reservation was committed already: its units are sold. To
-    /// take them back, return them ([`ProductCommand::ReturnSoldStock`]).
-    #[error("order {order_id} holds no reservation: its units are sold")]
-    AlreadySold { order_id: OrderId },
-    /// The order did not buy that many units (or already returned them).
+    /// More units would come back than the product has sold (and not taken
+    /// back already).
     #[error("order {order_id} can return at most {returnable} units, {requested} requested")]
     NothingToReturn {
         order_id: OrderId,
@@ -177,8 +180,25 @@ pub struct Product {
     reserved: u64,
     /// Open reservations by order.
     reservations: BTreeMap<OrderId, u32>,
-    /// Units sold and not returned, by order.
-    sold: BTreeMap<OrderId, u32>,
+    /// Units sold and not returned. (Snapshots written before kept this by
+    /// order; they are read as the sum.)
+    #[serde(default, deserialize_with = "units_sold")]
+    sold: u64,
+}
+
+/// Reads `sold` as a count, or as the map by order that earlier snapshots
+/// hold (summed).
+fn units_sold<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Sold {
+        Units(u64),
+        ByOrder(BTreeMap<OrderId, u32>),
+    }
+    Ok(match Sold::deserialize(deserializer)? {
+        Sold::Units(units) => units,
+        Sold::ByOrder(by_order) => by_order.values().map(|units| u64::from(*units)).sum(),
+    })
 }
 
 impl Product {
@@ -203,8 +223,9 @@ impl Product {
         self.reservations.get(&order_id).copied()
     }
 
-    pub fn sold_to(&self, order_id: OrderId) -> u32 {
-        self.sold.get(&order_id).copied().unwrap_or(0)
+    /// Units sold and not returned.
+    pub fn sold(&self) -> u64 {
+        self.sold
     }
 
     /// Decides what a command does to this product, without changing it.
@@ -256,12 +277,11 @@ impl Product {
             ProductCommand::ReturnSoldStock { order_id, quantity } => {
                 self.existing()?;
                 check_quantity(quantity, u32::MAX)?;
-                let returnable = self.sold_to(order_id);
-                if quantity > returnable {
+                if u64::from(quantity) > self.sold {
                     return Err(ProductError::NothingToReturn {
                         order_id,
                         requested: quantity,
-                        returnable,
+                        returnable: u32::try_from(self.sold).unwrap_or(u32::MAX),
                     });
                 }
                 ProductEvent::SoldStockReturned(SoldStockReturned { order_id, quantity })
@@ -274,15 +294,13 @@ impl Product {
         self.details.as_ref().ok_or(ProductError::NotFound)
     }
 
-    /// The order's open reservation; refused with [`ProductError::AlreadySold`]
-    /// when it was committed, so that a caller learns the units left the stock.
+    /// The order's open reservation. None (never made, released, or
+    /// committed) is refused alike: whether a reservation was committed is
+    /// the committer's to know (the saga looks its commit's key up).
     fn open_reservation(&self, order_id: OrderId) -> Result<u32, ProductError> {
         self.existing()?;
-        match self.reservation_of(order_id) {
-            Some(quantity) => Ok(quantity),
-            None if self.sold_to(order_id) > 0 => Err(ProductError::AlreadySold { order_id }),
-            None => Err(ProductError::NoReservation { order_id }),
-        }
+        self.reservation_of(order_id)
+            .ok_or(ProductError::NoReservation { order_id })
     }
 }
 
@@ -336,16 +354,11 @@ impl Aggregate for Product {
                 self.reservations.remove(&order_id);
                 self.reserved = self.reserved.saturating_sub(u64::from(quantity));
                 self.on_hand = self.on_hand.saturating_sub(u64::from(quantity));
-                *self.sold.entry(order_id).or_default() += quantity;
+                self.sold += u64::from(quantity);
             }
-            ProductEvent::SoldStockReturned(SoldStockReturned { order_id, quantity }) => {
+            ProductEvent::SoldStockReturned(SoldStockReturned { quantity, .. }) => {
                 self.on_hand += u64::from(quantity);
-                let left = self.sold_to(order_id).saturating_sub(quantity);
-                if left == 0 {
-                    self.sold.remove(&order_id);
-                } else {
-                    self.sold.insert(order_id, left);
-                }
+                self.sold = self.sold.saturating_sub(u64::from(quantity));
             }
         }
     }

@@ -128,6 +128,125 @@ pub async fn streams<J: Json>(
         .collect()
 }
 
+const READ_BY_IDS: &str = "
+SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload::text AS payload, metadata::text AS metadata, global_position,
+       transaction_id::text::bigint AS transaction_id, recorded_at
+  FROM events
+ WHERE event_id = ANY($1)";
+
+/// The events among `event_ids` that the store holds (in no particular
+/// order): what a consumer takes a message for. A message is news that an
+/// event was committed; the event itself is the store's.
+pub async fn by_ids<J: Json>(
+    connection: &mut sqlx::PgConnection,
+    event_ids: &[Uuid],
+) -> Result<Vec<RecordedEvent<J>>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query(READ_BY_IDS)
+        .bind(event_ids)
+        .fetch_all(connection)
+        .await?
+        .iter()
+        .map(recorded_event)
+        .collect()
+}
+
+const READ_AGGREGATES: &str = "
+SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload::text AS payload, metadata::text AS metadata, global_position,
+       transaction_id::text::bigint AS transaction_id, recorded_at
+  FROM events
+ WHERE aggregate_type = $1
+ ORDER BY aggregate_id, sequence";
+
+/// Every event of `aggregate_type`, aggregate after aggregate (the events
+/// of one aggregate next to each other, in order), streamed as the database
+/// reads them along its key: a reader that folds one aggregate at a time
+/// holds one aggregate in memory, however large the store. (Aggregates come
+/// in the key's order; which order that is does not matter to such a
+/// reader.) Committed events only, as any statement sees.
+pub fn stream_aggregates<'a>(
+    pool: &'a PgPool,
+    aggregate_type: &'a str,
+) -> impl futures::Stream<Item = Result<RecordedEvent<String>, sqlx::Error>> + Send + 'a {
+    use futures::StreamExt;
+    sqlx::query(READ_AGGREGATES)
+        .bind(aggregate_type)
+        .fetch(pool)
+        .map(|row| row.and_then(|row| recorded_event(&row)))
+}
+
+/// The events of the next aggregate of `stream` (see [`stream_aggregates`]),
+/// `None` at its end. `held` keeps the first event of the aggregate after,
+/// read to see that one aggregate had ended.
+pub async fn next_aggregate<S>(
+    stream: &mut S,
+    held: &mut Option<RecordedEvent<String>>,
+) -> Result<Option<Vec<RecordedEvent<String>>>, sqlx::Error>
+where
+    S: futures::Stream<Item = Result<RecordedEvent<String>, sqlx::Error>> + Unpin,
+{
+    use futures::TryStreamExt;
+    let Some(first) = (match held.take() {
+        Some(event) => Some(event),
+        None => stream.try_next().await?,
+    }) else {
+        return Ok(None);
+    };
+    let mut events = vec![first];
+    while let Some(event) = stream.try_next().await? {
+        if event.aggregate_id != events[0].aggregate_id {
+            *held = Some(event);
+            break;
+        }
+        events.push(event);
+    }
+    Ok(Some(events))
+}
+
+const READ_BETWEEN: &str = "
+SELECT e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+       e.payload::text AS payload, e.metadata::text AS metadata, e.global_position,
+       e.transaction_id::text::bigint AS transaction_id, e.recorded_at
+  FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS g(aggregate_id, after, before)
+  JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = g.aggregate_id
+               AND e.sequence > g.after AND e.sequence < g.before
+ ORDER BY e.aggregate_id, e.sequence
+ LIMIT $5";
+
+/// Of aggregates of `aggregate_type`, the events strictly between two
+/// sequences (`(aggregate id, after, before)`), each aggregate's in order,
+/// at most `limit` in all: what a consumer that heard of a later event
+/// missed of the earlier ones. Events below one a consumer heard of have
+/// committed (an aggregate's events commit in order).
+pub async fn between<J: Json>(
+    connection: &mut sqlx::PgConnection,
+    aggregate_type: &str,
+    ranges: &[(String, i64, i64)],
+    limit: i64,
+) -> Result<Vec<RecordedEvent<J>>, sqlx::Error> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = ranges.iter().map(|(id, _, _)| id.as_str()).collect();
+    let after: Vec<i64> = ranges.iter().map(|(_, after, _)| *after).collect();
+    let before: Vec<i64> = ranges.iter().map(|(_, _, before)| *before).collect();
+    sqlx::query(READ_BETWEEN)
+        .bind(aggregate_type)
+        .bind(ids)
+        .bind(after)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(connection)
+        .await?
+        .iter()
+        .map(recorded_event)
+        .collect()
+}
+
 const READ_STREAM_UNTIL: &str = "
 SELECT event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
        payload::text AS payload, metadata::text AS metadata, global_position,

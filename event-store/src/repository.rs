@@ -530,15 +530,21 @@ fn append_query<'q>(
 }
 
 /// Unique violations tell a lost race (events' primary key) from a key used
-/// twice (idempotency_keys' primary key).
+/// twice (idempotency_keys' primary key). An event that does not follow one
+/// the store holds (migration 0006) was decided on a copy of the aggregate
+/// the store never held: a conflict too, so the writer reloads the
+/// aggregate from the store and decides again.
 fn classify_write_error(error: sqlx::Error) -> AppendError {
-    if let sqlx::Error::Database(db) = &error
-        && db.is_unique_violation()
-    {
-        return match db.constraint() {
-            Some("idempotency_keys_pkey") => AppendError::KeyTaken,
-            _ => AppendError::Conflict,
-        };
+    if let sqlx::Error::Database(db) = &error {
+        if db.constraint() == Some("events_follow_their_predecessor") {
+            return AppendError::Conflict;
+        }
+        if db.is_unique_violation() {
+            return match db.constraint() {
+                Some("idempotency_keys_pkey") => AppendError::KeyTaken,
+                _ => AppendError::Conflict,
+            };
+        }
     }
     AppendError::Database(error)
 }

@@ -1020,3 +1020,61 @@ async fn an_aggregate_handed_to_the_bus_is_used_and_checked_like_one_it_kept() {
         .unwrap();
     assert_eq!(outcome.version, 3);
 }
+
+#[tokio::test]
+async fn an_event_that_would_not_follow_one_the_store_holds_is_never_appended() {
+    use domain::order::{OrderLine, OrderPlaced};
+    use domain::values::{Currency, CustomerId, PaymentMethod};
+    use domain::{Order, OrderCommand, OrderEvent};
+
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    // A copy of an order the store never held (taken, say, from a message
+    // somebody produced) is offered to the bus as if its placement had
+    // just been appended.
+    let order_id = OrderId::parse("0190a0b0-1111-7222-8333-444455556666").unwrap();
+    let mut forged = Order::default();
+    cqrs_es::Aggregate::apply(
+        &mut forged,
+        OrderEvent::OrderPlaced(OrderPlaced {
+            order_id,
+            customer_id: CustomerId::parse("mallory").unwrap(),
+            lines: vec![OrderLine {
+                sku: Sku::parse("MUG").unwrap(),
+                quantity: 1,
+                unit_price_cents: 1,
+            }],
+            currency: Currency::parse("EUR").unwrap(),
+            total_cents: 1,
+            payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+        }),
+    );
+    bus.offer(&order_id.to_string(), forged, 1);
+
+    let confirmed = bus
+        .execute::<Order>(
+            &order_id.to_string(),
+            OrderCommand::ConfirmOrder,
+            &context("forged"),
+            Expect::Existing,
+        )
+        .await;
+
+    // The append of event 2 is refused (there is no event 1); the bus then
+    // decides on the order as the store holds it: there is none.
+    assert!(
+        matches!(confirmed, Err(CommandError::Refused(_))),
+        "{confirmed:?}"
+    );
+    assert_eq!(event_count(&pool).await, 0);
+    // By hand, too: a stream cannot start in the middle.
+    let inserted = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, event_id)
+         VALUES ('Order', 'x', 2, 'OrderConfirmed', '1.0', '{}', '{}', gen_random_uuid())",
+    )
+    .execute(&pool)
+    .await;
+    assert!(inserted.is_err());
+    assert_eq!(event_count(&pool).await, 0);
+}

@@ -1,35 +1,83 @@
 //! An identity provider's signing keys, fetched from its JWKS URL and cached.
-//! A token with a `kid` the cache does not know makes the cache fetch the set
-//! again (a provider rotating its keys), but never more often than the
-//! configured interval, so a flood of made-up `kid`s costs the provider at
-//! most one request per interval.
+//!
+//! A task of its own keeps the cache fresh: it fetches the set at start,
+//! every `refresh`, and when a token names a `kid` the cache does not know
+//! (a provider rotating its keys), but never twice within `min_refetch`, so
+//! a flood of made-up `kid`s costs the provider at most one request per
+//! interval. Requests never wait for a provider that is not answering: a
+//! request with an unknown `kid` waits (briefly) for a fetch only while the
+//! last one succeeded. A set not fetched for `max_age` is trusted no more:
+//! tokens get 503 until the provider answers again, rather than being
+//! checked against keys it may have revoked long ago.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Notify, watch};
 
 use crate::AuthError;
 
-/// Keys are fetched again after this long even when every `kid` is known,
-/// so that revoked keys leave the cache.
-const MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// How long one fetch of the set may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWKS document read.
 const MAX_DOCUMENT: usize = 256 * 1024;
+/// How long a request with an unknown `kid` waits for the fetch it asked
+/// for, while the provider answers (and no fetch is under way already).
+const WAIT_FOR_ROTATION: Duration = Duration::from_secs(1);
+
+/// When the set is fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Shortest time between two fetches.
+    pub min_refetch: Duration,
+    /// Time between two fetches when nothing asks for one.
+    pub refresh: Duration,
+    /// Longest a set is trusted since it was fetched.
+    pub max_age: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            min_refetch: Duration::from_secs(10),
+            refresh: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(60 * 60),
+        }
+    }
+}
 
 /// The cached key set.
 #[derive(Debug)]
 pub struct JwksKeys {
+    shared: Arc<Shared>,
+    /// The refresher, started with the first key asked for (a runtime is
+    /// there then), stopped when the keys are dropped.
+    refresher: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for JwksKeys {
+    fn drop(&mut self) {
+        if let Some(task) = self.refresher.get() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
     url: String,
     client: reqwest::Client,
-    min_refetch: Duration,
+    timing: Timing,
     cached: RwLock<Cached>,
-    /// Held while fetching: concurrent misses wait for one fetch.
-    fetching: Mutex<Option<Instant>>,
+    /// Asks the refresher for a fetch now.
+    wanted: Notify,
+    /// Counts the fetches finished (successful or not).
+    fetches: watch::Sender<u64>,
+    /// A fetch is under way: a request does not wait for one that may hang.
+    fetching: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -37,11 +85,14 @@ struct Cached {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
     /// Keys without a `kid`, usable by tokens without one.
     unnamed: Vec<(DecodingKey, Algorithm)>,
+    /// When the set was last fetched successfully.
     fetched_at: Option<Instant>,
+    /// Whether the last fetch failed.
+    failing: bool,
 }
 
 impl JwksKeys {
-    pub fn new(url: &str, min_refetch: Duration) -> Result<Self, String> {
+    pub fn new(url: &str, timing: Timing) -> Result<Self, String> {
         let parsed = reqwest::Url::parse(url).map_err(|error| error.to_string())?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err("must be an http or https URL".into());
@@ -51,11 +102,16 @@ impl JwksKeys {
             .build()
             .map_err(|error| error.to_string())?;
         Ok(Self {
-            url: url.to_owned(),
-            client,
-            min_refetch,
-            cached: RwLock::default(),
-            fetching: Mutex::new(None),
+            shared: Arc::new(Shared {
+                url: url.to_owned(),
+                client,
+                timing,
+                cached: RwLock::default(),
+                wanted: Notify::new(),
+                fetches: watch::Sender::new(0),
+                fetching: std::sync::atomic::AtomicBool::new(false),
+            }),
+            refresher: std::sync::OnceLock::new(),
         })
     }
 
@@ -70,47 +126,63 @@ impl JwksKeys {
                 "algorithm {algorithm:?} is not accepted here"
             )));
         }
-        let stale = {
-            let cached = self.cached.read().await;
-            if let Some(found) = cached.find(kid)
-                && cached.fetched_at.is_some_and(|at| at.elapsed() < MAX_AGE)
-            {
-                return Ok(found);
-            }
-            cached.fetched_at
-        };
-        self.refetch(stale).await;
-        let cached = self.cached.read().await;
-        match cached.find(kid) {
-            Some(found) => Ok(found),
-            None if cached.fetched_at.is_none() => Err(AuthError::KeysUnavailable),
-            None => Err(AuthError::Invalid(match kid {
+        self.refresher
+            .get_or_init(|| tokio::spawn(refresh(Arc::clone(&self.shared))).abort_handle());
+        let mut fetches = self.shared.fetches.subscribe();
+        let (found, fresh, failing, never) = self.shared.look(kid);
+        if let Some(found) = found
+            && fresh
+        {
+            return Ok(found);
+        }
+        if never {
+            // Starting: the first fetch is under way; wait for it, boundedly.
+            let _ = tokio::time::timeout(FETCH_TIMEOUT, fetches.changed()).await;
+        } else if fresh
+            && !failing
+            && !self
+                .shared
+                .fetching
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // An unknown kid while the provider answers: it may have
+            // rotated its keys. Ask for a fetch and wait for it a little.
+            self.shared.wanted.notify_one();
+            let _ = tokio::time::timeout(WAIT_FOR_ROTATION, fetches.changed()).await;
+        } else {
+            // The set is too old, the provider not answering: ask for a
+            // fetch, wait for nothing.
+            self.shared.wanted.notify_one();
+        }
+        let (found, fresh, _, never) = self.shared.look(kid);
+        match found {
+            Some(found) if fresh => Ok(found),
+            _ if never || !fresh => Err(AuthError::KeysUnavailable),
+            _ => Err(AuthError::Invalid(match kid {
                 Some(kid) => format!("no signing key has kid {kid}"),
                 None => "the token names no kid and the key set has several keys".into(),
             })),
         }
     }
+}
 
-    /// Fetches the set unless another caller did since `seen`, or the last
-    /// attempt was less than the minimum interval ago.
-    async fn refetch(&self, seen: Option<Instant>) {
-        let mut last_attempt = self.fetching.lock().await;
-        if self.cached.read().await.fetched_at != seen {
-            return; // Someone fetched while this caller waited.
-        }
-        if last_attempt.is_some_and(|at| at.elapsed() < self.min_refetch) {
-            return;
-        }
-        *last_attempt = Some(Instant::now());
-        match self.fetch().await {
-            Ok(fresh) => {
-                tracing::info!(url = %self.url, keys = fresh.keys.len() + fresh.unnamed.len(), "fetched the identity provider's keys");
-                *self.cached.write().await = fresh;
-            }
-            Err(error) => {
-                tracing::warn!(url = %self.url, %error, "cannot fetch the identity provider's keys");
-            }
-        }
+impl Shared {
+    /// The key for `kid`, whether the set is fresh, whether the last fetch
+    /// failed, and whether no fetch ever succeeded.
+    fn look(&self, kid: Option<&str>) -> (Option<(DecodingKey, Algorithm)>, bool, bool, bool) {
+        let cached = self
+            .cached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = cached
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.timing.max_age);
+        (
+            cached.find(kid),
+            fresh,
+            cached.failing,
+            cached.fetched_at.is_none(),
+        )
     }
 
     async fn fetch(&self) -> Result<Cached, String> {
@@ -132,6 +204,49 @@ impl JwksKeys {
     }
 }
 
+/// The refresher: fetches now, then every `refresh` or when asked, never
+/// twice within `min_refetch`; after a failure, again within a few seconds
+/// (doubling, up to `refresh`). Runs until the keys are dropped (which
+/// aborts it).
+async fn refresh(keys: Arc<Shared>) {
+    let mut retry = Duration::ZERO;
+    loop {
+        keys.fetching
+            .store(true, std::sync::atomic::Ordering::Release);
+        let fetched = keys.fetch().await;
+        keys.fetching
+            .store(false, std::sync::atomic::Ordering::Release);
+        match fetched {
+            Ok(fresh) => {
+                tracing::info!(url = %keys.url, keys = fresh.keys.len() + fresh.unnamed.len(), "fetched the identity provider's keys");
+                *keys
+                    .cached
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                retry = Duration::ZERO;
+            }
+            Err(error) => {
+                tracing::warn!(url = %keys.url, %error, "cannot fetch the identity provider's keys");
+                keys.cached
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .failing = true;
+                retry = (retry * 2).clamp(keys.timing.min_refetch, keys.timing.refresh);
+            }
+        }
+        keys.fetches.send_modify(|count| *count += 1);
+        let next = if retry.is_zero() {
+            keys.timing.refresh
+        } else {
+            retry
+        };
+        let asked = keys.wanted.notified();
+        // Never again within min_refetch, however often it is asked.
+        tokio::time::sleep(keys.timing.min_refetch).await;
+        let _ = tokio::time::timeout(next.saturating_sub(keys.timing.min_refetch), asked).await;
+    }
+}
+
 /// Reads a JWKS document, keeping the keys this platform can verify with and
 /// skipping the rest (encryption keys, other curves, other key types).
 fn parse(document: &[u8]) -> Result<Cached, String> {
@@ -142,6 +257,7 @@ fn parse(document: &[u8]) -> Result<Cached, String> {
     let set: Set = serde_json::from_slice(document).map_err(|error| error.to_string())?;
     let mut cached = Cached {
         fetched_at: Some(Instant::now()),
+        failing: false,
         ..Cached::default()
     };
     for key in set.keys {

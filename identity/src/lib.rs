@@ -5,6 +5,7 @@
 //! customer id (`sub`) and the scopes (`orders`, `admin`).
 
 mod jwks;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod token;
 
@@ -16,7 +17,7 @@ use domain::values::CustomerId;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-pub use jwks::JwksKeys;
+pub use jwks::{JwksKeys, Timing as JwksTiming};
 pub use token::{Claims, mint_hs256, now};
 
 /// Scope that places, cancels and reads the caller's own orders.
@@ -141,8 +142,54 @@ pub struct AuthConfig {
     /// Shortest time between two fetches of the JWKS (an unknown `kid`
     /// triggers one).
     pub jwks_min_refetch: Duration,
+    /// How often the JWKS is fetched in the background.
+    pub jwks_refresh: Duration,
+    /// Longest a key set is trusted since it was last fetched: past it,
+    /// while the provider cannot be reached, tokens are answered 503
+    /// rather than checked against keys it may have revoked.
+    pub jwks_max_key_age: Duration,
+    /// The claim that grants `admin` (see [`AdminGrant`]); `None`: the
+    /// `scope` claim, which is only right for tokens the platform signs
+    /// itself (HS256). With a JWKS it must be set.
+    pub admin_claim: Option<String>,
+    /// The value in that claim that grants `admin` (default `admin`).
+    pub admin_value: Option<String>,
     /// Every caller is an administrator. Only for trusted networks.
     pub disabled: bool,
+}
+
+/// Where a token says its bearer is an administrator: `claim` (a top-level
+/// name such as `roles`, `groups` or a namespaced `https://shop.example/roles`,
+/// or a dotted path such as Keycloak's `realm_access.roles`) holds `value`,
+/// as an element of an array or a word of a space-separated string.
+///
+/// Identity providers let users ask for the scopes they like, so `scope`
+/// proves nothing there: roles and groups are assigned by the provider's
+/// administrators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGrant {
+    pub claim: String,
+    pub value: String,
+}
+
+impl AdminGrant {
+    /// Whether `claims` grant `admin`.
+    fn granted(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let found = claims.get(&self.claim).or_else(|| {
+            let mut parts = self.claim.split('.');
+            let first = claims.get(parts.next()?)?;
+            parts.try_fold(first, |value, part| value.get(part))
+        });
+        match found {
+            Some(serde_json::Value::String(words)) => {
+                words.split_whitespace().any(|word| word == self.value)
+            }
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .any(|item| item.as_str() == Some(self.value.as_str())),
+            _ => false,
+        }
+    }
 }
 
 /// Checks bearer tokens. Cheap to clone.
@@ -154,6 +201,7 @@ struct Inner {
     keys: Keys,
     issuer: Option<String>,
     audience: Option<String>,
+    admin: AdminGrant,
 }
 
 #[derive(Debug)]
@@ -180,6 +228,10 @@ pub enum ConfigError {
         "ORDERS_AUTH_JWKS_URL needs ORDERS_AUTH_AUDIENCE: an identity provider signs tokens for many applications, and only those for this one may be accepted"
     )]
     NoAudience,
+    #[error(
+        "ORDERS_AUTH_JWKS_URL needs ORDERS_AUTH_ADMIN_CLAIM: the claim the identity provider's administrators assign (roles, groups, realm_access.roles, ...); users can ask for scopes themselves, so the scope claim grants no admin"
+    )]
+    NoAdminClaim,
 }
 
 /// Shortest HS256 secret accepted: the hash's own size.
@@ -202,8 +254,22 @@ impl Authenticator {
                 if config.audience.as_deref().is_none_or(str::is_empty) {
                     return Err(ConfigError::NoAudience);
                 }
+                if config.admin_claim.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError::NoAdminClaim);
+                }
                 Keys::Jwks(
-                    JwksKeys::new(url, config.jwks_min_refetch).map_err(ConfigError::BadUrl)?,
+                    JwksKeys::new(url, {
+                        let or = |set: Duration, default: Duration| {
+                            if set.is_zero() { default } else { set }
+                        };
+                        let default = jwks::Timing::default();
+                        jwks::Timing {
+                            min_refetch: config.jwks_min_refetch,
+                            refresh: or(config.jwks_refresh, default.refresh),
+                            max_age: or(config.jwks_max_key_age, default.max_age),
+                        }
+                    })
+                    .map_err(ConfigError::BadUrl)?,
                 )
             }
             (false, None, None) => return Err(ConfigError::NoKeys),
@@ -213,6 +279,10 @@ impl Authenticator {
             keys,
             issuer: set(&config.issuer),
             audience: set(&config.audience),
+            admin: AdminGrant {
+                claim: set(&config.admin_claim).unwrap_or_else(|| "scope".into()),
+                value: set(&config.admin_value).unwrap_or_else(|| ADMIN_SCOPE.into()),
+            },
         })))
     }
 
@@ -222,7 +292,16 @@ impl Authenticator {
             keys: Keys::Off,
             issuer: None,
             audience: None,
+            admin: AdminGrant {
+                claim: "scope".into(),
+                value: ADMIN_SCOPE.into(),
+            },
         }))
+    }
+
+    /// Where tokens grant `admin`.
+    pub fn admin_grant(&self) -> &AdminGrant {
+        &self.0.admin
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -282,8 +361,15 @@ impl Authenticator {
             .map_err(|error| AuthError::Invalid(describe(&error)))?;
         let customer = CustomerId::parse(&data.claims.sub)
             .map_err(|error| AuthError::Invalid(format!("sub {error}")))?;
-        let scopes = data.claims.scope.unwrap_or_default();
-        let caller = Caller::new(customer, scopes.split_whitespace());
+        let scopes = data.claims.scope.clone().unwrap_or_default();
+        // `admin` comes from the claim configured for it, never from a
+        // scope the bearer may have asked for (unless that claim is `scope`).
+        let admin = self.0.admin.granted(&data.claims.all());
+        let scopes = scopes
+            .split_whitespace()
+            .filter(|scope| *scope != ADMIN_SCOPE)
+            .chain(admin.then_some(ADMIN_SCOPE));
+        let caller = Caller::new(customer, scopes);
         Ok(match data.claims.exp {
             Some(exp) => caller.expiring_at(exp),
             None => caller,
@@ -301,6 +387,21 @@ struct TokenClaims {
     exp: Option<u64>,
     #[serde(default)]
     scope: Option<String>,
+    /// Every other claim, where the admin grant may be.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TokenClaims {
+    /// Every claim, the read ones included.
+    fn all(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut all = self.rest.clone();
+        if let Some(scope) = &self.scope {
+            all.insert("scope".into(), scope.clone().into());
+        }
+        all.insert("sub".into(), self.sub.clone().into());
+        all
+    }
 }
 
 /// The token of `Bearer <token>` (RFC 6750: the scheme is case-insensitive).

@@ -1,17 +1,34 @@
-//! For tests and benchmarks: a fixed HS256 secret, tokens signed with it, and
-//! HTTP clients that send them. Never configure a deployment with this secret.
+//! For tests and benchmarks (feature `testing`, which nothing that ships
+//! turns on): an HS256 secret, tokens signed with it, and HTTP clients that
+//! send them. The secret is drawn at random once per process, so no secret
+//! is written anywhere a deployment could pick it up.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::{Claims, mint_hs256};
 
-/// The secret test platforms are configured with (`ORDERS_AUTH_HS256_SECRET`).
-pub const SECRET: &str = "test-secret-of-the-order-platform-never-use-it";
+/// The secret this process's test platforms are configured with
+/// (`ORDERS_AUTH_HS256_SECRET`): 64 random hex digits, the same for the
+/// whole process (processes it starts are given it).
+pub fn secret() -> &'static str {
+    static SECRET: OnceLock<String> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    })
+}
 
 /// A token for `sub` with `scope`, valid for an hour.
 pub fn token(sub: &str, scope: &str) -> String {
-    mint_hs256(SECRET, &Claims::new(sub, scope, Duration::from_secs(3600)))
-        .unwrap_or_else(|error| panic!("signing a test token: {error}"))
+    mint_hs256(
+        secret(),
+        &Claims::new(sub, scope, Duration::from_secs(3600)),
+    )
+    .unwrap_or_else(|error| panic!("signing a test token: {error}"))
 }
 
 /// An administrator's token (`admin`), for setting up what tests need.

@@ -223,8 +223,16 @@ fn configurations_that_cannot_authenticate_are_refused() {
         Authenticator::new(&config(None, Some("http://127.0.0.1/jwks"))),
         Err(ConfigError::NoAudience)
     ));
+    assert!(matches!(
+        Authenticator::new(&AuthConfig {
+            audience: Some("orders-api".into()),
+            ..config(None, Some("https://id.example/jwks"))
+        }),
+        Err(ConfigError::NoAdminClaim)
+    ));
     let with_audience = |url: &str| AuthConfig {
         audience: Some("orders-api".into()),
+        admin_claim: Some("roles".into()),
         ..config(None, Some(url))
     };
     assert!(matches!(
@@ -243,4 +251,65 @@ async fn switched_off_every_caller_is_an_administrator() {
     .expect("valid");
     assert!(!auth.is_enabled());
     assert!(auth.authenticate(None).await.expect("admin").is_admin());
+}
+
+#[tokio::test]
+async fn admin_is_read_from_the_configured_claim_only() {
+    let auth = Authenticator::new(&AuthConfig {
+        hs256_secret: Some(SECRET.into()),
+        admin_claim: Some("roles".into()),
+        ..AuthConfig::default()
+    })
+    .expect("a valid configuration");
+    let asked = check(&auth, &token(&Claims::new("eve", "orders admin", hour())))
+        .await
+        .expect("accepted");
+    assert!(!asked.is_admin(), "a scope asked for grants no admin");
+    assert!(asked.may_order(), "other scopes stand");
+    let assigned = Claims::new("ops", "", hour()).with_claim("roles", serde_json::json!(["admin"]));
+    assert!(
+        check(&auth, &token(&assigned))
+            .await
+            .expect("accepted")
+            .is_admin()
+    );
+    let nested = Authenticator::new(&AuthConfig {
+        hs256_secret: Some(SECRET.into()),
+        admin_claim: Some("realm_access.roles".into()),
+        admin_value: Some("shop-admin".into()),
+        ..AuthConfig::default()
+    })
+    .expect("a valid configuration");
+    let keycloak = Claims::new("ops", "", hour())
+        .with_claim("realm_access", serde_json::json!({"roles": ["shop-admin"]}));
+    assert!(
+        check(&nested, &token(&keycloak))
+            .await
+            .expect("accepted")
+            .is_admin()
+    );
+    let wrong = Claims::new("ops", "", hour())
+        .with_claim("realm_access", serde_json::json!({"roles": ["admin"]}));
+    assert!(
+        !check(&nested, &token(&wrong))
+            .await
+            .expect("accepted")
+            .is_admin()
+    );
+    // The platform's own tokens keep `scope`, unless told otherwise.
+    let default = authenticator(None, None);
+    assert!(
+        check(&default, &token(&Claims::new("ops", "admin", hour())))
+            .await
+            .expect("accepted")
+            .is_admin()
+    );
+    // A provider's tokens need the claim named.
+    let refused = Authenticator::new(&AuthConfig {
+        jwks_url: Some("http://127.0.0.1/jwks".into()),
+        audience: Some("orders".into()),
+        ..AuthConfig::default()
+    })
+    .expect_err("refused");
+    assert!(matches!(refused, ConfigError::NoAdminClaim));
 }

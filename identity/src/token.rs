@@ -20,6 +20,9 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Any other claim (roles, groups, ...).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Claims {
@@ -34,7 +37,14 @@ impl Claims {
             nbf: None,
             iss: None,
             aud: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// The token with `name` claiming `value` too.
+    pub fn with_claim(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
     }
 
     pub fn issuer(mut self, issuer: Option<&str>) -> Self {

@@ -308,21 +308,30 @@ impl DeadLetters {
         if let Some(payload) = &letter.raw_payload {
             record = record.payload(payload);
         }
-        // Recorded in the same transaction that stays open while the broker
-        // takes the message: a replay that failed leaves no record, and one
-        // that went out is recorded unless the commit itself then fails.
-        let mut tx = self.pool.begin().await?;
-        insert_action(&mut tx, letter, "replayed", None, actor).await?;
+        // Sent first, recorded after: no transaction of the database stays
+        // open while the broker takes its time (one that has written would
+        // hold back the relay's reader, whose horizon is the oldest such
+        // transaction). A replay that failed leaves no record; one that went
+        // out is recorded unless the database then fails, which the error
+        // says (a replay twice changes nothing for the consumers).
         producer
             .send(record, BROKER_TIMEOUT)
             .await
             .map_err(|(error, _)| anyhow::anyhow!("cannot write to {source}: {error}"))?;
-        tx.commit().await.with_context(|| {
+        let mut connection = self.pool.acquire().await.with_context(|| {
             format!(
                 "{} was replayed to {source}, but the record of it was not stored",
                 letter.id
             )
         })?;
+        insert_action(&mut connection, letter, "replayed", None, actor)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} was replayed to {source}, but the record of it was not stored",
+                    letter.id
+                )
+            })?;
         handled(letter, "replayed", None, actor);
         Ok(())
     }

@@ -33,15 +33,32 @@ pub struct GatewayConfig {
     pub pool_size: u32,
     /// How long a `tok_slow` charge takes to answer.
     pub slow_answer: Duration,
+    /// The bearer token its one client (the saga) sends; every route but
+    /// `/healthz` and `/readyz` answers 401 without it. Required.
+    pub token: String,
+    /// The host names (a `Host` header's name, without its port) the
+    /// gateway answers to; any other is answered 421, so that a page that
+    /// rebinds its own name to the gateway's address reaches nothing.
+    /// Empty: `127.0.0.1`, `localhost`, `::1` and the listening address.
+    pub hosts: Vec<String>,
+    /// Charges held at once while their card network answers slowly or
+    /// never (`tok_slow`, `tok_timeout`); more are answered 503 at once.
+    pub max_held: usize,
+    /// How long a charge whose card network never answers is held before
+    /// it is answered 504.
+    pub hold_for: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
-    // The URL may hold a password.
+    // The URL may hold a password, and the token is a secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("listen", &self.listen)
             .field("pool_size", &self.pool_size)
             .field("slow_answer", &self.slow_answer)
+            .field("hosts", &self.hosts)
+            .field("max_held", &self.max_held)
+            .field("hold_for", &self.hold_for)
             .finish_non_exhaustive()
     }
 }
@@ -53,8 +70,45 @@ impl Default for GatewayConfig {
             database_url: "postgres://127.0.0.1:5432/payment_gateway".into(),
             pool_size: 8,
             slow_answer: Duration::from_secs(3),
+            token: String::new(),
+            hosts: Vec::new(),
+            max_held: 64,
+            hold_for: Duration::from_secs(30),
         }
     }
+}
+
+/// Shortest gateway token accepted.
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+impl GatewayConfig {
+    /// The host names the gateway answers to (see [`hosts`](Self::hosts)).
+    fn served_hosts(&self) -> Vec<String> {
+        if !self.hosts.is_empty() {
+            return self
+                .hosts
+                .iter()
+                .map(|host| normalized_host(host))
+                .collect();
+        }
+        let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "::1"]
+            .iter()
+            .map(|host| (*host).to_owned())
+            .collect();
+        if !self.listen.ip().is_unspecified() {
+            hosts.push(normalized_host(&self.listen.ip().to_string()));
+        }
+        hosts
+    }
+}
+
+/// A host name as `Host` headers are compared: lower case, without the
+/// brackets of an IPv6 literal.
+fn normalized_host(host: &str) -> String {
+    host.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 /// The gateway's schema migrations.
@@ -81,6 +135,16 @@ impl Gateway {
     /// Connects to the gateway's database (creating it if the server has
     /// none of that name), applies its migrations and binds the listener.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.token.len() >= MIN_TOKEN_BYTES,
+            "the payment gateway needs a token of at least {MIN_TOKEN_BYTES} bytes \
+             (ORDERS_GATEWAY_TOKEN; scripts/up creates a development one): \
+             only the saga, which sends it, may call the gateway"
+        );
+        anyhow::ensure!(
+            config.max_held > 0,
+            "the gateway must hold at least one charge"
+        );
         let pool = connect(&config.database_url, config.pool_size).await?;
         migrator().run(&pool).await?;
         let listener = TcpListener::bind(config.listen).await.map_err(|error| {
@@ -116,6 +180,9 @@ impl Gateway {
             pool: self.pool,
             slow_answer: self.config.slow_answer,
             stopping: stopping.clone(),
+            access: routes::Access::new(&self.config.token, self.config.served_hosts()),
+            held: std::sync::Arc::new(tokio::sync::Semaphore::new(self.config.max_held)),
+            hold_for: self.config.hold_for,
         };
         tracing::info!(addr = %self.listener.local_addr()?, "payment gateway listening");
         let stopped = stopping.clone();

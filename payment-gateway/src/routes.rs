@@ -11,10 +11,18 @@
 //!   operators (`{"charges":[...],"next_after":<key or null>}`).
 //! - `GET /healthz`, `GET /readyz`.
 //!
+//! The gateway answers only its client: every route but the two probes needs
+//! `Authorization: Bearer <gateway token>` (`401` otherwise), and a request
+//! whose `Host` names a host the gateway does not serve is answered `421`
+//! whatever its token, so that a web page that rebinds its own name to the
+//! gateway's address reaches nothing. Charges held while their card network
+//! answers slowly or never are bounded in number and time.
+//!
 //! A charge: `{"key","status","amount_cents","currency","payment_method",
 //! "reference","reason","created_at","updated_at"}` with `status` one of
 //! `pending`, `approved`, `declined`, `refunded`, `voided`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -25,7 +33,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,15 +44,65 @@ use crate::ledger::{self, Answer, ChargeRequest, LedgerError, MAX_AMOUNT_CENTS};
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// How long a charge that never answers (`tok_timeout`) holds its request
-/// before the gateway gives up on the caller: far past any caller's timeout.
-const NEVER: Duration = Duration::from_secs(120);
-
 #[derive(Clone)]
 pub(crate) struct State {
     pub(crate) pool: PgPool,
     pub(crate) slow_answer: Duration,
     pub(crate) stopping: CancellationToken,
+    pub(crate) access: Access,
+    /// Permits of charges held while their card network is slow or silent.
+    pub(crate) held: Arc<Semaphore>,
+    /// How long a charge whose card network never answers is held.
+    pub(crate) hold_for: Duration,
+}
+
+/// Who may call the gateway: the token's digest (compared digest to digest,
+/// so the comparison's time says nothing of the token) and the hosts served.
+#[derive(Clone)]
+pub(crate) struct Access {
+    token: Arc<[u8; 32]>,
+    hosts: Arc<Vec<String>>,
+}
+
+impl Access {
+    pub(crate) fn new(token: &str, hosts: Vec<String>) -> Self {
+        Self {
+            token: Arc::new(Sha256::digest(token.as_bytes()).into()),
+            hosts: Arc::new(hosts),
+        }
+    }
+
+    /// Whether `host` (a `Host` header's value) names a host served.
+    fn serves(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else {
+            return false;
+        };
+        // `name:port`, `[v6]:port`, `name`, `[v6]`.
+        let name = match host.rsplit_once(':') {
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                name
+            }
+            _ => host,
+        };
+        let name = crate::normalized_host(name);
+        self.hosts.contains(&name)
+    }
+
+    /// Whether `authorization` carries the gateway's token.
+    fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = authorization
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+        else {
+            return false;
+        };
+        let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        given == *self.token
+    }
 }
 
 impl State {
@@ -58,16 +118,65 @@ impl State {
 }
 
 pub(crate) fn router(state: State) -> axum::Router {
-    axum::Router::new()
+    let guarded = axum::Router::new()
         .route("/charges", post(charge).get(list))
         .route("/charges/{key}", get(find))
         .route("/charges/{key}/refund", post(refund))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            guard,
+        ));
+    axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .merge(guarded)
         .route_layer(axum::middleware::from_fn(traced))
-        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Middleware of every route but the probes: an unknown `Host` is answered
+/// 421, a missing or wrong token 401, before anything else is read.
+async fn guard(
+    axum::extract::State(access): axum::extract::State<Access>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str())
+        });
+    if !access.serves(host) {
+        return problem(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected-request",
+            "this gateway does not serve that host".into(),
+        );
+    }
+    if !access.admits(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes()),
+    ) {
+        let mut refused = problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the payment gateway answers its client only: send Authorization: Bearer <gateway token>".into(),
+        );
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return refused;
+    }
+    next.run(request).await
 }
 
 /// Middleware: each request in a span, a child of the caller's
@@ -170,14 +279,20 @@ async fn charge(
     match charged {
         Ok(Answer::Now(charge)) => Json(charge).into_response(),
         Ok(Answer::Later(charge)) => {
+            let Ok(_held) = Arc::clone(&state.held).try_acquire_owned() else {
+                return too_many_held();
+            };
             tokio::select! {
                 () = tokio::time::sleep(state.slow_answer) => Json(charge).into_response(),
                 () = state.stopping.cancelled() => stopping(),
             }
         }
         Ok(Answer::Never) => {
+            let Ok(_held) = Arc::clone(&state.held).try_acquire_owned() else {
+                return too_many_held();
+            };
             tokio::select! {
-                () = tokio::time::sleep(NEVER) => problem(StatusCode::GATEWAY_TIMEOUT, "no-answer", "the card network never answered".into()),
+                () = tokio::time::sleep(state.hold_for) => problem(StatusCode::GATEWAY_TIMEOUT, "no-answer", "the card network never answered".into()),
                 () = state.stopping.cancelled() => stopping(),
             }
         }
@@ -351,6 +466,15 @@ async fn ready(axum::extract::State(state): axum::extract::State<State>) -> Resp
                 .into_response()
         }
     }
+}
+
+/// As many charges as the gateway holds are waiting for their card network.
+fn too_many_held() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily-unavailable",
+        "too many charges are waiting for their card network; try again with the same key".into(),
+    )
 }
 
 fn stopping() -> Response {

@@ -17,21 +17,48 @@ struct Running {
     served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// The gateway's token in these tests.
+fn token() -> &'static str {
+    platform::testing::gateway_token()
+}
+
+fn config(database: &TestDatabase, listen: SocketAddr) -> GatewayConfig {
+    GatewayConfig {
+        listen,
+        database_url: database.url.clone(),
+        pool_size: 4,
+        slow_answer: Duration::from_millis(300),
+        token: token().into(),
+        ..GatewayConfig::default()
+    }
+}
+
+/// A client that sends the gateway's token, as the saga does.
+fn its_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 impl Running {
     async fn start(database: &TestDatabase, listen: SocketAddr) -> Self {
-        let config = GatewayConfig {
-            listen,
-            database_url: database.url.clone(),
-            pool_size: 4,
-            slow_answer: Duration::from_millis(300),
-        };
+        Self::start_with(config(database, listen)).await
+    }
+
+    async fn start_with(config: GatewayConfig) -> Self {
         let gateway = Gateway::build(config).await.unwrap();
         let base = format!("http://{}", gateway.local_addr().unwrap());
         let stop = CancellationToken::new();
         let served = tokio::spawn(gateway.run_until(stop.clone().cancelled_owned()));
         Self {
             base,
-            client: reqwest::Client::new(),
+            client: its_client(),
             stop,
             served,
         }
@@ -125,7 +152,7 @@ async fn each_token_answers_as_the_contract_says() {
     let hanging = tokio::spawn({
         let base = gateway.base.clone();
         async move {
-            reqwest::Client::new()
+            its_client()
                 .post(format!("{base}/charges"))
                 .json(&json!({"key": "k-hang", "amount_cents": 1, "currency": "EUR", "payment_method": "tok_timeout"}))
                 .send()
@@ -348,4 +375,178 @@ async fn a_gateway_stops_even_while_its_database_hangs() {
         .expect("the gateway stops while its database hangs");
     assert_eq!(waiting.await.unwrap(), 503);
     locker.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_gateway_answers_its_client_only() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+    gateway.charge("k-mine", "tok_visa", 1250).await;
+    let stranger = reqwest::Client::new();
+    let wrong = |request: reqwest::RequestBuilder| request.bearer_auth("not-the-token");
+    let charge = json!({"key": "k-theirs", "amount_cents": 1, "currency": "EUR", "payment_method": "tok_visa"});
+
+    // Without the token, or with another, nothing is listed, found, charged
+    // or refunded: 401 problem+json, and the ledger is as it was.
+    for client_sends in [|r: reqwest::RequestBuilder| r, wrong] {
+        let requests = [
+            client_sends(stranger.get(format!("{}/charges", gateway.base))),
+            client_sends(stranger.get(format!("{}/charges/k-mine", gateway.base))),
+            client_sends(
+                stranger
+                    .post(format!("{}/charges", gateway.base))
+                    .json(&charge),
+            ),
+            client_sends(stranger.post(format!("{}/charges/k-mine/refund", gateway.base))),
+            // What a web page may send to any address without asking: a
+            // form's text/plain POST.
+            client_sends(
+                stranger
+                    .post(format!("{}/charges/k-mine/refund", gateway.base))
+                    .header("content-type", "text/plain")
+                    .body("x"),
+            ),
+            client_sends(stranger.get(format!("{}/nowhere", gateway.base))),
+        ];
+        for request in requests {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401);
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+        }
+    }
+    assert_eq!(gateway.find("k-mine").await.1["status"], "approved");
+    assert_eq!(gateway.find("k-theirs").await.0, 404);
+
+    // A page that rebinds its own name to the gateway's address sends that
+    // name as Host: 421, even with the token.
+    for host in [
+        "evil.example",
+        "evil.example:8081",
+        "127.0.0.1.evil.example",
+    ] {
+        let response = gateway
+            .client
+            .post(format!("{}/charges/k-mine/refund", gateway.base))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 421, "{host}");
+    }
+    assert_eq!(gateway.find("k-mine").await.1["status"], "approved");
+    for host in ["localhost", "LOCALHOST:8081", "[::1]:8081", "127.0.0.1"] {
+        let response = gateway
+            .client
+            .get(format!("{}/charges/k-mine", gateway.base))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+    }
+
+    // Probes answer anyone, whatever they name.
+    for probe in ["healthz", "readyz"] {
+        let response = stranger
+            .get(format!("{}/{probe}", gateway.base))
+            .header("host", "10.1.2.3:8081")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{probe}");
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_serves_the_hosts_it_is_told_and_needs_a_token() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start_with(GatewayConfig {
+        hosts: vec!["payments.internal".into()],
+        ..config(&database, any_port())
+    })
+    .await;
+    let status = |host: &'static str| {
+        let request = gateway
+            .client
+            .get(format!("{}/charges", gateway.base))
+            .header("host", host);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("payments.internal:8081").await, 200);
+    assert_eq!(status("Payments.Internal").await, 200);
+    assert_eq!(status("127.0.0.1").await, 421);
+    gateway.stop().await;
+
+    for token in ["", "short"] {
+        let refused = Gateway::build(GatewayConfig {
+            token: token.into(),
+            ..config(&database, any_port())
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            refused.to_string().contains("ORDERS_GATEWAY_TOKEN"),
+            "{refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn charges_waiting_for_their_card_network_are_bounded_in_number_and_time() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start_with(GatewayConfig {
+        max_held: 2,
+        hold_for: Duration::from_millis(800),
+        ..config(&database, any_port())
+    })
+    .await;
+    let held: Vec<_> = (0..2)
+        .map(|n| {
+            let (client, base) = (gateway.client.clone(), gateway.base.clone());
+            tokio::spawn(async move {
+                let body = json!({"key": format!("k-held-{n}"), "amount_cents": 1, "currency": "EUR", "payment_method": "tok_timeout"});
+                let response = client.post(format!("{base}/charges")).json(&body).send().await.unwrap();
+                (response.status().as_u16(), std::time::Instant::now())
+            })
+        })
+        .collect();
+    // Both are held (their charges are pending); a third is answered at once.
+    let pool = database.pool(1).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM charges WHERE key LIKE 'k-held-%'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the charges never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let (status, problem) = gateway.charge("k-third", "tok_timeout", 1).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["type"], "/problems/temporarily-unavailable");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // The held ones are let go after the hold: 504, not the two minutes of
+    // a network that never answers.
+    for answer in held {
+        let (status, _) = answer.await.unwrap();
+        assert_eq!(status, 504);
+    }
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        gateway.charge("k-after", "tok_visa", 1),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(status, 200);
+    gateway.stop().await;
 }

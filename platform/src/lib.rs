@@ -6,9 +6,11 @@
 //! this crate.
 
 pub mod batch;
+pub mod clock;
 pub mod kafka;
 pub mod postgres;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;

@@ -380,8 +380,14 @@ where
             .and_then(|dispatch| traced_ids(event, &dispatch));
         let mut line = String::with_capacity(256);
         match &self.format {
-            LineFormat::Text(format) => format.format_event(ctx, Writer::new(&mut line), event)?,
-            LineFormat::Json(format) => format.format_event(ctx, Writer::new(&mut line), event)?,
+            LineFormat::Text(format) => {
+                format.format_event(ctx, Writer::new(&mut line), event)?;
+                line = one_text_line(&line);
+            }
+            LineFormat::Json(format) => {
+                format.format_event(ctx, Writer::new(&mut line), event)?;
+                line = bounded_json_line(line);
+            }
         }
         let Some((trace_id, span_id)) = ids else {
             return writer.write_str(&line);
@@ -399,6 +405,95 @@ where
                 None => writer.write_str(&line),
             },
         }
+    }
+}
+
+/// Longest log line written, in bytes, before its trace ids: a line that
+/// would be longer is cut (text) or has its long strings cut (JSON).
+pub const MAX_LINE_BYTES: usize = 4096;
+/// Longest string value of a JSON line that had to be bounded.
+const MAX_JSON_STRING_BYTES: usize = 512;
+
+/// A formatted text line as one line, whatever its fields and message held:
+/// line breaks and other control characters (a caller's text may carry
+/// them: a path, a token's header, a reason) are escaped, so that no one
+/// can write a line of their own into the log, and the line is cut at
+/// [`MAX_LINE_BYTES`]. Ends with one line break.
+fn one_text_line(formatted: &str) -> String {
+    let body = formatted.strip_suffix('\n').unwrap_or(formatted);
+    let clean = body.len() <= MAX_LINE_BYTES && !body.chars().any(breaks_lines);
+    if clean {
+        return format!("{body}\n");
+    }
+    let mut line = String::with_capacity(body.len().min(MAX_LINE_BYTES) + 64);
+    let mut written = 0;
+    for (at, c) in body.char_indices() {
+        if line.len() >= MAX_LINE_BYTES {
+            written = at;
+            break;
+        }
+        written = at + c.len_utf8();
+        if breaks_lines(c) {
+            match c {
+                '\n' => line.push_str("\\n"),
+                '\r' => line.push_str("\\r"),
+                other => line.push_str(&format!("\\u{{{:x}}}", u32::from(other))),
+            }
+        } else {
+            line.push(c);
+        }
+    }
+    if written < body.len() {
+        line.push_str(&format!(" [{} more bytes cut]", body.len() - written));
+    }
+    line.push('\n');
+    line
+}
+
+/// Characters a log line must not hold as they are: controls (but the tab)
+/// and the Unicode line and paragraph separators.
+fn breaks_lines(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// A JSON line bounded in length: past [`MAX_LINE_BYTES`], every string in
+/// it longer than [`MAX_JSON_STRING_BYTES`] is cut (JSON escapes line
+/// breaks itself, and the Unicode line separators are escaped here).
+fn bounded_json_line(line: String) -> String {
+    // JSON leaves the Unicode line separators as they are; some readers of
+    // logs break lines at them.
+    let line = if line.contains(['\u{2028}', '\u{2029}']) {
+        line.replace('\u{2028}', "\\u2028")
+            .replace('\u{2029}', "\\u2029")
+    } else {
+        line
+    };
+    if line.len() <= MAX_LINE_BYTES {
+        return line;
+    }
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&line) else {
+        return one_text_line(&line);
+    };
+    cut_strings(&mut value);
+    let mut bounded = value.to_string();
+    bounded.push('\n');
+    bounded
+}
+
+fn cut_strings(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) if text.len() > MAX_JSON_STRING_BYTES => {
+            let mut end = MAX_JSON_STRING_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = text.len() - end;
+            text.truncate(end);
+            text.push_str(&format!(" [{cut} more bytes cut]"));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cut_strings),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(cut_strings),
+        _ => {}
     }
 }
 
@@ -534,6 +629,72 @@ mod tests {
         assert_eq!(inside["span"]["request_id"], "r-1");
         let outside: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
         assert!(outside.get("trace_id").is_none(), "{outside}");
+    }
+
+    /// The lines `format` writes for events carrying `text` (a caller's),
+    /// in a field, a displayed field, the message and a span's field.
+    fn lines_with(format: LogFormat, text: &str) -> Vec<String> {
+        let lines = Lines::default();
+        let provider = provider(&Tracing::off("test")).unwrap();
+        let writer = lines.clone();
+        let subscriber = subscriber(format, EnvFilter::new("info"), &provider, move || {
+            writer.clone()
+        });
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", path = %text);
+            span.in_scope(|| {
+                tracing::info!(reason = text, "as a field");
+                tracing::info!(reason = %text, "displayed");
+                tracing::warn!("no problem type {text}");
+            });
+        });
+        let written = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        written.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_callers_text_cannot_start_a_line_of_its_own() {
+        let forged =
+            "x\n2026-12-07T00:00:00.000000Z  INFO orders: admin granted\r\u{2028}\u{1b}[31m";
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let lines = lines_with(format, forged);
+            assert_eq!(lines.len(), 3, "{format:?}: {lines:#?}");
+            for line in &lines {
+                assert!(!line.starts_with("2026-12-07T00:00:00"), "{line}");
+                assert!(
+                    !line.contains('\u{1b}') && !line.contains('\u{2028}'),
+                    "{line}"
+                );
+                if format == LogFormat::Json {
+                    let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
+                    assert!(parsed.is_object(), "{line}");
+                }
+            }
+            if format == LogFormat::Text {
+                assert!(lines[1].contains("x\\n2026-12-07"), "{}", lines[1]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_callers_long_text_is_cut_in_every_format() {
+        let long = "é".repeat(20_000);
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let lines = lines_with(format, &long);
+            assert_eq!(lines.len(), 3, "{format:?}");
+            for line in &lines {
+                assert!(
+                    line.len() <= MAX_LINE_BYTES + 200,
+                    "{format:?}: {} bytes",
+                    line.len()
+                );
+                assert!(line.contains("more bytes cut"), "{format:?}: {line}");
+                if format == LogFormat::Json {
+                    let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
+                    assert!(parsed.is_object(), "{line}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Throwaway databases for tests against the real PostgreSQL.
+//! For tests and benchmarks (feature `testing`, which nothing that ships
+//! turns on): throwaway databases against the real PostgreSQL, topics of
+//! their own on the real Kafka, and the gateway token of a test platform.
 //!
 //! Each test gets a database of its own, so tests run in parallel and leave
 //! nothing behind: the database is dropped when the handle is.
@@ -10,6 +12,19 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use crate::postgres::with_database;
+
+/// The token this process's test platforms give their payment gateway and
+/// its client (`ORDERS_GATEWAY_TOKEN`): random, drawn once per process.
+pub fn gateway_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    })
+}
 
 /// Where the tests' PostgreSQL is: `DATABASE_URL`, or the local default.
 pub fn database_url() -> String {
@@ -188,6 +203,18 @@ pub async fn consume(
     }
     crate::kafka::close(consumer).await;
     Ok(messages)
+}
+
+/// The text of a message's header `key`, if it carries one.
+pub fn header(message: &impl rdkafka::Message, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Writes `payloads` to `topic` under `key`, as a broken producer would:

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
-use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use indicatif::ProgressBar;
 use sqlx::PgPool;
@@ -52,11 +50,16 @@ macro_rules! with_model {
 /// How a read model's table compares with the fold of the event store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Comparison {
-    /// Rows at the version the events give, but different from their fold.
+    /// Rows at the version the events give, but different from their fold
+    /// (or past their events): the first hundred, described.
     pub wrong: Vec<String>,
+    /// How many rows are wrong.
+    pub wrong_count: usize,
     /// Aggregates whose row is missing or older than their last event: the
-    /// projection has not caught up (yet).
+    /// projection has not caught up (yet). The first few, by name.
     pub behind: Vec<String>,
+    /// How many aggregates are behind.
+    pub behind_count: usize,
     /// Rows for which no events exist.
     pub orphans: i64,
     /// Events the fold refused.
@@ -128,52 +131,38 @@ impl Projection {
     }
 }
 
+/// Aggregates folded before their rows are read and compared, at most.
+const COMPARED_AT_ONCE: usize = 1_000;
+/// Aggregates named in [`Comparison::behind`], at most.
+const BEHIND_NAMED: usize = 10;
+/// Rows described in [`Comparison::wrong`], at most.
+const WRONG_DESCRIBED: usize = 100;
+
+/// Folds the store one aggregate at a time (streamed along its key) and
+/// compares a thousand rows at a time: what it holds in memory does not
+/// grow with the store.
 async fn compare<M: ReadModel>(pool: &PgPool) -> anyhow::Result<Comparison> {
-    let filter = ReadFilter {
-        min_position: None,
-        aggregate_types: Some(vec![M::AGGREGATE_TYPE.to_owned()]),
-    };
-    let reader = GlobalReader::new(pool.clone());
-    let mut folded: HashMap<String, M::Row> = HashMap::new();
-    let mut refused = 0;
-    let mut events = reader
-        .stream_text(GlobalCheckpoint::default(), &filter)
-        .try_chunks(10_000)
-        .map_err(|error| error.1);
-    while let Some(batch) = events.try_next().await? {
-        refused += fold_untracked::<M>(&mut folded, &batch).poisoned.len();
-    }
-    let mut comparison = Comparison {
-        refused,
-        compared: folded.len(),
-        ..Comparison::default()
-    };
+    let mut comparison = Comparison::default();
     let mut connection = pool.acquire().await?;
-    let ids: Vec<&str> = folded.keys().map(String::as_str).collect();
+    let mut events = Box::pin(event_store::reader::stream_aggregates(
+        pool,
+        M::AGGREGATE_TYPE,
+    ));
+    let mut held = None;
+    let mut folded: HashMap<String, M::Row> = HashMap::new();
     let mut found = 0i64;
-    for chunk in ids.chunks(1000) {
-        let live = M::load(&mut connection, M::TABLE, chunk).await?;
-        found += live.len() as i64;
-        for id in chunk {
-            let expected = &folded[*id];
-            match live.get(*id) {
-                Some(row) if M::version(row) == M::version(expected) => {
-                    if row != expected {
-                        comparison.wrong.push(format!(
-                            "{} row {id} differs from the fold of its events: {row:?}, expected {expected:?}",
-                            M::TABLE
-                        ));
-                    }
-                }
-                Some(row) if M::version(row) > M::version(expected) => {
-                    comparison.wrong.push(format!(
-                        "{} row {id} is at version {}, past its events",
-                        M::TABLE,
-                        M::version(row)
-                    ))
-                }
-                _ => comparison.behind.push((*id).to_owned()),
-            }
+    loop {
+        let next = event_store::reader::next_aggregate(&mut events, &mut held).await?;
+        let ended = next.is_none();
+        if let Some(aggregate) = next {
+            comparison.refused += fold_untracked::<M>(&mut folded, &aggregate).poisoned.len();
+        }
+        if folded.len() >= COMPARED_AT_ONCE || (ended && !folded.is_empty()) {
+            found += compare_rows::<M>(&mut connection, &folded, &mut comparison).await?;
+            folded.clear();
+        }
+        if ended {
+            break;
         }
     }
     let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", M::TABLE))
@@ -181,4 +170,44 @@ async fn compare<M: ReadModel>(pool: &PgPool) -> anyhow::Result<Comparison> {
         .await?;
     comparison.orphans = rows - found;
     Ok(comparison)
+}
+
+/// Compares the live rows of `folded`'s aggregates with them; returns how
+/// many rows were found.
+async fn compare_rows<M: ReadModel>(
+    connection: &mut sqlx::PgConnection,
+    folded: &HashMap<String, M::Row>,
+    comparison: &mut Comparison,
+) -> anyhow::Result<i64> {
+    let ids: Vec<&str> = folded.keys().map(String::as_str).collect();
+    let live = M::load(connection, M::TABLE, &ids).await?;
+    comparison.compared += folded.len();
+    let mut wrong = Vec::new();
+    for (id, expected) in folded {
+        match live.get(id) {
+            Some(row) if M::version(row) == M::version(expected) => {
+                if row != expected {
+                    wrong.push(format!(
+                        "{} row {id} differs from the fold of its events: {row:?}, expected {expected:?}",
+                        M::TABLE
+                    ));
+                }
+            }
+            Some(row) if M::version(row) > M::version(expected) => wrong.push(format!(
+                "{} row {id} is at version {}, past its events",
+                M::TABLE,
+                M::version(row)
+            )),
+            _ => {
+                comparison.behind_count += 1;
+                if comparison.behind.len() < BEHIND_NAMED {
+                    comparison.behind.push(id.clone());
+                }
+            }
+        }
+    }
+    comparison.wrong_count += wrong.len();
+    let room = WRONG_DESCRIBED.saturating_sub(comparison.wrong.len());
+    comparison.wrong.extend(wrong.into_iter().take(room));
+    Ok(live.len() as i64)
 }

@@ -3,10 +3,13 @@
 //! Each batch of messages is applied in one PostgreSQL transaction that also
 //! records the rows' versions (which makes a redelivered event change nothing)
 //! and the consumer's offsets; Kafka offsets are committed only after that
-//! transaction commits. A message that cannot be decoded or applied goes to
+//! transaction commits. A message is only news of an event: the event is
+//! read from the store by its id, and one the store does not hold is never
+//! applied. Events a row missed before the first one heard of are read from
+//! the store too. A message that cannot be decoded, applied or found goes to
 //! `<topic>.dlq` with the error in a header, and the worker goes on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use event_contract::{Envelope, Topics};
+use event_store::RecordedEvent;
 use futures::FutureExt;
 use platform::kafka::{GroupMember, LagGauge, Membership};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -243,13 +247,6 @@ async fn apply_batch_in<M: ReadModel>(
         .enumerate()
         .filter_map(|(index, envelope)| envelope.as_ref().ok().map(|e| (index, e)))
         .collect();
-    let mut ids: Vec<&str> = envelopes
-        .iter()
-        .filter(|(_, e)| e.aggregate_type == M::AGGREGATE_TYPE)
-        .map(|(_, e)| e.aggregate_id.as_str())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
 
     // The transaction begins with the lock in the same round trip (the
     // name is the projection's own, never a caller's).
@@ -259,8 +256,47 @@ async fn apply_batch_in<M: ReadModel>(
             lock_name(M::NAME).replace('\'', "''")
         ))
         .await?;
+    // A message is news that an event was committed, not the event: each
+    // is looked up in the store by its id, and what the store holds is
+    // applied. One the store does not hold as the message says (anybody who
+    // can produce to the topic could have written it) is poison.
+    let mut poison: Vec<(usize, String)> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(index, envelope)| envelope.as_ref().err().map(|e| (index, e.to_string())))
+        .collect();
+    let ids: Vec<uuid::Uuid> = envelopes.iter().map(|(_, e)| e.event_id).collect();
+    let mut stored: HashMap<uuid::Uuid, RecordedEvent<String>> =
+        event_store::reader::by_ids::<String>(&mut tx, &ids)
+            .await?
+            .into_iter()
+            .map(|event| (event.event_id, event))
+            .collect();
+    let mut events: Vec<(Option<usize>, RecordedEvent<String>)> = Vec::new();
+    for (index, envelope) in &envelopes {
+        match stored.remove(&envelope.event_id) {
+            Some(event) if published_as(&event, envelope) => events.push((Some(*index), event)),
+            _ => poison.push((*index, NOT_IN_THE_STORE.to_owned())),
+        }
+    }
+    let mut ids: Vec<&str> = events
+        .iter()
+        .filter(|(_, e)| e.aggregate_type == M::AGGREGATE_TYPE)
+        .map(|(_, e)| e.aggregate_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut rows = M::load(&mut tx, M::TABLE, &ids).await?;
-    let fold = fold_all::<M>(&mut rows, envelopes.iter().map(|(_, e)| *e));
+    // Events the row has not seen below the first one heard of here (a
+    // message lost or dead-lettered, or one published out of order by a
+    // relay that restarted) are read from the store, and applied first.
+    let missed = missed::<M>(&mut tx, &rows, &events).await?;
+    let events: Vec<(Option<usize>, RecordedEvent<String>)> = missed
+        .into_iter()
+        .map(|event| (None, event))
+        .chain(events)
+        .collect();
+    let fold = fold_all::<M>(&mut rows, events.iter().map(|(_, e)| e));
     let changed: Vec<M::Row> = fold
         .changed
         .iter()
@@ -268,19 +304,21 @@ async fn apply_batch_in<M: ReadModel>(
         .collect();
     M::store(&mut tx, M::TABLE, &changed).await?;
 
-    // Poison: undecodable messages and events the fold refused.
-    let mut poison: Vec<(usize, String)> = decoded
-        .iter()
-        .enumerate()
-        .filter_map(|(index, envelope)| envelope.as_ref().err().map(|e| (index, e.to_string())))
-        .collect();
-    poison.extend(
-        fold.poisoned
-            .iter()
-            .map(|(position, error)| (envelopes[*position].0, error.to_string())),
-    );
+    // Poison: undecodable or unknown messages, and events the fold refused
+    // (or stepped over). An event read from the store that cannot be
+    // applied has no message to dead-letter: it is reported here.
+    for (position, error) in &fold.poisoned {
+        match &events[*position] {
+            (Some(index), _) => poison.push((*index, error.to_string())),
+            (None, event) => {
+                tracing::warn!(projection = M::NAME, aggregate_id = %event.aggregate_id, sequence = event.sequence, %error, "an event read from the store cannot be applied");
+                metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
+                    .increment(1);
+            }
+        }
+    }
 
-    let position = envelopes.iter().map(|(_, e)| e.global_position).max();
+    let position = events.iter().map(|(_, e)| e.global_position).max();
     record_progress(&mut tx, M::NAME, batch, position, &fold.changed).await?;
     tx.commit().await?;
     // Dead letters go out after the commit (a transaction that has written
@@ -294,6 +332,46 @@ async fn apply_batch_in<M: ReadModel>(
     metrics::counter!("projection_dead_letters_total", "projection" => M::NAME)
         .increment(poison.len() as u64);
     Ok(batch.len() - poison.len())
+}
+
+/// Why a message the store does not hold is refused.
+pub const NOT_IN_THE_STORE: &str =
+    "the event store holds no such event: only what the platform published is applied";
+
+/// Most events read from the store in one batch for rows behind the events
+/// heard of; the rest come with the next batch.
+const MISSED_PER_BATCH: i64 = 10_000;
+
+/// Whether `event`, as stored, is what `envelope` says was published.
+fn published_as(event: &RecordedEvent<String>, envelope: &Envelope) -> bool {
+    event.aggregate_type == envelope.aggregate_type
+        && event.aggregate_id == envelope.aggregate_id
+        && event.sequence == envelope.sequence
+        && event.event_type == envelope.event_type
+}
+
+/// The stored events between each row's version and the first of its
+/// aggregate's `events`.
+async fn missed<M: ReadModel>(
+    tx: &mut sqlx::PgConnection,
+    rows: &HashMap<String, M::Row>,
+    events: &[(Option<usize>, RecordedEvent<String>)],
+) -> sqlx::Result<Vec<RecordedEvent<String>>> {
+    let mut first: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, event) in events {
+        if event.aggregate_type == M::AGGREGATE_TYPE {
+            let lowest = first.entry(event.aggregate_id.as_str()).or_insert(i64::MAX);
+            *lowest = (*lowest).min(event.sequence);
+        }
+    }
+    let ranges: Vec<(String, i64, i64)> = first
+        .into_iter()
+        .filter_map(|(id, lowest)| {
+            let version = rows.get(id).map_or(0, M::version);
+            (lowest > version + 1).then(|| (id.to_owned(), version, lowest))
+        })
+        .collect();
+    event_store::reader::between(tx, M::AGGREGATE_TYPE, &ranges, MISSED_PER_BATCH).await
 }
 
 fn decode(message: &BorrowedMessage<'_>) -> Result<Envelope, ApplyError> {

@@ -1,16 +1,16 @@
 //! Projection workers against a real Kafka and PostgreSQL, fed with envelopes
-//! produced straight into their topic.
+//! produced straight into their topic: events the store holds (written to it
+//! here, as the command bus would), and messages it does not.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use event_contract::{Envelope, Topics};
-use platform::testing::{TestDatabase, TestTopics, consume, kafka_brokers};
+use platform::testing::{TestDatabase, TestTopics, consume, header, kafka_brokers};
 use projections::model::products::ProductStock;
 use projections::worker::{self, WorkerConfig};
 use rdkafka::Message;
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -85,7 +85,37 @@ async fn produce(fixture: &Fixture, key: &str, payload: &[u8]) {
         .unwrap();
 }
 
+/// Writes `events` into the store, as appends would have (once each).
+async fn store(fixture: &Fixture, events: &[Envelope]) {
+    for event in events {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, event_id)
+             VALUES ($1, $2, $3, $4, $5, $6::json, $7::json, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .bind(event.sequence)
+        .bind(&event.event_type)
+        .bind(&event.event_version)
+        .bind(json!({ event.event_type.as_str(): event.payload }).to_string())
+        .bind(event.metadata.to_string())
+        .bind(event.event_id)
+        .execute(&fixture.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// Stores `events` and publishes them, as the command bus and the relay do.
 async fn produce_events(fixture: &Fixture, events: &[Envelope]) {
+    store(fixture, events).await;
+    publish(fixture, events).await;
+}
+
+/// Publishes `events` without storing them: what anybody who can produce to
+/// the topic can do.
+async fn publish(fixture: &Fixture, events: &[Envelope]) {
     for event in events {
         produce(
             fixture,
@@ -200,13 +230,7 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_later_events_still_a
     let mut letters: Vec<(Vec<u8>, String)> = messages
         .iter()
         .map(|m| {
-            let header = m
-                .headers()
-                .unwrap()
-                .iter()
-                .find(|h| h.key == "error")
-                .unwrap();
-            let error = String::from_utf8(header.value.unwrap().to_vec()).unwrap();
+            let error = header(m, "error").unwrap();
             (m.payload().unwrap().to_vec(), error)
         })
         .collect();
@@ -232,6 +256,93 @@ async fn events_already_in_the_topic_before_the_worker_starts_are_applied() {
     let (stop, task) = start(&fixture);
 
     assert_eq!(stock_at(&fixture.pool, "MUG", 2).await, (5, 2));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_message_the_store_does_not_hold_is_never_applied() {
+    let fixture = fixture().await;
+    let (stop, task) = start(&fixture);
+    let real = [created("MUG"), added("MUG", 2, 5)];
+    produce_events(&fixture, &real).await;
+    assert_eq!(stock_at(&fixture.pool, "MUG", 2).await, (5, 2));
+
+    // A forged event of the next sequence, and a real event's id with a
+    // doctored body: the first is dead-lettered, the second applied as the
+    // store holds it.
+    let forged = added("MUG", 3, 1_000);
+    publish(&fixture, std::slice::from_ref(&forged)).await;
+    let mut doctored = added("MUG", 3, 2);
+    store(&fixture, std::slice::from_ref(&doctored)).await;
+    doctored.payload = json!({"quantity": 900});
+    publish(&fixture, &[doctored]).await;
+
+    assert_eq!(stock_at(&fixture.pool, "MUG", 3).await, (7, 3));
+    let dead_letters =
+        Topics::dead_letter(&fixture.config.topics.for_aggregate("Product").unwrap());
+    let messages = consume(&[dead_letters], 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    let letter = &messages[0];
+    assert_eq!(
+        letter.payload().unwrap(),
+        serde_json::to_vec(&forged).unwrap()
+    );
+    let error = header(letter, "error").unwrap();
+    assert!(error.contains("holds no such event"), "{error}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_row_behind_the_event_heard_of_catches_up_from_the_store() {
+    let fixture = fixture().await;
+    let (stop, task) = start(&fixture);
+    // Only the last of four events reaches Kafka (the others were lost, or
+    // come later): the row reads the rest from the store.
+    let events = [
+        created("MUG"),
+        added("MUG", 2, 5),
+        added("MUG", 3, 2),
+        added("MUG", 4, 1),
+    ];
+    store(&fixture, &events).await;
+    publish(&fixture, &events[3..]).await;
+    assert_eq!(stock_at(&fixture.pool, "MUG", 4).await, (8, 4));
+    // The ones that arrive late change nothing.
+    publish(&fixture, &events[..3]).await;
+    produce_events(&fixture, &[added("MUG", 5, 10)]).await;
+    assert_eq!(stock_at(&fixture.pool, "MUG", 5).await, (18, 5));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn one_stored_event_the_projection_cannot_apply_does_not_freeze_its_row() {
+    let fixture = fixture().await;
+    let (stop, task) = start(&fixture);
+    let vanished = product_event("MUG", 2, "StockVanished", json!({"quantity": 3}));
+    produce_events(
+        &fixture,
+        &[
+            created("MUG"),
+            vanished,
+            added("MUG", 3, 4),
+            added("MUG", 4, 1),
+        ],
+    )
+    .await;
+    // Stepped over (and dead-lettered): the events after it apply.
+    assert_eq!(stock_at(&fixture.pool, "MUG", 4).await, (5, 4));
+    let dead_letters =
+        Topics::dead_letter(&fixture.config.topics.for_aggregate("Product").unwrap());
+    let messages = consume(&[dead_letters], 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let error = header(&messages[0], "error").unwrap();
+    assert!(error.contains("StockVanished"), "{error}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

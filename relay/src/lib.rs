@@ -212,6 +212,10 @@ struct Flight {
 /// checkpoint saved, strictly in order.
 async fn lead(pool: &PgPool, config: &RelayConfig, mut leader: Leader) -> anyhow::Result<()> {
     let mut saved = leader.checkpoint().await?;
+    // Acknowledged by Kafka, not yet written to the checkpoint (its write
+    // failed while the lock held): written with the next acknowledgement or
+    // liveness tick, and never a reason to send the batches again.
+    let mut unsaved: Option<GlobalCheckpoint> = None;
     let mut producer = publisher::producer(&config.brokers, config.linger)?;
     let mut feed = feed::Feed::start(pool.clone(), config, saved);
     let mut in_flight: VecDeque<Flight> = VecDeque::new();
@@ -246,11 +250,13 @@ async fn lead(pool: &PgPool, config: &RelayConfig, mut leader: Leader) -> anyhow
                 let Some(flight) = in_flight.pop_front() else { continue };
                 match acknowledged {
                     Ok(()) => {
-                        leader.save(flight.checkpoint).await?;
-                        saved = flight.checkpoint;
                         metrics::counter!("relay_published_total").increment(flight.events as u64);
                         metrics::histogram!("relay_batch_seconds")
                             .record(flight.started.elapsed().as_secs_f64());
+                        unsaved = Some(flight.checkpoint);
+                        if let Some(written) = save_pending(&mut leader, &mut unsaved).await? {
+                            saved = written;
+                        }
                     }
                     Err(error) => {
                         producer = start_over(config, &error, &mut in_flight).await?;
@@ -258,7 +264,38 @@ async fn lead(pool: &PgPool, config: &RelayConfig, mut leader: Leader) -> anyhow
                     }
                 }
             }
-            _ = liveness.tick() => leader.still_connected().await?,
+            _ = liveness.tick() => {
+                leader.still_connected().await?;
+                if let Some(written) = save_pending(&mut leader, &mut unsaved).await? {
+                    saved = written;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the acknowledged checkpoint still `unsaved`, if any; returns it
+/// once written. A write that fails while the lock's connection still
+/// answers (the table refuses it for now) leaves it pending: the batches
+/// are in Kafka, and sending them again would not help. A lost connection
+/// loses the lead.
+async fn save_pending(
+    leader: &mut Leader,
+    unsaved: &mut Option<GlobalCheckpoint>,
+) -> anyhow::Result<Option<GlobalCheckpoint>> {
+    let Some(checkpoint) = *unsaved else {
+        return Ok(None);
+    };
+    match leader.save(checkpoint).await {
+        Ok(()) => {
+            *unsaved = None;
+            Ok(Some(checkpoint))
+        }
+        Err(error) => {
+            leader.still_connected().await?;
+            metrics::counter!("relay_checkpoint_failures_total").increment(1);
+            tracing::warn!(error = %format!("{error:#}"), "cannot write the relay checkpoint; publishing goes on and the write is tried again");
+            Ok(None)
         }
     }
 }

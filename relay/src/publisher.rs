@@ -44,9 +44,57 @@ pub fn producer(brokers: &str, linger: Duration) -> anyhow::Result<FutureProduce
 /// Records handed to the producer, not yet known to be acknowledged, each
 /// with its publish span (open until the broker answers).
 pub struct InFlight {
-    deliveries: Vec<(uuid::Uuid, DeliveryFuture, tracing::Span)>,
+    deliveries: Vec<(Unpublished, DeliveryFuture, tracing::Span)>,
+    /// Events that can never be published as they are, and why: they go
+    /// to their topic's dead-letter topic instead.
+    refused: Vec<(Unpublished, String)>,
     /// The batch's span, linked to the trace of each event in it.
     batch: tracing::Span,
+    producer: FutureProducer,
+}
+
+/// What is said of an event in a dead letter when the event itself cannot be
+/// published: where it is in the store, so that an operator (or a consumer,
+/// which reads missed events from the store) finds it there.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Unpublished {
+    event_id: uuid::Uuid,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    global_position: i64,
+    event_type: String,
+    #[serde(skip)]
+    topic: String,
+}
+
+impl Unpublished {
+    fn of(event: &RawEvent, topic: &str) -> Self {
+        Self {
+            event_id: event.event_id,
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            global_position: event.global_position,
+            event_type: event.event_type.clone(),
+            topic: topic.to_owned(),
+        }
+    }
+}
+
+/// Whether the broker (or the client) refuses `error` for this record
+/// whatever happens: the record is too large or malformed. Sending it again
+/// would fail again, and every event after it would wait forever.
+fn never_publishable(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
 }
 
 impl std::fmt::Debug for InFlight {
@@ -71,15 +119,22 @@ pub async fn enqueue(
 ) -> Result<InFlight, PublishError> {
     let batch = tracing::info_span!(parent: None, "publish batch", events = events.len());
     let mut deliveries = Vec::with_capacity(events.len());
+    let mut refused = Vec::new();
     let mut parents = Vec::with_capacity(events.len());
     for event in events {
         let Some(topic) = topics.topic_of(&event.aggregate_type) else {
             continue;
         };
-        let value = encode(event).map_err(|error| PublishError::Encoding {
-            event_id: event.event_id,
-            error,
-        })?;
+        let value = match encode(event) {
+            Ok(value) => value,
+            Err(error) => {
+                refused.push((
+                    Unpublished::of(event, topic),
+                    format!("cannot be encoded: {error}"),
+                ));
+                continue;
+            }
+        };
         let parent = event_contract::trace::stored(&event.metadata);
         let span = publish_span(event, topic, parent.as_deref());
         // The publish span's context; without one (no exporter layer), the
@@ -93,10 +148,14 @@ pub async fn enqueue(
         // The local queue may be full; give the broker a moment, then retry.
         let delivery = loop {
             match producer.send_result(record) {
-                Ok(delivery) => break delivery,
+                Ok(delivery) => break Some(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, _)) if never_publishable(&error) => {
+                    refused.push((Unpublished::of(event, topic), error.to_string()));
+                    break None;
                 }
                 Err((error, _)) => {
                     return Err(PublishError::NotAcknowledged {
@@ -106,10 +165,17 @@ pub async fn enqueue(
                 }
             }
         };
-        deliveries.push((event.event_id, delivery, span));
+        if let Some(delivery) = delivery {
+            deliveries.push((Unpublished::of(event, topic), delivery, span));
+        }
     }
     platform::trace::link_all(&batch, parents.iter().map(String::as_str));
-    Ok(InFlight { deliveries, batch })
+    Ok(InFlight {
+        deliveries,
+        refused,
+        batch,
+        producer: producer.clone(),
+    })
 }
 
 /// The span an event is published in: a child of the append that wrote it,
@@ -133,33 +199,97 @@ fn publish_span(event: &RawEvent, topic: &str, parent: Option<&str>) -> tracing:
 }
 
 impl InFlight {
-    /// Waits for the broker; fails with the first record it did not take.
+    /// Waits for the broker; fails with the first record it did not take
+    /// for now. Records it can never take (too large, malformed) are
+    /// written to their topic's dead-letter topic instead, as a note of
+    /// where the event is in the store, and count as published: one such
+    /// event does not stop every event after it.
     pub async fn acknowledged(self) -> Result<(), PublishError> {
         let _batch = self.batch;
-        let mut ids = Vec::with_capacity(self.deliveries.len());
+        let mut events = Vec::with_capacity(self.deliveries.len());
         let mut futures = Vec::with_capacity(self.deliveries.len());
         let mut spans = Vec::with_capacity(self.deliveries.len());
-        for (event_id, delivery, span) in self.deliveries {
-            ids.push(event_id);
+        for (event, delivery, span) in self.deliveries {
+            events.push(event);
             futures.push(delivery);
             spans.push(span);
         }
-        for (event_id, outcome) in ids.into_iter().zip(join_all(futures).await) {
+        let mut refused = self.refused;
+        for (event, outcome) in events.into_iter().zip(join_all(futures).await) {
             match outcome {
                 Ok(Ok(_)) => {}
+                Ok(Err((error, _))) if never_publishable(&error) => {
+                    refused.push((event, error.to_string()));
+                }
                 Ok(Err((error, _))) => {
-                    return Err(PublishError::NotAcknowledged { event_id, error });
+                    return Err(PublishError::NotAcknowledged {
+                        event_id: event.event_id,
+                        error,
+                    });
                 }
                 Err(_canceled) => {
                     return Err(PublishError::NotAcknowledged {
-                        event_id,
+                        event_id: event.event_id,
                         error: KafkaError::Canceled,
                     });
                 }
             }
         }
+        for (event, why) in refused {
+            dead_letter(&self.producer, &event, &why).await?;
+        }
         Ok(())
     }
+}
+
+/// Writes the note of an event that cannot be published to its topic's
+/// dead-letter topic, keyed by the aggregate.
+async fn dead_letter(
+    producer: &FutureProducer,
+    event: &Unpublished,
+    why: &str,
+) -> Result<(), PublishError> {
+    tracing::error!(event_id = %event.event_id, aggregate_id = %event.aggregate_id, sequence = event.sequence, why, "an event cannot be published; its note goes to the dead-letter topic");
+    metrics::counter!("relay_dead_letters_total").increment(1);
+    let note = serde_json::to_vec(event).map_err(|error| PublishError::Encoding {
+        event_id: event.event_id,
+        error,
+    })?;
+    let topic = Topics::dead_letter(&event.topic);
+    let event_id = event.event_id.to_string();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: event_contract::EVENT_ID_HEADER,
+            value: Some(&event_id),
+        })
+        .insert(rdkafka::message::Header {
+            key: event_contract::EVENT_TYPE_HEADER,
+            value: Some(&event.event_type),
+        })
+        .insert(rdkafka::message::Header {
+            key: event_contract::dead_letter::ERROR_HEADER,
+            value: Some(why),
+        })
+        .insert(rdkafka::message::Header {
+            key: event_contract::dead_letter::CONSUMER_HEADER,
+            value: Some("relay"),
+        })
+        .insert(rdkafka::message::Header {
+            key: event_contract::dead_letter::SOURCE_TOPIC_HEADER,
+            value: Some(&event.topic),
+        });
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+        .key(event.aggregate_id.as_str())
+        .payload(note.as_slice())
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map(drop)
+        .map_err(|(error, _)| PublishError::NotAcknowledged {
+            event_id: event.event_id,
+            error,
+        })
 }
 
 /// Sends a batch and waits until every event is acknowledged.

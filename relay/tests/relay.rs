@@ -8,9 +8,8 @@ use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
 use event_contract::{Envelope, Topics};
 use event_store::{CommandBus, CommandContext, Expect};
-use platform::testing::{TestDatabase, TestTopics, consume, kafka_brokers};
+use platform::testing::{TestDatabase, TestTopics, consume, header, kafka_brokers};
 use rdkafka::Message;
-use rdkafka::message::Headers;
 use relay::RelayConfig;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -122,17 +121,15 @@ async fn committed_events_reach_their_topic_with_key_envelope_and_headers() {
         assert_eq!(message.topic(), products_topic);
         let envelope: Envelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
         assert_eq!(message.key().unwrap(), envelope.aggregate_id.as_bytes());
-        let headers = message.headers().unwrap();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8(v.to_vec()).unwrap())
-        };
-        assert_eq!(header("event_id"), Some(envelope.event_id.to_string()));
-        assert_eq!(header("event_type"), Some(envelope.event_type.clone()));
-        let traceparent = header("traceparent").unwrap();
+        assert_eq!(
+            header(message, "event_id"),
+            Some(envelope.event_id.to_string())
+        );
+        assert_eq!(
+            header(message, "event_type"),
+            Some(envelope.event_type.clone())
+        );
+        let traceparent = header(message, "traceparent").unwrap();
         assert!(
             traceparent.starts_with("00-0190a0b0aaaa7bbb8cccdddddddddddd-"),
             "{traceparent}"
@@ -148,27 +145,7 @@ async fn committed_events_reach_their_topic_with_key_envelope_and_headers() {
     assert_complete_and_ordered(&envelopes(&messages), 5);
 
     // The checkpoint reached the last event.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let saved: Option<i64> = sqlx::query_scalar(
-            "SELECT global_position FROM relay_checkpoints WHERE name = 'relay'",
-        )
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
-        let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if saved == Some(last) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "checkpoint stuck at {saved:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    checkpoint_reaches_the_last_event(&pool).await;
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
@@ -298,4 +275,123 @@ async fn a_commit_held_behind_an_older_transaction_is_published_when_that_one_en
     );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_the_table_refuses_is_written_later_and_nothing_is_sent_again() {
+    let (_db, pool) = database().await;
+    let topics = TestTopics::new();
+    // Every write of the checkpoint fails while the lock's connection lives.
+    sqlx::query(
+        "ALTER TABLE relay_checkpoints ADD CONSTRAINT refuse_for_now CHECK (false) NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (stop, task) = start(&pool, config(&topics));
+    write_events(&pool, &["MUG", "TEA"], 2).await;
+    let published = Topics::with_prefix(&topics.prefix).all();
+    // Published once, and not again while the checkpoint cannot be written
+    // (it was sent again every second, for ever).
+    let messages = consume(&published, 100, Duration::from_secs(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        messages.len(),
+        6,
+        "{} messages for 6 events",
+        messages.len()
+    );
+    let saved: Option<i64> =
+        sqlx::query_scalar("SELECT global_position FROM relay_checkpoints WHERE name = 'relay'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(saved, None);
+    // The table takes writes again: the checkpoint follows.
+    sqlx::query("ALTER TABLE relay_checkpoints DROP CONSTRAINT refuse_for_now")
+        .execute(&pool)
+        .await
+        .unwrap();
+    checkpoint_reaches_the_last_event(&pool).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_kafka_will_never_take_goes_to_the_dead_letters_and_the_rest_is_published() {
+    let (_db, pool) = database().await;
+    let topics = TestTopics::new();
+    let (stop, task) = start(&pool, config(&topics));
+    write_events(&pool, &["MUG"], 1).await;
+    // An event larger than any message the broker takes (written by hand:
+    // the API bounds what a command may carry).
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, event_id)
+         VALUES ('Product', 'HUGE', 1, 'ProductCreated', '1.0',
+                 json_build_object('ProductCreated', json_build_object('note', repeat('x', 2000000))),
+                 '{}'::json, gen_random_uuid())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    write_events(&pool, &["TEA"], 1).await;
+    let published = Topics::with_prefix(&topics.prefix).all();
+    let messages = consume(&published, 4, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ids: Vec<String> = envelopes(&messages)
+        .iter()
+        .map(|e| e.aggregate_id.clone())
+        .collect();
+    assert_eq!(messages.len(), 4, "{ids:?}");
+    assert!(!ids.contains(&"HUGE".to_owned()), "{ids:?}");
+    let products = Topics::with_prefix(&topics.prefix)
+        .for_aggregate("Product")
+        .unwrap();
+    let noted = consume(
+        &[Topics::dead_letter(&products)],
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(noted.len(), 1);
+    let note: serde_json::Value = serde_json::from_slice(noted[0].payload().unwrap()).unwrap();
+    assert_eq!(note["aggregate_id"], "HUGE");
+    assert_eq!(note["sequence"], 1);
+    let error = header(&noted[0], "error").unwrap();
+    assert!(
+        error.to_lowercase().contains("size") || error.contains("large"),
+        "{error}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Waits (10 s at most) until the relay's checkpoint stands at the store's
+/// last event.
+async fn checkpoint_reaches_the_last_event(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved: Option<i64> = sqlx::query_scalar(
+            "SELECT global_position FROM relay_checkpoints WHERE name = 'relay'",
+        )
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if saved == Some(last) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint at {saved:?}, last event at {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -18,7 +18,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use cqrs_es::Aggregate;
 use domain::order::OrderPlaced;
 use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason};
@@ -29,6 +28,7 @@ use domain::{
 use event_store::{
     CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey, Settled,
 };
+use platform::clock::DbClock;
 use sqlx::PgPool;
 use tracing::Instrument;
 
@@ -88,6 +88,11 @@ const CANCEL_POLL: Duration = Duration::from_millis(200);
 /// How long the saga's idempotency keys are remembered.
 const KEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Commands of one phase (an order's reservations, or its commits) in
+/// flight at once: an order of many lines sends them a few at a time, not
+/// all at once.
+pub const SIDE_BY_SIDE: usize = 8;
+
 /// A charge whose deadline passed before the step started (a restart after a
 /// crash) still asks the gateway once, this long, for an answer it may hold.
 const LAST_LOOK: Duration = Duration::from_secs(2);
@@ -102,6 +107,9 @@ pub struct Driver<G> {
     /// Names this driver in the leases it takes.
     owner: String,
     saves: store::Saves,
+    /// The database's clock: the times a saga keeps (its steps', its
+    /// charge's start) are compared by other processes.
+    clock: DbClock,
 }
 
 /// Whether a driver's last save gave the saga's lease up.
@@ -121,7 +129,15 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             gateway,
             policy,
             owner,
+            clock: DbClock::default(),
         }
+    }
+
+    /// Reads times from `clock` (kept in step with the database's by its
+    /// owner; see `platform::clock`).
+    pub fn with_clock(mut self, clock: DbClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Snapshots aggregates every `every` events; see `CommandBus::with_snapshots`.
@@ -250,7 +266,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                         Err(()) => return self.retry_later(&saga, version).await,
                     }
                 }
-                saga.order_cancelled(reason, Utc::now());
+                saga.order_cancelled(reason, self.clock.now());
             }
             // A reservation sent without an answer may still land (from a
             // queue, after the saga stopped waiting): before the undo goes
@@ -282,11 +298,18 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             } else {
                 // Every line's reservation, or every line's commit: commands
                 // on products of their own, side by side.
-                let done = futures::future::join_all(actions.iter().map(|action| {
-                    self.bounded_command(&saga, action)
-                        .instrument(saga.step_span(action))
-                }))
-                .await;
+                use futures::StreamExt;
+                let commands: Vec<_> = actions
+                    .iter()
+                    .map(|action| {
+                        self.bounded_command(&saga, action)
+                            .instrument(saga.step_span(action))
+                    })
+                    .collect();
+                let done: Vec<Outcome> = futures::stream::iter(commands)
+                    .buffered(SIDE_BY_SIDE)
+                    .collect()
+                    .await;
                 actions.into_iter().zip(done).collect::<Vec<_>>()
             };
             // What went through is taken in first, so that the count of
@@ -306,7 +329,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 .iter()
                 .all(|(_, outcome)| matches!(outcome, Outcome::Done | Outcome::Approved { .. }));
             // Steps that failed side by side are one failed try, not many.
-            if let Some(failed) = saga.record_together(outcomes, Utc::now())
+            if let Some(failed) = saga.record_together(outcomes, self.clock.now())
                 && saga.attempts >= self.policy.forward_attempts
             {
                 self.give_up(&mut saga, &failed).await;
@@ -344,7 +367,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     metrics::counter!("sagas_ended_total", "state" => saga.state.as_str())
                         .increment(1);
                     if let Some(placed_at) = saga.placed_at {
-                        let took = (Utc::now() - placed_at).to_std().unwrap_or_default();
+                        let took = (self.clock.now() - placed_at).to_std().unwrap_or_default();
                         metrics::histogram!("saga_duration_seconds", "outcome" => saga.state.as_str())
                             .record(took.as_secs_f64());
                     }
@@ -370,14 +393,14 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
         if *action == Action::Charge {
             // The refund asks the gateway what it took.
-            saga.give_up(action, Utc::now());
+            saga.give_up(action, self.clock.now());
             return;
         }
         match self.settle(saga, action).await {
-            Ok(true) => saga.settled(action, true, Utc::now()),
+            Ok(true) => saga.settled(action, true, self.clock.now()),
             Ok(false) => {
-                saga.settled(action, false, Utc::now());
-                saga.give_up(action, Utc::now());
+                saga.settled(action, false, self.clock.now());
+                saga.give_up(action, self.clock.now());
             }
             Err(detail) => {
                 tracing::warn!(order_id = %saga.order_id, step = %action.name(), %detail, "cannot settle a step given up; will retry");
@@ -393,12 +416,12 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         for action in actions {
             match self.settle(saga, &action).await {
                 Ok(landed) => {
-                    saga.settled(&action, landed, Utc::now());
+                    saga.settled(&action, landed, self.clock.now());
                     all_landed &= landed;
                 }
                 Err(detail) => {
                     tracing::warn!(order_id = %saga.order_id, step = %action.name(), %detail, "cannot settle a step; will retry");
-                    saga.record(&action, Outcome::Failed { detail }, Utc::now());
+                    saga.record(&action, Outcome::Failed { detail }, self.clock.now());
                     return Err(());
                 }
             }
@@ -418,12 +441,11 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// Saves `saga` over `version`; it is due again after `wait` (which,
     /// when not zero, means the driver stops after this save).
     async fn save(&self, saga: &OrderSaga, version: i64, wait: Duration) -> sqlx::Result<Saved> {
-        let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
         self.saves
             .save(store::Save {
                 saga: saga.clone(),
                 expected: version,
-                next_attempt_at: next,
+                retry_after: wait,
                 needs_attention: saga.needs_attention(self.policy.attention_after),
                 waits: !wait.is_zero(),
             })
@@ -442,7 +464,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         if *action == Action::Charge {
             // The deadline runs from the first try and survives restarts.
             if saga.action_started_at.is_none() {
-                saga.action_started_at = Some(Utc::now());
+                saga.action_started_at = Some(self.clock.now());
                 *last_save = std::time::Instant::now();
                 match self.save(saga, *version, Duration::ZERO).await? {
                     // A cancel that came while the saga reserved (those steps
@@ -571,8 +593,8 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// answer in time is a timeout for the saga (which then undoes, and the
     /// refund learns what the gateway did), never a decline on the record.
     async fn charge_within(&self, saga: &OrderSaga) -> Outcome {
-        let started = saga.action_started_at.unwrap_or_else(Utc::now);
-        let spent = (Utc::now() - started).to_std().unwrap_or_default();
+        let started = saga.action_started_at.unwrap_or_else(|| self.clock.now());
+        let spent = (self.clock.now() - started).to_std().unwrap_or_default();
         let left = self.policy.payment_deadline.saturating_sub(spent);
         // Past the deadline already (a restart): one last look, for an answer
         // the gateway gave before the crash.
@@ -790,16 +812,21 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             }
             Action::CommitReservation { sku } => {
                 let commit = ProductCommand::CommitReservation { order_id };
-                match self.run::<Product>(sku, commit, &context).await {
-                    Err(CommandError::Refused(ProductError::AlreadySold { .. })) => Outcome::Done,
-                    other => outcome_of(other),
-                }
+                outcome_of(self.run::<Product>(sku, commit, &context).await)
             }
             Action::ReleaseReservation { sku } => {
                 let release = ProductCommand::ReleaseReservation { order_id };
                 match self.run::<Product>(sku, release, &context).await {
-                    Err(CommandError::Refused(ProductError::AlreadySold { .. })) => {
-                        Outcome::AlreadySold
+                    // Nothing open: released already, never made, or
+                    // committed by a commit whose answer was lost. The
+                    // commit's key tells (and keeps a late one from landing).
+                    Err(CommandError::Refused(ProductError::NoReservation { .. })) => {
+                        let commit = Action::CommitReservation { sku: sku.clone() };
+                        match self.settle(saga, &commit).await {
+                            Ok(true) => Outcome::AlreadySold,
+                            Ok(false) => Outcome::Done,
+                            Err(detail) => Outcome::Failed { detail },
+                        }
                     }
                     other => outcome_of(other),
                 }

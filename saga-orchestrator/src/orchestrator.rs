@@ -120,10 +120,15 @@ pub async fn run<G: PaymentGateway + Clone>(
         platform::kafka::client_config(&config.brokers, "orders-saga-dead-letters")
             .set("enable.idempotence", "true")
             .create()?;
+    // Saga times are the database's: every process reads one clock.
+    let clock = platform::clock::DbClock::default();
+    let synced = tokio::spawn(clock.clone().keep_synced(pool.clone()));
+    let _synced = AbortOnDrop(synced);
     let sagas = Sagas {
         driver: Arc::new(
             Driver::new(pool.clone(), gateway, config.policy.clone())
-                .with_snapshots(config.snapshot_every),
+                .with_snapshots(config.snapshot_every)
+                .with_clock(clock),
         ),
         running: Arc::default(),
         permits: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
@@ -191,7 +196,13 @@ pub async fn run<G: PaymentGateway + Clone>(
                     due = store::due(&pool, 200) => due,
                 };
                 match due {
-                    Ok(due) => due.into_iter().for_each(|order_id| sagas.drive(order_id)),
+                    Ok(due) => {
+                        for order_id in due {
+                            if !sagas.drive(order_id, &mut shutdown).await {
+                                break;
+                            }
+                        }
+                    }
                     Err(error) => tracing::warn!(%error, "cannot look for due sagas"),
                 }
             }
@@ -217,45 +228,73 @@ struct Sagas<G> {
 }
 
 impl<G: PaymentGateway + Clone> Sagas<G> {
-    fn drive(&self, order_id: String) {
-        self.spawn(order_id, None);
+    /// Sets the saga of `order_id` going once a driver is free (see
+    /// [`start`](Self::start)). `false`: `shutdown` came first.
+    async fn drive(
+        &self,
+        order_id: String,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        self.start(order_id, None, shutdown).await
     }
 
     /// Drives a saga this process stored leased to its driver, from the
     /// saga as stored (claiming it afresh if it waited for its turn so long
     /// that its lease may be running out).
     /// `placed` is the order's first event, when the consumer read it.
-    fn drive_leased(
+    async fn drive_leased(
         &self,
         leased: store::Loaded,
         leased_at: std::time::Instant,
         placed: Option<OrderPlaced>,
-    ) {
-        self.spawn(
-            leased.saga.order_id.clone(),
-            Some((leased, leased_at, placed)),
-        );
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        let order_id = leased.saga.order_id.clone();
+        self.start(order_id, Some((leased, leased_at, placed)), shutdown)
+            .await
     }
 
-    fn spawn(&self, order_id: String, leased: Option<Leased>) {
+    /// Waits for one of the process's `saga_concurrency` drivers to be free,
+    /// then drives the saga on it: the intake and the scan wait with it, so
+    /// a backlog stays in Kafka and in the table, not in this process's
+    /// memory. A saga driven here already is left to its driver.
+    async fn start(
+        &self,
+        order_id: String,
+        leased: Option<Leased>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
         let fresh = self
             .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(order_id.clone());
         if !fresh {
-            return;
+            return true;
         }
+        // Out of the running set however the task ends (a panic included),
+        // or if it never starts, so that the scan can hand the saga out again.
+        let running = Running {
+            running: Arc::clone(&self.running),
+            order_id: order_id.clone(),
+        };
+        let permit = tokio::select! {
+            () = shutdown.as_mut() => return false,
+            permit = Arc::clone(&self.permits).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else {
+            return false;
+        };
         let this = self.clone();
+        // A lease that waited long for its driver may be running out: the
+        // saga is claimed afresh then.
+        let leased = match leased {
+            Some(leased) if leased.1.elapsed() < this.driver.lease() / 3 => Some(leased),
+            _ => None,
+        };
         tokio::spawn(async move {
-            // Out of the running set however the task ends (a panic
-            // included), so that the scan can hand the saga out again.
-            let _running = Running {
-                running: Arc::clone(&this.running),
-                order_id: order_id.clone(),
-            };
-            let _permit = this.permits.acquire().await;
-            let leased = leased.filter(|(_, at, _)| at.elapsed() < this.driver.lease() / 3);
+            let _running = running;
+            let _permit = permit;
             let driven = match leased {
                 Some((leased, at, placed)) => {
                     this.driver.drive_leased(leased, at, placed.as_ref()).await
@@ -266,6 +305,7 @@ impl<G: PaymentGateway + Clone> Sagas<G> {
                 tracing::warn!(%order_id, error = %format!("{error:#}"), "saga interrupted; the scan resumes it");
             }
         });
+        true
     }
 }
 
@@ -293,6 +333,10 @@ enum Taken {
     Done,
     Interrupted,
 }
+
+/// Why a message whose event the store does not hold is refused.
+pub const NOT_IN_THE_STORE: &str =
+    "the event store holds no such event: a saga starts only from what the platform published";
 
 /// The envelope and the order event it carries, or why it is poison.
 fn decode(message: &BorrowedMessage<'_>) -> Result<(Envelope, OrderEvent), String> {
@@ -369,8 +413,54 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     // Each placement's span, in the order's trace, lasts until its saga is
     // stored; the saga's steps continue that trace.
     let mut intake = Vec::new();
-    for message in batch {
-        match decode(message) {
+    // The store is the truth: each message is looked up by its event's id,
+    // and the saga starts (or stops) from the event the store holds.
+    let decoded: Vec<Result<(Envelope, OrderEvent), String>> = batch.iter().map(decode).collect();
+    let ids: Vec<uuid::Uuid> = decoded
+        .iter()
+        .filter_map(|decoded| decoded.as_ref().ok())
+        .map(|(envelope, _)| envelope.event_id)
+        .collect();
+    let Some(mut stored) = until_done(
+        "read the events the messages name",
+        || async {
+            let mut connection = pool.acquire().await?;
+            Ok(event_store::reader::by_ids::<String>(&mut connection, &ids).await?)
+        },
+        shutdown,
+    )
+    .await
+    .map(|events| {
+        events
+            .into_iter()
+            .map(|event| (event.event_id, event))
+            .collect::<std::collections::HashMap<_, _>>()
+    }) else {
+        return Taken::Interrupted;
+    };
+    for (message, decoded) in batch.iter().zip(decoded) {
+        let decoded = decoded.and_then(|(mut envelope, _)| {
+            let event = stored
+                .remove(&envelope.event_id)
+                .filter(|event| {
+                    event.aggregate_type == envelope.aggregate_type
+                        && event.aggregate_id == envelope.aggregate_id
+                        && event.sequence == envelope.sequence
+                        && event.event_type == envelope.event_type
+                })
+                .ok_or_else(|| NOT_IN_THE_STORE.to_owned())?;
+            let order_event =
+                event_contract::decode_stored::<OrderEvent>(&event.payload).map_err(|error| {
+                    format!("cannot decode the stored {}: {error}", event.event_type)
+                })?;
+            // When it was recorded and the request that caused it, as stored.
+            envelope.recorded_at = event.recorded_at;
+            if let Ok(metadata) = serde_json::from_str(&event.metadata) {
+                envelope.metadata = metadata;
+            }
+            Ok((envelope, order_event))
+        });
+        match decoded {
             Ok((envelope, OrderEvent::OrderPlaced(event))) => {
                 let correlation = envelope.correlation_id().unwrap_or_default();
                 let span = event_contract::trace::consume_span(message, "saga");
@@ -422,15 +512,23 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         .filter(|saga| new.contains(&saga.order_id))
     {
         let placed = first_events.remove(&saga.order_id);
-        sagas.drive_leased(
-            store::Loaded {
-                saga,
-                version: 1,
-                cancel_reason: None,
-            },
-            leased_at,
-            placed,
-        );
+        let started = sagas
+            .drive_leased(
+                store::Loaded {
+                    saga,
+                    version: 1,
+                    cancel_reason: None,
+                },
+                leased_at,
+                placed,
+                shutdown,
+            )
+            .await;
+        if !started {
+            // Stored and leased, not driven: the scan takes it once its
+            // lease has run out.
+            return Taken::Interrupted;
+        }
     }
     for (order_id, reason) in cancelled {
         let stored = until_done(
@@ -440,7 +538,11 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         )
         .await;
         match stored {
-            Some(true) => sagas.drive(order_id),
+            Some(true) => {
+                if !sagas.drive(order_id, shutdown).await {
+                    return Taken::Interrupted;
+                }
+            }
             Some(false) => {}
             None => return Taken::Interrupted,
         }
@@ -481,5 +583,14 @@ async fn census_metrics(pool: &PgPool) {
             metrics::gauge!("sagas_needing_attention").set(attention as f64);
         }
         Err(error) => tracing::debug!(%error, "cannot count sagas"),
+    }
+}
+
+/// Aborts a task when dropped (when the orchestrator returns, however).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -119,7 +119,71 @@ pub struct StepRecord {
     /// `DONE`, `REFUSED`, `TIMED_OUT`, `FAILED`.
     pub status: String,
     pub at: DateTime<Utc>,
+    /// What operators read: the refusal's or the failure's own text (a
+    /// store's or a gateway's error, an operator's name and note).
     pub detail: Option<String>,
+    /// What the order's customer reads instead: one of a fixed set of
+    /// reasons ([`PUBLIC_REASONS`]), never an error's text. Steps recorded
+    /// before it existed have none; [`public_reason`](Self::public_reason)
+    /// gives them one by their status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Every reason a customer may read on a step (see [`StepRecord::reason`]).
+pub const PUBLIC_REASONS: &[&str] = &[
+    "payment approved",
+    "payment declined",
+    "out of stock",
+    "refused",
+    "no answer in time",
+    "failed for now; tried again",
+    "under review",
+    "the units were sold",
+    "given up: it never happened",
+    "settled: it did not happen",
+    "cancelled",
+    "stopped by an operator",
+];
+
+impl StepRecord {
+    /// What a customer is shown of this step: its public reason (by its
+    /// status for steps recorded without one), `None` for a plain success.
+    pub fn public_reason(&self) -> Option<&str> {
+        if let Some(reason) = &self.reason {
+            return Some(reason);
+        }
+        match self.status.as_str() {
+            "DONE" if self.detail.is_none() => None,
+            "DONE" if self.name == "abandoned" => Some("stopped by an operator"),
+            "DONE" if self.name == "order cancelled" => Some("cancelled"),
+            "DONE" if self.name == "charge" => Some("payment approved"),
+            "DONE" => None,
+            "REFUSED" => Some("refused"),
+            "TIMED_OUT" => Some("no answer in time"),
+            _ => Some("failed for now; tried again"),
+        }
+    }
+}
+
+/// The public reason of an outcome (see [`StepRecord::reason`]).
+fn public_reason(action: &Action, outcome: &Outcome) -> Option<&'static str> {
+    Some(match outcome {
+        Outcome::Done => return None,
+        Outcome::Approved { .. } => "payment approved",
+        Outcome::Refused { detail }
+            if matches!(action, Action::ReserveStock { .. }) && detail.contains("out of stock") =>
+        {
+            "out of stock"
+        }
+        Outcome::Refused { .. } => "refused",
+        Outcome::Declined { .. } => "payment declined",
+        Outcome::TimedOut => "no answer in time",
+        Outcome::Failed { .. } | Outcome::Contended => "failed for now; tried again",
+        Outcome::Inconsistent { .. } => "under review",
+        Outcome::AlreadySold => "the units were sold",
+        Outcome::NeverDone => "given up: it never happened",
+    })
 }
 
 /// Something the saga wants done. Each has a stable [`key`](Action::key): the
@@ -469,6 +533,7 @@ impl OrderSaga {
             status: status.into(),
             at,
             detail,
+            reason: public_reason(action, &outcome).map(str::to_owned),
         });
         if self.state == SagaState::Abandoned {
             // Noted, and nothing more: its books are the operator's.
@@ -625,6 +690,7 @@ impl OrderSaga {
                 status: "REFUSED".into(),
                 at,
                 detail: Some("settled: it did not happen".into()),
+                reason: Some("settled: it did not happen".into()),
             });
             if self.state == SagaState::Compensating && self.nothing_left_to_undo() {
                 self.state = SagaState::Cancelled;
@@ -665,6 +731,7 @@ impl OrderSaga {
             status: "DONE".into(),
             at,
             detail: Some(reason.to_owned()),
+            reason: Some("cancelled".into()),
         });
         match self.state {
             SagaState::Cancelled => {}
@@ -705,6 +772,7 @@ impl OrderSaga {
             status: "DONE".into(),
             at,
             detail: Some(record.clone()),
+            reason: Some("stopped by an operator".into()),
         });
         self.abandoned = Some(record);
         self.state = SagaState::Abandoned;

@@ -154,10 +154,13 @@ pub enum Saved {
 pub struct Save {
     pub saga: OrderSaga,
     pub expected: i64,
-    pub next_attempt_at: DateTime<Utc>,
+    /// How long after the save the saga is due again (when it waits). The
+    /// database adds it to its own clock: every process and the scan then
+    /// compare times of one clock, whatever a node's own clock says.
+    pub retry_after: std::time::Duration,
     pub needs_attention: bool,
     /// The driver stops after this save to wait for a retry (the scan
-    /// picks the saga up again once `next_attempt_at` has come).
+    /// picks the saga up again once `retry_after` has passed).
     pub waits: bool,
 }
 
@@ -264,16 +267,16 @@ async fn save_all<'a>(
                     WHEN NOT (u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled)))
                         THEN now() + make_interval(secs => $12)
                     WHEN s.cancel_reason IS NOT NULL AND NOT u.cancelled THEN now()
-                    ELSE u.next_attempt_at END,
+                    ELSE now() + make_interval(secs => u.retry_after) END,
                 updated_at = u.updated_at,
                 lease_owner = $11,
                 leased_until = CASE WHEN u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled))
                                     THEN NULL
                                     ELSE now() + make_interval(secs => $12) END
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
-                       $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[])
+                       $7::float8[], $8::timestamptz[], $9::bigint[], $10::bool[])
                 AS u(order_id, state, saga, ended, cancelled, attention,
-                     next_attempt_at, updated_at, expected, waits)
+                     retry_after, updated_at, expected, waits)
           WHERE s.order_id = u.order_id AND s.version = u.expected
             AND (s.lease_owner IS NULL OR s.lease_owner = $11
                  OR s.leased_until IS NULL OR s.leased_until < now())
@@ -285,7 +288,7 @@ async fn save_all<'a>(
     .bind(&columns.ended)
     .bind(&columns.cancelled)
     .bind(&columns.attention)
-    .bind(&columns.next_attempt_at)
+    .bind(&columns.retry_after)
     .bind(&columns.updated_at)
     .bind(&columns.expected)
     .bind(&columns.waits)
@@ -316,7 +319,7 @@ struct SaveColumns {
     ended: Vec<bool>,
     cancelled: Vec<bool>,
     attention: Vec<bool>,
-    next_attempt_at: Vec<DateTime<Utc>>,
+    retry_after: Vec<f64>,
     updated_at: Vec<DateTime<Utc>>,
     expected: Vec<i64>,
     waits: Vec<bool>,
@@ -332,7 +335,7 @@ impl SaveColumns {
         self.cancelled
             .push(save.saga.order_cancelled || save.saga.state == SagaState::Abandoned);
         self.attention.push(save.needs_attention);
-        self.next_attempt_at.push(save.next_attempt_at);
+        self.retry_after.push(save.retry_after.as_secs_f64());
         self.updated_at.push(save.saga.updated_at);
         self.expected.push(save.expected);
         self.waits.push(save.waits);
@@ -480,7 +483,7 @@ pub async fn abandon(
 ) -> Result<bool, AbandonRefused> {
     let row = sqlx::query(
         "SELECT saga, version, lease_owner, leased_until > now() AS leased, leased_until,
-                cancel_reason
+                cancel_reason, clock_timestamp() AS at
            FROM sagas WHERE order_id = $1 FOR UPDATE",
     )
     .bind(order_id)
@@ -489,6 +492,8 @@ pub async fn abandon(
     .ok_or_else(|| AbandonRefused::NoSaga(order_id.to_owned()))?;
     let sqlx::types::Json(mut saga): sqlx::types::Json<OrderSaga> = row.try_get("saga")?;
     let version: i64 = row.try_get("version")?;
+    // The database's clock, as every saga time is.
+    let at: DateTime<Utc> = row.try_get("at")?;
     if row.try_get::<Option<bool>, _>("leased")? == Some(true) {
         return Err(AbandonRefused::Driven {
             order_id: order_id.to_owned(),
@@ -497,7 +502,7 @@ pub async fn abandon(
                 .unwrap_or_default(),
             until: row
                 .try_get::<Option<DateTime<Utc>>, _>("leased_until")?
-                .unwrap_or_else(Utc::now),
+                .unwrap_or(at),
         });
     }
     // A cancel the driver has not taken in yet is noted first: the
@@ -506,10 +511,10 @@ pub async fn abandon(
         && !saga.order_cancelled
         && !saga.state.is_final()
     {
-        saga.order_cancelled(&reason, Utc::now());
+        saga.order_cancelled(&reason, at);
     }
     let ends_now = saga.state != SagaState::Abandoned;
-    if !saga.abandon(who, why, Utc::now()) {
+    if !saga.abandon(who, why, at) {
         return Err(AbandonRefused::Ended {
             order_id: order_id.to_owned(),
             state: saga.state.as_str().to_owned(),

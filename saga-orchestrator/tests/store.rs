@@ -42,7 +42,7 @@ fn save(saga: &OrderSaga, expected: i64, waits: bool) -> Save {
     Save {
         saga: saga.clone(),
         expected,
-        next_attempt_at: Utc::now(),
+        retry_after: Duration::ZERO,
         needs_attention: false,
         waits,
     }
@@ -232,4 +232,28 @@ async fn saves_of_one_saga_in_one_batch_go_in_turn() {
         (Some(2), None, Some(3))
     );
     assert_eq!(row(&pool, &one).await, (3, false, false));
+}
+
+#[tokio::test]
+async fn a_saga_waiting_for_a_retry_is_due_by_the_databases_clock() {
+    let (_db, pool) = database().await;
+    let one = saga(1);
+    store::insert_leased(&pool, std::slice::from_ref(&one), "me", LEASE)
+        .await
+        .unwrap();
+    let saves = Saves::new(pool.clone(), "me".into(), LEASE);
+    let mut waiting = save(&one, 1, true);
+    waiting.retry_after = Duration::from_secs(90);
+    saves.save(waiting).await.unwrap();
+    // The wait is added by the database to its own clock: what the saving
+    // process's clock says does not come into it.
+    let due_in: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM sagas WHERE order_id = $1",
+    )
+    .bind(&one.order_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!((85.0..=90.5).contains(&due_in), "due in {due_in} s");
+    assert!(store::due(&pool, 10).await.unwrap().is_empty());
 }

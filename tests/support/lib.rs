@@ -9,8 +9,32 @@ pub mod websocket;
 
 pub use platform_under_test::{TestGateway, TestPlatform, settings};
 
+/// Writes the event of `envelope` (as [`product_envelope`] makes it) into
+/// the store under its own id: published before the store a consumer reads
+/// showed it (a replica that lagged), it was refused; now it is there.
+pub async fn store_envelope(pool: &sqlx::PgPool, envelope: &str) {
+    let envelope: serde_json::Value = serde_json::from_str(envelope).expect("an envelope");
+    let event_type = envelope["event_type"].as_str().expect("event_type");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, event_id)
+         VALUES ($1, $2, $3, $4, $5, $6::json, $7::json, $8::uuid)",
+    )
+    .bind(envelope["aggregate_type"].as_str())
+    .bind(envelope["aggregate_id"].as_str())
+    .bind(envelope["sequence"].as_i64())
+    .bind(event_type)
+    .bind(envelope["event_version"].as_str())
+    .bind(serde_json::json!({ event_type: envelope["payload"] }).to_string())
+    .bind(envelope["metadata"].to_string())
+    .bind(envelope["event_id"].as_str())
+    .execute(pool)
+    .await
+    .expect("the event is stored");
+}
+
 /// A message as the relay publishes it, for an event of a product that the
-/// store never saw: what a broken or lost publication looks like to the
+/// store does not hold: what a forged publication looks like to the
 /// consumers (`platform::testing::produce_poison` sends it).
 pub fn product_envelope(
     sku: &str,
@@ -140,7 +164,7 @@ async fn start(pool: PgPool) -> Server {
     let config = ApiConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         authenticator: identity::Authenticator::new(&identity::AuthConfig {
-            hs256_secret: Some(identity::testing::SECRET.into()),
+            hs256_secret: Some(identity::testing::secret().into()),
             ..identity::AuthConfig::default()
         })
         .expect("a valid configuration"),

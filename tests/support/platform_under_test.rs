@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestPlatform {
     pub address: SocketAddr,
+    /// Where `metrics_listen` serves, when a test set it.
+    pub metrics: Option<SocketAddr>,
     /// Sends an administrator's token.
     pub client: reqwest::Client,
     pub pool: PgPool,
@@ -47,15 +49,25 @@ pub fn settings(
         ("KAFKA_BROKERS", kafka_brokers()),
         ("ORDERS_LISTEN", "127.0.0.1:0".into()),
         ("ORDERS_GATEWAY_LISTEN", "127.0.0.1:0".into()),
+        // The scraper's port, as a deployment gives one (`metrics`).
+        ("ORDERS_METRICS_LISTEN", "127.0.0.1:0".into()),
         ("ORDERS_KAFKA_TOPIC_PREFIX", topics.prefix.clone()),
         ("ORDERS_DATABASE_POOL_SIZE", "30".into()),
         ("ORDERS_RELAY_POLL_INTERVAL_MS", "100".into()),
         ("ORDERS_SAGA_SCAN_INTERVAL_MS", "100".into()),
         // Callers prove who they are with tokens signed by the test secret;
         // rate limits are off unless a test asks for them.
-        ("ORDERS_AUTH_HS256_SECRET", identity::testing::SECRET.into()),
+        (
+            "ORDERS_AUTH_HS256_SECRET",
+            identity::testing::secret().into(),
+        ),
+        (
+            "ORDERS_GATEWAY_TOKEN",
+            platform::testing::gateway_token().into(),
+        ),
         ("ORDERS_RATE_LIMIT_COMMANDS_PER_SEC", "0".into()),
         ("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "0".into()),
+        ("ORDERS_RATE_LIMIT_META_PER_SEC", "0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -150,6 +162,7 @@ impl TestPlatform {
             .expect("platform starts");
         Self {
             address: running.api.expect("the API runs"),
+            metrics: running.metrics,
             client: identity::testing::admin_client(),
             pool,
             topics,
@@ -300,9 +313,17 @@ impl TestGateway {
         self.serve(&platform.database, &platform.topics).await;
     }
 
+    /// How the audit and operators' tools reach this gateway.
+    pub fn access(&self) -> orders_cli::audit::GatewayAccess {
+        orders_cli::audit::GatewayAccess {
+            url: self.url.clone(),
+            token: platform::testing::gateway_token().into(),
+        }
+    }
+
     /// Every charge's status by key (`approved`, `refunded`, `voided`, ...).
     pub async fn charges(&self) -> HashMap<String, String> {
-        orders_cli::audit::gateway_charges(&self.url)
+        orders_cli::audit::gateway_charges(&self.access())
             .await
             .expect("the gateway lists its charges")
             .into_iter()

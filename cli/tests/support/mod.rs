@@ -109,9 +109,17 @@ impl Cluster {
             ("ORDERS_SAGA_SCAN_INTERVAL_MS", "200".into()),
             ("ORDERS_GATEWAY_SLOW_ANSWER_MS", "2000".into()),
             ("ORDERS_PAYMENT_GATEWAY_TIMEOUT_MS", "1000".into()),
-            ("ORDERS_AUTH_HS256_SECRET", identity::testing::SECRET.into()),
+            (
+                "ORDERS_AUTH_HS256_SECRET",
+                identity::testing::secret().into(),
+            ),
+            (
+                "ORDERS_GATEWAY_TOKEN",
+                platform::testing::gateway_token().into(),
+            ),
             ("ORDERS_RATE_LIMIT_COMMANDS_PER_SEC", "0".into()),
             ("ORDERS_RATE_LIMIT_GRAPHQL_PER_SEC", "0".into()),
+            ("ORDERS_RATE_LIMIT_META_PER_SEC", "0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -202,9 +210,12 @@ impl Cluster {
             .collect()
     }
 
-    /// The first gateway's base URL.
-    pub fn gateway(&self) -> String {
-        format!("http://127.0.0.1:{}", self.gateways[0])
+    /// The first gateway: its base URL and token.
+    pub fn gateway(&self) -> orders_cli::audit::GatewayAccess {
+        orders_cli::audit::GatewayAccess {
+            url: format!("http://127.0.0.1:{}", self.gateways[0]),
+            token: platform::testing::gateway_token().into(),
+        }
     }
 
     /// Waits until every API and gateway answers its health check.

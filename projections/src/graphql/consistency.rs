@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, broadcast};
 
 use super::limits::GraphqlLimits;
+use super::slots::Slots;
 use super::updates::{Updated, Updates};
 use crate::model::orders::OrderSummary;
 use crate::model::{ReadModel, fold_all};
@@ -87,6 +88,9 @@ async fn version_of<M: ReadModel>(pool: &PgPool, id: &str) -> sqlx::Result<i64> 
 pub struct Waits {
     bound: Duration,
     permits: Arc<Semaphore>,
+    /// Waits per caller, so that one caller cannot take every permit.
+    per_caller: Slots<String>,
+    per_caller_max: usize,
     folds: Arc<Semaphore>,
 }
 
@@ -95,6 +99,8 @@ impl Waits {
         Self {
             bound: limits.after_position_wait,
             permits: Arc::new(Semaphore::new(limits.after_position_waiters.max(1))),
+            per_caller: Slots::default(),
+            per_caller_max: limits.after_position_waiters_per_caller.max(1),
             folds: Arc::new(Semaphore::new(FOLDS_AT_ONCE)),
         }
     }
@@ -125,6 +131,16 @@ pub async fn after_position(
         return Ok(());
     }
     let waits = ctx.data::<Waits>()?;
+    let Some(_own) = waits
+        .per_caller
+        .take(caller.customer().as_str().to_owned(), waits.per_caller_max)
+    else {
+        return Err(Error::new(format!(
+            "this caller has {} queries waiting for afterPosition already; try again shortly",
+            waits.per_caller_max
+        ))
+        .extend_with(|_, e| e.set("code", TOO_MANY_WAITING)));
+    };
     let Ok(_permit) = waits.permits.try_acquire() else {
         return Err(Error::new(
             "too many queries are waiting for afterPosition; try again shortly",

@@ -3,7 +3,6 @@
 //! into every request, database errors are logged and never shown, and
 //! subscription connections are counted per caller and in all.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use command_api::auth::{Charged, RateKey, TrustedProxies, peer_key};
 use command_api::problem::ApiError;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::OrdersSchema;
 use super::access::{FORBIDDEN, UNAUTHENTICATED};
 use super::limits::GraphqlLimits;
+use super::slots::Slots;
 
 /// What the GraphQL handlers share.
 #[derive(Clone)]
@@ -34,28 +35,53 @@ pub struct Endpoint {
     schema: OrdersSchema,
     authenticator: Authenticator,
     limits: GraphqlLimits,
+    /// Open subscription connections in all.
     connections: Arc<Semaphore>,
-    per_caller: Arc<Mutex<HashMap<String, usize>>>,
+    /// Signed-in connections per caller.
+    per_caller: Slots<String>,
+    /// Connections not signed in yet, per peer address.
+    unsigned: Slots<RateKey>,
+    access: Access,
+}
+
+/// Who may open a subscription connection, beyond its token: how a peer's
+/// address is told (behind trusted proxies) and the origins of other sites
+/// whose pages may open one.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub proxies: TrustedProxies,
+    /// Origins (`https://shop.example`) besides this host's own.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Endpoint {
-    pub fn new(schema: OrdersSchema, authenticator: Authenticator, limits: GraphqlLimits) -> Self {
+    pub fn new(
+        schema: OrdersSchema,
+        authenticator: Authenticator,
+        limits: GraphqlLimits,
+        access: Access,
+    ) -> Self {
         Self {
             schema,
             authenticator,
             connections: Arc::new(Semaphore::new(limits.ws_connections)),
             limits,
-            per_caller: Arc::default(),
+            per_caller: Slots::default(),
+            unsigned: Slots::default(),
+            access,
         }
     }
 
-    /// `POST /graphql`: one operation or a batch of them.
+    /// `POST /graphql`: one operation or a batch of them. Each operation of
+    /// a batch counts against the caller's rate, all of them before any
+    /// runs (the request itself paid for one).
     pub async fn execute(&self, request: Request) -> Response {
         let identity = request
             .extensions()
             .get::<Identity>()
             .cloned()
             .unwrap_or(Identity::Anonymous);
+        let charged = request.extensions().get::<Charged>().cloned();
         let batch = match self.read(request).await {
             Ok(batch) => batch,
             Err(error) => return error.into_response(),
@@ -71,19 +97,17 @@ impl Endpoint {
             )
             .into_response();
         }
+        if let Some(charged) = charged
+            && let Err(refused) = charged.more(u32::try_from(size - 1).unwrap_or(u32::MAX))
+        {
+            return refused.into_response();
+        }
         let batch = batch.data(identity);
         let response = self.schema.execute_batch(batch).await;
-        let mut answer = match refusal(&response) {
+        match refusal(&response) {
             Some(refusal) => refusal.into_response(),
             None => graphql_json(&response),
-        };
-        // Each operation of a batch counts against the caller's rate.
-        if let Some(further) = u32::try_from(size - 1).ok().filter(|n| *n > 0) {
-            answer
-                .extensions_mut()
-                .insert(command_api::auth::FurtherRequests(further));
         }
-        answer
     }
 
     /// The body as a GraphQL request, read no further than the limit.
@@ -108,6 +132,11 @@ impl Endpoint {
     /// `graphql-transport-ws` (or the older `graphql-ws`). The token rides in
     /// `connection_init` as `{"Authorization": "Bearer ..."}`.
     pub async fn subscribe(&self, request: Request) -> Response {
+        if let Err(refused) = self.origin_allowed(request.headers()) {
+            return refused.into_response();
+        }
+        let charged = request.extensions().get::<Charged>().cloned();
+        let peer = peer_key(&request, &self.access.proxies);
         let (mut parts, _body) = request.into_parts();
         let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
             Ok(protocol) => protocol,
@@ -116,6 +145,17 @@ impl Endpoint {
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
             Err(rejection) => return rejection.into_response(),
+        };
+        // Until it signs in, a connection is its address's: a few at once
+        // per address, so that no address holds the slots of every other.
+        let Some(unsigned) = self
+            .unsigned
+            .take(peer, self.limits.ws_unsigned_per_address)
+        else {
+            return ApiError::TooManyRequests {
+                retry_after: self.limits.ws_init_timeout.as_secs().max(1),
+            }
+            .into_response();
         };
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
             return ApiError::TooManyRequests { retry_after: 5 }.into_response();
@@ -127,13 +167,21 @@ impl Endpoint {
             .max_frame_size(self.limits.body_bytes)
             .on_upgrade(move |socket| async move {
                 let _permit: OwnedSemaphorePermit = permit;
+                let unsigned = Arc::new(Mutex::new(Some(unsigned)));
                 let budget =
                     super::subscription::SubscriptionBudget::new(endpoint.limits.ws_subscriptions);
                 let (init, budgeted) = (endpoint.clone(), budget.clone());
                 let (signed_in, on_sign_in) = tokio::sync::oneshot::channel::<Option<u64>>();
+                let signing_in = Arc::clone(&unsigned);
                 let serve = GraphQLWebSocket::new(socket, endpoint.schema.clone(), protocol)
                     .on_connection_init(move |payload| async move {
-                        let (data, expires_at) = init.connection(payload, budgeted).await?;
+                        let (data, expires_at) =
+                            init.connection(payload, budgeted, charged).await?;
+                        // Signed in: the connection is its caller's now.
+                        signing_in
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take();
                         let _ = signed_in.send(expires_at);
                         Ok(data)
                     })
@@ -168,6 +216,7 @@ impl Endpoint {
         &self,
         payload: serde_json::Value,
         budget: super::subscription::SubscriptionBudget,
+        charged: Option<Charged>,
     ) -> async_graphql::Result<(Data, Option<u64>)> {
         let header = payload
             .as_object()
@@ -192,20 +241,60 @@ impl Endpoint {
         };
         let expires_at = caller.expires_at();
         let key = caller.customer().as_str().to_owned();
-        let slot =
-            ConnectionSlot::take(&self.per_caller, key, self.limits.ws_connections_per_caller)
-                .ok_or_else(|| {
-                    async_graphql::Error::new(format!(
-                        "this caller already has {} open connections",
-                        self.limits.ws_connections_per_caller
-                    ))
-                })?;
+        let slot = self
+            .per_caller
+            .take(key.clone(), self.limits.ws_connections_per_caller)
+            .ok_or_else(|| {
+                async_graphql::Error::new(format!(
+                    "this caller already has {} open connections",
+                    self.limits.ws_connections_per_caller
+                ))
+            })?;
         let mut data = Data::default();
         data.insert(OverWebSocket);
         data.insert(Identity::Caller(caller));
         data.insert(slot);
         data.insert(budget);
+        // Each subscription started on the connection counts against the
+        // caller's rate, as a query would.
+        if let Some(Charged { limiter, .. }) = charged {
+            data.insert(Charged {
+                limiter,
+                key: RateKey::Customer(key),
+            });
+        }
         Ok((data, expires_at))
+    }
+
+    /// A browser's WebSocket from a page of another site is refused (`403`):
+    /// only pages of this host, or of the origins allowed
+    /// (`ws_allowed_origins`), open one. Clients that send no `Origin` (not
+    /// browsers) are let through; they sign in with a token anyway.
+    fn origin_allowed(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        let host = headers
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let same_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host));
+        let allowed = self
+            .access
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if same_host || allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this page's origin may not open a subscription here".into(),
+            ))
+        }
     }
 }
 
@@ -229,48 +318,6 @@ async fn watch(
             idle_since = tokio::time::Instant::now();
         } else if idle_since.elapsed() >= idle {
             return "no subscription ran on it for the idle timeout";
-        }
-    }
-}
-
-/// One of a caller's connections; given back when the connection closes.
-struct ConnectionSlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    caller: String,
-}
-
-impl ConnectionSlot {
-    fn take(
-        counts: &Arc<Mutex<HashMap<String, usize>>>,
-        caller: String,
-        max: usize,
-    ) -> Option<Self> {
-        let mut held = counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = held.entry(caller.clone()).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            counts: Arc::clone(counts),
-            caller,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut held = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.caller) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                held.remove(&self.caller);
-            }
         }
     }
 }

@@ -61,6 +61,10 @@ pub struct GraphqlLimits {
     pub after_position_wait: Duration,
     /// Queries waiting for `afterPosition` at once; more are refused.
     pub after_position_waiters: usize,
+    /// Queries of one caller waiting for `afterPosition` at once.
+    pub after_position_waiters_per_caller: usize,
+    /// WebSocket connections of one address that have not signed in yet.
+    pub ws_unsigned_per_address: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -78,6 +82,8 @@ impl Default for GraphqlLimits {
             ws_init_timeout: Duration::from_secs(10),
             after_position_wait: Duration::from_secs(5),
             after_position_waiters: 1_000,
+            after_position_waiters_per_caller: 10,
+            ws_unsigned_per_address: 4,
         }
     }
 }
@@ -101,6 +107,18 @@ impl Extension for DocumentLimits {
         mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
+        // An operation started on an open WebSocket (a subscription) costs
+        // its caller as a query over HTTP does.
+        if ctx.data_opt::<OverWebSocket>().is_some()
+            && let Some(charged) = ctx.data_opt::<command_api::auth::Charged>()
+            && let Err(command_api::problem::ApiError::TooManyRequests { retry_after }) =
+                charged.more(1)
+        {
+            return Err(coded(
+                format!("too many requests from this caller; retry after {retry_after} s"),
+                "RATE_LIMITED",
+            ));
+        }
         check(request.parsed_query()?, &self.0)?;
         next.run(ctx, request).await
     }

@@ -8,7 +8,9 @@ use serde_json::value::RawValue;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::types::{EventRecord, Order, Product, SagaState, SagaStep};
+use saga_orchestrator::store::SagaView;
+
+use super::types::{EventRecord, Order, Product};
 use crate::model::orders::{COLUMNS, order_row};
 use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
 
@@ -82,23 +84,14 @@ pub struct SagaLoader {
 }
 
 impl Loader<String> for SagaLoader {
-    type Value = SagaState;
+    type Value = SagaView;
     type Error = Arc<sqlx::Error>;
 
-    async fn load(&self, keys: &[String]) -> Result<HashMap<String, SagaState>, Self::Error> {
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, SagaView>, Self::Error> {
         let views = saga_orchestrator::store::views(&self.pool, keys).await?;
         Ok(views
             .into_iter()
-            .map(|view| {
-                let saga = SagaState {
-                    state: view.state.as_str().to_owned(),
-                    steps: view.steps.into_iter().map(SagaStep::from).collect(),
-                    updated_at: view.updated_at,
-                    needs_attention: view.needs_attention,
-                    trace_id: view.trace_id,
-                };
-                (view.order_id, saga)
-            })
+            .map(|view| (view.order_id.clone(), view))
             .collect())
     }
 }

@@ -11,6 +11,7 @@ mod introspection;
 pub mod limits;
 pub mod loaders;
 pub mod query;
+pub mod slots;
 pub mod subscription;
 pub mod types;
 pub mod updates;
@@ -100,8 +101,13 @@ pub fn sdl() -> String {
 /// upgrades to a WebSocket for subscriptions. The caller's identity comes
 /// from the request (the command API's authentication layer records it) or,
 /// on a WebSocket, from `connection_init`, checked by `authenticator`.
-pub fn router(schema: OrdersSchema, authenticator: Authenticator, limits: GraphqlLimits) -> Router {
-    let endpoint = Endpoint::new(schema, authenticator, limits);
+pub fn router(
+    schema: OrdersSchema,
+    authenticator: Authenticator,
+    limits: GraphqlLimits,
+    access: http::Access,
+) -> Router {
+    let endpoint = Endpoint::new(schema, authenticator, limits, access);
     let subscriptions = endpoint.clone();
     Router::new()
         .route(

@@ -3,6 +3,8 @@
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
+use identity::Identity;
+use saga_orchestrator::store::SagaView;
 
 use super::loaders::{HistoryLoader, SagaLoader};
 use crate::model::orders::OrderRow;
@@ -128,7 +130,11 @@ impl Order {
             return Ok(None);
         }
         let loader = ctx.data::<DataLoader<SagaLoader>>()?;
-        Ok(loader.load_one(self.0.order_id.to_string()).await?)
+        let admin = matches!(ctx.data_opt::<Identity>(), Some(Identity::Caller(caller)) if caller.is_admin());
+        Ok(loader
+            .load_one(self.0.order_id.to_string())
+            .await?
+            .map(|view| SagaState::seen_by(view, admin)))
     }
 }
 
@@ -150,6 +156,23 @@ pub struct SagaState {
     pub trace_id: Option<String>,
 }
 
+impl SagaState {
+    /// The saga as `admin` or the order's customer sees it (see [`SagaStep::detail`]).
+    pub fn seen_by(view: SagaView, admin: bool) -> Self {
+        Self {
+            state: view.state.as_str().to_owned(),
+            steps: view
+                .steps
+                .into_iter()
+                .map(|step| SagaStep::seen_by(step, admin))
+                .collect(),
+            updated_at: view.updated_at,
+            needs_attention: view.needs_attention,
+            trace_id: view.trace_id,
+        }
+    }
+}
+
 /// One step a saga took.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct SagaStep {
@@ -158,16 +181,28 @@ pub struct SagaStep {
     /// `DONE`, `REFUSED`, `TIMED_OUT` or `FAILED`.
     pub status: String,
     pub at: DateTime<Utc>,
+    /// Why, when there is more to say than the status. An administrator
+    /// reads what the platform recorded (a refusal's or a failure's own
+    /// text, an operator's name and note); the order's customer reads one
+    /// of a fixed set of public reasons (`out of stock`, `payment declined`,
+    /// `no answer in time`, `failed for now; tried again`, ...).
     pub detail: Option<String>,
 }
 
-impl From<saga_orchestrator::saga::StepRecord> for SagaStep {
-    fn from(step: saga_orchestrator::saga::StepRecord) -> Self {
+impl SagaStep {
+    /// The step as `admin` (everything recorded) or the order's customer
+    /// (public reasons only) sees it.
+    pub fn seen_by(step: saga_orchestrator::saga::StepRecord, admin: bool) -> Self {
+        let detail = if admin {
+            step.detail.clone()
+        } else {
+            step.public_reason().map(str::to_owned)
+        };
         Self {
             name: step.name,
             status: step.status,
             at: step.at,
-            detail: step.detail,
+            detail,
         }
     }
 }

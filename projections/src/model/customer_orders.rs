@@ -43,6 +43,13 @@ impl ReadModel for CustomerOrders {
         row.version
     }
 
+    fn skipped(row: &CustomerOrderRow, sequence: i64) -> CustomerOrderRow {
+        CustomerOrderRow {
+            version: sequence,
+            ..row.clone()
+        }
+    }
+
     fn fold(
         row: Option<&CustomerOrderRow>,
         event: &EventRef<'_>,

@@ -77,6 +77,11 @@ pub trait ReadModel: Send + Sync + 'static {
     /// The version (last applied sequence) a row records.
     fn version(row: &Self::Row) -> i64;
 
+    /// `row` as it is after an event of `sequence` that the projection
+    /// cannot apply (its body does not decode): unchanged but for its
+    /// version, so that the events after it apply. See [`fold_next`].
+    fn skipped(row: &Self::Row, sequence: i64) -> Self::Row;
+
     /// The row after `event`, given the row before it (`None`: no row yet).
     /// Called only for events of [`Self::AGGREGATE_TYPE`] whose sequence is
     /// the next one; pure.
@@ -122,6 +127,22 @@ pub fn fold_next<M: ReadModel>(
         });
     }
     M::fold(row, event).map(Folded::Changed)
+}
+
+/// The result of [`fold_into`] for one event the store holds but the
+/// projection cannot apply: reported, and stepped over when the row exists
+/// (its version moves past the event), so that one such event does not stop
+/// every later event of the aggregate from applying. The live workers and a
+/// rebuild step over it alike; a rebuild after the projection's code is
+/// fixed applies it.
+fn step_over<M: ReadModel>(
+    row: Option<&M::Row>,
+    event: &EventRef<'_>,
+    error: &ApplyError,
+) -> Option<M::Row> {
+    let row = row?;
+    (matches!(error, ApplyError::Decode { .. }) && event.sequence == M::version(row) + 1)
+        .then(|| M::skipped(row, event.sequence))
 }
 
 /// The result of folding a batch of events into rows held in memory.
@@ -182,7 +203,16 @@ fn fold_into<'e, M: ReadModel>(
                 }
             }
             Ok(Folded::Duplicate) => batch.duplicates += 1,
-            Err(error) => batch.poisoned.push((index, error)),
+            Err(error) => {
+                if let Some(row) = step_over::<M>(rows.get(event.aggregate_id), &event, &error) {
+                    tracing::warn!(projection = M::NAME, aggregate_id = event.aggregate_id, sequence = event.sequence, %error, "stepping over an event the projection cannot apply");
+                    if track_changes && changed.insert(event.aggregate_id) {
+                        batch.changed.push(event.aggregate_id.to_owned());
+                    }
+                    rows.insert(event.aggregate_id.to_owned(), row);
+                }
+                batch.poisoned.push((index, error));
+            }
         }
     }
     batch

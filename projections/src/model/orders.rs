@@ -48,6 +48,13 @@ impl ReadModel for OrderSummary {
         row.version
     }
 
+    fn skipped(row: &OrderRow, sequence: i64) -> OrderRow {
+        OrderRow {
+            version: sequence,
+            ..row.clone()
+        }
+    }
+
     fn fold(row: Option<&OrderRow>, event: &EventRef<'_>) -> Result<OrderRow, ApplyError> {
         let mut next = match (event.decode::<OrderEvent>()?, row) {
             (OrderEvent::OrderPlaced(placed), _) => OrderRow {

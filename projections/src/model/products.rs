@@ -49,6 +49,13 @@ impl ReadModel for ProductStock {
         row.version
     }
 
+    fn skipped(row: &ProductRow, sequence: i64) -> ProductRow {
+        ProductRow {
+            version: sequence,
+            ..row.clone()
+        }
+    }
+
     fn fold(row: Option<&ProductRow>, event: &EventRef<'_>) -> Result<ProductRow, ApplyError> {
         let event_body = event.decode::<ProductEvent>()?;
         let mut next = match (event_body, row) {

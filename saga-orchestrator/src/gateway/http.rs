@@ -37,10 +37,12 @@ struct Charge {
 }
 
 /// How the client behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpGatewayConfig {
     /// Such as `http://127.0.0.1:8081`.
     pub base_url: String,
+    /// The gateway's token, sent as `Authorization: Bearer` on every call.
+    pub token: String,
     /// How long one request may take.
     pub request_timeout: Duration,
     /// Calls the circuit breaker looks back on: when every one of the last
@@ -55,10 +57,24 @@ pub struct HttpGatewayConfig {
     pub open_for: Duration,
 }
 
+impl std::fmt::Debug for HttpGatewayConfig {
+    // The token is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpGatewayConfig")
+            .field("base_url", &self.base_url)
+            .field("request_timeout", &self.request_timeout)
+            .field("window", &self.window)
+            .field("failure_ratio", &self.failure_ratio)
+            .field("open_for", &self.open_for)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for HttpGatewayConfig {
     fn default() -> Self {
         Self {
             base_url: "http://127.0.0.1:8081".into(),
+            token: String::new(),
             request_timeout: Duration::from_secs(5),
             window: 20,
             failure_ratio: 0.8,
@@ -77,6 +93,10 @@ pub struct HttpGateway {
 
 impl HttpGateway {
     pub fn new(config: HttpGatewayConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !config.token.is_empty(),
+            "the saga needs the payment gateway's token (ORDERS_GATEWAY_TOKEN; scripts/up creates a development one)"
+        );
         let client = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .build()?;
@@ -130,7 +150,7 @@ impl HttpGateway {
             http.request.method = "POST",
             outcome = tracing::field::Empty,
         );
-        let mut request = self.client.post(url);
+        let mut request = self.client.post(url).bearer_auth(&self.config.token);
         if let Some(traceparent) = platform::trace::traceparent(&span) {
             request = request.header(platform::trace::TRACEPARENT, traceparent);
         }
@@ -204,8 +224,14 @@ async fn read(
         return (Ok(declined), Health::Answering);
     }
     // This charge's own trouble: a refusal of the request, the card network
-    // failing for now, or never answering.
-    let this_call = status.is_client_error()
+    // failing for now, or never answering. A gateway that refuses the
+    // client itself (its token, or the host it was called by) refuses every
+    // call: that is the gateway failing for this platform.
+    let refuses_the_client = matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::MISDIRECTED_REQUEST
+    );
+    let this_call = (status.is_client_error() && !refuses_the_client)
         || (status == StatusCode::SERVICE_UNAVAILABLE
             && kind == "/problems/temporarily-unavailable")
         || (status == StatusCode::GATEWAY_TIMEOUT && kind == "/problems/no-answer");

@@ -34,7 +34,6 @@ impl Refusal for ProductError {
             | Self::InsufficientStock { .. }
             | Self::AlreadyReserved { .. }
             | Self::NoReservation { .. }
-            | Self::AlreadySold { .. }
             | Self::NothingToReturn { .. }) => ApiError::Refused(refusal.to_string()),
         }
     }
