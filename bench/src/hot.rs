@@ -70,6 +70,29 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "one command on it:   {:.2} s; its snapshot is {snapshot} bytes",
         command.as_secs_f64()
     );
+    // A process that starts afresh (nothing kept in memory) loads it from
+    // the snapshot, as every later command does.
+    let fresh = CommandBus::new(pool.clone());
+    let started = Instant::now();
+    fresh.load::<Product>(SKU).await?;
+    println!(
+        "a load in a fresh process, from the snapshot: {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    let fresh = CommandBus::new(pool.clone());
+    let started = Instant::now();
+    fresh
+        .execute::<Product>(
+            SKU,
+            ProductCommand::AddStock { quantity: 1 },
+            &context,
+            Expect::Existing,
+        )
+        .await?;
+    println!(
+        "a command in a fresh process, from the snapshot: {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "peak memory of this process: {} MiB (VmHWM)",
         peak_kib()? / 1024

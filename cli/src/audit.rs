@@ -246,13 +246,39 @@ async fn stage_charges(
     Ok(staged)
 }
 
+/// Events of the store summed into `audit_moves` by one statement.
+const MOVES_AT_ONCE: i64 = 50_000;
+
 /// What each order moved on each product, summed by the database into
-/// `audit_moves` (indexed by order).
+/// `audit_moves` (indexed by order; an order and product may have a row per
+/// batch, summed when looked up). Each batch is a transaction of its own:
+/// one statement over the whole store would hold a transaction id for as
+/// long as it runs, and the relay publishes nothing newer than the oldest
+/// writing transaction.
 async fn stage_moves(session: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    sqlx::raw_sql(include_str!("audit_moves.sql"))
-        .execute(&mut *session)
-        .await
-        .context("summing the stock moves")?;
+    sqlx::raw_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS audit_moves
+            (order_id text, sku text, reserved bigint, released bigint,
+             committed bigint, returned bigint);
+         TRUNCATE audit_moves;
+         CREATE INDEX IF NOT EXISTS audit_moves_order ON audit_moves (order_id)",
+    )
+    .execute(&mut *session)
+    .await?;
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM events")
+        .fetch_one(&mut *session)
+        .await?;
+    let mut from = 0;
+    while from < last {
+        let to = from.saturating_add(MOVES_AT_ONCE).min(last);
+        sqlx::query(include_str!("audit_moves.sql"))
+            .bind(from)
+            .bind(to)
+            .execute(&mut *session)
+            .await
+            .context("summing the stock moves")?;
+        from = to;
+    }
     Ok(())
 }
 
@@ -451,8 +477,9 @@ async fn around(
         around.entry(id).or_default().saga = Some((done, abandoned));
     }
     let moves: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT order_id, sku, reserved, released, committed, returned
-           FROM audit_moves WHERE order_id = ANY($1)",
+        "SELECT order_id, sku, sum(reserved)::bigint, sum(released)::bigint,
+                sum(committed)::bigint, sum(returned)::bigint
+           FROM audit_moves WHERE order_id = ANY($1) GROUP BY order_id, sku",
     )
     .bind(&ids)
     .fetch_all(&mut *session)
@@ -515,7 +542,7 @@ async fn unowned(session: &mut sqlx::PgConnection, report: &mut Report) -> anyho
             .push(format!("payment {id} belongs to no order"));
     }
     let moves: Vec<(String, String)> = sqlx::query_as(&format!(
-        "SELECT m.sku, m.order_id FROM audit_moves m WHERE {} LIMIT 100",
+        "SELECT DISTINCT m.sku, m.order_id FROM audit_moves m WHERE {} LIMIT 100",
         no_order.replace("{id}", "m.order_id")
     ))
     .fetch_all(&mut *session)

@@ -1,10 +1,8 @@
--- What each order moved on each product, summed over the products' events:
--- the audit's staging, in a temporary table of its own session, so that the
--- audit looks up a thousand orders' moves at a time instead of holding every
--- move of the store in memory.
-CREATE TEMPORARY TABLE IF NOT EXISTS audit_moves
-    (order_id text, sku text, reserved bigint, released bigint, committed bigint, returned bigint);
-TRUNCATE audit_moves;
+-- What each order moved on each product in one range of the store's global
+-- positions, summed: one batch of the audit's staging. A batch is its own
+-- short transaction, so the relay's reader (which waits for every writing
+-- transaction older than the events it reads) is held back a moment at a
+-- time, not for the length of the audit.
 INSERT INTO audit_moves
 SELECT body ->> 'order_id' AS order_id,
        aggregate_id AS sku,
@@ -15,8 +13,8 @@ SELECT body ->> 'order_id' AS order_id,
   FROM (SELECT aggregate_id, event_type, payload::jsonb -> event_type AS body,
                (payload::jsonb -> event_type ->> 'quantity')::bigint AS quantity
           FROM events
-         WHERE aggregate_type = 'Product'
+         WHERE global_position > $1 AND global_position <= $2
+           AND aggregate_type = 'Product'
            AND event_type IN ('StockReserved', 'ReservationReleased',
                               'ReservationCommitted', 'SoldStockReturned')) AS moves
- GROUP BY 1, 2;
-CREATE INDEX IF NOT EXISTS audit_moves_order ON audit_moves (order_id);
+ GROUP BY 1, 2

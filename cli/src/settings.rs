@@ -92,6 +92,12 @@ pub struct Settings {
     /// Milliseconds between looks for sagas with work due (retries, and sagas
     /// a stopped process left).
     pub saga_scan_interval_ms: u64,
+    /// Milliseconds between looks in the store for placed orders whose saga
+    /// never started (their message lost).
+    pub saga_sweep_interval_ms: u64,
+    /// Milliseconds a placement waits for its message before the sweep
+    /// starts its saga.
+    pub saga_sweep_grace_ms: u64,
     /// Sagas one process drives at once.
     pub saga_concurrency: usize,
     /// The payment gateway the saga charges through. Empty: the gateway
@@ -245,6 +251,8 @@ impl Settings {
             .set_default("saga_first_backoff_ms", 50)?
             .set_default("saga_max_backoff_ms", 30_000)?
             .set_default("saga_scan_interval_ms", 500)?
+            .set_default("saga_sweep_interval_ms", 30_000)?
+            .set_default("saga_sweep_grace_ms", 60_000)?
             .set_default("saga_concurrency", 256)?
             .set_default("payment_gateway_url", "")?
             .set_default("payment_gateway_timeout_ms", 5_000)?
@@ -483,6 +491,8 @@ impl Settings {
             concurrency: self.saga_concurrency,
             snapshot_every: self.snapshot_every,
             membership: self.kafka_membership(),
+            sweep_interval: Duration::from_millis(self.saga_sweep_interval_ms.max(1)),
+            sweep_grace: Duration::from_millis(self.saga_sweep_grace_ms),
         }
     }
 

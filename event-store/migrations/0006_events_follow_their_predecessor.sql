@@ -6,8 +6,12 @@
 -- one statement may append several events of one aggregate in order.
 -- The append takes the refusal as a lost race: it reloads the aggregate
 -- from the store and decides again.
+-- The lookup always takes the primary key: the function's plan is made
+-- once per session, and one made while the table was small would scan it
+-- whole for every event appended after it had grown (a bulk append to a
+-- fresh store would take hours).
 CREATE OR REPLACE FUNCTION events_follow_their_predecessor() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
 BEGIN
     IF NEW.sequence < 1 OR (NEW.sequence > 1 AND NOT EXISTS (
         SELECT 1 FROM events

@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventRepository;
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -698,15 +697,30 @@ impl CommandBus {
         &self,
         aggregate_id: &str,
     ) -> Result<(&'static str, (A, u64)), StoreError> {
+        // One round trip for the snapshot and the events after it, as many
+        // as a snapshot interval leaves and then some; a longer stream (no
+        // snapshot yet, or one far behind) is folded on as it streams in.
+        let limit = i64::try_from(self.snapshot_every.saturating_mul(2))
+            .unwrap_or(i64::MAX)
+            .max(LOAD_AT_ONCE);
         let (snapshot, events) = self
             .repository
-            .snapshot_and_events::<A>(aggregate_id)
+            .snapshot_and_events::<A>(aggregate_id, limit)
             .await?;
+        let more = i64::try_from(events.len()).unwrap_or(i64::MAX) >= limit;
+        let folded = |start: (A, u64)| async move {
+            let folded = apply_all(start, events)?;
+            if more {
+                self.fold_onto(aggregate_id, folded).await
+            } else {
+                Ok(folded)
+            }
+        };
         let Some(snapshot) = snapshot else {
-            return Ok(("events", apply_all((A::default(), 0), events)?));
+            return Ok(("events", folded((A::default(), 0)).await?));
         };
         match serde_json::from_value::<A>(snapshot.state) {
-            Ok(state) => Ok(("snapshot", apply_all((state, snapshot.sequence), events)?)),
+            Ok(state) => Ok(("snapshot", folded((state, snapshot.sequence)).await?)),
             Err(error) => {
                 tracing::warn!(
                     aggregate = A::TYPE,
@@ -731,16 +745,20 @@ impl CommandBus {
         aggregate_id: &str,
         start: (A, u64),
     ) -> Result<(A, u64), StoreError> {
+        use futures::TryStreamExt;
+
         let after = usize::try_from(start.1).unwrap_or(usize::MAX);
-        let events = self
-            .repository
-            .get_last_events::<A>(aggregate_id, after)
-            .await
-            .map_err(|error| match store_error::<A::Error>(error.into()) {
+        let (mut aggregate, mut version) = start;
+        let mut events = std::pin::pin!(self.repository.events_after::<A>(aggregate_id, after));
+        while let Some(serialized) = events.try_next().await.map_err(|error| {
+            match store_error::<A::Error>(error.into()) {
                 CommandError::Store(error) => error,
                 other => StoreError::Corrupt(other.to_string()),
-            })?;
-        apply_all(start, events)
+            }
+        })? {
+            (aggregate, version) = apply_all((aggregate, version), vec![serialized])?;
+        }
+        Ok((aggregate, version))
     }
 
     /// Whether an append that took the stream from `before` to `after`
@@ -968,6 +986,9 @@ fn apply_all<A: Aggregate>(
     }
     Ok((aggregate, version))
 }
+
+/// Events read with an aggregate's snapshot in one round trip, at least.
+const LOAD_AT_ONCE: i64 = 1_000;
 
 /// The events as rows: cqrs-es's serialized form (payload through serde, type
 /// and version from `DomainEvent`, metadata a map of strings), written

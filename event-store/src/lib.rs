@@ -60,7 +60,9 @@ pub async fn connect(
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(acquire_timeout)
-        .connect_with(options.application_name("orders-platform"))
+        .connect_with(platform::postgres::tuned(
+            options.application_name("orders-platform"),
+        ))
         .await
 }
 

@@ -201,14 +201,22 @@ WITH s AS (
      ORDER BY last_sequence DESC
      LIMIT 1
 )
-SELECT $1 AS aggregate_type, $2 AS aggregate_id, last_sequence AS sequence,
-       NULL::text AS event_type, NULL::text AS event_version, payload, NULL::json AS metadata
-  FROM s
-UNION ALL
-SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
-  FROM events
- WHERE aggregate_type = $1 AND aggregate_id = $2
-   AND sequence > COALESCE((SELECT last_sequence FROM s), 0)
+SELECT * FROM (
+    SELECT $1 AS aggregate_type, $2 AS aggregate_id, last_sequence AS sequence,
+           NULL::text AS event_type, NULL::text AS event_version, payload, NULL::json AS metadata
+      FROM s
+    UNION ALL
+    -- Limited inside: the snapshot's sequence is known only as the
+    -- statement runs, so the planner takes the events after it for a third
+    -- of the stream, and without the limit here it scanned the whole table
+    -- for the few events of a hot aggregate after its snapshot.
+    (SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+       FROM events
+      WHERE aggregate_type = $1 AND aggregate_id = $2
+        AND sequence > COALESCE((SELECT last_sequence FROM s), 0)
+      ORDER BY sequence
+      LIMIT $3)
+) AS stream
 ORDER BY sequence";
 
 /// Replaces an aggregate's snapshot with one at a later sequence, keeping
@@ -301,13 +309,17 @@ impl PgEventRepository {
 
     /// The newest snapshot of the aggregate, if any, and the events after
     /// it (all of them without one).
+    /// At most `limit` events after the snapshot: when as many came, more
+    /// may follow the last.
     pub async fn snapshot_and_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
+        limit: i64,
     ) -> Result<(Option<StoredSnapshot>, Vec<SerializedEvent>), sqlx::Error> {
         let rows = sqlx::query(SELECT_SNAPSHOT_AND_EVENTS)
             .bind(A::TYPE)
             .bind(aggregate_id)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         let mut snapshot = None;
@@ -353,6 +365,19 @@ impl PgEventRepository {
         aggregate_id: &str,
         after_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.events_after::<A>(aggregate_id, after_sequence)
+            .try_collect()
+            .await
+    }
+
+    /// One aggregate's events after `after_sequence`, oldest first, as they
+    /// stream in from one statement: a fold of a long stream holds one
+    /// event at a time, not the stream.
+    pub(crate) fn events_after<'a, A: Aggregate>(
+        &'a self,
+        aggregate_id: &'a str,
+        after_sequence: usize,
+    ) -> impl futures::Stream<Item = Result<SerializedEvent, PersistenceError>> + Send + 'a {
         let after = i64::try_from(after_sequence).unwrap_or(i64::MAX);
         sqlx::query(SELECT_EVENTS)
             .bind(A::TYPE)
@@ -361,8 +386,6 @@ impl PgEventRepository {
             .fetch(&self.pool)
             .map_err(database_error)
             .and_then(|row| async move { serialized_event(&row).map_err(database_error) })
-            .try_collect()
-            .await
     }
 
     fn stream(&self, aggregate_type: &str, aggregate_id: &str) -> ReplayStream {

@@ -1078,3 +1078,164 @@ async fn an_event_that_would_not_follow_one_the_store_holds_is_never_appended() 
     assert!(inserted.is_err());
     assert_eq!(event_count(&pool).await, 0);
 }
+
+#[tokio::test]
+async fn checking_each_events_predecessor_never_scans_the_store() {
+    // The check's plan is made once per session: made while the store was
+    // small (and analyzed so), it must still take the key when the store has
+    // grown (a bulk append of a long history took hours when it scanned the
+    // table for every event).
+    let (_db, pool) = migrated_database().await;
+    let mut connection = pool.acquire().await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+    for (from, to) in [(1, 1), (2, 3_000)] {
+        if from == 2 {
+            tx.commit().await.unwrap();
+            sqlx::query("VACUUM ANALYZE events")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Product', 'MUG', n, 'StockAdded', '1.0',
+                    json_build_object('StockAdded', json_build_object('quantity', 1)), '{}'::json
+               FROM generate_series($1::bigint, $2::bigint) AS n ORDER BY n",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    let scans: i64 = sqlx::query_scalar(
+        "SELECT coalesce(seq_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'events'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(scans, 0, "the predecessor check scanned the events table");
+}
+
+#[tokio::test]
+async fn a_long_stream_without_a_recent_snapshot_loads_whole_a_page_at_a_time() {
+    // Longer than one round trip reads with the snapshot: the rest is
+    // folded on as it streams in, and none of it is missed or applied twice.
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    let added = |from: i64, to: i64| {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'Product', 'MUG', n, 'StockAdded', '1.0',
+                    json_build_object('StockAdded', json_build_object('quantity', 1)), '{}'::json
+               FROM generate_series($1::bigint, $2::bigint) AS n ORDER BY n",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&pool)
+    };
+    added(2, 2_499).await.unwrap();
+    let fresh = CommandBus::new(pool.clone());
+    let (product, version) = fresh.load::<Product>("MUG").await.unwrap();
+    assert_eq!((product.on_hand(), version), (2_498, 2_499));
+    // A snapshot (at 2,500) far behind the stream's end: the same.
+    fresh
+        .execute::<Product>("MUG", add_stock(1), &context("snap"), Expect::Existing)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM snapshots")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    added(2_501, 5_000).await.unwrap();
+    let (product, version) = CommandBus::new(pool.clone())
+        .load::<Product>("MUG")
+        .await
+        .unwrap();
+    assert_eq!((product.on_hand(), version), (4_999, 5_000));
+}
+
+#[tokio::test]
+async fn the_platforms_connections_compile_no_code_for_a_statement() {
+    // A hot aggregate's events after its snapshot are estimated at a third
+    // of its stream: with JIT on, loading it spent 200 ms compiling code.
+    let (db, _pool) = migrated_database().await;
+    let pool = event_store::connect(&db.url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let jit: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jit, "off");
+}
+
+#[tokio::test]
+async fn a_hot_aggregate_loads_from_its_snapshot_without_scanning_the_store() {
+    // One product is the whole store, snapshotted at its last event: the
+    // load reads the snapshot and the (no) events after it through the key.
+    let (db, _pool) = migrated_database().await;
+    let pool = db.pool(1).await.unwrap();
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                             event_version, payload, metadata)
+         SELECT 'Product', 'MUG', n, 'StockAdded', '1.0',
+                json_build_object('StockAdded', json_build_object('quantity', 1)), '{}'::json
+           FROM generate_series(2::bigint, 50000::bigint) AS n ORDER BY n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE events")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // (This small store's rows are narrow enough for the planner to pick a
+    // bitmap of the key over a scan; the store's real rows are not.)
+    sqlx::query("SET enable_bitmapscan = off")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (product, _) = bus.load::<Product>("MUG").await.unwrap();
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ('Product', 'MUG', 50000, 1, $1::json)",
+    )
+    .bind(serde_json::to_string(&product).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The table's scans so far, counted by the server once this (only)
+    // connection's statistics are flushed.
+    let scans = || async {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'events'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = scans().await;
+    let (loaded, version) = CommandBus::new(pool.clone())
+        .load::<Product>("MUG")
+        .await
+        .unwrap();
+    assert_eq!((loaded.on_hand(), version), (49_999, 50_000));
+    assert_eq!(scans().await, before, "the load scanned the events table");
+}

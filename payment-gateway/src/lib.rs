@@ -177,6 +177,7 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let stopping = CancellationToken::new();
         let state = routes::State {
+            readiness: platform::readiness::Readiness::new(Some(self.pool.clone()), None, false),
             pool: self.pool,
             slow_answer: self.config.slow_answer,
             stopping: stopping.clone(),
@@ -201,7 +202,7 @@ impl Gateway {
 /// connection it refuses is tried again for up to a minute.
 pub async fn connect(url: &str, size: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse()?;
-    let options = options.application_name("orders-payment-gateway");
+    let options = platform::postgres::tuned(options.application_name("orders-payment-gateway"));
     let open = || {
         PgPoolOptions::new()
             .max_connections(size)

@@ -47,6 +47,9 @@ const BODY_LIMIT: usize = 16 * 1024;
 #[derive(Clone)]
 pub(crate) struct State {
     pub(crate) pool: PgPool,
+    /// The database's answer, checked at most once a second however often
+    /// `/readyz` is asked (the probes need no token).
+    pub(crate) readiness: platform::readiness::Readiness,
     pub(crate) slow_answer: Duration,
     pub(crate) stopping: CancellationToken,
     pub(crate) access: Access,
@@ -451,20 +454,17 @@ async fn list(
 }
 
 async fn ready(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    let probe = sqlx::query("SELECT 1").execute(&state.pool);
-    let Some(probed) = state.unless_stopping(probe).await else {
+    let Some((ready, checks)) = state.unless_stopping(state.readiness.check()).await else {
         return stopping();
     };
-    match probed {
-        Ok(_) => Json(json!({"status": "ready", "checks": {"database": "ok"}})).into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "the payment gateway's database does not answer");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "checks": {"database": "failing"}})),
-            )
-                .into_response()
-        }
+    if ready {
+        Json(json!({"status": "ready", "checks": checks})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "checks": checks})),
+        )
+            .into_response()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clock;
 pub mod kafka;
 pub mod postgres;
+pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]

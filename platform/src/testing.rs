@@ -72,7 +72,9 @@ impl TestDatabase {
         Ok(PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(self.admin.clone().database(&self.name))
+            .connect_with(crate::postgres::tuned(
+                self.admin.clone().database(&self.name),
+            ))
             .await?)
     }
 }

@@ -266,16 +266,20 @@ async fn apply_batch_in<M: ReadModel>(
         .filter_map(|(index, envelope)| envelope.as_ref().err().map(|e| (index, e.to_string())))
         .collect();
     let ids: Vec<uuid::Uuid> = envelopes.iter().map(|(_, e)| e.event_id).collect();
-    let mut stored: HashMap<uuid::Uuid, RecordedEvent<String>> =
+    let stored: HashMap<uuid::Uuid, RecordedEvent<String>> =
         event_store::reader::by_ids::<String>(&mut tx, &ids)
             .await?
             .into_iter()
             .map(|event| (event.event_id, event))
             .collect();
+    // (A message may come twice in one batch, from a relay that started
+    // over: the second is a redelivery the fold skips, not a forgery.)
     let mut events: Vec<(Option<usize>, RecordedEvent<String>)> = Vec::new();
     for (index, envelope) in &envelopes {
-        match stored.remove(&envelope.event_id) {
-            Some(event) if published_as(&event, envelope) => events.push((Some(*index), event)),
+        match stored.get(&envelope.event_id) {
+            Some(event) if published_as(event, envelope) => {
+                events.push((Some(*index), event.clone()));
+            }
             _ => poison.push((*index, NOT_IN_THE_STORE.to_owned())),
         }
     }

@@ -210,6 +210,45 @@ async fn duplicates_injected_into_kafka_change_nothing() {
 }
 
 #[tokio::test]
+async fn the_same_event_twice_in_one_batch_is_a_redelivery_not_a_forgery() {
+    let fixture = fixture().await;
+    let events = [created("MUG"), added("MUG", 2, 5), added("MUG", 3, 2)];
+    store(&fixture, &events).await;
+    // A relay that started over publishes some events twice: waiting in the
+    // topic, they reach the worker in one batch.
+    publish(
+        &fixture,
+        &[
+            events[0].clone(),
+            events[1].clone(),
+            events[1].clone(),
+            events[0].clone(),
+            events[2].clone(),
+            events[2].clone(),
+        ],
+    )
+    .await;
+    // Then a message that is poison for sure: once its dead letter is out,
+    // so is any other of the batches before it.
+    produce(&fixture, "MUG", b"not an envelope").await;
+    let (stop, task) = start(&fixture);
+    assert_eq!(stock_at(&fixture.pool, "MUG", 3).await, (7, 3));
+    let dead_letters =
+        Topics::dead_letter(&fixture.config.topics.for_aggregate("Product").unwrap());
+    let messages = consume(&[dead_letters], 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let errors: Vec<String> = messages
+        .iter()
+        .map(|m| header(m, "error").unwrap())
+        .collect();
+    assert_eq!(messages.len(), 1, "{errors:?}");
+    assert_eq!(messages[0].payload().unwrap(), b"not an envelope");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_poison_message_goes_to_the_dead_letter_topic_and_later_events_still_apply() {
     let fixture = fixture().await;
     let (stop, task) = start(&fixture);

@@ -320,16 +320,21 @@ async fn start_over(
 struct LagGauge {
     name: String,
     last: Option<std::time::Instant>,
+    /// When a transaction holding events back was last named in the log.
+    warned: Option<std::time::Instant>,
 }
 
 impl LagGauge {
     const EVERY: Duration = Duration::from_secs(2);
     const CAP: i64 = 1_000_000;
+    /// How long a writing transaction may stay open before the relay names it.
+    const HELD_BACK_AFTER: Duration = Duration::from_secs(30);
 
     fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
             last: None,
+            warned: None,
         }
     }
 
@@ -340,9 +345,59 @@ impl LagGauge {
         self.last = Some(std::time::Instant::now());
         match lag(pool, checkpoint, Self::CAP).await {
             Ok(lag) => {
-                metrics::gauge!("relay_lag_events", "name" => self.name.clone()).set(lag as f64)
+                metrics::gauge!("relay_lag_events", "name" => self.name.clone()).set(lag as f64);
+                if lag > 0 {
+                    self.name_what_holds_it_back(pool).await;
+                } else {
+                    metrics::gauge!("relay_oldest_writer_seconds", "name" => self.name.clone())
+                        .set(0.0);
+                }
             }
             Err(error) => tracing::debug!(%error, "cannot measure the relay lag"),
+        }
+    }
+
+    /// With events waiting, the oldest transaction that has written
+    /// anything in the database server (in any of its databases: a
+    /// transaction id is the server's) may be what holds them: no event
+    /// committed after it began is read until it ends, since it could still
+    /// commit an event before them. Long ones are named in the log, and
+    /// their age is the `relay_oldest_writer_seconds` gauge.
+    async fn name_what_holds_it_back(&mut self, pool: &PgPool) {
+        // (pid, database, application, seconds open)
+        // A session of another role shows its transaction id but not when
+        // it began, unless the relay's role may read every session's
+        // (`pg_monitor`).
+        type Writer = (i32, Option<String>, Option<String>, Option<f64>);
+        let oldest: sqlx::Result<Option<Writer>> = sqlx::query_as(
+            "SELECT pid, datname, application_name,
+                    extract(epoch FROM clock_timestamp() - xact_start)::float8
+               FROM pg_stat_activity
+              WHERE backend_xid IS NOT NULL
+              ORDER BY age(backend_xid) DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await;
+        let Ok(oldest) = oldest else { return };
+        let seconds = oldest
+            .as_ref()
+            .and_then(|(_, _, _, seconds)| *seconds)
+            .unwrap_or(0.0);
+        metrics::gauge!("relay_oldest_writer_seconds", "name" => self.name.clone()).set(seconds);
+        if let Some((pid, database, application, _)) = oldest
+            && seconds >= Self::HELD_BACK_AFTER.as_secs_f64()
+            && self
+                .warned
+                .is_none_or(|warned| warned.elapsed() >= Self::HELD_BACK_AFTER)
+        {
+            self.warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                pid,
+                database = database.as_deref().unwrap_or("?"),
+                application = application.as_deref().unwrap_or("?"),
+                open_for_secs = seconds.round(),
+                "events wait to be published behind a transaction that has written and is still open: nothing committed after it began is published until it ends (end it, or give such sessions a statement or idle-in-transaction timeout)"
+            );
         }
     }
 }

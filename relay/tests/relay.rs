@@ -395,3 +395,49 @@ async fn checkpoint_reaches_the_last_event(pool: &PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_is_named_while_it_holds_events_back() {
+    let metrics = platform::telemetry::metrics();
+    let (_db, pool) = database().await;
+    let topics = TestTopics::new();
+    let (stop, task) = start(
+        &pool,
+        RelayConfig {
+            name: "held-back".into(),
+            ..config(&topics)
+        },
+    );
+    // A session (of any program, in any database of the server) has
+    // written and stays open: nothing committed after it began can be
+    // published until it ends, since it could still commit an event before.
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    write_events(&pool, &["MUG"], 1).await;
+    let gauge = |text: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with("relay_oldest_writer_seconds{name=\"held-back\"}"))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&metrics.render()).is_none_or(|seconds| seconds <= 0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the open transaction was never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once it ends, the events go out.
+    open.commit().await.unwrap();
+    let published = Topics::with_prefix(&topics.prefix).all();
+    let messages = consume(&published, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 2);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -6,7 +6,8 @@
 //!   (never over HTTP) and the payment [`gateway`] (over HTTP only);
 //! - [`store`]: sagas in PostgreSQL with optimistic locking and leases;
 //! - [`orchestrator`]: the Kafka consumer group and the scan that resumes
-//!   sagas after failures and crashes.
+//!   sagas after failures and crashes;
+//! - [`sweep`]: starts the sagas of placements whose message never came.
 //!
 //! It does not read the projections' tables.
 
@@ -15,6 +16,7 @@ pub mod gateway;
 pub mod orchestrator;
 pub mod saga;
 pub mod store;
+pub mod sweep;
 
 use sqlx::PgPool;
 

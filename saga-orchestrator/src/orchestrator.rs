@@ -56,6 +56,12 @@ pub struct OrchestratorConfig {
     pub snapshot_every: u64,
     /// How the orchestrator joins its consumer group.
     pub membership: Membership,
+    /// How often to look in the store for placements whose saga never
+    /// started (see [`crate::sweep`]).
+    pub sweep_interval: Duration,
+    /// How old a placement must be before the sweep starts its saga: its
+    /// message should have done so long before.
+    pub sweep_grace: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -71,6 +77,8 @@ impl Default for OrchestratorConfig {
             concurrency: 32,
             snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
             membership: Membership::default(),
+            sweep_interval: Duration::from_secs(30),
+            sweep_grace: Duration::from_secs(60),
         }
     }
 }
@@ -121,8 +129,20 @@ pub async fn run<G: PaymentGateway + Clone>(
             .set("enable.idempotence", "true")
             .create()?;
     // Saga times are the database's: every process reads one clock.
+    // Nothing is taken in before the clock is set: until then it would be
+    // this node's own.
     let clock = platform::clock::DbClock::default();
+    let Some(()) = until_done(
+        "read the database's clock",
+        || async { Ok(clock.sync(&pool).await?) },
+        &mut shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
     let synced = tokio::spawn(clock.clone().keep_synced(pool.clone()));
+    let sweep_clock = clock.clone();
     let _synced = AbortOnDrop(synced);
     let sagas = Sagas {
         driver: Arc::new(
@@ -135,6 +155,13 @@ pub async fn run<G: PaymentGateway + Clone>(
     };
     let mut scan = tokio::time::interval(config.scan_interval);
     let mut census = tokio::time::interval(Duration::from_secs(5));
+    // The first sweep waits as long as a placement does: after a stop, the
+    // messages that came meanwhile get that long to be taken in first.
+    let mut sweep = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.sweep_grace,
+        config.sweep_interval,
+    );
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(%topic, "saga orchestrator started");
     loop {
         tokio::select! {
@@ -191,9 +218,16 @@ pub async fn run<G: PaymentGateway + Clone>(
                 }
             }
             _ = scan.tick() => {
+                // As many as there are free drivers: the scan never waits
+                // for one, so it never holds the intake up (a consumer that
+                // stops reading for long is put out of its group).
+                let free = sagas.permits.available_permits().min(200);
+                if free == 0 {
+                    continue;
+                }
                 let due = tokio::select! {
                     () = &mut shutdown => break,
-                    due = store::due(&pool, 200) => due,
+                    due = store::due(&pool, i64::try_from(free).unwrap_or(200)) => due,
                 };
                 match due {
                     Ok(due) => {
@@ -204,6 +238,13 @@ pub async fn run<G: PaymentGateway + Clone>(
                         }
                     }
                     Err(error) => tracing::warn!(%error, "cannot look for due sagas"),
+                }
+            }
+            _ = sweep.tick() => {
+                match sweep_placements(&pool, config.sweep_grace, sweep_clock.now(), &mut shutdown).await {
+                    Swept::CaughtUp => {}
+                    Swept::More => sweep.reset_immediately(),
+                    Swept::ShuttingDown => break,
                 }
             }
             _ = census.tick() => {
@@ -421,7 +462,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         .filter_map(|decoded| decoded.as_ref().ok())
         .map(|(envelope, _)| envelope.event_id)
         .collect();
-    let Some(mut stored) = until_done(
+    let Some(stored) = until_done(
         "read the events the messages name",
         || async {
             let mut connection = pool.acquire().await?;
@@ -440,8 +481,9 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     };
     for (message, decoded) in batch.iter().zip(decoded) {
         let decoded = decoded.and_then(|(mut envelope, _)| {
+            // (A message twice in one batch is a redelivery: both find it.)
             let event = stored
-                .remove(&envelope.event_id)
+                .get(&envelope.event_id)
                 .filter(|event| {
                     event.aggregate_type == envelope.aggregate_type
                         && event.aggregate_id == envelope.aggregate_id
@@ -548,6 +590,71 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         }
     }
     Taken::Done
+}
+
+/// Pages of order events one turn of the sweep reads at most: a long
+/// history (the first sweep of an older store) is read a few turns at a time
+/// between batches of messages.
+const SWEEP_PAGES_AT_ONCE: usize = 10;
+
+/// How a turn of the sweep ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Swept {
+    /// Up to the placements too young to sweep.
+    CaughtUp,
+    /// There is more to read: another turn soon.
+    More,
+    ShuttingDown,
+}
+
+/// Stores the sagas of placements old enough that have none, due for the
+/// resume scan, a page of the orders' events at a time (see [`crate::sweep`]).
+async fn sweep_placements(
+    pool: &PgPool,
+    grace: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Swept {
+    sweep_pages(pool, grace, now, shutdown)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(error = %format!("{error:#}"), "cannot sweep for placements without a saga; trying again later");
+            Swept::CaughtUp
+        })
+}
+
+async fn sweep_pages(
+    pool: &PgPool,
+    grace: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Swept> {
+    let mut after = tokio::select! {
+        () = shutdown.as_mut() => return Ok(Swept::ShuttingDown),
+        after = crate::sweep::checkpoint(pool) => after?,
+    };
+    for _ in 0..SWEEP_PAGES_AT_ONCE {
+        let found = tokio::select! {
+            () = shutdown.as_mut() => return Ok(Swept::ShuttingDown),
+            found = crate::sweep::look(pool, after, grace, now) => found?,
+        };
+        let Some(checkpoint) = found.checkpoint else {
+            return Ok(Swept::CaughtUp);
+        };
+        if !found.sagas.is_empty() {
+            let new = tokio::select! {
+                () = shutdown.as_mut() => return Ok(Swept::ShuttingDown),
+                new = store::insert_due(pool, &found.sagas) => new?,
+            };
+            metrics::counter!("saga_placements_swept_total").increment(new.len() as u64);
+        }
+        tokio::select! {
+            () = shutdown.as_mut() => return Ok(Swept::ShuttingDown),
+            saved = crate::sweep::save(pool, checkpoint) => saved?,
+        }
+        after = checkpoint;
+    }
+    Ok(Swept::More)
 }
 
 /// The last message of each partition in `batch`: committing its offset

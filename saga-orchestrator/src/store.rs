@@ -36,6 +36,53 @@ pub async fn insert(pool: &PgPool, saga: &OrderSaga) -> sqlx::Result<bool> {
     Ok(inserted.rows_affected() == 1)
 }
 
+/// New sagas as the columns of one `INSERT ... SELECT FROM UNNEST`: order
+/// ids, states, the sagas as JSON, times; each order once.
+struct NewSagas(
+    Vec<String>,
+    Vec<&'static str>,
+    Vec<String>,
+    Vec<DateTime<Utc>>,
+);
+
+impl NewSagas {
+    fn of(sagas: &[OrderSaga]) -> sqlx::Result<Self> {
+        let mut columns = Self(Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        for saga in sagas.iter().filter(|saga| seen.insert(&saga.order_id)) {
+            columns.0.push(saga.order_id.clone());
+            columns.1.push(saga.state.as_str());
+            columns.2.push(
+                serde_json::to_string(saga)
+                    .map_err(|error| sqlx::Error::Encode(Box::new(error)))?,
+            );
+            columns.3.push(saga.updated_at);
+        }
+        Ok(columns)
+    }
+}
+
+/// Stores new sagas in one statement, due at once and leased to nobody
+/// (the resume scan hands them to free drivers), unless their order has one
+/// already. Returns the order ids of those that were new.
+pub async fn insert_due(pool: &PgPool, sagas: &[OrderSaga]) -> sqlx::Result<Vec<String>> {
+    let columns = NewSagas::of(sagas)?;
+    sqlx::query_scalar(
+        "INSERT INTO sagas (order_id, state, saga, version, updated_at)
+         SELECT n.order_id, n.state, n.saga::jsonb, 1, n.updated_at
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                AS n(order_id, state, saga, updated_at)
+         ON CONFLICT (order_id) DO NOTHING
+      RETURNING order_id",
+    )
+    .bind(&columns.0)
+    .bind(&columns.1)
+    .bind(&columns.2)
+    .bind(&columns.3)
+    .fetch_all(pool)
+    .await
+}
+
 /// Stores new sagas in one statement, each leased to `owner` for `lease`,
 /// unless its order has one already (a redelivered `OrderPlaced`). Returns
 /// the order ids of those that were new, and of those `owner` stored
@@ -47,16 +94,7 @@ pub async fn insert_leased(
     owner: &str,
     lease: std::time::Duration,
 ) -> sqlx::Result<Vec<String>> {
-    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut seen = std::collections::HashSet::new();
-    for saga in sagas.iter().filter(|saga| seen.insert(&saga.order_id)) {
-        columns.0.push(saga.order_id.clone());
-        columns.1.push(saga.state.as_str());
-        columns.2.push(
-            serde_json::to_string(saga).map_err(|error| sqlx::Error::Encode(Box::new(error)))?,
-        );
-        columns.3.push(saga.updated_at);
-    }
+    let columns = NewSagas::of(sagas)?;
     sqlx::query_scalar(
         "INSERT INTO sagas (order_id, state, saga, version, updated_at, lease_owner, leased_until,
                             next_attempt_at)

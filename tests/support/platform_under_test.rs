@@ -132,12 +132,21 @@ impl TestPlatform {
     /// Every role, the saga with `policy` included, and the payment gateway
     /// service (with a database of its own) that the test can inspect.
     pub async fn start_with_saga(policy: Policy) -> (Self, TestGateway) {
+        Self::start_with_saga_and(policy, &[]).await
+    }
+
+    /// Like [`start_with_saga`](Self::start_with_saga), with `extra` settings.
+    pub async fn start_with_saga_and(
+        policy: Policy,
+        extra: &[(&str, String)],
+    ) -> (Self, TestGateway) {
         let (database, pool) = migrated().await;
         let topics = TestTopics::new();
         let gateway = TestGateway::start(&database, &topics).await;
-        let mut extra = policy_settings(&policy);
-        extra.push(("ORDERS_PAYMENT_GATEWAY_URL", gateway.url.clone()));
-        let settings = settings(&database, &topics, &extra);
+        let mut all = policy_settings(&policy);
+        all.push(("ORDERS_PAYMENT_GATEWAY_URL", gateway.url.clone()));
+        all.extend(extra.iter().cloned());
+        let settings = settings(&database, &topics, &all);
         let platform = Self::start_roles(
             database,
             pool,
