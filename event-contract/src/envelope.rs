@@ -40,6 +40,16 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Whether this message is news of `event` as the store holds it: the
+    /// same aggregate, sequence and type (consumers look a message's event
+    /// up by its id and act on the stored one only when this holds).
+    pub fn names<J>(&self, event: &RecordedEvent<J>) -> bool {
+        event.aggregate_type == self.aggregate_type
+            && event.aggregate_id == self.aggregate_id
+            && event.sequence == self.sequence
+            && event.event_type == self.event_type
+    }
+
     /// The envelope a stored event is published as.
     pub fn of(event: &RawEvent) -> Result<Self, serde_json::Error> {
         decode(&encode(event)?)

@@ -277,7 +277,7 @@ async fn apply_batch_in<M: ReadModel>(
     let mut events: Vec<(Option<usize>, RecordedEvent<String>)> = Vec::new();
     for (index, envelope) in &envelopes {
         match stored.get(&envelope.event_id) {
-            Some(event) if published_as(event, envelope) => {
+            Some(event) if envelope.names(event) => {
                 events.push((Some(*index), event.clone()));
             }
             _ => poison.push((*index, NOT_IN_THE_STORE.to_owned())),
@@ -347,13 +347,6 @@ pub const NOT_IN_THE_STORE: &str =
 const MISSED_PER_BATCH: i64 = 10_000;
 
 /// Whether `event`, as stored, is what `envelope` says was published.
-fn published_as(event: &RecordedEvent<String>, envelope: &Envelope) -> bool {
-    event.aggregate_type == envelope.aggregate_type
-        && event.aggregate_id == envelope.aggregate_id
-        && event.sequence == envelope.sequence
-        && event.event_type == envelope.event_type
-}
-
 /// The stored events between each row's version and the first of its
 /// aggregate's `events`.
 async fn missed<M: ReadModel>(

@@ -484,12 +484,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
             // (A message twice in one batch is a redelivery: both find it.)
             let event = stored
                 .get(&envelope.event_id)
-                .filter(|event| {
-                    event.aggregate_type == envelope.aggregate_type
-                        && event.aggregate_id == envelope.aggregate_id
-                        && event.sequence == envelope.sequence
-                        && event.event_type == envelope.event_type
-                })
+                .filter(|event| envelope.names(event))
                 .ok_or_else(|| NOT_IN_THE_STORE.to_owned())?;
             let order_event =
                 event_contract::decode_stored::<OrderEvent>(&event.payload).map_err(|error| {

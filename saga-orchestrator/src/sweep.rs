@@ -36,6 +36,18 @@ pub struct Found {
 /// audit's to report (starting their sagas now could charge a customer
 /// for an order long given up), not the sweep's to take in.
 pub async fn checkpoint(pool: &PgPool) -> sqlx::Result<GlobalCheckpoint> {
+    let read = || {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT transaction_id, global_position FROM saga_sweep WHERE name = 'placements'",
+        )
+        .fetch_optional(pool)
+    };
+    if let Some((transaction_id, global_position)) = read().await? {
+        return Ok(GlobalCheckpoint {
+            transaction_id,
+            global_position,
+        });
+    }
     sqlx::query(
         "INSERT INTO saga_sweep (name, transaction_id, global_position)
          SELECT 'placements', coalesce(max(transaction_id::text::bigint), 0),
@@ -47,11 +59,8 @@ pub async fn checkpoint(pool: &PgPool) -> sqlx::Result<GlobalCheckpoint> {
     )
     .execute(pool)
     .await?;
-    let (transaction_id, global_position): (i64, i64) = sqlx::query_as(
-        "SELECT transaction_id, global_position FROM saga_sweep WHERE name = 'placements'",
-    )
-    .fetch_one(pool)
-    .await?;
+    // (Another process may have written it first: its checkpoint stands.)
+    let (transaction_id, global_position) = read().await?.ok_or(sqlx::Error::RowNotFound)?;
     Ok(GlobalCheckpoint {
         transaction_id,
         global_position,
