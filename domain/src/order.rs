@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -81,26 +81,12 @@ pub struct OrderCancelled {
     pub previous_status: OrderStatus,
 }
 
-/// Everything that can happen to an order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum OrderEvent {
-    OrderPlaced(OrderPlaced),
-    OrderConfirmed(OrderConfirmed),
-    OrderCancelled(OrderCancelled),
-}
-
-impl DomainEvent for OrderEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::OrderPlaced(_) => "OrderPlaced",
-            Self::OrderConfirmed(_) => "OrderConfirmed",
-            Self::OrderCancelled(_) => "OrderCancelled",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        crate::EVENT_VERSION.to_owned()
+crate::events! {
+    /// Everything that can happen to an order.
+    pub enum OrderEvent for Order {
+        OrderPlaced,
+        OrderConfirmed,
+        OrderCancelled,
     }
 }
 

@@ -2,8 +2,8 @@
 //! answered it. `REQUESTED` becomes `APPROVED` or `DECLINED`; only an approved
 //! charge can be refunded, and only once.
 
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -59,28 +59,13 @@ pub struct PaymentRefunded {
     pub reason: Reason,
 }
 
-/// Everything that can happen to a payment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum PaymentEvent {
-    ChargeRequested(ChargeRequested),
-    ChargeApproved(ChargeApproved),
-    ChargeDeclined(ChargeDeclined),
-    PaymentRefunded(PaymentRefunded),
-}
-
-impl DomainEvent for PaymentEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ChargeRequested(_) => "ChargeRequested",
-            Self::ChargeApproved(_) => "ChargeApproved",
-            Self::ChargeDeclined(_) => "ChargeDeclined",
-            Self::PaymentRefunded(_) => "PaymentRefunded",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        crate::EVENT_VERSION.to_owned()
+crate::events! {
+    /// Everything that can happen to a payment.
+    pub enum PaymentEvent for Payment {
+        ChargeRequested,
+        ChargeApproved,
+        ChargeDeclined,
+        PaymentRefunded,
     }
 }
 

@@ -17,8 +17,8 @@
 
 use std::collections::BTreeMap;
 
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -92,32 +92,15 @@ pub struct SoldStockReturned {
     pub quantity: u32,
 }
 
-/// Everything that can happen to a product.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ProductEvent {
-    ProductCreated(ProductCreated),
-    StockAdded(StockAdded),
-    StockReserved(StockReserved),
-    ReservationReleased(ReservationReleased),
-    ReservationCommitted(ReservationCommitted),
-    SoldStockReturned(SoldStockReturned),
-}
-
-impl DomainEvent for ProductEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ProductCreated(_) => "ProductCreated",
-            Self::StockAdded(_) => "StockAdded",
-            Self::StockReserved(_) => "StockReserved",
-            Self::ReservationReleased(_) => "ReservationReleased",
-            Self::ReservationCommitted(_) => "ReservationCommitted",
-            Self::SoldStockReturned(_) => "SoldStockReturned",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        crate::EVENT_VERSION.to_owned()
+crate::events! {
+    /// Everything that can happen to a product.
+    pub enum ProductEvent for Product {
+        ProductCreated,
+        StockAdded,
+        StockReserved,
+        ReservationReleased,
+        ReservationCommitted,
+        SoldStockReturned,
     }
 }
 

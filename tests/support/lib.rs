@@ -7,7 +7,7 @@ mod platform_under_test;
 pub mod tools;
 pub mod websocket;
 
-pub use platform_under_test::{TestGateway, TestPlatform, settings};
+pub use platform_under_test::{Seed, TestGateway, TestPlatform, settings};
 
 /// Writes the event of `envelope` (as [`product_envelope`] makes it) into
 /// the store under its own id: published before the store a consumer reads

@@ -140,9 +140,29 @@ impl TestPlatform {
         policy: Policy,
         extra: &[(&str, String)],
     ) -> (Self, TestGateway) {
+        Self::start_with_saga_seeded(policy, extra, &Seed::default()).await
+    }
+
+    /// Like [`start_with_saga_and`](Self::start_with_saga_and), on
+    /// databases that hold `seed`'s rows before any role starts: a store
+    /// (and sagas and a ledger) written by an earlier release.
+    pub async fn start_with_saga_seeded(
+        policy: Policy,
+        extra: &[(&str, String)],
+        seed: &Seed,
+    ) -> (Self, TestGateway) {
         let (database, pool) = migrated().await;
+        for (table, rows) in &seed.platform {
+            insert_rows(&pool, table, rows).await;
+        }
         let topics = TestTopics::new();
         let gateway = TestGateway::start(&database, &topics).await;
+        if !seed.gateway.is_empty() {
+            let gateway_pool = gateway.database.pool(2).await.expect("gateway pool");
+            for (table, rows) in &seed.gateway {
+                insert_rows(&gateway_pool, table, rows).await;
+            }
+        }
         let mut all = policy_settings(&policy);
         all.push(("ORDERS_PAYMENT_GATEWAY_URL", gateway.url.clone()));
         all.extend(extra.iter().cloned());
@@ -266,6 +286,56 @@ impl TestPlatform {
 impl Drop for TestPlatform {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Rows to write into a test platform's tables before it starts, as JSON
+/// objects of column values (`to_jsonb` of a row), table by table in order.
+#[derive(Debug, Default)]
+pub struct Seed {
+    /// The platform's database: `events`, `sagas`, read model tables.
+    pub platform: Vec<(String, Vec<Value>)>,
+    /// The payment gateway's database: `charges`.
+    pub gateway: Vec<(String, Vec<Value>)>,
+}
+
+/// Inserts `rows` into `table` in their order, in one statement: the
+/// columns the rows name, the table's defaults for the rest.
+async fn insert_rows(pool: &PgPool, table: &str, rows: &[Value]) {
+    let Some(Value::Object(first)) = rows.first() else {
+        return;
+    };
+    let columns = first
+        .keys()
+        .map(|column| format!("\"{column}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({columns})
+         SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1)"
+    ))
+    .bind(Value::Array(rows.to_vec()))
+    .execute(pool)
+    .await
+    .unwrap_or_else(|error| panic!("seeding {table}: {error}"));
+    // As a restored dump would: sequences owned by the columns written go on
+    // after the largest value seeded.
+    for column in first.keys() {
+        let sequence: Option<String> = sqlx::query_scalar("SELECT pg_get_serial_sequence($1, $2)")
+            .bind(table)
+            .bind(column)
+            .fetch_one(pool)
+            .await
+            .expect("a column's sequence");
+        if let Some(sequence) = sequence {
+            sqlx::query(&format!(
+                "SELECT setval($1::regclass, (SELECT max(\"{column}\") FROM {table}))"
+            ))
+            .bind(&sequence)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|error| panic!("{sequence}: {error}"));
+        }
     }
 }
 
