@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use orders_cli::audit::{audit, audit_settled};
 use platform_tests::{TestGateway, TestPlatform};
-use saga_orchestrator::driver::Policy;
 use serde_json::json;
 
 async fn all_sagas_done(platform: &TestPlatform, orders: i64) {
@@ -30,13 +29,7 @@ async fn all_sagas_done(platform: &TestPlatform, orders: i64) {
 /// A platform whose orders all ended: confirmed, declined, cancelled after
 /// confirmation. Returns it with the ids of one confirmed and one cancelled order.
 async fn settled_books() -> (TestPlatform, TestGateway, String, String) {
-    let policy = Policy {
-        payment_deadline: Duration::from_secs(2),
-        first_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        ..Policy::default()
-    };
-    let (platform, gateway) = TestPlatform::start_with_saga(policy).await;
+    let (platform, gateway) = TestPlatform::start_with_saga(platform_tests::quick_policy()).await;
     platform.create_product("MUG", 1250, 20).await;
     platform.create_product("TEA", 400, 20).await;
     let mut ids = Vec::new();

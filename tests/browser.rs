@@ -193,9 +193,39 @@ async fn the_console_follows_an_order_and_replays_a_dead_letter_in_a_browser() {
     );
     page.screenshot("order").await;
 
-    // Products with their stock.
+    // Products with their stock, and whether they are sold.
+    platform.create_product("OLD-1", 100, 0).await;
+    platform
+        .command(
+            "/api/products/OLD-1/discontinue",
+            &json!({"reason": "end of line"}),
+            202,
+        )
+        .await;
+    platform
+        .eventually(
+            "{ product(sku: \"OLD-1\") { active } }",
+            json!({}),
+            WITHIN,
+            |data| (data["product"]["active"] == false).then_some(()),
+        )
+        .await;
     go(&mut page, "#/products").await;
-    shows(&mut page, &text_of("products-table", "MUG-01")).await;
+    shows(&mut page, &text_of("products-table", "discontinued")).await;
+    let rows = page
+        .eval("[...document.querySelectorAll('#products-table tbody tr')].map(r => r.innerText).join('\\n')")
+        .await;
+    let rows = rows.as_str().unwrap();
+    assert!(
+        rows.lines()
+            .any(|r| r.contains("MUG-01") && r.contains("active")),
+        "{rows}"
+    );
+    assert!(
+        rows.lines()
+            .any(|r| r.contains("OLD-1") && r.contains("discontinued")),
+        "{rows}"
+    );
     page.screenshot("products").await;
 
     // The dead letter, replayed from the page once its cause is fixed.

@@ -19,7 +19,6 @@ use projections::model::customer_orders::CustomerOrders;
 use projections::model::orders::OrderSummary;
 use projections::model::products::ProductStock;
 use projections::model::{ReadModel, fold_all};
-use saga_orchestrator::driver::Policy;
 use serde_json::{Value, json};
 
 /// The releases whose stores this one must run on, oldest first.
@@ -251,14 +250,7 @@ fn seed(release: &str) -> Seed {
     }
 }
 
-fn quick() -> Policy {
-    Policy {
-        payment_deadline: Duration::from_secs(2),
-        first_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        ..Policy::default()
-    }
-}
+use platform_tests::quick_policy as quick;
 
 async fn saga_done(platform: &TestPlatform, order_id: &str, state: &str) {
     let deadline = tokio::time::Instant::now() + WITHIN;

@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use identity::testing;
 use identity::{Claims, mint_hs256};
-use platform_tests::TestPlatform;
+use platform_tests::{DeclaredRoute, TestPlatform, declared_routes};
 use serde_json::{Value, json};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -32,6 +32,22 @@ async fn post_as(
     body: &Value,
 ) -> reqwest::Response {
     let mut request = reqwest::Client::new().post(platform.url(path)).json(body);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    request.send().await.unwrap()
+}
+
+/// Calls `path` of `route` with an empty object for a body.
+async fn call_as(
+    platform: &TestPlatform,
+    authorization: Option<&str>,
+    route: &DeclaredRoute,
+    path: &str,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .request(route.method.parse().unwrap(), platform.url(path))
+        .json(&json!({}));
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
@@ -86,15 +102,9 @@ async fn only_a_valid_token_gets_in_and_a_refusal_changes_nothing() {
     ];
     for (case, token) in &cases {
         let header = token.as_ref().map(|t| format!("Bearer {t}"));
-        for (path, body) in [
-            ("/api/orders", order("MUG")),
-            (
-                "/api/products",
-                json!({"sku": "NEW", "name": "n", "price_cents": 1, "currency": "EUR"}),
-            ),
-            ("/api/products/MUG/stock", json!({"quantity": 5})),
-        ] {
-            let answer = post_as(&platform, header.as_deref(), path, &body).await;
+        for route in declared_routes() {
+            let path = route.path();
+            let answer = call_as(&platform, header.as_deref(), &route, &path).await;
             assert_eq!(answer.status(), 401, "{case} {path}");
             let challenge = answer.headers()["www-authenticate"]
                 .to_str()
@@ -168,24 +178,37 @@ async fn scopes_decide_what_a_caller_may_do() {
     let customer = testing::client("alice", "orders");
     let nobody = testing::client("bob", "profile");
 
-    for (client, path, body) in [
-        (
-            &customer,
-            "/api/products",
-            json!({"sku": "NEW", "name": "n", "price_cents": 1, "currency": "EUR"}),
-        ),
-        (&customer, "/api/products/MUG/stock", json!({"quantity": 5})),
-        (&nobody, "/api/orders", order("MUG")),
-    ] {
-        let answer = client
-            .post(platform.url(path))
-            .json(&body)
+    // Every declared route, with a caller of each scope it does not admit;
+    // the body is refused unread.
+    let mut refused = 0;
+    for route in declared_routes() {
+        for (client, scope) in [(&customer, "orders"), (&nobody, "profile")] {
+            if route.admits(scope) {
+                continue;
+            }
+            let path = route.path();
+            let answer = client
+                .request(route.method.parse().unwrap(), platform.url(&path))
+                .json(&json!({"nonsense": true}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 403, "{scope} {path}");
+            let problem: Value = answer.json().await.unwrap();
+            assert_eq!(problem["type"], "/problems/forbidden");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 3, "{refused}");
+    // A route that admits a scope lets its caller on to the body.
+    for route in declared_routes().iter().filter(|r| r.admits("orders")) {
+        let answer = customer
+            .request(route.method.parse().unwrap(), platform.url(&route.path()))
+            .json(&json!({"nonsense": true}))
             .send()
             .await
             .unwrap();
-        assert_eq!(answer.status(), 403, "{path}");
-        let problem: Value = answer.json().await.unwrap();
-        assert_eq!(problem["type"], "/problems/forbidden");
+        assert_eq!(answer.status(), 422, "orders {}", route.template);
     }
     // Scope is checked before the body: a bad body from the wrong caller is still 403.
     let answer = customer

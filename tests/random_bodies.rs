@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use platform_tests::{TestApp, order_body};
+use platform_tests::{TestApp, declared_routes, order_body};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Map, Value};
@@ -76,6 +76,8 @@ fn body() -> impl Strategy<Value = Body> {
     ]
 }
 
+/// Every declared command route, its parameters filled with SKUs and ids
+/// that exist, may exist, or could never.
 fn path() -> impl Strategy<Value = String> {
     let segment = prop_oneof![
         Just("MUG".to_owned()),
@@ -83,12 +85,8 @@ fn path() -> impl Strategy<Value = String> {
         "[A-Za-z0-9._~-]{1,70}",
         "%[0-9A-F]{2}[a-z]{0,5}",
     ];
-    (0usize..4, segment).prop_map(|(route, segment)| match route {
-        0 => "/api/products".to_owned(),
-        1 => format!("/api/products/{segment}/stock"),
-        2 => "/api/orders".to_owned(),
-        _ => format!("/api/orders/{segment}/cancel"),
-    })
+    (prop::sample::select(declared_routes()), segment)
+        .prop_map(|(route, segment)| route.path_with(|_| segment.clone()))
 }
 
 fn headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {

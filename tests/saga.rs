@@ -139,14 +139,7 @@ async fn start(policy: Policy) -> (TestPlatform, TestGateway) {
     TestPlatform::start_with_saga(policy).await
 }
 
-fn quick() -> Policy {
-    Policy {
-        payment_deadline: Duration::from_secs(2),
-        first_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        ..Policy::default()
-    }
-}
+use platform_tests::quick_policy as quick;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {

@@ -321,7 +321,8 @@ async fn check_products(pool: &PgPool, report: &mut Report) -> anyhow::Result<()
         report.products += 1;
         let sku = stream[0].aggregate_id.clone();
         let mut product = Product::default();
-        let (mut added, mut sold, mut returned, mut open) = (0i64, 0i64, 0i64, 0i64);
+        let (mut added, mut adjusted, mut sold, mut returned, mut open) =
+            (0i64, 0i64, 0i64, 0i64, 0i64);
         for event in folded(&stream, report) {
             let event: ProductEvent = event;
             match &event {
@@ -333,14 +334,18 @@ async fn check_products(pool: &PgPool, report: &mut Report) -> anyhow::Result<()
                     sold += i64::from(e.quantity);
                 }
                 ProductEvent::SoldStockReturned(e) => returned += i64::from(e.quantity),
-                ProductEvent::ProductCreated(_) => {}
+                ProductEvent::StockAdjusted(e) => adjusted += i64::from(e.delta),
+                ProductEvent::ProductCreated(_)
+                | ProductEvent::ProductPriceChanged(_)
+                | ProductEvent::ProductDiscontinued(_)
+                | ProductEvent::ProductReactivated(_) => {}
             }
             product.apply(event);
         }
-        let expected = added - sold + returned;
+        let expected = added + adjusted - sold + returned;
         if i64::try_from(product.on_hand()).ok() != Some(expected) {
             report.violations.push(format!(
-                "{sku} has {} on hand, but added - sold + returned is {expected}",
+                "{sku} has {} on hand, but added + adjusted - sold + returned is {expected}",
                 product.on_hand()
             ));
         }

@@ -231,6 +231,10 @@ fn command_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(products::create::create_product))
         .routes(routes!(products::add_stock::add_stock))
+        .routes(routes!(products::adjust_stock::adjust_stock))
+        .routes(routes!(products::change_price::change_price))
+        .routes(routes!(products::discontinue::discontinue))
+        .routes(routes!(products::reactivate::reactivate))
         .routes(routes!(orders::place::place_order))
         .routes(routes!(orders::cancel::cancel_order))
 }

@@ -271,7 +271,7 @@ const ORDER_TIMELINE = `query ConsoleOrder($id: ID!) {
 const PRODUCTS = `query ConsoleProducts($first: Int, $after: String) {
   products(first: $first, after: $after) {
     pageInfo { hasNextPage endCursor }
-    nodes { sku name priceCents currency onHand reserved available version }
+    nodes { sku name priceCents currency onHand reserved available active version }
   }
 }`;
 
@@ -728,10 +728,11 @@ function stepItem(step, time) {
 function productsPage(ctx) {
   return el('section', { id: 'products-page' }, el('h1', {}, 'Products'), pagedTable(ctx, {
     id: 'products-table',
-    headings: ['SKU', 'Name', '#Price', '#On hand', '#Reserved', '#Available', '#Version'],
+    headings: ['SKU', 'Name', 'Status', '#Price', '#On hand', '#Reserved', '#Available', '#Version'],
     fetch: (after) => gql(PRODUCTS, { first: 100, after }).then((data) => data.products),
-    row: (p) => el('tr', { class: p.available <= 0 ? 'sold-out' : null },
-      td(mono(p.sku)), td(p.name), td(money(p.priceCents, p.currency), 'num'),
+    row: (p) => el('tr', { class: p.available <= 0 || !p.active ? 'sold-out' : null },
+      td(mono(p.sku)), td(p.name), td(badge(p.active ? 'active' : 'discontinued')),
+      td(money(p.priceCents, p.currency), 'num'),
       num(p.onHand), num(p.reserved), td(String(p.available), p.available <= 0 ? 'num zero' : 'num'), num(p.version)),
     empty: 'No products',
   }));

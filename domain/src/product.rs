@@ -7,7 +7,13 @@
 //!
 //! - `reserved <= on_hand`, so `available = on_hand - reserved` is never negative;
 //! - `reserved` is the sum of the open reservations, one per order;
-//! - `on_hand = added - sold + returned`, and no more comes back than was sold.
+//! - `on_hand = added + adjusted - sold + returned`, and no more comes back
+//!   than was sold; an adjustment never takes on hand below what is reserved.
+//!
+//! The catalogue data (name, price, sold or discontinued) is the fold of the
+//! catalogue events alone ([`ProductEvent::CATALOGUE`]), which is what new
+//! orders read: a price change holds for orders placed after it, and a
+//! discontinued product takes no new orders while the ones placed go on.
 //!
 //! The state grows with what is open (one entry per open reservation), never
 //! with history: a product that sold to a million orders keeps one count of
@@ -22,7 +28,7 @@ use cqrs_es::event_sink::EventSink;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Money, OrderId, ProductName, Sku};
+use crate::values::{Money, OrderId, ProductName, Reason, Sku};
 
 /// Most units one `AddStock` may add.
 pub const MAX_STOCK_ADDITION: u32 = 1_000_000;
@@ -48,6 +54,17 @@ pub enum ProductCommand {
     CommitReservation { order_id: OrderId },
     /// Take back `quantity` units an order bought.
     ReturnSoldStock { order_id: OrderId, quantity: u32 },
+    /// Sell at `price` from now on (in the product's currency): orders
+    /// placed afterwards pay it, earlier ones keep theirs.
+    ChangePrice { price_cents: i64 },
+    /// Stop selling the product: new orders naming it are refused, orders
+    /// already placed go on.
+    Discontinue { reason: Reason },
+    /// Sell a discontinued product again.
+    Reactivate,
+    /// Correct the count on hand by `delta` (not zero; negative for units
+    /// lost, broken or found missing), never below what is reserved.
+    AdjustStock { delta: i32, reason: Reason },
 }
 
 /// A product was added to the catalogue.
@@ -92,6 +109,31 @@ pub struct SoldStockReturned {
     pub quantity: u32,
 }
 
+/// The product sells at a new price from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProductPriceChanged {
+    pub price: Money,
+    /// The price before.
+    pub previous_price_cents: i64,
+}
+
+/// The product is no longer sold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProductDiscontinued {
+    pub reason: Reason,
+}
+
+/// A discontinued product is sold again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProductReactivated {}
+
+/// The count on hand was corrected by `delta` units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StockAdjusted {
+    pub delta: i32,
+    pub reason: Reason,
+}
+
 crate::events! {
     /// Everything that can happen to a product.
     pub enum ProductEvent for Product {
@@ -101,6 +143,39 @@ crate::events! {
         ReservationReleased,
         ReservationCommitted,
         SoldStockReturned,
+        ProductPriceChanged,
+        ProductDiscontinued,
+        ProductReactivated,
+        StockAdjusted,
+    }
+}
+
+impl ProductEvent {
+    /// The events that change a product's catalogue data (name, price,
+    /// whether it is sold), which new orders read: the write side's
+    /// catalogue folds only these, through an index of exactly these
+    /// (event-store migration 0007; a test there holds the two equal).
+    pub const CATALOGUE: &'static [&'static str] = &[
+        "ProductCreated",
+        "ProductPriceChanged",
+        "ProductDiscontinued",
+        "ProductReactivated",
+    ];
+
+    /// Whether this event changes the catalogue data ([`Self::CATALOGUE`]).
+    pub fn changes_catalogue(&self) -> bool {
+        match self {
+            Self::ProductCreated(_)
+            | Self::ProductPriceChanged(_)
+            | Self::ProductDiscontinued(_)
+            | Self::ProductReactivated(_) => true,
+            Self::StockAdded(_)
+            | Self::StockReserved(_)
+            | Self::ReservationReleased(_)
+            | Self::ReservationCommitted(_)
+            | Self::SoldStockReturned(_)
+            | Self::StockAdjusted(_) => false,
+        }
     }
 }
 
@@ -114,6 +189,9 @@ pub enum ProductError {
     /// The SKU is taken. Pick another SKU or use the existing product.
     #[error("a product with SKU {sku} already exists")]
     AlreadyExists { sku: Sku },
+    /// A price outside `0..=max` minor units.
+    #[error("price {price_cents} is outside 0..={max}")]
+    PriceOutOfRange { price_cents: i64, max: i64 },
     /// The quantity is outside the allowed range.
     #[error("quantity {quantity} is outside {min}..={max}")]
     QuantityOutOfRange { quantity: u32, min: u32, max: u32 },
@@ -137,6 +215,29 @@ pub enum ProductError {
     /// The order holds no reservation of this product (never made, released or committed).
     #[error("order {order_id} holds no reservation")]
     NoReservation { order_id: OrderId },
+    /// The product already sells at this price.
+    #[error("{sku} already sells at {price_cents}")]
+    PriceUnchanged { sku: Sku, price_cents: i64 },
+    /// The product is discontinued already.
+    #[error("{sku} is discontinued already")]
+    AlreadyDiscontinued { sku: Sku },
+    /// The product is sold; only a discontinued product can be reactivated.
+    #[error("{sku} is not discontinued")]
+    NotDiscontinued { sku: Sku },
+    /// The product is discontinued: new orders cannot name it.
+    #[error("{sku} is discontinued")]
+    Discontinued { sku: Sku },
+    /// An adjustment would leave fewer units on hand than orders hold
+    /// reserved (or fewer than none, or more than the limit).
+    #[error(
+        "{sku}: {on_hand} on hand adjusted by {delta} would leave {reserved} reserved units uncovered"
+    )]
+    AdjustmentBelowReserved {
+        sku: Sku,
+        on_hand: u64,
+        reserved: u64,
+        delta: i32,
+    },
     /// More units would come back than the product has sold (and not taken
     /// back already).
     #[error("order {order_id} can return at most {returnable} units, {requested} requested")]
@@ -147,12 +248,53 @@ pub enum ProductError {
     },
 }
 
-/// Catalogue data, fixed when the product is created.
+/// Catalogue data: what new orders of the product pay, and whether they may
+/// name it at all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductDetails {
     pub sku: Sku,
     pub name: ProductName,
     pub price: Money,
+    /// Sold (`true`) or discontinued. Snapshots written before products
+    /// could be discontinued read as sold.
+    #[serde(default = "sold")]
+    pub active: bool,
+}
+
+fn sold() -> bool {
+    true
+}
+
+impl ProductDetails {
+    /// The catalogue data after `event`, given the data before it (`None`
+    /// before the product was created). Events that do not change the
+    /// catalogue ([`ProductEvent::changes_catalogue`]) leave it as it is.
+    pub fn fold(details: Option<Self>, event: &ProductEvent) -> Option<Self> {
+        let mut details = match event {
+            ProductEvent::ProductCreated(created) => {
+                return Some(Self {
+                    sku: created.sku.clone(),
+                    name: created.name.clone(),
+                    price: created.price.clone(),
+                    active: true,
+                });
+            }
+            _ => details?,
+        };
+        match event {
+            ProductEvent::ProductPriceChanged(changed) => details.price = changed.price.clone(),
+            ProductEvent::ProductDiscontinued(_) => details.active = false,
+            ProductEvent::ProductReactivated(_) => details.active = true,
+            ProductEvent::ProductCreated(_)
+            | ProductEvent::StockAdded(_)
+            | ProductEvent::StockReserved(_)
+            | ProductEvent::ReservationReleased(_)
+            | ProductEvent::ReservationCommitted(_)
+            | ProductEvent::SoldStockReturned(_)
+            | ProductEvent::StockAdjusted(_) => {}
+        }
+        Some(details)
+    }
 }
 
 /// The state of one product, rebuilt from its events.
@@ -269,6 +411,72 @@ impl Product {
                 }
                 ProductEvent::SoldStockReturned(SoldStockReturned { order_id, quantity })
             }
+            ProductCommand::ChangePrice { price_cents } => {
+                let details = self.existing()?;
+                if price_cents == details.price.amount_cents {
+                    return Err(ProductError::PriceUnchanged {
+                        sku: details.sku.clone(),
+                        price_cents,
+                    });
+                }
+                let price =
+                    Money::price(price_cents, details.price.currency.clone()).map_err(|_| {
+                        ProductError::PriceOutOfRange {
+                            price_cents,
+                            max: Money::MAX_PRICE_CENTS,
+                        }
+                    })?;
+                ProductEvent::ProductPriceChanged(ProductPriceChanged {
+                    price,
+                    previous_price_cents: details.price.amount_cents,
+                })
+            }
+            ProductCommand::Discontinue { reason } => {
+                let details = self.existing()?;
+                if !details.active {
+                    return Err(ProductError::AlreadyDiscontinued {
+                        sku: details.sku.clone(),
+                    });
+                }
+                ProductEvent::ProductDiscontinued(ProductDiscontinued { reason })
+            }
+            ProductCommand::Reactivate => {
+                let details = self.existing()?;
+                if details.active {
+                    return Err(ProductError::NotDiscontinued {
+                        sku: details.sku.clone(),
+                    });
+                }
+                ProductEvent::ProductReactivated(ProductReactivated {})
+            }
+            ProductCommand::AdjustStock { delta, reason } => {
+                let details = self.existing()?;
+                let magnitude = delta.unsigned_abs();
+                if magnitude == 0 || magnitude > MAX_STOCK_ADDITION {
+                    return Err(ProductError::QuantityOutOfRange {
+                        quantity: magnitude,
+                        min: 1,
+                        max: MAX_STOCK_ADDITION,
+                    });
+                }
+                let adjusted = i128::from(self.on_hand) + i128::from(delta);
+                if adjusted < i128::from(self.reserved) {
+                    return Err(ProductError::AdjustmentBelowReserved {
+                        sku: details.sku.clone(),
+                        on_hand: self.on_hand,
+                        reserved: self.reserved,
+                        delta,
+                    });
+                }
+                if adjusted > i128::from(MAX_ON_HAND) {
+                    return Err(ProductError::StockLimitExceeded {
+                        on_hand: self.on_hand,
+                        adding: magnitude,
+                        limit: MAX_ON_HAND,
+                    });
+                }
+                ProductEvent::StockAdjusted(StockAdjusted { delta, reason })
+            }
         };
         Ok(vec![event])
     }
@@ -319,8 +527,14 @@ impl Aggregate for Product {
     // arithmetic only keeps a hand-edited history from crashing the process.
     fn apply(&mut self, event: Self::Event) {
         match event {
-            ProductEvent::ProductCreated(ProductCreated { sku, name, price }) => {
-                self.details = Some(ProductDetails { sku, name, price });
+            ProductEvent::ProductCreated(_)
+            | ProductEvent::ProductPriceChanged(_)
+            | ProductEvent::ProductDiscontinued(_)
+            | ProductEvent::ProductReactivated(_) => {
+                self.details = ProductDetails::fold(self.details.take(), &event);
+            }
+            ProductEvent::StockAdjusted(StockAdjusted { delta, .. }) => {
+                self.on_hand = self.on_hand.saturating_add_signed(i64::from(delta));
             }
             ProductEvent::StockAdded(StockAdded { quantity }) => {
                 self.on_hand += u64::from(quantity);

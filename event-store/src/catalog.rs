@@ -1,91 +1,160 @@
-//! Catalogue lookups for the write side: the name and price a product was
-//! created with, which is where an order's unit prices come from.
+//! Catalogue lookups for the write side: the name, price and sale status a
+//! product has now, which is where a new order's unit prices come from.
 //!
-//! A product's catalogue data is fixed by its first event (`ProductCreated`)
-//! and no command changes it, so what has been read once stays true and is
-//! kept in memory. A command that changes prices must also retire this cache.
+//! Prices change and products are discontinued, so nothing read is kept: a
+//! lookup folds the product's catalogue events ([`ProductEvent::CATALOGUE`])
+//! as the store holds them when it runs, through an index of exactly those
+//! events (migration 0007), so that a product with millions of stock events
+//! costs what one with a few does. Lookups made at about the same time share
+//! one statement (group commit's batcher), so a busy API pays one round trip
+//! for many orders. An order placed after a price change's answer was sent
+//! reads the new price, in any process.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::Arc;
 
 use cqrs_es::Aggregate;
 use domain::product::ProductDetails;
 use domain::values::Sku;
 use domain::{Product, ProductEvent};
+use platform::batch::Batcher;
 use sqlx::{PgPool, Row};
+use tokio::sync::oneshot;
 
-/// Entries kept before the cache starts over; bounds memory on huge catalogues.
-const CACHE_CAPACITY: usize = 100_000;
+/// Lookups answered by one statement, at most.
+const MAX_BATCH: usize = 256;
+/// Statements in flight at once.
+const WORKERS: usize = 2;
 
-/// Reads products' catalogue data, remembering what it read.
-#[derive(Debug)]
+/// Why a lookup failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogError {
+    #[error("reading the catalogue: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("a stored catalogue event does not decode: {0}")]
+    Decode(String),
+    #[error("the catalogue's lookups have stopped")]
+    Stopped,
+}
+
+impl CatalogError {
+    /// The database could not be reached, as opposed to a fault of ours.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(error) => crate::dispatch::database_unavailable(error),
+            Self::Decode(_) => false,
+            Self::Stopped => true,
+        }
+    }
+}
+
+type Answer = Result<Vec<Option<ProductDetails>>, CatalogError>;
+
+struct Lookup {
+    skus: Vec<Sku>,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// Reads products' catalogue data as it is now.
+#[derive(Clone)]
 pub struct Catalog {
-    pool: PgPool,
-    cache: RwLock<HashMap<Sku, ProductDetails>>,
+    lookups: Batcher<Lookup>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+/// The statement of a lookup: every catalogue event of the SKUs (`$1`), in
+/// order. The event types are written out, not bound, so that the planner
+/// can use the partial index whose predicate names them.
+pub fn lookup_statement() -> String {
+    let types = ProductEvent::CATALOGUE
+        .iter()
+        .map(|name| format!("'{name}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT aggregate_id, payload FROM events
+          WHERE aggregate_type = '{}' AND event_type IN ({types}) AND aggregate_id = ANY($1)
+          ORDER BY aggregate_id, sequence",
+        Product::TYPE
+    )
 }
 
 impl Catalog {
     pub fn new(pool: PgPool) -> Self {
+        let statement: Arc<str> = lookup_statement().into();
         Self {
-            pool,
-            cache: RwLock::new(HashMap::new()),
+            lookups: Batcher::new("catalog_lookup_batch", WORKERS, MAX_BATCH, move |batch| {
+                answer(pool.clone(), Arc::clone(&statement), batch)
+            }),
         }
     }
 
     /// The catalogue data of each SKU, in the order asked; `None` for SKUs no
-    /// product has. At most one database round trip.
-    pub async fn details(&self, skus: &[Sku]) -> Result<Vec<Option<ProductDetails>>, sqlx::Error> {
-        let mut found: Vec<Option<ProductDetails>> = {
-            let cache = self
-                .cache
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            skus.iter().map(|sku| cache.get(sku).cloned()).collect()
-        };
-        let missing: Vec<&str> = skus
-            .iter()
-            .zip(&found)
-            .filter(|(_, details)| details.is_none())
-            .map(|(sku, _)| sku.as_str())
-            .collect();
-        if missing.is_empty() {
-            return Ok(found);
-        }
-        let rows = sqlx::query(
-            "SELECT payload FROM events
-              WHERE aggregate_type = $1 AND sequence = 1 AND aggregate_id = ANY($2)",
-        )
-        .bind(Product::TYPE)
-        .bind(&missing)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut loaded = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let event: ProductEvent = serde_json::from_value(payload)
-                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-            if let ProductEvent::ProductCreated(created) = event {
-                let details = ProductDetails {
-                    sku: created.sku,
-                    name: created.name,
-                    price: created.price,
-                };
-                loaded.insert(details.sku.clone(), details);
-            }
-        }
-        for (sku, slot) in skus.iter().zip(found.iter_mut()) {
-            if slot.is_none() {
-                *slot = loaded.get(sku).cloned();
-            }
-        }
-        let mut cache = self
-            .cache
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() + loaded.len() > CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.extend(loaded);
-        Ok(found)
+    /// product has.
+    pub async fn details(&self, skus: &[Sku]) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        self.lookups
+            .submit(Lookup {
+                skus: skus.to_vec(),
+                answer,
+            })
+            .await
+            .map_err(|_| CatalogError::Stopped)?;
+        answered.await.map_err(|_| CatalogError::Stopped)?
     }
+}
+
+/// Answers a batch of lookups with one statement.
+async fn answer(pool: PgPool, statement: Arc<str>, batch: Vec<Lookup>) {
+    let mut wanted: Vec<&str> = batch
+        .iter()
+        .flat_map(|lookup| lookup.skus.iter().map(Sku::as_str))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let found = read(&pool, &statement, &wanted).await;
+    for lookup in batch {
+        let answer = found.as_ref().map_err(Clone::clone).map(|found| {
+            lookup
+                .skus
+                .iter()
+                .map(|sku| found.get(sku.as_str()).cloned())
+                .collect()
+        });
+        // A caller that stopped waiting needs no answer.
+        let _ = lookup.answer.send(answer);
+    }
+}
+
+async fn read(
+    pool: &PgPool,
+    statement: &str,
+    skus: &[&str],
+) -> Result<HashMap<String, ProductDetails>, CatalogError> {
+    let rows = sqlx::query(statement)
+        .bind(skus)
+        .fetch_all(pool)
+        .await
+        .map_err(|error| CatalogError::Database(Arc::new(error)))?;
+    let mut found: HashMap<String, ProductDetails> = HashMap::with_capacity(skus.len());
+    for row in rows {
+        let sku: String = row
+            .try_get("aggregate_id")
+            .map_err(|error| CatalogError::Database(Arc::new(error)))?;
+        let payload: serde_json::Value = row
+            .try_get("payload")
+            .map_err(|error| CatalogError::Database(Arc::new(error)))?;
+        let event: ProductEvent = serde_json::from_value(payload)
+            .map_err(|error| CatalogError::Decode(format!("{sku}: {error}")))?;
+        let before = found.remove(&sku);
+        if let Some(details) = ProductDetails::fold(before, &event) {
+            found.insert(sku, details);
+        }
+    }
+    Ok(found)
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, CatalogError};
 pub use dispatch::{
     CommandBus, CommandContext, CommandError, Expect, Outcome, Settled, StoreError,
 };

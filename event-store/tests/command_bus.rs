@@ -349,11 +349,129 @@ async fn the_catalog_reads_prices_from_the_products_and_misses_unknown_skus() {
         .map(|d| d.as_ref().map(|d| d.price.amount_cents))
         .collect();
     assert_eq!(prices, vec![Some(499), None, Some(1250)]);
+    assert!(found[0].as_ref().unwrap().active);
+}
 
-    // Served from memory the second time: still right after the pool is closed.
-    pool.close().await;
-    let cached = catalog.details(&skus[2..]).await.unwrap();
-    assert_eq!(cached[0].as_ref().unwrap().price.amount_cents, 1250);
+#[tokio::test]
+async fn the_catalog_follows_price_changes_and_discontinuation_at_once() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    let catalog = Catalog::new(pool.clone());
+    let mug = [Sku::parse("MUG").unwrap()];
+    let price = |details: &[Option<domain::product::ProductDetails>]| {
+        let details = details[0].as_ref().unwrap();
+        (details.price.amount_cents, details.active)
+    };
+    assert_eq!(price(&catalog.details(&mug).await.unwrap()), (1250, true));
+
+    // Another process's bus changes it; the next lookup here sees it.
+    let elsewhere = CommandBus::new(pool.clone());
+    for command in [
+        ProductCommand::ChangePrice { price_cents: 1490 },
+        add_stock(3),
+        ProductCommand::Discontinue {
+            reason: domain::values::Reason::parse("end of line").unwrap(),
+        },
+    ] {
+        elsewhere
+            .execute::<Product>("MUG", command, &context("c"), Expect::Existing)
+            .await
+            .unwrap();
+    }
+    assert_eq!(price(&catalog.details(&mug).await.unwrap()), (1490, false));
+    elsewhere
+        .execute::<Product>(
+            "MUG",
+            ProductCommand::Reactivate,
+            &context("c"),
+            Expect::Existing,
+        )
+        .await
+        .unwrap();
+    assert_eq!(price(&catalog.details(&mug).await.unwrap()), (1490, true));
+}
+
+#[tokio::test]
+async fn lookups_at_once_share_a_statement_and_each_gets_its_own_answer() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    for (i, sku) in ["A", "B", "C", "D"].iter().enumerate() {
+        create_product(&bus, sku, 100 * (i as i64 + 1), "EUR").await;
+    }
+    let catalog = Catalog::new(pool.clone());
+    let asks: Vec<Vec<&str>> = (0..64)
+        .map(|i| match i % 4 {
+            0 => vec!["A", "NOPE"],
+            1 => vec!["B"],
+            2 => vec!["C", "A"],
+            _ => vec!["D", "B", "C"],
+        })
+        .collect();
+    let answers = futures::future::join_all(asks.iter().map(|skus| {
+        let catalog = catalog.clone();
+        let skus: Vec<Sku> = skus.iter().map(|s| Sku::parse(s).unwrap()).collect();
+        async move { catalog.details(&skus).await.unwrap() }
+    }))
+    .await;
+    for (skus, answer) in asks.iter().zip(answers) {
+        let prices: Vec<Option<i64>> = answer
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.price.amount_cents))
+            .collect();
+        let expected: Vec<Option<i64>> = skus
+            .iter()
+            .map(|sku| match *sku {
+                "A" => Some(100),
+                "B" => Some(200),
+                "C" => Some(300),
+                "D" => Some(400),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prices, expected, "{skus:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_catalogue_index_covers_exactly_the_catalogue_events() {
+    // The catalogue reads through the partial index of migration 0007; its
+    // predicate must name exactly ProductEvent::CATALOGUE, or the lookup
+    // scans every event of a product. A new catalogue event needs a
+    // migration that replaces the index.
+    let (_db, pool) = migrated_database().await;
+    let definition: String = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'events_catalogue_idx'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for name in domain::ProductEvent::TYPES {
+        let named = definition.contains(&format!("'{name}'"));
+        let catalogue = domain::ProductEvent::CATALOGUE.contains(name);
+        assert_eq!(
+            named, catalogue,
+            "{name}: the index (event-store/migrations/0007) and ProductEvent::CATALOGUE differ: {definition}"
+        );
+    }
+    // And the planner takes it for a lookup.
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN {}",
+        event_store::catalog::lookup_statement()
+    ))
+    .bind(vec!["MUG"])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("events_catalogue_idx")),
+        "{plan:?}"
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,17 @@ pub mod websocket;
 
 pub use platform_under_test::{Seed, TestGateway, TestPlatform, settings};
 
+/// A saga policy for tests: a payment in doubt after 2 s, retries from 20 ms
+/// backing off to 200 ms.
+pub fn quick_policy() -> saga_orchestrator::driver::Policy {
+    saga_orchestrator::driver::Policy {
+        payment_deadline: std::time::Duration::from_secs(2),
+        first_backoff: std::time::Duration::from_millis(20),
+        max_backoff: std::time::Duration::from_millis(200),
+        ..saga_orchestrator::driver::Policy::default()
+    }
+}
+
 /// Writes the event of `envelope` (as [`product_envelope`] makes it) into
 /// the store under its own id: published before the store a consumer reads
 /// showed it (a replica that lagged), it was refused; now it is there.
@@ -187,4 +198,75 @@ pub fn order_body(lines: &[(&str, i64)]) -> Value {
         "lines": lines.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
         "payment_method": "tok_visa",
     })
+}
+
+/// A command route as the API declares it in its OpenAPI document, which is
+/// built from the route declarations themselves: tests that must reach
+/// every route take them from here, never from a list of their own.
+#[derive(Debug, Clone)]
+pub struct DeclaredRoute {
+    /// `POST`, ...
+    pub method: String,
+    /// The path with its `{parameters}`.
+    pub template: String,
+    /// The scopes of which any one lets a caller in.
+    pub scopes: Vec<String>,
+}
+
+impl DeclaredRoute {
+    /// The path with every parameter filled by `fill(name)`.
+    pub fn path_with(&self, fill: impl Fn(&str) -> String) -> String {
+        let mut path = String::new();
+        let mut rest = self.template.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').expect("a closed parameter") + open;
+            path.push_str(&rest[..open]);
+            path.push_str(&fill(&rest[open + 1..close]));
+            rest = &rest[close + 1..];
+        }
+        path.push_str(rest);
+        path
+    }
+
+    /// The path with an existing product's SKU (`MUG`) and fresh ids.
+    pub fn path(&self) -> String {
+        self.path_with(|name| match name {
+            "sku" => "MUG".to_owned(),
+            _ => uuid::Uuid::now_v7().to_string(),
+        })
+    }
+
+    /// Whether a caller holding `scope` (space-separated) gets in.
+    pub fn admits(&self, scope: &str) -> bool {
+        scope
+            .split_whitespace()
+            .any(|held| self.scopes.iter().any(|needed| needed == held))
+    }
+}
+
+/// Every operation of the command API's OpenAPI document.
+pub fn declared_routes() -> Vec<DeclaredRoute> {
+    let document = serde_json::to_value(command_api::openapi()).expect("the document");
+    let mut routes = Vec::new();
+    for (template, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let Some(security) = operation.get("security") else {
+                panic!("{method} {template} declares no security requirement");
+            };
+            let scopes = security
+                .as_array()
+                .expect("requirements")
+                .iter()
+                .flat_map(|requirement| requirement["bearer"].as_array().cloned())
+                .flatten()
+                .map(|scope| scope.as_str().expect("a scope").to_owned())
+                .collect();
+            routes.push(DeclaredRoute {
+                method: method.to_uppercase(),
+                template: template.clone(),
+                scopes,
+            });
+        }
+    }
+    routes
 }

@@ -7,7 +7,7 @@ use domain::order::MAX_LINE_QUANTITY;
 use domain::product::MAX_STOCK_ADDITION;
 use domain::values::{Currency, CustomerId, Money, ProductName, Reason, Sku};
 use serde_json::json;
-use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, SchemaType, Type};
+use utoipa::openapi::schema::{ObjectBuilder, OneOf, OneOfBuilder, SchemaFormat, SchemaType, Type};
 use utoipa::openapi::{KnownFormat, Object};
 
 /// `Sku::parse`.
@@ -100,6 +100,28 @@ pub fn stock_quantity() -> Object {
         25,
         "Units received, 1 to 1,000,000.",
     )
+}
+
+pub fn new_price_cents() -> Object {
+    integer(
+        1,
+        Money::MAX_PRICE_CENTS,
+        1490,
+        "The new unit price in minor units (cents) of the product's currency, 1 to \
+         10,000,000,000; it must differ from the current one.",
+    )
+}
+
+pub fn stock_delta() -> utoipa::openapi::Schema {
+    let max = i64::from(MAX_STOCK_ADDITION);
+    let one_of: OneOf = OneOfBuilder::new()
+        .item(integer(-max, -1, -2, "Units taken off what is on hand."))
+        .item(integer(1, max, 3, "Units added to what is on hand."))
+        .description(Some(
+            "Units on hand are corrected by this many: not zero, -1,000,000 to 1,000,000.",
+        ))
+        .build();
+    utoipa::openapi::Schema::OneOf(one_of)
 }
 
 pub fn line_quantity() -> Object {

@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::*;
-use crate::values::Currency;
+use crate::values::{Currency, Reason};
 
 type ProductTest = TestFramework<Product>;
 
@@ -439,6 +439,10 @@ enum Step {
     Release(u8),
     Commit(u8),
     Return(u8, u32),
+    Adjust(i32),
+    Price(i64),
+    Discontinue,
+    Reactivate,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -449,6 +453,10 @@ fn step() -> impl Strategy<Value = Step> {
         order.clone().prop_map(Step::Release),
         order.clone().prop_map(Step::Commit),
         (order, 0u32..=60).prop_map(|(o, q)| Step::Return(o, q)),
+        (-300i32..=300).prop_map(Step::Adjust),
+        (1_240i64..=1_260).prop_map(Step::Price),
+        Just(Step::Discontinue),
+        Just(Step::Reactivate),
     ]
 }
 
@@ -469,6 +477,17 @@ impl Step {
                 order_id: id(o),
                 quantity: *quantity,
             },
+            Step::Adjust(delta) => ProductCommand::AdjustStock {
+                delta: *delta,
+                reason: Reason::parse("count").unwrap(),
+            },
+            Step::Price(price_cents) => ProductCommand::ChangePrice {
+                price_cents: *price_cents,
+            },
+            Step::Discontinue => ProductCommand::Discontinue {
+                reason: Reason::parse("end of line").unwrap(),
+            },
+            Step::Reactivate => ProductCommand::Reactivate,
         }
     }
 }
@@ -476,13 +495,17 @@ impl Step {
 proptest! {
     /// Whatever commands arrive in whatever order, stock never goes negative,
     /// reservations never exceed what is on hand, and every unit is accounted
-    /// for: on hand = added - sold + returned.
+    /// for: on hand = added + adjusted - sold + returned. The catalogue data
+    /// is the fold of the catalogue events alone, as the write side's
+    /// catalogue reads it.
     #[test]
     fn random_command_sequences_conserve_stock(steps in prop::collection::vec(step(), 1..200)) {
         let mut product = Product::default();
         product.apply(created());
         let (mut added_total, mut sold_total, mut returned_total) = (0u64, 0u64, 0u64);
+        let mut adjusted_total = 0i64;
         let mut history = vec![created()];
+        let mut catalogue = ProductDetails::fold(None, &created());
 
         for step in &steps {
             let Ok(events) = product.decide(step.command()) else { continue };
@@ -491,15 +514,26 @@ proptest! {
                     ProductEvent::StockAdded(e) => added_total += u64::from(e.quantity),
                     ProductEvent::ReservationCommitted(e) => sold_total += u64::from(e.quantity),
                     ProductEvent::SoldStockReturned(e) => returned_total += u64::from(e.quantity),
+                    ProductEvent::StockAdjusted(e) => adjusted_total += i64::from(e.delta),
                     ProductEvent::ProductCreated(_)
                     | ProductEvent::StockReserved(_)
-                    | ProductEvent::ReservationReleased(_) => {}
+                    | ProductEvent::ReservationReleased(_)
+                    | ProductEvent::ProductPriceChanged(_)
+                    | ProductEvent::ProductDiscontinued(_)
+                    | ProductEvent::ProductReactivated(_) => {}
+                }
+                if event.changes_catalogue() {
+                    catalogue = ProductDetails::fold(catalogue, &event);
                 }
                 history.push(event.clone());
                 product.apply(event);
             }
             prop_assert!(product.reserved() <= product.on_hand());
-            prop_assert_eq!(product.on_hand() + sold_total, added_total + returned_total);
+            prop_assert_eq!(
+                i128::from(product.on_hand()) + i128::from(sold_total),
+                i128::from(added_total) + i128::from(adjusted_total) + i128::from(returned_total)
+            );
+            prop_assert_eq!(product.details(), catalogue.as_ref());
             let open: u64 = product.reservations.values().map(|q| u64::from(*q)).sum();
             prop_assert_eq!(product.reserved(), open);
             prop_assert_eq!(product.sold() + returned_total, sold_total);
@@ -512,4 +546,204 @@ proptest! {
         }
         prop_assert_eq!(replayed, product);
     }
+}
+
+fn reason(text: &str) -> Reason {
+    Reason::parse(text).unwrap()
+}
+
+fn price_changed(from: i64, to: i64) -> ProductEvent {
+    ProductEvent::ProductPriceChanged(ProductPriceChanged {
+        price: Money::price(to, Currency::parse("EUR").unwrap()).unwrap(),
+        previous_price_cents: from,
+    })
+}
+
+fn discontinued() -> ProductEvent {
+    ProductEvent::ProductDiscontinued(ProductDiscontinued {
+        reason: reason("end of line"),
+    })
+}
+
+#[test]
+fn a_new_price_keeps_the_currency_and_names_the_old_one() {
+    ProductTest::with(())
+        .given(vec![created()])
+        .when(ProductCommand::ChangePrice { price_cents: 1490 })
+        .then_expect_events(vec![price_changed(1250, 1490)]);
+}
+
+#[test]
+fn the_same_price_again_or_a_price_of_an_unknown_product_is_refused() {
+    ProductTest::with(())
+        .given(vec![created(), price_changed(1250, 1490)])
+        .when(ProductCommand::ChangePrice { price_cents: 1490 })
+        .then_expect_error(ProductError::PriceUnchanged {
+            sku: sku(),
+            price_cents: 1490,
+        });
+    ProductTest::with(())
+        .given_no_previous_events()
+        .when(ProductCommand::ChangePrice { price_cents: 1490 })
+        .then_expect_error(ProductError::NotFound);
+    ProductTest::with(())
+        .given(vec![created()])
+        .when(ProductCommand::ChangePrice {
+            price_cents: Money::MAX_PRICE_CENTS + 1,
+        })
+        .then_expect_error(ProductError::PriceOutOfRange {
+            price_cents: Money::MAX_PRICE_CENTS + 1,
+            max: Money::MAX_PRICE_CENTS,
+        });
+}
+
+#[test]
+fn a_product_is_discontinued_once_and_reactivated_once() {
+    ProductTest::with(())
+        .given(vec![created()])
+        .when(ProductCommand::Discontinue {
+            reason: reason("end of line"),
+        })
+        .then_expect_events(vec![discontinued()]);
+    ProductTest::with(())
+        .given(vec![created(), discontinued()])
+        .when(ProductCommand::Discontinue {
+            reason: reason("again"),
+        })
+        .then_expect_error(ProductError::AlreadyDiscontinued { sku: sku() });
+    ProductTest::with(())
+        .given(vec![created(), discontinued()])
+        .when(ProductCommand::Reactivate)
+        .then_expect_events(vec![ProductEvent::ProductReactivated(
+            ProductReactivated {},
+        )]);
+    ProductTest::with(())
+        .given(vec![created()])
+        .when(ProductCommand::Reactivate)
+        .then_expect_error(ProductError::NotDiscontinued { sku: sku() });
+}
+
+#[test]
+fn a_discontinued_product_still_serves_the_orders_placed_before() {
+    // Orders already placed go on: their reservations and commits are taken.
+    let mut product = Product::default();
+    for event in [created(), added(5), discontinued()] {
+        product.apply(event);
+    }
+    assert!(!product.details().unwrap().active);
+    let reserve = ProductCommand::ReserveStock {
+        order_id: order(1),
+        quantity: 2,
+    };
+    assert_eq!(
+        product.decide(reserve).unwrap(),
+        vec![reserved(order(1), 2)]
+    );
+}
+
+#[test]
+fn an_adjustment_moves_what_is_on_hand_but_never_below_what_is_reserved() {
+    let given = vec![created(), added(10), reserved(order(1), 6)];
+    ProductTest::with(())
+        .given(given.clone())
+        .when(ProductCommand::AdjustStock {
+            delta: -4,
+            reason: reason("broken"),
+        })
+        .then_expect_events(vec![ProductEvent::StockAdjusted(StockAdjusted {
+            delta: -4,
+            reason: reason("broken"),
+        })]);
+    ProductTest::with(())
+        .given(given.clone())
+        .when(ProductCommand::AdjustStock {
+            delta: -5,
+            reason: reason("lost"),
+        })
+        .then_expect_error(ProductError::AdjustmentBelowReserved {
+            sku: sku(),
+            on_hand: 10,
+            reserved: 6,
+            delta: -5,
+        });
+    ProductTest::with(())
+        .given(given)
+        .when(ProductCommand::AdjustStock {
+            delta: 0,
+            reason: reason("nothing"),
+        })
+        .then_expect_error(ProductError::QuantityOutOfRange {
+            quantity: 0,
+            min: 1,
+            max: MAX_STOCK_ADDITION,
+        });
+    let mut product = Product::default();
+    for event in [
+        created(),
+        added(10),
+        ProductEvent::StockAdjusted(StockAdjusted {
+            delta: 3,
+            reason: reason("found"),
+        }),
+    ] {
+        product.apply(event);
+    }
+    assert_eq!(product.on_hand(), 13);
+}
+
+/// One event of each type, for checks that must see every type.
+fn one_of_each() -> Vec<ProductEvent> {
+    vec![
+        created(),
+        added(1),
+        reserved(order(1), 1),
+        ProductEvent::ReservationReleased(ReservationReleased {
+            order_id: order(1),
+            quantity: 1,
+        }),
+        committed(order(1), 1),
+        ProductEvent::SoldStockReturned(SoldStockReturned {
+            order_id: order(1),
+            quantity: 1,
+        }),
+        price_changed(1250, 1490),
+        discontinued(),
+        ProductEvent::ProductReactivated(ProductReactivated {}),
+        ProductEvent::StockAdjusted(StockAdjusted {
+            delta: 1,
+            reason: reason("found"),
+        }),
+    ]
+}
+
+#[test]
+fn the_catalogue_events_are_exactly_those_that_change_the_catalogue() {
+    use cqrs_es::DomainEvent;
+    let events = one_of_each();
+    let mut types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
+    types.sort();
+    let mut declared: Vec<&str> = ProductEvent::TYPES.to_vec();
+    declared.sort_unstable();
+    assert_eq!(types, declared, "one_of_each must hold every product event");
+    let catalogue: Vec<String> = events
+        .iter()
+        .filter(|event| event.changes_catalogue())
+        .map(DomainEvent::event_type)
+        .collect();
+    assert_eq!(catalogue, ProductEvent::CATALOGUE);
+    // Every other event leaves the catalogue data as it was.
+    let before = ProductDetails::fold(None, &created());
+    for event in events.iter().filter(|event| !event.changes_catalogue()) {
+        assert_eq!(ProductDetails::fold(before.clone(), event), before);
+    }
+}
+
+#[test]
+fn a_snapshot_written_before_products_could_be_discontinued_reads_as_sold() {
+    let snapshot = serde_json::json!({
+        "details": {"sku": "MUG-01", "name": "Mug", "price": {"amount_cents": 1250, "currency": "EUR"}},
+        "on_hand": 3, "reserved": 0, "reservations": {}, "sold": 0,
+    });
+    let product: Product = serde_json::from_value(snapshot).unwrap();
+    assert!(product.details().unwrap().active);
 }

@@ -250,6 +250,11 @@ impl Product {
         self.0.available()
     }
 
+    /// Sold (`true`), or discontinued: new orders naming it are refused.
+    async fn active(&self) -> bool {
+        self.0.active
+    }
+
     /// The product's version: what `ETag` and `If-Match` carry on the REST
     /// side.
     async fn version(&self) -> i64 {

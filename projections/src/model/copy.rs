@@ -71,6 +71,13 @@ impl CopyText {
         self
     }
 
+    pub fn bool(&mut self, value: bool) -> &mut Self {
+        self.separate();
+        self.buffer
+            .extend_from_slice(if value { b"t" } else { b"f" });
+        self
+    }
+
     pub fn uuid(&mut self, value: Uuid) -> &mut Self {
         self.separate();
         self.buffer.extend_from_slice(

@@ -22,6 +22,8 @@ pub struct ProductRow {
     pub currency: String,
     pub on_hand: i64,
     pub reserved: i64,
+    /// Sold, or discontinued.
+    pub active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -35,8 +37,8 @@ impl ProductRow {
     }
 }
 
-pub(crate) const COLUMNS: &str = "sku, name, price_cents, currency, on_hand, reserved, created_at, \
-     updated_at, version, global_position";
+pub(crate) const COLUMNS: &str = "sku, name, price_cents, currency, on_hand, reserved, active, \
+     created_at, updated_at, version, global_position";
 
 impl ReadModel for ProductStock {
     type Row = ProductRow;
@@ -66,6 +68,7 @@ impl ReadModel for ProductStock {
                 currency: created.price.currency.to_string(),
                 on_hand: 0,
                 reserved: 0,
+                active: true,
                 created_at: event.recorded_at,
                 updated_at: event.recorded_at,
                 version: 0,
@@ -84,6 +87,10 @@ impl ReadModel for ProductStock {
                         next.on_hand -= units(e.quantity);
                     }
                     ProductEvent::SoldStockReturned(e) => next.on_hand += units(e.quantity),
+                    ProductEvent::StockAdjusted(e) => next.on_hand += i64::from(e.delta),
+                    ProductEvent::ProductPriceChanged(e) => next.price_cents = e.price.amount_cents,
+                    ProductEvent::ProductDiscontinued(_) => next.active = false,
+                    ProductEvent::ProductReactivated(_) => next.active = true,
                 }
                 next
             }
@@ -127,6 +134,7 @@ impl ReadModel for ProductStock {
             .text(&row.currency)
             .int(row.on_hand)
             .int(row.reserved)
+            .bool(row.active)
             .time(row.created_at)
             .time(row.updated_at)
             .int(row.version)
@@ -142,11 +150,13 @@ impl ReadModel for ProductStock {
         sqlx::query(&format!(
             "INSERT INTO {table} ({COLUMNS})
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
-                                  $6::bigint[], $7::timestamptz[], $8::timestamptz[],
-                                  $9::bigint[], $10::bigint[])
+                                  $6::bigint[], $7::boolean[], $8::timestamptz[],
+                                  $9::timestamptz[], $10::bigint[], $11::bigint[])
              ON CONFLICT (sku) DO UPDATE SET
+                price_cents = EXCLUDED.price_cents,
                 on_hand = EXCLUDED.on_hand,
                 reserved = EXCLUDED.reserved,
+                active = EXCLUDED.active,
                 updated_at = EXCLUDED.updated_at,
                 version = EXCLUDED.version,
                 global_position = EXCLUDED.global_position
@@ -158,6 +168,7 @@ impl ReadModel for ProductStock {
         .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.on_hand).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.reserved).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.active).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
@@ -176,6 +187,7 @@ pub(crate) fn product_row(row: &PgRow) -> sqlx::Result<ProductRow> {
         currency: row.try_get("currency")?,
         on_hand: row.try_get("on_hand")?,
         reserved: row.try_get("reserved")?,
+        active: row.try_get("active")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,

@@ -45,7 +45,7 @@ pub struct OrderVersion {
     tag = "orders",
     request_body = CancelOrder,
     params(OrderPath, CommandHeaderParams),
-    security(("bearer" = [])),
+    security(("bearer" = ["orders"]), ("bearer" = ["admin"])),
     responses(
         (status = 202, description = "The order is cancelled.", body = OrderVersion,
          headers(("ETag" = String, description = "The order's version, quoted")),

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use domain::order::{MAX_LINE_QUANTITY, MAX_LINES, PricedLine};
 use domain::values::{CustomerId, OrderId, PaymentMethod, Sku};
-use domain::{Order, OrderCommand};
+use domain::{Order, OrderCommand, ProductError};
 use event_store::Expect;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -127,7 +127,7 @@ impl PlaceOrder {
     tag = "orders",
     request_body = PlaceOrder,
     params(CommandHeaderParams),
-    security(("bearer" = [])),
+    security(("bearer" = ["orders"]), ("bearer" = ["admin"])),
     responses(
         (status = 202, description = "The order is placed; the saga reserves stock and takes payment. \
                                       Needs the `orders` or the `admin` scope.",
@@ -180,18 +180,25 @@ pub async fn place_order(
     ))
 }
 
-/// Attaches each product's current price; unknown SKUs answer 404.
+/// Attaches each product's current price; unknown SKUs answer 404, and
+/// discontinued ones 409.
 async fn price(app: &AppState, lines: Vec<(Sku, u32)>) -> Result<Vec<PricedLine>, ApiError> {
     let skus: Vec<Sku> = lines.iter().map(|(sku, _)| sku.clone()).collect();
-    let details = app
-        .catalog()
-        .details(&skus)
-        .await
-        .map_err(|error| ApiError::Unavailable(error.into()))?;
+    let details = app.catalog().details(&skus).await.map_err(|error| {
+        if error.is_unavailable() {
+            ApiError::Unavailable(error.into())
+        } else {
+            ApiError::Internal(error.into())
+        }
+    })?;
     let mut priced = Vec::with_capacity(lines.len());
     let mut unknown = Vec::new();
+    let mut discontinued = Vec::new();
     for (i, ((sku, quantity), details)) in lines.into_iter().zip(details).enumerate() {
         match details {
+            Some(details) if !details.active => {
+                discontinued.push(ProductError::Discontinued { sku }.to_string());
+            }
             Some(details) => priced.push(PricedLine {
                 sku,
                 quantity,
@@ -209,6 +216,12 @@ async fn price(app: &AppState, lines: Vec<(Sku, u32)>) -> Result<Vec<PricedLine>
             detail: format!("unknown products at {}", skus.join(", ")),
             errors: unknown,
         });
+    }
+    if !discontinued.is_empty() {
+        return Err(ApiError::Refused(format!(
+            "{}: new orders cannot name it",
+            discontinued.join("; ")
+        )));
     }
     Ok(priced)
 }

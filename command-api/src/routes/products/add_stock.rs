@@ -1,10 +1,8 @@
 //! `POST /api/products/{sku}/stock`: receive units into stock.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use domain::ProductCommand;
 use domain::product::MAX_STOCK_ADDITION;
-use domain::{Product, ProductCommand};
-use event_store::Expect;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -12,10 +10,7 @@ use super::ProductVersion;
 use crate::auth::Admin;
 use crate::extract::{CommandHeaders, JsonBody, PathId};
 use crate::problem::ApiError;
-use crate::routes::{
-    Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, command_failed,
-    position_of, schema,
-};
+use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, schema};
 use crate::startup::AppState;
 
 /// Units received into stock.
@@ -34,7 +29,7 @@ pub struct AddStock {
     tag = "products",
     request_body = AddStock,
     params(SkuPath, CommandHeaderParams),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 202, description = "The stock was added. Needs the `admin` scope.", body = ProductVersion,
          headers(("ETag" = String, description = "The product's version, quoted")),
@@ -61,30 +56,7 @@ pub async fn add_stock(
         i64::from(MAX_STOCK_ADDITION),
     );
     let quantity = validation.finish(quantity)?;
-    // A SKU that cannot exist names no product.
-    domain::values::Sku::parse(&sku)
-        .map_err(|_| ApiError::not_found(format!("no product has SKU {sku}")))?;
-    let context = app.command_context(&caller, &headers, body.fingerprint.as_deref());
-    let outcome = app
-        .bus()
-        .execute::<Product>(
-            &sku,
-            ProductCommand::AddStock { quantity },
-            &context,
-            Expect::Existing,
-        )
-        .await
-        .map_err(|error| command_failed(error, &sku))?;
-    let position = position_of::<Product>(&outcome);
-    let version = ProductVersion {
-        sku,
-        version: outcome.version,
-        position: position.clone(),
-    };
-    Ok(Accepted::new(
-        StatusCode::ACCEPTED,
-        &outcome,
-        position,
-        version,
-    ))
+    let command = ProductCommand::AddStock { quantity };
+    let fingerprint = body.fingerprint.as_deref();
+    super::on_product(&app, &caller, sku, &headers, fingerprint, command).await
 }

@@ -59,7 +59,7 @@ impl CreateProduct {
     tag = "products",
     request_body = CreateProduct,
     params(CommandHeaderParams),
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     responses(
         (status = 201, description = "The product exists now. Needs the `admin` scope.", body = ProductVersion,
          headers(("ETag" = String, description = "The product's version, quoted")),
