@@ -13,38 +13,61 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("domain", &[]),
     ("platform", &[]),
     ("identity", &["domain"]),
+    ("http-edge", &["identity", "platform"]),
     ("event-store", &["domain", "platform"]),
     ("event-contract", &["event-store", "platform"]),
     (
         "command-api",
-        &["domain", "event-store", "identity", "platform"],
+        &["domain", "event-store", "http-edge", "identity", "platform"],
     ),
     ("relay", &["event-contract", "event-store", "platform"]),
+    ("order-saga", &["domain", "platform"]),
     (
         "saga-orchestrator",
-        &["domain", "event-contract", "event-store", "platform"],
-    ),
-    (
-        "projections",
         &[
-            "command-api",
             "domain",
             "event-contract",
             "event-store",
-            "identity",
+            "order-saga",
             "platform",
-            "saga-orchestrator",
         ],
     ),
-    ("payment-gateway", &["platform"]),
     (
-        "operations",
-        &["event-contract", "platform", "saga-orchestrator"],
+        "projections",
+        &["domain", "event-contract", "event-store", "platform"],
     ),
+    (
+        "query-api",
+        &[
+            "domain",
+            "event-contract",
+            "event-store",
+            "http-edge",
+            "identity",
+            "order-saga",
+            "platform",
+            "projections",
+        ],
+    ),
+    ("payment-gateway", &["http-edge", "platform"]),
+    ("operations", &["event-contract", "order-saga", "platform"]),
     (
         "orders-console",
-        &["command-api", "operations", "projections"],
+        &["http-edge", "operations", "projections"],
     ),
+];
+
+/// The read side, and the crates that decide or send commands: no read
+/// crate reaches a write-side one, directly or through another crate.
+const READ_SIDE: &[&str] = &["projections", "query-api"];
+const WRITE_SIDE: &[&str] = &["command-api", "saga-orchestrator", "relay"];
+
+/// The HTTP services, which all speak through the one shared edge.
+const HTTP_SERVICES: &[&str] = &[
+    "command-api",
+    "query-api",
+    "orders-console",
+    "payment-gateway",
 ];
 
 /// Crates that only assemble or exercise the others.
@@ -231,6 +254,44 @@ fn the_publisher_and_every_consumer_use_the_one_event_contract() {
                 .iter()
                 .any(|(dependency, _)| dependency == "event-contract"),
             "{name} does not use event-contract"
+        );
+    }
+}
+
+/// Every workspace crate `name` reaches through normal dependencies.
+fn reaches(manifests: &BTreeMap<String, Vec<(String, bool)>>, name: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut next = vec![name.to_owned()];
+    while let Some(crate_name) = next.pop() {
+        for (dependency, in_workspace) in manifests.get(&crate_name).into_iter().flatten() {
+            if *in_workspace && seen.insert(dependency.clone()) {
+                next.push(dependency.clone());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn no_read_crate_reaches_a_write_side_crate() {
+    let manifests = manifests();
+    for name in READ_SIDE {
+        let reached = reaches(&manifests, name);
+        for write in WRITE_SIDE {
+            assert!(!reached.contains(*write), "{name} reaches {write}");
+        }
+    }
+}
+
+#[test]
+fn every_http_service_speaks_through_the_one_edge() {
+    let manifests = manifests();
+    for name in HTTP_SERVICES {
+        assert!(
+            manifests[*name]
+                .iter()
+                .any(|(dependency, _)| dependency == "http-edge"),
+            "{name} does not use http-edge"
         );
     }
 }

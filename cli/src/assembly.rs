@@ -133,7 +133,7 @@ pub async fn start(
     let mut api = None;
     if let Some(pool) = pool {
         if runs(Role::Api) {
-            let updates = projections::graphql::updates::Updates::listen(pool.clone());
+            let updates = query_api::updates::Updates::listen(pool.clone());
             let config = settings.api()?;
             let limits = settings.graphql_limits();
             let console = orders_console::Console::new(
@@ -144,8 +144,8 @@ pub async fn start(
                     pool.clone(),
                 ),
             );
-            let routes = projections::graphql::router(
-                projections::graphql::schema(pool.clone(), updates, limits),
+            let routes = query_api::router(
+                query_api::schema(pool.clone(), updates, limits),
                 config.authenticator.clone(),
                 limits,
                 settings.graphql_access()?,

@@ -17,7 +17,7 @@ pub fn render() -> anyhow::Result<BTreeMap<String, String>> {
         .to_pretty_json()
         .context("rendering the OpenAPI document")?;
     files.insert("openapi.json".to_owned(), openapi + "\n");
-    files.insert("schema.graphql".to_owned(), projections::graphql::sdl());
+    files.insert("schema.graphql".to_owned(), query_api::sdl());
     let envelope = schemars::schema_for!(event_contract::Envelope);
     files.insert(
         "envelope.json".to_owned(),

@@ -391,19 +391,19 @@ impl Settings {
             append_workers: self.append_workers,
             snapshot_every: self.snapshot_every,
             authenticator: self.authenticator()?,
-            command_rate: command_api::auth::Rate {
+            command_rate: http_edge::auth::Rate {
                 per_second: self.rate_limit_commands_per_sec,
                 burst: self.rate_limit_commands_burst,
             },
-            graphql_rate: command_api::auth::Rate {
+            graphql_rate: http_edge::auth::Rate {
                 per_second: self.rate_limit_graphql_per_sec,
                 burst: self.rate_limit_graphql_burst,
             },
-            meta_rate: command_api::auth::Rate {
+            meta_rate: http_edge::auth::Rate {
                 per_second: self.rate_limit_meta_per_sec,
                 burst: self.rate_limit_meta_burst,
             },
-            trusted_proxies: command_api::auth::TrustedProxies::parse(&self.trusted_proxies)
+            trusted_proxies: http_edge::auth::TrustedProxies::parse(&self.trusted_proxies)
                 .map_err(|error| anyhow::anyhow!("trusted_proxies: {error}"))?,
         })
     }
@@ -426,9 +426,9 @@ impl Settings {
     }
 
     /// The GraphQL endpoint's limits.
-    pub fn graphql_limits(&self) -> projections::graphql::limits::GraphqlLimits {
-        projections::graphql::limits::GraphqlLimits {
-            body_bytes: command_api::extract::BODY_LIMIT,
+    pub fn graphql_limits(&self) -> query_api::limits::GraphqlLimits {
+        query_api::limits::GraphqlLimits {
+            body_bytes: http_edge::extract::BODY_LIMIT,
             batch: self.graphql_max_batch.max(1),
             fields: self.graphql_max_fields,
             aliases: self.graphql_max_aliases,
@@ -446,9 +446,9 @@ impl Settings {
     }
 
     /// Who may open GraphQL subscription connections, beyond their tokens.
-    pub fn graphql_access(&self) -> anyhow::Result<projections::graphql::http::Access> {
-        Ok(projections::graphql::http::Access {
-            proxies: command_api::auth::TrustedProxies::parse(&self.trusted_proxies)
+    pub fn graphql_access(&self) -> anyhow::Result<query_api::http::Access> {
+        Ok(query_api::http::Access {
+            proxies: http_edge::auth::TrustedProxies::parse(&self.trusted_proxies)
                 .map_err(|error| anyhow::anyhow!("trusted_proxies: {error}"))?,
             allowed_origins: self
                 .ws_allowed_origins

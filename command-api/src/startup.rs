@@ -10,9 +10,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use event_store::dispatch::RetryPolicy;
-use event_store::{Catalog, CommandBus};
-use platform::kafka::KafkaProbe;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -20,125 +17,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Limiter, Rate, TrustedProxies, limited, limiter};
-use crate::extract::BODY_LIMIT;
-use crate::problem::ApiError;
-use crate::routes::meta::Readiness;
 use crate::routes::{meta, orders, products};
-use identity::Authenticator;
-
-/// What the API needs to know beyond its database.
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    /// Where to listen; port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// How long idempotency keys are remembered.
-    pub idempotency_ttl: Duration,
-    /// Requests running longer are answered with 503.
-    pub request_timeout: Duration,
-    /// Kafka brokers to check in `/readyz`; `None` leaves Kafka out.
-    pub kafka_brokers: Option<String>,
-    /// How often a command that lost a race is tried before answering 409.
-    pub command_attempts: u32,
-    /// Append statements in flight at once; concurrent commands beyond that
-    /// share a statement and a commit.
-    pub append_workers: usize,
-    /// Events between two snapshots of an aggregate (0: none); see
-    /// `CommandBus::with_snapshots`.
-    pub snapshot_every: u64,
-    /// Checks the bearer token of every request.
-    pub authenticator: Authenticator,
-    /// Per-caller rate of REST commands.
-    pub command_rate: Rate,
-    /// Per-caller rate of GraphQL requests (and WebSocket upgrades and
-    /// subscriptions).
-    pub graphql_rate: Rate,
-    /// Per-caller rate of every other request: health, readiness, metrics,
-    /// the OpenAPI document, problem types, unknown routes.
-    pub meta_rate: Rate,
-    /// Proxies whose `X-Forwarded-For` names the client of a request
-    /// without a valid token.
-    pub trusted_proxies: TrustedProxies,
-}
-
-/// The bare API: no authentication, no rate limits. `orders run` configures
-/// both from its settings (on by default); embedders must do the same.
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
-            request_timeout: Duration::from_secs(30),
-            kafka_brokers: None,
-            command_attempts: RetryPolicy::default().max_attempts,
-            append_workers: event_store::dispatch::DEFAULT_APPEND_WORKERS,
-            snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
-            authenticator: Authenticator::disabled(),
-            command_rate: Rate::UNLIMITED,
-            graphql_rate: Rate::UNLIMITED,
-            meta_rate: Rate::UNLIMITED,
-            trusted_proxies: TrustedProxies::default(),
-        }
-    }
-}
-
-/// Shared by every request.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    bus: CommandBus,
-    catalog: Catalog,
-    idempotency_ttl: Duration,
-    readiness: Readiness,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
-    }
-}
-
-impl AppState {
-    pub fn new(pool: PgPool, config: &ApiConfig) -> anyhow::Result<Self> {
-        // Install the metrics recorder before the first request records anything.
-        platform::telemetry::metrics();
-        let kafka = config
-            .kafka_brokers
-            .as_deref()
-            .map(KafkaProbe::new)
-            .transpose()?;
-        Ok(Self(Arc::new(Inner {
-            bus: CommandBus::new(pool.clone())
-                .with_retry(RetryPolicy {
-                    max_attempts: config.command_attempts.max(1),
-                    ..RetryPolicy::default()
-                })
-                .with_append_workers(config.append_workers)
-                .with_snapshots(config.snapshot_every),
-            readiness: Readiness::new(Some(pool.clone()), kafka, false),
-            catalog: Catalog::new(pool),
-            idempotency_ttl: config.idempotency_ttl,
-        })))
-    }
-
-    pub fn bus(&self) -> &CommandBus {
-        &self.0.bus
-    }
-
-    pub fn catalog(&self) -> &Catalog {
-        &self.0.catalog
-    }
-
-    pub fn idempotency_ttl(&self) -> Duration {
-        self.0.idempotency_ttl
-    }
-
-    /// What `/readyz` checks.
-    pub fn readiness(&self) -> &Readiness {
-        &self.0.readiness
-    }
-}
+pub use crate::state::ApiConfig;
+use crate::state::AppState;
+use http_edge::auth::{Limiter, limited, limiter};
+use http_edge::extract::BODY_LIMIT;
+use http_edge::problem::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -151,7 +35,7 @@ impl AppState {
         (name = "products", description = "Catalogue and stock"),
         (name = "orders", description = "Placing and cancelling orders"),
     ),
-    components(schemas(crate::problem::Problem, crate::problem::FieldError))
+    components(schemas(http_edge::problem::Problem, http_edge::problem::FieldError))
 )]
 struct ApiDoc;
 
@@ -250,7 +134,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// routes. Every request counts against its caller's rate: commands, GraphQL
 /// and everything else (health, readiness, metrics, documents, unknown
 /// routes) each by a limiter of their own. Also returns the rate limiters,
-/// whose idle callers [`forget_idle_callers`](crate::auth::forget_idle_callers)
+/// whose idle callers [`forget_idle_callers`](http_edge::auth::forget_idle_callers)
 /// forgets.
 pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Vec<Limiter>) {
     let request_timeout = config.request_timeout;
@@ -259,11 +143,11 @@ pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Ve
     let graphql_limiter = limiter("GraphQL", config.graphql_rate, &config.trusted_proxies);
     let meta_limiter = limiter("service", config.meta_rate, &config.trusted_proxies);
     let commands = limited(
-        commands.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
+        commands.layer(axum::middleware::from_fn(http_edge::auth::refuse_rejected)),
         command_limiter.as_ref(),
     );
     let extra = limited(
-        extra.layer(axum::middleware::from_fn(crate::auth::refuse_rejected)),
+        extra.layer(axum::middleware::from_fn(http_edge::auth::refuse_rejected)),
         graphql_limiter.as_ref(),
     );
     let limiters = command_limiter
@@ -304,15 +188,15 @@ pub fn router(state: AppState, config: &ApiConfig, extra: Router) -> (Router, Ve
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             config.authenticator.clone(),
-            crate::auth::identify,
+            http_edge::auth::identify,
         ))
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
-                crate::observe::time_limit(request_timeout, request, next)
+                http_edge::observe::time_limit(request_timeout, request, next)
             },
         ))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::from_fn(crate::observe::observe));
+        .layer(axum::middleware::from_fn(http_edge::observe::observe));
     (router, limiters)
 }
 
@@ -384,7 +268,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let cleanup = tokio::spawn(forget_expired_keys(self.pool));
-        let forget = tokio::spawn(crate::auth::forget_idle_callers(self.limiters));
+        let forget = tokio::spawn(http_edge::auth::forget_idle_callers(self.limiters));
         tracing::info!(addr = %self.listener.local_addr()?, "command API listening");
         // Connection info gives anonymous callers their own rate bucket.
         let served = axum::serve(

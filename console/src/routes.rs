@@ -6,9 +6,9 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use command_api::auth::Admin;
-use command_api::extract::JsonBody;
-use command_api::problem::{ApiError, FieldError};
+use http_edge::auth::Admin;
+use http_edge::extract::JsonBody;
+use http_edge::problem::{ApiError, FieldError};
 use operations::dead_letters::{DeadLetter, Filter, LetterId};
 use operations::sagas::ActionError;
 use serde::{Deserialize, Serialize};

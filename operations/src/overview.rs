@@ -173,7 +173,7 @@ pub async fn overview(pool: &PgPool, models: &[ReadModel]) -> sqlx::Result<Overv
         });
     }
     tx.commit().await?;
-    let (by_state, needing_attention) = saga_orchestrator::store::in_progress(pool).await?;
+    let (by_state, needing_attention) = order_saga::store::in_progress(pool).await?;
     Ok(Overview {
         events: Events {
             last_position,

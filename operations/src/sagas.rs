@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use saga_orchestrator::store::{self, Inspected};
+use order_saga::store::{self, Inspected};
 use serde::Serialize;
 use sqlx::PgPool;
 

@@ -31,6 +31,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_edge::problem::{FieldError, Problem, problem_response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -134,7 +135,7 @@ pub(crate) fn router(state: State) -> axum::Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .merge(guarded)
-        .route_layer(axum::middleware::from_fn(traced))
+        .route_layer(axum::middleware::from_fn(http_edge::observe::observe))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -180,32 +181,6 @@ async fn guard(
         return refused;
     }
     next.run(request).await
-}
-
-/// Middleware: each request in a span, a child of the caller's
-/// `traceparent` when it sends one.
-async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let name = format!("{} {route}", request.method());
-    let span = if matches!(route.as_str(), "/healthz" | "/readyz") {
-        // Probes are not traced.
-        tracing::info_span!(target: platform::telemetry::PROBE_TARGET, "gateway request")
-    } else {
-        tracing::info_span!(
-            "gateway request",
-            otel.name = name,
-            otel.kind = "server",
-            http.response.status_code = tracing::field::Empty,
-        )
-    };
-    let caller = request.headers().get(platform::trace::TRACEPARENT);
-    platform::trace::follow_header(&span, caller.map(|value| value.as_bytes()));
-    let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
-    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,7 +231,7 @@ async fn charge(
     if !errors.is_empty() {
         let errors = errors
             .iter()
-            .map(|(field, message)| json!({"field": field, "message": message}))
+            .map(|(field, message)| FieldError::new(*field, message.as_str()))
             .collect();
         return problem_with(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -499,27 +474,20 @@ fn problem(status: StatusCode, slug: &str, detail: String) -> Response {
     problem_with(status, slug, detail, Vec::new())
 }
 
-/// A problem+json answer; `errors` name the invalid fields, when any.
+/// A problem+json answer (the platform's one shape, `http_edge::problem`);
+/// `errors` name the invalid fields, when any.
 fn problem_with(
     status: StatusCode,
     slug: &str,
     detail: String,
-    errors: Vec<serde_json::Value>,
+    errors: Vec<FieldError>,
 ) -> Response {
-    let title = status.canonical_reason().unwrap_or("Error");
-    let mut body = json!({
-        "type": format!("/problems/{slug}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if !errors.is_empty() {
-        body["errors"] = errors.into();
-    }
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    let problem = Problem {
+        problem_type: format!("/problems/{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        errors,
+    };
+    problem_response(status, &problem)
 }

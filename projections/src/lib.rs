@@ -1,6 +1,6 @@
-//! The read side: read models kept up to date from the event topics in Kafka,
-//! the GraphQL API that serves them, and the rebuild that replays the event
-//! store into fresh tables.
+//! The read models: kept up to date from the event topics in Kafka, and
+//! rebuilt by replaying the event store into fresh tables. The GraphQL API
+//! that serves them is `query-api`'s.
 //!
 //! - `model/`: one read model per file, each a pure fold of one aggregate's
 //!   events into rows (so the live worker and the rebuild agree by construction).
@@ -12,7 +12,6 @@
 //! Read models are never a source of truth: everything here can be dropped and
 //! rebuilt from the events. This crate never writes to the event store.
 
-pub mod graphql;
 pub mod model;
 pub mod rebuild;
 pub mod registry;

@@ -7,9 +7,9 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::auth::Admin;
-use crate::problem::{ApiError, PROBLEM_TYPES};
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Admin;
+use http_edge::problem::{ApiError, PROBLEM_TYPES};
 
 /// `GET /healthz`: the process is up and serving.
 pub async fn healthz() -> Json<serde_json::Value> {

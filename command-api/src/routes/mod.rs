@@ -16,9 +16,9 @@ use utoipa::{IntoParams, IntoResponses};
 
 use identity::Caller;
 
-use crate::extract::CommandHeaders;
-use crate::problem::{ApiError, FieldError, Problem};
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::extract::CommandHeaders;
+use http_edge::problem::{ApiError, FieldError, Problem};
 
 /// A command's success: the status, the resource's new version as `ETag`,
 /// the position of its last event as `X-Event-Position` (the body repeats

@@ -298,7 +298,7 @@ mod tests {
         ] {
             assert_eq!(if_match.is_match(value), valid, "{value}");
             assert_eq!(
-                crate::extract::parse_if_match(value).is_ok(),
+                http_edge::extract::parse_if_match(value).is_ok(),
                 valid,
                 "{value}"
             );

@@ -34,7 +34,7 @@ pub struct OrderRow {
     pub global_position: i64,
 }
 
-pub(crate) const COLUMNS: &str = "order_id, customer_id, status, lines, total_cents, currency, \
+pub const COLUMNS: &str = "order_id, customer_id, status, lines, total_cents, currency, \
      payment_method, cancellation_reason, placed_at, updated_at, version, global_position";
 
 impl ReadModel for OrderSummary {
@@ -185,13 +185,13 @@ impl ReadModel for OrderSummary {
 }
 
 /// The ids that are UUIDs (others name no order).
-pub(crate) fn uuids(ids: &[&str]) -> Vec<Uuid> {
+pub fn uuids(ids: &[&str]) -> Vec<Uuid> {
     ids.iter()
         .filter_map(|id| Uuid::parse_str(id).ok())
         .collect()
 }
 
-pub(crate) fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
+pub fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
     let lines: serde_json::Value = row.try_get("lines")?;
     Ok(OrderRow {
         order_id: row.try_get("order_id")?,

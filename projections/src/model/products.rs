@@ -37,7 +37,7 @@ impl ProductRow {
     }
 }
 
-pub(crate) const COLUMNS: &str = "sku, name, price_cents, currency, on_hand, reserved, active, \
+pub const COLUMNS: &str = "sku, name, price_cents, currency, on_hand, reserved, active, \
      created_at, updated_at, version, global_position";
 
 impl ReadModel for ProductStock {
@@ -179,7 +179,7 @@ impl ReadModel for ProductStock {
     }
 }
 
-pub(crate) fn product_row(row: &PgRow) -> sqlx::Result<ProductRow> {
+pub fn product_row(row: &PgRow) -> sqlx::Result<ProductRow> {
     Ok(ProductRow {
         sku: row.try_get("sku")?,
         name: row.try_get("name")?,

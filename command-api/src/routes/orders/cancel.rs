@@ -9,14 +9,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::Ordering;
-use crate::extract::{CommandHeaders, JsonBody, PathId};
-use crate::problem::ApiError;
 use crate::routes::{
     Accepted, CommandHeaderParams, CommandProblems, OrderPath, Validation, command_failed,
     position_of, schema,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Ordering;
+use http_edge::extract::{CommandHeaders, JsonBody, PathId};
+use http_edge::problem::ApiError;
 
 /// Why the order is cancelled.
 #[derive(Debug, Deserialize, ToSchema)]

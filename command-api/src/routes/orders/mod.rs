@@ -6,7 +6,7 @@ pub mod place;
 use domain::OrderError;
 
 use super::Refusal;
-use crate::problem::{ApiError, FieldError};
+use http_edge::problem::{ApiError, FieldError};
 
 impl Refusal for OrderError {
     fn into_api_error(self, order_id: &str) -> ApiError {

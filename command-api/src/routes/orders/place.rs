@@ -14,13 +14,13 @@ use uuid::Uuid;
 
 use identity::Caller;
 
-use crate::auth::Ordering;
-use crate::extract::{CommandHeaders, JsonBody};
-use crate::problem::{ApiError, FieldError};
 use crate::routes::{
     Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, position_of, schema,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Ordering;
+use http_edge::extract::{CommandHeaders, JsonBody};
+use http_edge::problem::{ApiError, FieldError};
 
 /// An order. Unit prices are not sent: they are the products' prices at placement.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -44,7 +44,7 @@ pub struct OrderLineRequest {
     #[schema(schema_with = schema::sku)]
     pub sku: String,
     #[schema(schema_with = schema::line_quantity)]
-    #[serde(deserialize_with = "crate::extract::whole_number")]
+    #[serde(deserialize_with = "http_edge::extract::whole_number")]
     pub quantity: i64,
 }
 

@@ -8,18 +8,18 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ProductVersion;
-use crate::auth::Admin;
-use crate::extract::{CommandHeaders, JsonBody, PathId};
-use crate::problem::ApiError;
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, schema};
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Admin;
+use http_edge::extract::{CommandHeaders, JsonBody, PathId};
+use http_edge::problem::ApiError;
 
 /// A correction of the units on hand, with why (a count, breakage, loss).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
     #[schema(schema_with = schema::stock_delta)]
-    #[serde(deserialize_with = "crate::extract::whole_number")]
+    #[serde(deserialize_with = "http_edge::extract::whole_number")]
     pub delta: i64,
     #[schema(schema_with = schema::reason)]
     pub reason: String,

@@ -9,13 +9,13 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ProductVersion;
-use crate::auth::Admin;
-use crate::extract::{CommandHeaders, JsonBody};
-use crate::problem::ApiError;
 use crate::routes::{
     Accepted, CommandHeaderParams, CommandProblems, Validation, command_failed, position_of, schema,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Admin;
+use http_edge::extract::{CommandHeaders, JsonBody};
+use http_edge::problem::ApiError;
 
 /// A new product. It starts with no stock.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -26,7 +26,7 @@ pub struct CreateProduct {
     #[schema(schema_with = schema::product_name)]
     pub name: String,
     #[schema(schema_with = schema::price_cents)]
-    #[serde(deserialize_with = "crate::extract::whole_number")]
+    #[serde(deserialize_with = "http_edge::extract::whole_number")]
     pub price_cents: i64,
     #[schema(schema_with = schema::currency)]
     pub currency: String,

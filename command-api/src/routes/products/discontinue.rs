@@ -7,11 +7,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ProductVersion;
-use crate::auth::Admin;
-use crate::extract::{CommandHeaders, JsonBody, PathId};
-use crate::problem::ApiError;
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, SkuPath, Validation, schema};
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Admin;
+use http_edge::extract::{CommandHeaders, JsonBody, PathId};
+use http_edge::problem::ApiError;
 
 /// Why the product is no longer sold.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -16,9 +16,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{Accepted, Refusal, command_failed, position_of};
-use crate::extract::CommandHeaders;
-use crate::problem::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::extract::CommandHeaders;
+use http_edge::problem::ApiError;
 
 /// Runs `command` on the existing product `sku` names: `202` with the
 /// product's version, `404` for a SKU no product has (or none could have).

@@ -6,11 +6,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ProductVersion;
-use crate::auth::Admin;
-use crate::extract::{CommandHeaders, JsonBody, PathId};
-use crate::problem::ApiError;
 use crate::routes::{Accepted, CommandHeaderParams, CommandProblems, SkuPath};
-use crate::startup::AppState;
+use crate::state::AppState;
+use http_edge::auth::Admin;
+use http_edge::extract::{CommandHeaders, JsonBody, PathId};
+use http_edge::problem::ApiError;
 
 /// An empty object: reactivating takes nothing but the product.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -378,7 +378,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// `*` (no version) or one version of 1–19 digits in quotes, as in `ETag`
 /// (or without the quotes, as some clients send it).
-pub(crate) fn parse_if_match(raw: &str) -> Result<Option<u64>, ApiError> {
+pub fn parse_if_match(raw: &str) -> Result<Option<u64>, ApiError> {
     if raw == "*" {
         return Ok(None);
     }

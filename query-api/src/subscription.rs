@@ -14,8 +14,8 @@ use super::access::order_reader;
 use super::query::load_order;
 use super::types::Order;
 use super::updates::Updates;
-use crate::model::ReadModel;
-use crate::model::orders::OrderSummary;
+use projections::model::ReadModel;
+use projections::model::orders::OrderSummary;
 
 pub struct Subscription;
 

@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 /// The page `GET /graphql` answers a browser.
 pub fn page() -> Response {
-    let mut response = Html(include_str!("../../assets/graphiql/index.html")).into_response();
+    let mut response = Html(include_str!("../assets/graphiql/index.html")).into_response();
     // The page loads nothing from elsewhere, and nothing may frame it.
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
@@ -25,27 +25,27 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "graphiql.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/graphiql.min.js"),
+        include_bytes!("../assets/graphiql/graphiql.min.js"),
     ),
     (
         "graphiql.min.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../assets/graphiql/graphiql.min.css"),
+        include_bytes!("../assets/graphiql/graphiql.min.css"),
     ),
     (
         "react.production.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/react.production.min.js"),
+        include_bytes!("../assets/graphiql/react.production.min.js"),
     ),
     (
         "react-dom.production.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/react-dom.production.min.js"),
+        include_bytes!("../assets/graphiql/react-dom.production.min.js"),
     ),
     (
         "start.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/graphiql/start.js"),
+        include_bytes!("../assets/graphiql/start.js"),
     ),
 ];
 
@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn the_page_loads_only_assets_the_platform_serves() {
-        let page = include_str!("../../assets/graphiql/index.html");
+        let page = include_str!("../assets/graphiql/index.html");
         let mut loaded = 0;
         for attribute in ["src=\"", "href=\""] {
             for part in page.split(attribute).skip(1) {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::order::{OrderLine, OrderPlaced};
 use domain::values::{Currency, CustomerId, OrderId, PaymentMethod, Sku};
+use order_saga::saga::{Action, OrderSaga, Outcome};
+use order_saga::store::{self, Save, Saved, Saves};
 use platform::testing::TestDatabase;
-use saga_orchestrator::saga::{Action, OrderSaga, Outcome};
-use saga_orchestrator::store::{self, Save, Saved, Saves};
 use sqlx::PgPool;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -18,7 +18,7 @@ async fn database() -> (TestDatabase, PgPool) {
     let database = TestDatabase::create().await.unwrap();
     let pool = database.pool(8).await.unwrap();
     event_store::migrate(&pool).await.unwrap();
-    saga_orchestrator::migrate(&pool).await.unwrap();
+    order_saga::migrate(&pool).await.unwrap();
     (database, pool)
 }
 

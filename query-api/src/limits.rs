@@ -110,8 +110,8 @@ impl Extension for DocumentLimits {
         // An operation started on an open WebSocket (a subscription) costs
         // its caller as a query over HTTP does.
         if ctx.data_opt::<OverWebSocket>().is_some()
-            && let Some(charged) = ctx.data_opt::<command_api::auth::Charged>()
-            && let Err(command_api::problem::ApiError::TooManyRequests { retry_after }) =
+            && let Some(charged) = ctx.data_opt::<http_edge::auth::Charged>()
+            && let Err(http_edge::problem::ApiError::TooManyRequests { retry_after }) =
                 charged.more(1)
         {
             return Err(coded(

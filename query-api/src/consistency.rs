@@ -29,8 +29,8 @@ use tokio::sync::{Semaphore, broadcast};
 use super::limits::GraphqlLimits;
 use super::slots::Slots;
 use super::updates::{Updated, Updates};
-use crate::model::orders::OrderSummary;
-use crate::model::{ReadModel, fold_all};
+use projections::model::orders::OrderSummary;
+use projections::model::{ReadModel, fold_all};
 
 /// Error code of an `afterPosition` that is not one this API gave the caller.
 pub const BAD_POSITION: &str = "BAD_POSITION";

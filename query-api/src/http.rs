@@ -17,10 +17,10 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use command_api::auth::{Charged, RateKey, TrustedProxies, peer_key};
-use command_api::problem::ApiError;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use http_edge::auth::{Charged, RateKey, TrustedProxies, peer_key};
+use http_edge::problem::ApiError;
 use identity::{AuthError, Authenticator, Identity};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -117,7 +117,7 @@ impl Endpoint {
             return Err(ApiError::UnsupportedMediaType);
         }
         let (parts, body) = request.into_parts();
-        let body = command_api::extract::read_limited(&parts.headers, body, limit).await?;
+        let body = http_edge::extract::read_limited(&parts.headers, body, limit).await?;
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
         serde_json::from_value(value).map_err(|error| {

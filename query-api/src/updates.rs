@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 
-use crate::worker::UPDATES_CHANNEL;
+use projections::worker::UPDATES_CHANNEL;
 
 /// A change to one row of one read model.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,11 +4,11 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use identity::Identity;
-use saga_orchestrator::store::SagaView;
+use order_saga::store::SagaView;
 
 use super::loaders::{HistoryLoader, SagaLoader};
-use crate::model::orders::OrderRow;
-use crate::model::products::ProductRow;
+use projections::model::orders::OrderRow;
+use projections::model::products::ProductRow;
 
 // The domain's statuses as a GraphQL enum: the generated conversions both
 // ways stop compiling if the two ever differ.
@@ -192,7 +192,7 @@ pub struct SagaStep {
 impl SagaStep {
     /// The step as `admin` (everything recorded) or the order's customer
     /// (public reasons only) sees it.
-    pub fn seen_by(step: saga_orchestrator::saga::StepRecord, admin: bool) -> Self {
+    pub fn seen_by(step: order_saga::saga::StepRecord, admin: bool) -> Self {
         let detail = if admin {
             step.detail.clone()
         } else {

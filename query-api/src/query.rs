@@ -13,11 +13,11 @@ use super::access::{order_reader, signed_in};
 use super::consistency::{self, AS_OF_COST, AsOf, Model};
 use super::loaders::{OrderLoader, ProductLoader};
 use super::types::{Order, OrderStatus, Product, View};
-use crate::model::customer_orders::CustomerOrders;
-use crate::model::orders::OrderSummary;
-use crate::model::orders::{COLUMNS as ORDER_COLUMNS, order_row};
-use crate::model::products::ProductStock;
-use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
+use projections::model::customer_orders::CustomerOrders;
+use projections::model::orders::OrderSummary;
+use projections::model::orders::{COLUMNS as ORDER_COLUMNS, order_row};
+use projections::model::products::ProductStock;
+use projections::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
 
 /// Where a page of orders stops: newest first, ties broken by id.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,11 +8,11 @@ use serde_json::value::RawValue;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use saga_orchestrator::store::SagaView;
+use order_saga::store::SagaView;
 
 use super::types::{EventRecord, Order, Product};
-use crate::model::orders::{COLUMNS, order_row};
-use crate::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
+use projections::model::orders::{COLUMNS, order_row};
+use projections::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
 
 /// Orders' histories from the event store, by order id.
 #[derive(Debug)]
@@ -88,7 +88,7 @@ impl Loader<String> for SagaLoader {
     type Error = Arc<sqlx::Error>;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, SagaView>, Self::Error> {
-        let views = saga_orchestrator::store::views(&self.pool, keys).await?;
+        let views = order_saga::store::views(&self.pool, keys).await?;
         Ok(views
             .into_iter()
             .map(|view| (view.order_id.clone(), view))
