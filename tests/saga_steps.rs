@@ -86,6 +86,8 @@ impl Stage {
             currency: order.currency,
             total_cents: order.total_cents,
             payment_method: order.payment_method,
+            shipping_address: None,
+            email: None,
         };
         OrderSaga::start(&event, "staged", Utc::now())
     }

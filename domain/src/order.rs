@@ -12,7 +12,9 @@ use cqrs_es::event_sink::EventSink;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Currency, CustomerId, Money, OrderId, PaymentMethod, Reason, Sku};
+use crate::values::{
+    Currency, CustomerId, Email, Money, OrderId, PaymentMethod, Reason, ShippingAddress, Sku,
+};
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
@@ -39,6 +41,10 @@ pub enum OrderCommand {
         customer_id: CustomerId,
         lines: Vec<PricedLine>,
         payment_method: PaymentMethod,
+        /// Where the goods go, and where the customer hears about them;
+        /// both optional.
+        shipping_address: Option<Box<ShippingAddress>>,
+        email: Option<Email>,
     },
     /// The order's stock is reserved and its payment captured.
     ConfirmOrder,
@@ -67,6 +73,13 @@ pub struct OrderPlaced {
     pub currency: Currency,
     pub total_cents: i64,
     pub payment_method: PaymentMethod,
+    /// Where the goods go. Orders placed before addresses were taken have
+    /// none, as do orders placed without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<Box<ShippingAddress>>,
+    /// Where the customer hears about the order, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Email>,
 }
 
 /// The order's stock is reserved and its payment captured.
@@ -162,6 +175,10 @@ pub struct PlacedOrder {
     pub total_cents: i64,
     pub payment_method: PaymentMethod,
     pub status: OrderStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<Box<ShippingAddress>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Email>,
 }
 
 /// One order, rebuilt from its events; `None` until it is placed.
@@ -187,6 +204,8 @@ impl Order {
                 customer_id,
                 lines,
                 payment_method,
+                shipping_address,
+                email,
             } => {
                 if self.placed.is_some() {
                     return Err(OrderError::AlreadyPlaced);
@@ -199,6 +218,8 @@ impl Order {
                     currency,
                     total_cents,
                     payment_method,
+                    shipping_address,
+                    email,
                 })
             }
             OrderCommand::ConfirmOrder => match self.current_status()? {
@@ -316,6 +337,8 @@ impl Aggregate for Order {
                     total_cents: placed.total_cents,
                     payment_method: placed.payment_method,
                     status: OrderStatus::Placed,
+                    shipping_address: placed.shipping_address,
+                    email: placed.email,
                 });
             }
             OrderEvent::OrderConfirmed(OrderConfirmed {}) => {

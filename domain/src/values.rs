@@ -204,6 +204,114 @@ impl fmt::Display for Currency {
     }
 }
 
+/// An ISO 3166-1 alpha-2 country code, such as `DE` or `US`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Country(String);
+
+/// The officially assigned ISO 3166-1 alpha-2 codes, sorted so that
+/// membership is a binary search.
+const ISO_3166_1: &[&str] = &[
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
+impl Country {
+    /// Every code [`Country::parse`] accepts, sorted.
+    pub const CODES: &'static [&'static str] = ISO_3166_1;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if ISO_3166_1.binary_search(&raw).is_err() {
+            return Err(invalid(
+                "must be an ISO 3166-1 alpha-2 country code in upper case, such as DE or US",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+bounded_text_type!(
+    /// A line of a postal address (a name, a street, a city): 1–200
+    /// characters, not blank, without control characters.
+    AddressLine,
+    200
+);
+bounded_text_type!(
+    /// A postal code: 1–20 characters, not blank, without control characters.
+    PostalCode,
+    20
+);
+
+/// Where an order's goods go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ShippingAddress {
+    pub name: AddressLine,
+    pub line1: AddressLine,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<AddressLine>,
+    pub city: AddressLine,
+    pub postal_code: PostalCode,
+    pub country: Country,
+}
+
+/// An e-mail address of the shape `local@domain`: at most 254 characters,
+/// a local part of 1–64 and a domain of 1–253, neither with white space,
+/// control characters or a second `@`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub const MAX_LEN: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let shape = || invalid("must have the shape local@domain, at most 254 characters");
+        if raw.chars().count() > Self::MAX_LEN {
+            return Err(shape());
+        }
+        let (local, domain) = raw.split_once('@').ok_or_else(shape)?;
+        let part = |text: &str, max: usize| {
+            !text.is_empty()
+                && text.chars().count() <= max
+                && !text
+                    .chars()
+                    .any(|c| c == '@' || c.is_whitespace() || c.is_control())
+        };
+        if !part(local, 64) || !part(domain, 253) {
+            return Err(shape());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An amount of money in minor units (cents) of one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Money {
@@ -233,6 +341,40 @@ impl Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn country_table_is_sorted_and_holds_every_assigned_code() {
+        assert!(ISO_3166_1.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(ISO_3166_1.len(), 249);
+        assert!(Country::parse("DE").is_ok());
+        assert!(Country::parse("de").is_err());
+        assert!(Country::parse("XX").is_err());
+        assert!(Country::parse("DEU").is_err());
+    }
+
+    #[test]
+    fn emails_have_one_at_between_two_parts_without_spaces() {
+        for good in ["a@b", "first.last+tag@example.com", "x@localhost"] {
+            assert!(Email::parse(good).is_ok(), "{good}");
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        let too_long = format!("a@{}", "b".repeat(254));
+        for bad in [
+            "",
+            "@",
+            "a@",
+            "@b",
+            "ab",
+            "a@b@c",
+            "a b@c",
+            "a@b c",
+            "a\n@b",
+            &long_local,
+            &too_long,
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn currency_table_is_sorted_so_binary_search_works() {

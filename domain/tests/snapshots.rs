@@ -115,6 +115,8 @@ fn order_command() -> impl Strategy<Value = OrderCommand> {
                 vec![line("MUG-1")]
             },
             payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+            shipping_address: None,
+            email: None,
         }),
         Just(OrderCommand::ConfirmOrder),
         prop::option::of(Just(CustomerId::parse("alice").unwrap())).prop_map(|customer| {

@@ -8,7 +8,9 @@
 //! costs what one with a few does. Lookups made at about the same time share
 //! one statement (group commit's batcher), so a busy API pays one round trip
 //! for many orders. An order placed after a price change's answer was sent
-//! reads the new price, in any process.
+//! reads the new price, in any process. An order takes the prices the
+//! store holds when its request is priced: one priced just before a change
+//! committed and appended just after keeps the price it was priced at.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +111,8 @@ impl Catalog {
     }
 }
 
-/// Answers a batch of lookups with one statement.
+/// Answers a batch of lookups with one statement. A product whose catalogue
+/// events do not decode fails the lookups that name it, not the others.
 async fn answer(pool: PgPool, statement: Arc<str>, batch: Vec<Lookup>) {
     let mut wanted: Vec<&str> = batch
         .iter()
@@ -119,11 +122,15 @@ async fn answer(pool: PgPool, statement: Arc<str>, batch: Vec<Lookup>) {
     wanted.dedup();
     let found = read(&pool, &statement, &wanted).await;
     for lookup in batch {
-        let answer = found.as_ref().map_err(Clone::clone).map(|found| {
+        let answer = found.as_ref().map_err(Clone::clone).and_then(|found| {
             lookup
                 .skus
                 .iter()
-                .map(|sku| found.get(sku.as_str()).cloned())
+                .map(|sku| match found.get(sku.as_str()) {
+                    None => Ok(None),
+                    Some(Ok(details)) => Ok(Some(details.clone())),
+                    Some(Err(error)) => Err(error.clone()),
+                })
                 .collect()
         });
         // A caller that stopped waiting needs no answer.
@@ -131,17 +138,16 @@ async fn answer(pool: PgPool, statement: Arc<str>, batch: Vec<Lookup>) {
     }
 }
 
-async fn read(
-    pool: &PgPool,
-    statement: &str,
-    skus: &[&str],
-) -> Result<HashMap<String, ProductDetails>, CatalogError> {
+/// Each product's catalogue data, or why its events do not fold.
+type Folded = HashMap<String, Result<ProductDetails, CatalogError>>;
+
+async fn read(pool: &PgPool, statement: &str, skus: &[&str]) -> Result<Folded, CatalogError> {
     let rows = sqlx::query(statement)
         .bind(skus)
         .fetch_all(pool)
         .await
         .map_err(|error| CatalogError::Database(Arc::new(error)))?;
-    let mut found: HashMap<String, ProductDetails> = HashMap::with_capacity(skus.len());
+    let mut found: Folded = HashMap::with_capacity(skus.len());
     for row in rows {
         let sku: String = row
             .try_get("aggregate_id")
@@ -149,11 +155,18 @@ async fn read(
         let payload: serde_json::Value = row
             .try_get("payload")
             .map_err(|error| CatalogError::Database(Arc::new(error)))?;
-        let event: ProductEvent = serde_json::from_value(payload)
-            .map_err(|error| CatalogError::Decode(format!("{sku}: {error}")))?;
-        let before = found.remove(&sku);
-        if let Some(details) = ProductDetails::fold(before, &event) {
-            found.insert(sku, details);
+        let folded = match (
+            found.remove(&sku),
+            serde_json::from_value::<ProductEvent>(payload),
+        ) {
+            (Some(Err(broken)), _) => Some(Err(broken)),
+            (_, Err(error)) => Some(Err(CatalogError::Decode(format!("{sku}: {error}")))),
+            (before, Ok(event)) => {
+                ProductDetails::fold(before.and_then(Result::ok), &event).map(Ok)
+            }
+        };
+        if let Some(folded) = folded {
+            found.insert(sku, folded);
         }
     }
     Ok(found)

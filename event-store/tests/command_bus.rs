@@ -434,6 +434,37 @@ async fn lookups_at_once_share_a_statement_and_each_gets_its_own_answer() {
 }
 
 #[tokio::test]
+async fn a_product_whose_catalogue_does_not_decode_fails_only_its_own_lookups() {
+    let (_db, pool) = migrated_database().await;
+    let bus = CommandBus::new(pool.clone());
+    create_product(&bus, "MUG", 1250, "EUR").await;
+    create_product(&bus, "BAD", 100, "EUR").await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         VALUES ('Product', 'BAD', 2, 'ProductPriceChanged', '1.0',
+                 '{\"ProductPriceChanged\": {\"price\": \"free\"}}', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let catalog = Catalog::new(pool.clone());
+    let sku = |s: &str| vec![Sku::parse(s).unwrap()];
+    let (bad_only, mixed, mug_only) = (sku("BAD"), [sku("MUG"), sku("BAD")].concat(), sku("MUG"));
+    let (bad, both, good) = tokio::join!(
+        catalog.details(&bad_only),
+        catalog.details(&mixed),
+        catalog.details(&mug_only),
+    );
+    assert!(
+        matches!(bad, Err(event_store::CatalogError::Decode(_))),
+        "{bad:?}"
+    );
+    assert!(both.is_err());
+    assert_eq!(good.unwrap()[0].as_ref().unwrap().price.amount_cents, 1250);
+}
+
+#[tokio::test]
 async fn the_catalogue_index_covers_exactly_the_catalogue_events() {
     // The catalogue reads through the partial index of migration 0007; its
     // predicate must name exactly ProductEvent::CATALOGUE, or the lookup
@@ -1165,6 +1196,8 @@ async fn an_event_that_would_not_follow_one_the_store_holds_is_never_appended() 
             currency: Currency::parse("EUR").unwrap(),
             total_cents: 1,
             payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+            shipping_address: None,
+            email: None,
         }),
     );
     bus.offer(&order_id.to_string(), forged, 1);

@@ -26,6 +26,8 @@ fn placed(skus: &[&str]) -> OrderPlaced {
         currency: Currency::parse("EUR").unwrap(),
         total_cents: 200 * skus.len() as i64,
         payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+        shipping_address: None,
+        email: None,
     }
 }
 

@@ -34,6 +34,8 @@ fn saga(n: u128) -> OrderSaga {
         currency: Currency::parse("EUR").unwrap(),
         total_cents: 100,
         payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+        shipping_address: None,
+        email: None,
     };
     OrderSaga::start(&placed, "corr", Utc::now())
 }

@@ -53,6 +53,31 @@ impl Order {
     pub fn live(row: OrderRow) -> Self {
         Self(row, View::Live)
     }
+
+    /// The row, when the caller is the order's customer or an
+    /// administrator: what a contact field may show.
+    fn contact_for(&self, ctx: &Context<'_>) -> Option<&OrderRow> {
+        match ctx.data_opt::<Identity>() {
+            Some(Identity::Caller(caller))
+                if caller.is_admin() || caller.customer().as_str() == self.0.customer_id =>
+            {
+                Some(&self.0)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A postal address, as the order was placed with it.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct ShippingAddress {
+    pub name: String,
+    pub line1: String,
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
 }
 
 #[Object]
@@ -106,6 +131,26 @@ impl Order {
 
     async fn cancellation_reason(&self) -> Option<&str> {
         self.0.cancellation_reason.as_deref()
+    }
+
+    /// Where the customer hears about the order, if it was given; only the
+    /// order's customer and administrators read it (`null` for anyone else).
+    async fn email(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.contact_for(ctx).and_then(|row| row.email.as_deref())
+    }
+
+    /// Where the goods go, if it was given; only the order's customer and
+    /// administrators read it (`null` for anyone else).
+    async fn shipping_address(&self, ctx: &Context<'_>) -> Option<ShippingAddress> {
+        let address = self.contact_for(ctx)?.shipping_address.as_ref()?;
+        Some(ShippingAddress {
+            name: address.name.to_string(),
+            line1: address.line1.to_string(),
+            line2: address.line2.as_ref().map(ToString::to_string),
+            city: address.city.to_string(),
+            postal_code: address.postal_code.to_string(),
+            country: address.country.as_str().to_owned(),
+        })
     }
 
     /// The order's own events from the event store, oldest first (for an

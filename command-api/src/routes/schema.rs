@@ -5,7 +5,9 @@
 
 use domain::order::MAX_LINE_QUANTITY;
 use domain::product::MAX_STOCK_ADDITION;
-use domain::values::{Currency, CustomerId, Money, ProductName, Reason, Sku};
+use domain::values::{
+    AddressLine, Country, Currency, CustomerId, Email, Money, PostalCode, ProductName, Reason, Sku,
+};
 use serde_json::json;
 use utoipa::openapi::schema::{ObjectBuilder, OneOf, OneOfBuilder, SchemaFormat, SchemaType, Type};
 use utoipa::openapi::{KnownFormat, Object};
@@ -164,6 +166,61 @@ pub fn reason() -> Object {
     .build()
 }
 
+/// `Email::parse`: a local part of 1–64 and a domain of 1–253 characters,
+/// neither with `@`, white space or control characters.
+pub const EMAIL_PATTERN: &str =
+    "^[^@\\s\\u0000-\\u001f\\u007f-\\u009f]{1,64}@[^@\\s\\u0000-\\u001f\\u007f-\\u009f]{1,253}$";
+
+pub fn email() -> Object {
+    string(
+        EMAIL_PATTERN,
+        Email::MAX_LEN,
+        "ada@example.com",
+        "Optional (null or absent): where the customer hears about the order, of the shape \
+         local@domain, at most 254 characters. Only the customer and administrators read it back.",
+    )
+    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    .build()
+}
+
+pub fn address_line() -> Object {
+    bounded_text(
+        AddressLine::MAX_CHARS,
+        "1 Main Street",
+        "1–200 characters, not blank, without control characters.",
+    )
+    .build()
+}
+
+pub fn optional_address_line() -> Object {
+    bounded_text(
+        AddressLine::MAX_CHARS,
+        "Flat 2",
+        "Optional (null or absent); otherwise 1–200 characters, not blank, without control \
+         characters.",
+    )
+    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    .build()
+}
+
+pub fn postal_code() -> Object {
+    bounded_text(
+        PostalCode::MAX_CHARS,
+        "10115",
+        "1–20 characters, not blank, without control characters.",
+    )
+    .build()
+}
+
+pub fn country() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Country::CODES.iter().copied()))
+        .examples([json!("DE")])
+        .description(Some("An ISO 3166-1 alpha-2 code, in upper case."))
+        .build()
+}
+
 pub fn idempotency_key() -> Object {
     string(
         IDEMPOTENCY_KEY_PATTERN,
@@ -250,7 +307,7 @@ mod tests {
         let chars = prop::sample::select(vec![
             'a', 'Z', '0', '9', '-', '_', '.', ' ', '!', '~', '"', '*', '/', '\t', '\n', '\r',
             '\u{0}', '\u{1f}', '\u{7f}', '\u{85}', '\u{9f}', '\u{a0}', '\u{1680}', '\u{2000}',
-            '\u{200b}', '\u{2028}', '\u{3000}', '\u{feff}', 'é', '日', '😀',
+            '\u{200b}', '\u{2028}', '\u{3000}', '\u{feff}', 'é', '日', '😀', '@',
         ]);
         prop::collection::vec(chars, 0..70).prop_map(|chars| chars.into_iter().collect())
     }
@@ -267,9 +324,17 @@ mod tests {
                 (ProductName::MAX_CHARS, ProductName::parse(&value).is_ok()),
                 (CustomerId::MAX_CHARS, CustomerId::parse(&value).is_ok()),
                 (Reason::MAX_CHARS, Reason::parse(&value).is_ok()),
+                (AddressLine::MAX_CHARS, AddressLine::parse(&value).is_ok()),
+                (PostalCode::MAX_CHARS, PostalCode::parse(&value).is_ok()),
             ] {
                 prop_assert_eq!(matches(BOUNDED_TEXT_PATTERN, max, &value), parsed, "{:?}", value);
             }
+            prop_assert_eq!(
+                matches(EMAIL_PATTERN, Email::MAX_LEN, &value),
+                Email::parse(&value).is_ok(),
+                "{:?}",
+                value
+            );
         }
     }
 

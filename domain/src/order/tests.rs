@@ -27,6 +27,8 @@ fn place(lines: Vec<PricedLine>) -> OrderCommand {
         customer_id: CustomerId::parse("customer-1").unwrap(),
         lines,
         payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+        shipping_address: None,
+        email: None,
     }
 }
 
@@ -49,6 +51,8 @@ fn placed() -> OrderEvent {
         currency: Currency::parse("EUR").unwrap(),
         total_cents: 2999,
         payment_method: PaymentMethod::parse("tok_visa").unwrap(),
+        shipping_address: None,
+        email: None,
     })
 }
 

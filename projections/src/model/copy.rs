@@ -127,6 +127,21 @@ impl CopyText {
         Ok(self)
     }
 
+    /// A JSON column that may be `NULL`.
+    pub fn optional_json(
+        &mut self,
+        value: Option<&impl serde::Serialize>,
+    ) -> serde_json::Result<&mut Self> {
+        match value {
+            Some(value) => self.json(value),
+            None => {
+                self.separate();
+                self.buffer.extend_from_slice(b"\\N");
+                Ok(self)
+            }
+        }
+    }
+
     /// Ends the row; the next column starts the next one.
     pub fn end_row(&mut self) {
         self.buffer.push(b'\n');

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use domain::OrderEvent;
 use domain::order::OrderLine;
+use domain::values::ShippingAddress;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -28,6 +29,10 @@ pub struct OrderRow {
     pub currency: String,
     pub payment_method: String,
     pub cancellation_reason: Option<String>,
+    /// Where the goods go, as placed; only the order's customer and
+    /// administrators read it.
+    pub shipping_address: Option<ShippingAddress>,
+    pub email: Option<String>,
     pub placed_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -35,7 +40,8 @@ pub struct OrderRow {
 }
 
 pub const COLUMNS: &str = "order_id, customer_id, status, lines, total_cents, currency, \
-     payment_method, cancellation_reason, placed_at, updated_at, version, global_position";
+     payment_method, cancellation_reason, shipping_address, email, placed_at, updated_at, version, \
+     global_position";
 
 impl ReadModel for OrderSummary {
     type Row = OrderRow;
@@ -66,6 +72,8 @@ impl ReadModel for OrderSummary {
                 currency: placed.currency.to_string(),
                 payment_method: placed.payment_method.as_str().into(),
                 cancellation_reason: None,
+                shipping_address: placed.shipping_address.map(|address| *address),
+                email: placed.email.map(|email| email.to_string()),
                 placed_at: event.recorded_at,
                 updated_at: event.recorded_at,
                 version: 0,
@@ -124,6 +132,8 @@ impl ReadModel for OrderSummary {
             .text(&row.currency)
             .text(&row.payment_method)
             .optional_text(row.cancellation_reason.as_deref())
+            .optional_json(row.shipping_address.as_ref())?
+            .optional_text(row.email.as_deref())
             .time(row.placed_at)
             .time(row.updated_at)
             .int(row.version)
@@ -141,11 +151,22 @@ impl ReadModel for OrderSummary {
             .map(|r| serde_json::to_string(&r.lines))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let addresses = rows
+            .iter()
+            .map(|r| {
+                r.shipping_address
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(&format!(
             "INSERT INTO {table} ({COLUMNS})
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::bigint[],
-                                  $6::text[], $7::text[], $8::text[], $9::timestamptz[],
-                                  $10::timestamptz[], $11::bigint[], $12::bigint[])
+                                  $6::text[], $7::text[], $8::text[], $9::text[]::jsonb[],
+                                  $10::text[], $11::timestamptz[], $12::timestamptz[],
+                                  $13::bigint[], $14::bigint[])
              ON CONFLICT (order_id) DO UPDATE SET
                 status = EXCLUDED.status,
                 cancellation_reason = EXCLUDED.cancellation_reason,
@@ -174,6 +195,8 @@ impl ReadModel for OrderSummary {
                 .map(|r| r.cancellation_reason.as_deref())
                 .collect::<Vec<_>>(),
         )
+        .bind(addresses)
+        .bind(rows.iter().map(|r| r.email.as_deref()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
@@ -193,6 +216,7 @@ pub fn uuids(ids: &[&str]) -> Vec<Uuid> {
 
 pub fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
     let lines: serde_json::Value = row.try_get("lines")?;
+    let address: Option<serde_json::Value> = row.try_get("shipping_address")?;
     Ok(OrderRow {
         order_id: row.try_get("order_id")?,
         customer_id: row.try_get("customer_id")?,
@@ -202,6 +226,11 @@ pub fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
         currency: row.try_get("currency")?,
         payment_method: row.try_get("payment_method")?,
         cancellation_reason: row.try_get("cancellation_reason")?,
+        shipping_address: address
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        email: row.try_get("email")?,
         placed_at: row.try_get("placed_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use domain::order::{MAX_LINE_QUANTITY, MAX_LINES, PricedLine};
-use domain::values::{CustomerId, OrderId, PaymentMethod, Sku};
+use domain::values::{
+    AddressLine, Country, CustomerId, Email, OrderId, PaymentMethod, PostalCode, ShippingAddress,
+    Sku,
+};
 use domain::{Order, OrderCommand, ProductError};
 use event_store::Expect;
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,61 @@ pub struct PlaceOrder {
     pub lines: Vec<OrderLineRequest>,
     #[schema(schema_with = schema::payment_method)]
     pub payment_method: String,
+    /// Where the goods go; optional (absent or null).
+    #[serde(default)]
+    pub shipping_address: Option<AddressRequest>,
+    /// Where the customer hears about the order; optional (absent or null).
+    #[schema(schema_with = schema::email)]
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// A postal address. Every field but `line2` is required and not blank.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRequest {
+    /// Who receives the goods.
+    #[schema(schema_with = schema::address_line)]
+    pub name: String,
+    #[schema(schema_with = schema::address_line)]
+    pub line1: String,
+    /// Optional (absent or null).
+    #[schema(schema_with = schema::optional_address_line)]
+    #[serde(default)]
+    pub line2: Option<String>,
+    #[schema(schema_with = schema::address_line)]
+    pub city: String,
+    #[schema(schema_with = schema::postal_code)]
+    pub postal_code: String,
+    #[schema(schema_with = schema::country)]
+    pub country: String,
+}
+
+impl AddressRequest {
+    /// The address, recording in `validation` each field that breaks the rules.
+    fn check(&self, validation: &mut Validation) -> Option<ShippingAddress> {
+        let field = |name: &str| format!("shipping_address.{name}");
+        let name = validation.check(field("name"), AddressLine::parse(&self.name));
+        let line1 = validation.check(field("line1"), AddressLine::parse(&self.line1));
+        let line2 = match &self.line2 {
+            None => Some(None),
+            Some(line2) => validation
+                .check(field("line2"), AddressLine::parse(line2))
+                .map(Some),
+        };
+        let city = validation.check(field("city"), AddressLine::parse(&self.city));
+        let postal_code =
+            validation.check(field("postal_code"), PostalCode::parse(&self.postal_code));
+        let country = validation.check(field("country"), Country::parse(&self.country));
+        Some(ShippingAddress {
+            name: name?,
+            line1: line1?,
+            line2: line2?,
+            city: city?,
+            postal_code: postal_code?,
+            country: country?,
+        })
+    }
 }
 
 /// One line of an order.
@@ -67,6 +125,8 @@ struct Requested {
     customer_id: CustomerId,
     payment_method: PaymentMethod,
     lines: Vec<(Sku, u32)>,
+    shipping_address: Option<Box<ShippingAddress>>,
+    email: Option<Email>,
 }
 
 impl PlaceOrder {
@@ -105,7 +165,19 @@ impl PlaceOrder {
                 }
             }
         }
-        let (customer_id, payment_method) = validation.finish(customer_id.zip(payment_method))?;
+        let shipping_address = match &self.shipping_address {
+            None => Some(None),
+            Some(address) => address
+                .check(&mut validation)
+                .map(|address| Some(Box::new(address))),
+        };
+        let email = match &self.email {
+            None => Some(None),
+            Some(email) => validation.check("email", Email::parse(email)).map(Some),
+        };
+        let contact = shipping_address.zip(email);
+        let ((customer_id, payment_method), (shipping_address, email)) =
+            validation.finish(customer_id.zip(payment_method).zip(contact))?;
         if &customer_id != caller.customer() && !caller.is_admin() {
             return Err(ApiError::Forbidden(
                 "customer_id must be the token's subject: a customer places orders only for themselves"
@@ -116,6 +188,8 @@ impl PlaceOrder {
             customer_id,
             payment_method,
             lines,
+            shipping_address,
+            email,
         })
     }
 }
@@ -154,6 +228,8 @@ pub async fn place_order(
         customer_id: requested.customer_id,
         lines,
         payment_method: requested.payment_method,
+        shipping_address: requested.shipping_address,
+        email: requested.email,
     };
     let context = app.command_context(&caller, &headers, body.fingerprint.as_deref());
     let id = order_id.to_string();
