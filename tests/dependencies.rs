@@ -15,16 +15,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("identity", &["domain"]),
     ("http-edge", &["identity", "platform"]),
     ("event-store", &["domain", "platform"]),
+    ("command-bus", &["domain", "event-store", "platform"]),
     ("event-contract", &["event-store", "platform"]),
     (
         "command-api",
-        &["domain", "event-store", "http-edge", "identity", "platform"],
+        &[
+            "command-bus",
+            "domain",
+            "event-store",
+            "http-edge",
+            "identity",
+            "platform",
+        ],
     ),
     ("relay", &["event-contract", "event-store", "platform"]),
     ("order-saga", &["domain", "platform"]),
     (
         "saga-orchestrator",
         &[
+            "command-bus",
             "domain",
             "event-contract",
             "event-store",
@@ -60,7 +69,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// The read side, and the crates that decide or send commands: no read
 /// crate reaches a write-side one, directly or through another crate.
 const READ_SIDE: &[&str] = &["projections", "query-api"];
-const WRITE_SIDE: &[&str] = &["command-api", "saga-orchestrator", "relay"];
+const WRITE_SIDE: &[&str] = &["command-bus", "command-api", "saga-orchestrator", "relay"];
 
 /// The HTTP services, which all speak through the one shared edge.
 const HTTP_SERVICES: &[&str] = &[
@@ -90,6 +99,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "event-store",
+        &["rdkafka", "axum", "reqwest", "async-graphql"],
+    ),
+    (
+        "command-bus",
         &["rdkafka", "axum", "reqwest", "async-graphql"],
     ),
     (

@@ -8,10 +8,11 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use command_bus::{CommandBus, CommandContext, Expect};
 use domain::order::OrderPlaced;
 use domain::values::{Currency, Money, OrderId};
 use domain::{Order, Payment, PaymentCommand, Product, ProductCommand};
-use event_store::{CommandBus, CommandContext, Expect, IdempotencyClaim, IdempotencyKey};
+use event_store::{IdempotencyClaim, IdempotencyKey};
 use orders_cli::audit::audit_settled;
 use platform_tests::{TestGateway, TestPlatform, settings};
 use saga_orchestrator::driver::{Driver, Policy, charge_key};

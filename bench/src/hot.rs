@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use command_bus::{CommandBus, CommandContext, Expect};
 use domain::{Product, ProductCommand};
-use event_store::{CommandBus, CommandContext, Expect};
 use platform::testing::TestDatabase;
 use sqlx::PgPool;
 
@@ -104,7 +104,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 /// padded with deliveries so that one more event reaches a snapshot
 /// boundary. Returns the events written.
 async fn seed(pool: &PgPool, orders: i64) -> anyhow::Result<i64> {
-    let every = i64::try_from(event_store::dispatch::DEFAULT_SNAPSHOT_EVERY)?;
+    let every = i64::try_from(command_bus::dispatch::DEFAULT_SNAPSHOT_EVERY)?;
     // ProductCreated, the deliveries, then two events per order.
     let deliveries_needed = ((orders + 999_999) / 1_000_000).max(1);
     let before_padding = 1 + deliveries_needed + 2 * orders;

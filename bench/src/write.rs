@@ -38,7 +38,7 @@ pub struct Options {
     #[arg(long, default_value_t = 32)]
     pool_size: u32,
     /// Append statements the API keeps in flight (the platform's default is 2).
-    #[arg(long, default_value_t = event_store::dispatch::DEFAULT_APPEND_WORKERS)]
+    #[arg(long, default_value_t = command_bus::dispatch::DEFAULT_APPEND_WORKERS)]
     append_workers: usize,
     /// Products in the catalogue; each order has one to three of them.
     #[arg(long, default_value_t = 100)]

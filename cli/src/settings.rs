@@ -234,7 +234,7 @@ impl Settings {
             .set_default("append_workers", 2)?
             .set_default(
                 "snapshot_every",
-                event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
+                command_bus::dispatch::DEFAULT_SNAPSHOT_EVERY,
             )?
             .set_default("kafka_topic_prefix", "")?
             .set_default("kafka_instance_id", "")?

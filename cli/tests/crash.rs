@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use command_bus::{CommandBus, CommandContext, Expect};
 use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
 use event_contract::{Envelope, Topics};
-use event_store::{CommandBus, CommandContext, Expect};
 use indicatif::ProgressBar;
 use platform::testing::kafka_brokers;
 use projections::model::ReadModel;

@@ -8,7 +8,7 @@
 //! HTTP edge's (`http_edge`).
 //!
 //! This crate translates; it holds no business rules (those live in `domain`)
-//! and never writes to the database except through `event_store::CommandBus`.
+//! and never writes to the database except through `command_bus::CommandBus`.
 
 pub mod routes;
 pub mod startup;

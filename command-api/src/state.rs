@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::dispatch::RetryPolicy;
-use event_store::{Catalog, CommandBus};
+use command_bus::dispatch::RetryPolicy;
+use command_bus::{Catalog, CommandBus};
 use http_edge::auth::{Rate, TrustedProxies};
 use identity::Authenticator;
 use platform::kafka::KafkaProbe;
@@ -57,8 +57,8 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             kafka_brokers: None,
             command_attempts: RetryPolicy::default().max_attempts,
-            append_workers: event_store::dispatch::DEFAULT_APPEND_WORKERS,
-            snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
+            append_workers: command_bus::dispatch::DEFAULT_APPEND_WORKERS,
+            snapshot_every: command_bus::dispatch::DEFAULT_SNAPSHOT_EVERY,
             authenticator: Authenticator::disabled(),
             command_rate: Rate::UNLIMITED,
             graphql_rate: Rate::UNLIMITED,

@@ -154,7 +154,7 @@ impl ProductEvent {
     /// The events that change a product's catalogue data (name, price,
     /// whether it is sold), which new orders read: the write side's
     /// catalogue folds only these, through an index of exactly these
-    /// (event-store migration 0007; a test there holds the two equal).
+    /// (event-store migration 0007; a test of command-bus holds the two equal).
     pub const CATALOGUE: &'static [&'static str] = &[
         "ProductCreated",
         "ProductPriceChanged",

@@ -20,7 +20,7 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// The metadata entries naming the request that caused an event and the
 /// trace context of its append, as the command bus writes them.
-pub use event_store::dispatch::metadata::{CORRELATION_ID, TRACEPARENT};
+pub use event_store::metadata::{CORRELATION_ID, TRACEPARENT};
 
 #[derive(Deserialize)]
 struct Metadata<'a> {

@@ -1,11 +1,9 @@
-//! The write model: the PostgreSQL event store behind every command.
+//! The PostgreSQL event store: storage that the write side appends to and
+//! every reader reads from. Deciding commands is `command-bus`'s.
 //!
 //! - [`PgEventRepository`]: cqrs-es's `PersistedEventRepository` over the
-//!   postgres-es events table, with a one-statement append.
-//! - [`CommandBus`]: load, decide, append; expected versions, retries on
-//!   conflict, idempotency keys and correlation metadata.
-//! - [`batch::AppendBatcher`]: group commit of concurrent commands.
-//! - [`Catalog`]: product prices for new orders.
+//!   postgres-es events table, with a one-statement append; snapshots.
+//! - [`idempotency`]: the outcomes remembered under idempotency keys.
 //! - [`Position`]: where a command left its aggregate, handed to clients
 //!   to read their own writes.
 //! - [`GlobalReader`]: every event in one gap-free commit order, for the relay
@@ -16,14 +14,19 @@
 //! domain's aggregates but nothing of HTTP, Kafka or read models: the
 //! published form of events belongs to the `event-contract` crate.
 
-pub mod batch;
-pub mod catalog;
-pub mod dispatch;
 pub mod idempotency;
+/// Metadata keys written on every event.
+pub mod metadata {
+    pub const CORRELATION_ID: &str = "correlation_id";
+    pub const CAUSATION_ID: &str = "causation_id";
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// The W3C trace context of the append that wrote the event, when it
+    /// was traced: the relay's publish span continues that trace.
+    pub const TRACEPARENT: &str = "traceparent";
+}
 pub mod position;
 pub mod reader;
 pub mod repository;
-mod streams;
 pub mod wake;
 
 use std::time::Duration;
@@ -31,10 +34,6 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use catalog::{Catalog, CatalogError};
-pub use dispatch::{
-    CommandBus, CommandContext, CommandError, Expect, Outcome, Settled, StoreError,
-};
 pub use position::Position;
 pub use reader::{GlobalCheckpoint, GlobalReader, ReadFilter, RecordedEvent};
 pub use repository::{AppendError, IdempotencyClaim, IdempotencyKey, NewEvent, PgEventRepository};

@@ -13,8 +13,6 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::Outcome;
-
 /// The position of an aggregate's event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Position {
@@ -36,12 +34,12 @@ const MAX_ID: usize = 200;
 pub struct NotAPosition;
 
 impl Position {
-    /// Where a command on an `aggregate_type` left it.
-    pub fn of(aggregate_type: &str, outcome: &Outcome) -> Self {
+    /// Sequence `sequence` of the aggregate `aggregate_type` `aggregate_id`.
+    pub fn new(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Self {
         Self {
             aggregate_type: aggregate_type.to_owned(),
-            aggregate_id: outcome.aggregate_id.clone(),
-            sequence: outcome.version,
+            aggregate_id: aggregate_id.to_owned(),
+            sequence,
         }
     }
 }

@@ -373,7 +373,7 @@ impl PgEventRepository {
     /// One aggregate's events after `after_sequence`, oldest first, as they
     /// stream in from one statement: a fold of a long stream holds one
     /// event at a time, not the stream.
-    pub(crate) fn events_after<'a, A: Aggregate>(
+    pub fn events_after<'a, A: Aggregate>(
         &'a self,
         aggregate_id: &'a str,
         after_sequence: usize,

@@ -17,6 +17,9 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+/// The channel that says events were appended (the relay listens on it).
+pub const EVENTS_CHANNEL: &str = "events_appended";
+
 /// Per database: how many relays lead here, and the appends counter they
 /// watch.
 static LOCAL: LazyLock<Mutex<HashMap<String, Local>>> = LazyLock::new(Mutex::default);
@@ -27,7 +30,7 @@ struct Local {
 }
 
 /// Which database `pool` writes to.
-pub(crate) fn database_key(pool: &PgPool) -> String {
+pub fn database_key(pool: &PgPool) -> String {
     let options = pool.connect_options();
     format!(
         "{}:{}/{}",
@@ -39,7 +42,7 @@ pub(crate) fn database_key(pool: &PgPool) -> String {
 
 /// Events of database `key` were appended: wakes the relays leading for it
 /// in this process. Whether one does (then nobody else needs telling).
-pub(crate) fn appended(key: &str) -> bool {
+pub fn appended(key: &str) -> bool {
     let local = LOCAL.lock().unwrap_or_else(PoisonError::into_inner);
     match local.get(key) {
         Some(lead) if lead.leaders > 0 => {

@@ -29,7 +29,7 @@ use event_store::{GlobalCheckpoint, GlobalReader, ReadFilter};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 /// The channel the command bus notifies after appends commit.
-pub use event_store::batch::EVENTS_CHANNEL;
+pub use event_store::wake::EVENTS_CHANNEL;
 
 /// How a relay runs.
 #[derive(Debug, Clone)]

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use command_bus::{CommandBus, CommandContext, Expect};
 use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
 use event_contract::{Envelope, Topics};
-use event_store::{CommandBus, CommandContext, Expect};
 use platform::testing::{TestDatabase, TestTopics, consume, header, kafka_brokers};
 use rdkafka::Message;
 use relay::RelayConfig;

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use command_bus::{CommandBus, CommandContext, CommandError, Expect, Settled};
 use cqrs_es::Aggregate;
 use domain::order::OrderPlaced;
 use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason};
@@ -25,9 +26,7 @@ use domain::{
     Order, OrderCommand, OrderError, Payment, PaymentCommand, PaymentError, PaymentStatus, Product,
     ProductCommand, ProductError,
 };
-use event_store::{
-    CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey, Settled,
-};
+use event_store::{IdempotencyClaim, IdempotencyKey};
 use platform::clock::DbClock;
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -904,7 +903,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         id: &str,
         command: A::Command,
         context: &CommandContext,
-    ) -> Result<event_store::Outcome, CommandError<A::Error>>
+    ) -> Result<command_bus::Outcome, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + 'static,
         A::Command: Clone + Send + Sync,
@@ -951,7 +950,7 @@ pub fn charge_key(order_id: &str) -> String {
 }
 
 fn outcome_of<E: std::error::Error>(
-    result: Result<event_store::Outcome, CommandError<E>>,
+    result: Result<command_bus::Outcome, CommandError<E>>,
 ) -> Outcome {
     match result {
         Ok(_) => Outcome::Done,

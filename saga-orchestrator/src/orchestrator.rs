@@ -75,7 +75,7 @@ impl Default for OrchestratorConfig {
             policy: Policy::default(),
             scan_interval: Duration::from_millis(500),
             concurrency: 32,
-            snapshot_every: event_store::dispatch::DEFAULT_SNAPSHOT_EVERY,
+            snapshot_every: command_bus::dispatch::DEFAULT_SNAPSHOT_EVERY,
             membership: Membership::default(),
             sweep_interval: Duration::from_secs(30),
             sweep_grace: Duration::from_secs(60),

@@ -10,7 +10,8 @@ pub mod schema;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use event_store::{CommandContext, CommandError, IdempotencyClaim, IdempotencyKey};
+use command_bus::{CommandContext, CommandError};
+use event_store::{IdempotencyClaim, IdempotencyKey};
 use serde::Serialize;
 use utoipa::{IntoParams, IntoResponses};
 
@@ -42,7 +43,7 @@ impl<T: Serialize> Accepted<T> {
     /// `position` is what the body says too (see [`position_of`]).
     pub fn new(
         status: StatusCode,
-        outcome: &event_store::Outcome,
+        outcome: &command_bus::Outcome,
         position: String,
         body: T,
     ) -> Self {
@@ -74,8 +75,8 @@ impl<T: Serialize> IntoResponse for Accepted<T> {
 }
 
 /// The position of the last event of a command on an `A`, as clients get it.
-pub fn position_of<A: cqrs_es::Aggregate>(outcome: &event_store::Outcome) -> String {
-    event_store::Position::of(A::TYPE, outcome).to_string()
+pub fn position_of<A: cqrs_es::Aggregate>(outcome: &command_bus::Outcome) -> String {
+    outcome.position(A::TYPE).to_string()
 }
 
 impl AppState {

@@ -2,9 +2,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use command_bus::Expect;
 use domain::values::{OrderId, Reason};
 use domain::{Order, OrderCommand};
-use event_store::Expect;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use command_bus::Expect;
 use domain::order::{MAX_LINE_QUANTITY, MAX_LINES, PricedLine};
 use domain::values::{
     AddressLine, Country, CustomerId, Email, OrderId, PaymentMethod, PostalCode, ShippingAddress,
     Sku,
 };
 use domain::{Order, OrderCommand, ProductError};
-use event_store::Expect;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;

@@ -2,9 +2,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use command_bus::Expect;
 use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
-use event_store::Expect;
 use serde::Deserialize;
 use utoipa::ToSchema;
 

@@ -9,8 +9,8 @@ pub mod discontinue;
 pub mod reactivate;
 
 use axum::http::StatusCode;
+use command_bus::Expect;
 use domain::{Product, ProductCommand, ProductError};
-use event_store::Expect;
 use identity::Caller;
 use serde::Serialize;
 use utoipa::ToSchema;

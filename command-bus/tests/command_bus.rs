@@ -7,14 +7,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use command_bus::{Catalog, CommandBus, CommandContext, CommandError, Expect, Settled};
 use common::{context, create_product, migrated_database};
 use cqrs_es::persist::PersistedEventRepository;
 use domain::values::{OrderId, Sku};
 use domain::{Product, ProductCommand, ProductError};
-use event_store::{
-    Catalog, CommandBus, CommandContext, CommandError, Expect, IdempotencyClaim, IdempotencyKey,
-    PgEventRepository, Settled,
-};
+use event_store::{IdempotencyClaim, IdempotencyKey, PgEventRepository};
 use sqlx::{PgPool, Row};
 
 async fn event_count(pool: &PgPool) -> i64 {
@@ -457,7 +455,7 @@ async fn a_product_whose_catalogue_does_not_decode_fails_only_its_own_lookups() 
         catalog.details(&mug_only),
     );
     assert!(
-        matches!(bad, Err(event_store::CatalogError::Decode(_))),
+        matches!(bad, Err(command_bus::CatalogError::Decode(_))),
         "{bad:?}"
     );
     assert!(both.is_err());
@@ -492,7 +490,7 @@ async fn the_catalogue_index_covers_exactly_the_catalogue_events() {
         .unwrap();
     let plan: Vec<String> = sqlx::query_scalar(&format!(
         "EXPLAIN {}",
-        event_store::catalog::lookup_statement()
+        command_bus::catalog::lookup_statement()
     ))
     .bind(vec!["MUG"])
     .fetch_all(&pool)

@@ -26,15 +26,14 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::repository::{
+use event_store::repository::{
     AppendError, IdempotencyClaim, NewEvent, PendingAppend, PgEventRepository,
 };
 
 /// How many commands one statement takes at most.
 const MAX_BATCH: usize = 64;
 
-/// The channel that says events were appended (the relay listens on it).
-pub const EVENTS_CHANNEL: &str = "events_appended";
+pub use event_store::wake::EVENTS_CHANNEL;
 
 /// A command's events and its idempotency key.
 pub type Command = (Vec<NewEvent>, Option<IdempotencyClaim>);
@@ -200,14 +199,14 @@ struct Announcer {
 impl Announcer {
     fn new(pool: PgPool) -> Self {
         Self {
-            database: crate::wake::database_key(&pool).into(),
+            database: event_store::wake::database_key(&pool).into(),
             pool,
             state: Arc::default(),
         }
     }
 
     fn announce(&self) {
-        if crate::wake::appended(&self.database) {
+        if event_store::wake::appended(&self.database) {
             return;
         }
         {

@@ -7,10 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use command_bus::{CommandBus, Expect};
 use common::{context, create_product, migrated_database};
 use domain::values::OrderId;
 use domain::{Product, ProductCommand};
-use event_store::{CommandBus, Expect};
 use sqlx::PgPool;
 
 async fn run(bus: &CommandBus, command: ProductCommand) {

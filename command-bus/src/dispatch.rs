@@ -15,19 +15,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::AppendBatcher;
-use crate::idempotency::{self, RememberedOutcome};
-use crate::repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
 use crate::streams::{Boxed, Serving, Streams};
+use event_store::idempotency::{self, RememberedOutcome};
+use event_store::repository::{AppendError, IdempotencyClaim, NewEvent, PgEventRepository};
 
-/// Metadata keys written on every event.
-pub mod metadata {
-    pub const CORRELATION_ID: &str = "correlation_id";
-    pub const CAUSATION_ID: &str = "causation_id";
-    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
-    /// The W3C trace context of the append that wrote the event, when it
-    /// was traced: the relay's publish span continues that trace.
-    pub const TRACEPARENT: &str = "traceparent";
-}
+pub use event_store::metadata;
 
 /// Where a command comes from and what it may assume.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +42,13 @@ pub struct Outcome {
     pub version: u64,
     /// True when the idempotency key had been used before and nothing ran.
     pub replayed: bool,
+}
+
+impl Outcome {
+    /// Where the command left its aggregate (of type `aggregate_type`).
+    pub fn position(&self, aggregate_type: &str) -> event_store::Position {
+        event_store::Position::new(aggregate_type, &self.aggregate_id, self.version)
+    }
 }
 
 /// Why a command did not append anything. `Refused`, `VersionMismatch`,

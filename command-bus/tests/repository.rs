@@ -4,10 +4,11 @@
 
 mod common;
 
+use command_bus::{CommandBus, Expect};
 use common::{context, create_product, migrated_database};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use domain::{Product, ProductCommand};
-use event_store::{CommandBus, Expect, PgEventRepository};
+use event_store::PgEventRepository;
 use serde_json::json;
 
 fn serialized(aggregate_id: &str, sequence: usize) -> SerializedEvent {

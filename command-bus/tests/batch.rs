@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use command_bus::batch::AppendBatcher;
 use common::migrated_database;
-use event_store::batch::AppendBatcher;
 use event_store::repository::PendingAppend;
 use event_store::{AppendError, IdempotencyClaim, IdempotencyKey, NewEvent, PgEventRepository};
 use sqlx::PgPool;

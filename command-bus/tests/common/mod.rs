@@ -2,9 +2,9 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use command_bus::{CommandBus, CommandContext, Expect};
 use domain::values::{Currency, Money, ProductName, Sku};
 use domain::{Product, ProductCommand};
-use event_store::{CommandBus, CommandContext, Expect};
 use platform::testing::TestDatabase;
 use sqlx::PgPool;
 
