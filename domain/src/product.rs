@@ -2,7 +2,8 @@
 //!
 //! Stock moves between three buckets. `on_hand` counts units in the warehouse;
 //! `reserved` is the part of `on_hand` promised to orders that are not yet paid;
-//! committing a reservation sells those units (they leave `on_hand`), and sold
+//! committing a reservation (all of it, or part of it when part of an order
+//! ships) sells those units (they leave `on_hand`), and sold
 //! units can come back. What must hold after every event:
 //!
 //! - `reserved <= on_hand`, so `available = on_hand - reserved` is never negative;
@@ -52,6 +53,9 @@ pub enum ProductCommand {
     ReleaseReservation { order_id: OrderId },
     /// The order is paid: its reserved units are sold and leave the stock.
     CommitReservation { order_id: OrderId },
+    /// Part of the order shipped: `quantity` of its reserved units are sold
+    /// and leave the stock; the rest stays reserved.
+    CommitPart { order_id: OrderId, quantity: u32 },
     /// Take back `quantity` units an order bought.
     ReturnSoldStock { order_id: OrderId, quantity: u32 },
     /// Sell at `price` from now on (in the product's currency): orders
@@ -95,7 +99,8 @@ pub struct ReservationReleased {
     pub quantity: u32,
 }
 
-/// An order's reserved units were sold and left the stock.
+/// An order's reserved units were sold and left the stock: all of its
+/// reservation, or part of it (a partial shipment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReservationCommitted {
     pub order_id: OrderId,
@@ -399,6 +404,11 @@ impl Product {
                 let quantity = self.open_reservation(order_id)?;
                 ProductEvent::ReservationCommitted(ReservationCommitted { order_id, quantity })
             }
+            ProductCommand::CommitPart { order_id, quantity } => {
+                let open = self.open_reservation(order_id)?;
+                check_quantity(quantity, open)?;
+                ProductEvent::ReservationCommitted(ReservationCommitted { order_id, quantity })
+            }
             ProductCommand::ReturnSoldStock { order_id, quantity } => {
                 self.existing()?;
                 check_quantity(quantity, u32::MAX)?;
@@ -548,7 +558,15 @@ impl Aggregate for Product {
                 self.reserved = self.reserved.saturating_sub(u64::from(quantity));
             }
             ProductEvent::ReservationCommitted(ReservationCommitted { order_id, quantity }) => {
-                self.reservations.remove(&order_id);
+                // A commit sells part of a reservation or all of it; what is
+                // left stays reserved. (Commits written before parts could be
+                // committed always took the whole reservation.)
+                if let Some(open) = self.reservations.get_mut(&order_id) {
+                    *open = open.saturating_sub(quantity);
+                    if *open == 0 {
+                        self.reservations.remove(&order_id);
+                    }
+                }
                 self.reserved = self.reserved.saturating_sub(u64::from(quantity));
                 self.on_hand = self.on_hand.saturating_sub(u64::from(quantity));
                 self.sold += u64::from(quantity);

@@ -438,6 +438,7 @@ enum Step {
     Reserve(u8, u32),
     Release(u8),
     Commit(u8),
+    CommitPart(u8, u32),
     Return(u8, u32),
     Adjust(i32),
     Price(i64),
@@ -452,6 +453,7 @@ fn step() -> impl Strategy<Value = Step> {
         (order.clone(), 0u32..=60).prop_map(|(o, q)| Step::Reserve(o, q)),
         order.clone().prop_map(Step::Release),
         order.clone().prop_map(Step::Commit),
+        (order.clone(), 0u32..=30).prop_map(|(o, q)| Step::CommitPart(o, q)),
         (order, 0u32..=60).prop_map(|(o, q)| Step::Return(o, q)),
         (-300i32..=300).prop_map(Step::Adjust),
         (1_240i64..=1_260).prop_map(Step::Price),
@@ -473,6 +475,10 @@ impl Step {
             },
             Step::Release(o) => ProductCommand::ReleaseReservation { order_id: id(o) },
             Step::Commit(o) => ProductCommand::CommitReservation { order_id: id(o) },
+            Step::CommitPart(o, quantity) => ProductCommand::CommitPart {
+                order_id: id(o),
+                quantity: *quantity,
+            },
             Step::Return(o, quantity) => ProductCommand::ReturnSoldStock {
                 order_id: id(o),
                 quantity: *quantity,
@@ -746,4 +752,66 @@ fn a_snapshot_written_before_products_could_be_discontinued_reads_as_sold() {
     });
     let product: Product = serde_json::from_value(snapshot).unwrap();
     assert!(product.details().unwrap().active);
+}
+
+#[test]
+fn part_of_a_reservation_is_sold_and_the_rest_stays_reserved() {
+    let given = vec![created(), added(10), reserved(order(1), 5)];
+    ProductTest::with(())
+        .given(given.clone())
+        .when(ProductCommand::CommitPart {
+            order_id: order(1),
+            quantity: 2,
+        })
+        .then_expect_events(vec![committed(order(1), 2)]);
+    ProductTest::with(())
+        .given(given.clone())
+        .when(ProductCommand::CommitPart {
+            order_id: order(1),
+            quantity: 6,
+        })
+        .then_expect_error(ProductError::QuantityOutOfRange {
+            quantity: 6,
+            min: 1,
+            max: 5,
+        });
+    ProductTest::with(())
+        .given(given.clone())
+        .when(ProductCommand::CommitPart {
+            order_id: order(2),
+            quantity: 1,
+        })
+        .then_expect_error(ProductError::NoReservation { order_id: order(2) });
+
+    let mut product = Product::default();
+    for event in [given, vec![committed(order(1), 2)]].concat() {
+        product.apply(event);
+    }
+    assert_eq!(product.reservation_of(order(1)), Some(3));
+    assert_eq!(
+        (product.on_hand(), product.reserved(), product.sold()),
+        (8, 3, 2)
+    );
+    // The rest is committed, or released, as a whole.
+    assert_eq!(
+        product
+            .decide(ProductCommand::CommitReservation { order_id: order(1) })
+            .unwrap(),
+        vec![committed(order(1), 3)]
+    );
+    assert_eq!(
+        product
+            .decide(ProductCommand::ReleaseReservation { order_id: order(1) })
+            .unwrap(),
+        vec![ProductEvent::ReservationReleased(ReservationReleased {
+            order_id: order(1),
+            quantity: 3,
+        })]
+    );
+    product.apply(committed(order(1), 3));
+    assert_eq!(product.reservation_of(order(1)), None);
+    assert_eq!(
+        (product.on_hand(), product.reserved(), product.sold()),
+        (5, 0, 5)
+    );
 }
