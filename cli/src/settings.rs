@@ -124,6 +124,8 @@ pub struct Settings {
     pub gateway_max_held: usize,
     /// Seconds a charge whose card network never answers is held before 504.
     pub gateway_hold_secs: u64,
+    /// Seconds a `tok_expiring` authorization holds before it expires.
+    pub gateway_authorization_ttl_secs: u64,
     /// HS256 secret that signs callers' tokens (development and tests; at
     /// least 32 bytes). Kept secret.
     pub auth_hs256_secret: SecretString,
@@ -263,6 +265,7 @@ impl Settings {
             .set_default("gateway_hosts", "")?
             .set_default("gateway_max_held", 64)?
             .set_default("gateway_hold_secs", 30)?
+            .set_default("gateway_authorization_ttl_secs", 5)?
             .set_default("auth_hs256_secret", "")?
             .set_default("auth_jwks_url", "")?
             .set_default("auth_issuer", "")?
@@ -548,6 +551,7 @@ impl Settings {
                 .collect(),
             max_held: self.gateway_max_held.max(1),
             hold_for: Duration::from_secs(self.gateway_hold_secs.max(1)),
+            authorization_ttl: Duration::from_secs(self.gateway_authorization_ttl_secs.max(1)),
         }
     }
 

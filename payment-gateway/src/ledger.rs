@@ -58,14 +58,14 @@ pub struct ChargeRequest {
     pub payment_method: String,
 }
 
-/// What a charge request comes to.
+/// What a request to a card network (a charge, an authorization) comes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// Answer with the charge now.
-    Now(Charge),
-    /// Answer with the charge once the token's delay is over (`tok_slow`).
-    Later(Charge),
-    /// The token never answers (`tok_timeout`); the charge stays pending.
+pub enum Answer<T = Charge> {
+    /// Answer with it now.
+    Now(T),
+    /// Answer with it once the token's delay is over (`tok_slow`).
+    Later(T),
+    /// The token never answers (`tok_timeout`); the request stays pending.
     Never,
     /// A transient failure (`tok_flaky`): try again.
     TryAgain,

@@ -2,7 +2,10 @@
 //! real payment provider, with its own PostgreSQL database, so that a restart
 //! forgets no charge.
 //!
-//! - [`ledger`]: charges, refunds and voids by idempotency key;
+//! - [`ledger`]: charges, refunds and voids by idempotency key (what the
+//!   previous release's sagas call);
+//! - [`authorizations`]: authorize, then capture in parts, void the rest,
+//!   refund captures in parts, each by idempotency key;
 //! - [`routes`]: the HTTP API the saga calls, as it would call a provider;
 //! - [`Gateway`]: builds the service from its configuration (`orders run
 //!   --role gateway` and the tests start it the same way).
@@ -11,6 +14,7 @@
 //! on no workspace crate but the shared plumbing, and the platform reaches it
 //! over HTTP only.
 
+pub mod authorizations;
 pub mod ledger;
 pub mod routes;
 
@@ -47,6 +51,9 @@ pub struct GatewayConfig {
     /// How long a charge whose card network never answers is held before
     /// it is answered 504.
     pub hold_for: Duration,
+    /// How long a `tok_expiring` authorization holds
+    /// (`gateway_authorization_ttl_secs`).
+    pub authorization_ttl: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -59,6 +66,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("hosts", &self.hosts)
             .field("max_held", &self.max_held)
             .field("hold_for", &self.hold_for)
+            .field("authorization_ttl", &self.authorization_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +82,7 @@ impl Default for GatewayConfig {
             hosts: Vec::new(),
             max_held: 64,
             hold_for: Duration::from_secs(30),
+            authorization_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -184,6 +193,7 @@ impl Gateway {
             access: routes::Access::new(&self.config.token, self.config.served_hosts()),
             held: std::sync::Arc::new(tokio::sync::Semaphore::new(self.config.max_held)),
             hold_for: self.config.hold_for,
+            expiring: self.config.authorization_ttl,
         };
         tracing::info!(addr = %self.listener.local_addr()?, "payment gateway listening");
         let stopped = stopping.clone();

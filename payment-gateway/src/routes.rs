@@ -9,6 +9,8 @@
 //! - `GET /charges/{key}`: the charge, or `404`.
 //! - `GET /charges?after=<key>&limit=<n>`: charges in key order, for
 //!   operators (`{"charges":[...],"next_after":<key or null>}`).
+//! - authorizations, their captures and the captures' refunds: see
+//!   [`authorizations`];
 //! - `GET /healthz`, `GET /readyz`.
 //!
 //! The gateway answers only its client: every route but the two probes needs
@@ -42,6 +44,8 @@ use tracing::Instrument;
 
 use crate::ledger::{self, Answer, ChargeRequest, LedgerError, MAX_AMOUNT_CENTS};
 
+mod authorizations;
+
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;
 
@@ -58,6 +62,8 @@ pub(crate) struct State {
     pub(crate) held: Arc<Semaphore>,
     /// How long a charge whose card network never answers is held.
     pub(crate) hold_for: Duration,
+    /// How long a `tok_expiring` authorization holds.
+    pub(crate) expiring: Duration,
 }
 
 /// Who may call the gateway: the token's digest (compared digest to digest,
@@ -113,7 +119,10 @@ impl State {
     /// `work`, unless the gateway starts stopping first (`None`): a handler
     /// waiting on a database that hangs must not hold the shutdown. A
     /// transaction cut short rolls back; the caller retries under its key.
-    async fn unless_stopping<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+    pub(crate) async fn unless_stopping<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
         tokio::select! {
             () = self.stopping.cancelled() => None,
             done = work => Some(done),
@@ -126,6 +135,7 @@ pub(crate) fn router(state: State) -> axum::Router {
         .route("/charges", post(charge).get(list))
         .route("/charges/{key}", get(find))
         .route("/charges/{key}/refund", post(refund))
+        .merge(authorizations::routes())
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.access.clone(),
@@ -185,11 +195,11 @@ async fn guard(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChargeBody {
-    key: String,
-    amount_cents: i64,
-    currency: String,
-    payment_method: String,
+pub(crate) struct ChargeBody {
+    pub(crate) key: String,
+    pub(crate) amount_cents: i64,
+    pub(crate) currency: String,
+    pub(crate) payment_method: String,
 }
 
 async fn charge(
@@ -197,49 +207,10 @@ async fn charge(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().unwrap_or_default().trim() == "application/json");
-    if !is_json {
-        return problem(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "send the body as application/json".into(),
-        );
-    }
-    let body = match body {
+    let body: ChargeBody = match json_body(&headers, body, validate) {
         Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "bad-body", rejection.body_text());
-        }
+        Err(refused) => return *refused,
     };
-    let body: ChargeBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(error) if error.is_syntax() || error.is_eof() => {
-            return problem(StatusCode::BAD_REQUEST, "malformed-json", error.to_string());
-        }
-        Err(error) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation-failed",
-                error.to_string(),
-            );
-        }
-    };
-    let errors = validate(&body);
-    if !errors.is_empty() {
-        let errors = errors
-            .iter()
-            .map(|(field, message)| FieldError::new(*field, message.as_str()))
-            .collect();
-        return problem_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation-failed",
-            "the charge breaks the gateway's rules".into(),
-            errors,
-        );
-    }
     let request = ChargeRequest {
         key: body.key,
         amount_cents: body.amount_cents,
@@ -255,17 +226,82 @@ async fn charge(
         return stopping();
     };
     match charged {
-        Ok(Answer::Now(charge)) => Json(charge).into_response(),
-        Ok(Answer::Later(charge)) => {
+        Ok(answer) => answered(&state, answer).await,
+        Err(LedgerError::KeyReused(key)) => key_reused(&key),
+        Err(LedgerError::Database(error)) => unavailable(&error),
+    }
+}
+
+/// The body as `T`, checked by `validate`, or the problem to answer: 415
+/// unless it is JSON, 400 for JSON that does not parse, 422 naming each
+/// field that breaks a rule.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    validate: fn(&T) -> Vec<(&'static str, String)>,
+) -> Result<T, Box<Response>> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or_default().trim() == "application/json");
+    if !is_json {
+        return Err(Box::new(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the body as application/json".into(),
+        )));
+    }
+    let body =
+        body.map_err(|rejection| problem(rejection.status(), "bad-body", rejection.body_text()))?;
+    let body: T = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            return Err(Box::new(problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                error.to_string(),
+            )));
+        }
+        Err(error) => {
+            return Err(Box::new(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                error.to_string(),
+            )));
+        }
+    };
+    let errors = validate(&body);
+    if !errors.is_empty() {
+        let errors = errors
+            .iter()
+            .map(|(field, message)| FieldError::new(*field, message.as_str()))
+            .collect();
+        return Err(Box::new(problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "the request breaks the gateway's rules".into(),
+            errors,
+        )));
+    }
+    Ok(body)
+}
+
+/// Answers what a card network's answer came to: now, after the token's
+/// delay, never (504 after the hold), or "try again" (503). Requests held
+/// while their network is slow or silent are bounded in number.
+pub(crate) async fn answered<T: Serialize>(state: &State, answer: Answer<T>) -> Response {
+    match answer {
+        Answer::Now(found) => Json(found).into_response(),
+        Answer::Later(found) => {
             let Ok(_held) = Arc::clone(&state.held).try_acquire_owned() else {
                 return too_many_held();
             };
             tokio::select! {
-                () = tokio::time::sleep(state.slow_answer) => Json(charge).into_response(),
+                () = tokio::time::sleep(state.slow_answer) => Json(found).into_response(),
                 () = state.stopping.cancelled() => stopping(),
             }
         }
-        Ok(Answer::Never) => {
+        Answer::Never => {
             let Ok(_held) = Arc::clone(&state.held).try_acquire_owned() else {
                 return too_many_held();
             };
@@ -274,21 +310,23 @@ async fn charge(
                 () = state.stopping.cancelled() => stopping(),
             }
         }
-        Ok(Answer::TryAgain) => problem(
+        Answer::TryAgain => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily-unavailable",
             "the card network failed for now; try again with the same key".into(),
         ),
-        Err(LedgerError::KeyReused(key)) => problem(
-            StatusCode::CONFLICT,
-            "key-reused",
-            format!("the key {key} was used for a different charge; use a new key"),
-        ),
-        Err(LedgerError::Database(error)) => unavailable(&error),
     }
 }
 
-fn validate(body: &ChargeBody) -> Vec<(&'static str, String)> {
+pub(crate) fn key_reused(key: &str) -> Response {
+    problem(
+        StatusCode::CONFLICT,
+        "key-reused",
+        format!("the key {key} was used for a different request; use a new key"),
+    )
+}
+
+pub(crate) fn validate(body: &ChargeBody) -> Vec<(&'static str, String)> {
     let mut errors = Vec::new();
     if !valid_key(&body.key) {
         errors.push((
@@ -323,7 +361,7 @@ fn validate(body: &ChargeBody) -> Vec<(&'static str, String)> {
     errors
 }
 
-fn valid_key(key: &str) -> bool {
+pub(crate) fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 255
         && key
@@ -375,10 +413,42 @@ async fn find(
 }
 
 #[derive(Debug, Deserialize)]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
     after: String,
     limit: Option<i64>,
+}
+
+impl Page {
+    /// The key to list after and how many to list, or the problem to answer.
+    pub(crate) fn checked(
+        page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<(String, i64), Box<Response>> {
+        let Ok(Query(page)) = page else {
+            return Err(Box::new(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "after is a key, limit a number of 1-1000".into(),
+            )));
+        };
+        let limit = page.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(Box::new(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "limit must be between 1 and 1000".into(),
+            )));
+        }
+        Ok((page.after, limit))
+    }
+}
+
+/// The key to pass as `after` for the page that follows `listed`, `None`
+/// on the last page.
+pub(crate) fn next_after<T>(listed: &[T], limit: i64, key: impl Fn(&T) -> &str) -> Option<String> {
+    (listed.len() as i64 == limit)
+        .then(|| listed.last().map(|last| key(last).to_owned()))
+        .flatten()
 }
 
 #[derive(Debug, Serialize)]
@@ -392,32 +462,19 @@ async fn list(
     axum::extract::State(state): axum::extract::State<State>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(page)) = page else {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation-failed",
-            "after is a key, limit a number of 1-1000".into(),
-        );
+    let (after, limit) = match Page::checked(page) {
+        Ok(page) => page,
+        Err(refused) => return *refused,
     };
-    let limit = page.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation-failed",
-            "limit must be between 1 and 1000".into(),
-        );
-    }
     let Some(listed) = state
-        .unless_stopping(ledger::list(&state.pool, &page.after, limit))
+        .unless_stopping(ledger::list(&state.pool, &after, limit))
         .await
     else {
         return stopping();
     };
     match listed {
         Ok(charges) => {
-            let next_after = (charges.len() as i64 == limit)
-                .then(|| charges.last().map(|c| c.key.clone()))
-                .flatten();
+            let next_after = next_after(&charges, limit, |charge| &charge.key);
             Json(Listed {
                 charges,
                 next_after,
@@ -444,7 +501,7 @@ async fn ready(axum::extract::State(state): axum::extract::State<State>) -> Resp
 }
 
 /// As many charges as the gateway holds are waiting for their card network.
-fn too_many_held() -> Response {
+pub(crate) fn too_many_held() -> Response {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily-unavailable",
@@ -452,7 +509,7 @@ fn too_many_held() -> Response {
     )
 }
 
-fn stopping() -> Response {
+pub(crate) fn stopping() -> Response {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "shutting-down",
@@ -461,7 +518,7 @@ fn stopping() -> Response {
 }
 
 /// The database failed: the caller may try again; the cause is logged, not sent.
-fn unavailable(error: &sqlx::Error) -> Response {
+pub(crate) fn unavailable(error: &sqlx::Error) -> Response {
     tracing::error!(%error, "payment gateway database error");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -470,13 +527,13 @@ fn unavailable(error: &sqlx::Error) -> Response {
     )
 }
 
-fn problem(status: StatusCode, slug: &str, detail: String) -> Response {
+pub(crate) fn problem(status: StatusCode, slug: &str, detail: String) -> Response {
     problem_with(status, slug, detail, Vec::new())
 }
 
 /// A problem+json answer (the platform's one shape, `http_edge::problem`);
 /// `errors` name the invalid fields, when any.
-fn problem_with(
+pub(crate) fn problem_with(
     status: StatusCode,
     slug: &str,
     detail: String,

@@ -2,113 +2,14 @@
 //! one charge per key, refunds and voids, and nothing forgotten by a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is the failure report.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
 use payment_gateway::{Gateway, GatewayConfig};
 use platform::testing::TestDatabase;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-struct Running {
-    base: String,
-    client: reqwest::Client,
-    stop: CancellationToken,
-    served: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-/// The gateway's token in these tests.
-fn token() -> &'static str {
-    platform::testing::gateway_token()
-}
-
-fn config(database: &TestDatabase, listen: SocketAddr) -> GatewayConfig {
-    GatewayConfig {
-        listen,
-        database_url: database.url.clone(),
-        pool_size: 4,
-        slow_answer: Duration::from_millis(300),
-        token: token().into(),
-        ..GatewayConfig::default()
-    }
-}
-
-/// A client that sends the gateway's token, as the saga does.
-fn its_client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", token()).parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-impl Running {
-    async fn start(database: &TestDatabase, listen: SocketAddr) -> Self {
-        Self::start_with(config(database, listen)).await
-    }
-
-    async fn start_with(config: GatewayConfig) -> Self {
-        let gateway = Gateway::build(config).await.unwrap();
-        let base = format!("http://{}", gateway.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(gateway.run_until(stop.clone().cancelled_owned()));
-        Self {
-            base,
-            client: its_client(),
-            stop,
-            served,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.served.await.unwrap().unwrap();
-    }
-
-    async fn charge(&self, key: &str, token: &str, amount: i64) -> (u16, Value) {
-        let body =
-            json!({"key": key, "amount_cents": amount, "currency": "EUR", "payment_method": token});
-        let response = self
-            .client
-            .post(format!("{}/charges", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn refund(&self, key: &str) -> Value {
-        let response = self
-            .client
-            .post(format!("{}/charges/{key}/refund", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    async fn find(&self, key: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}/charges/{key}", self.base))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-}
-
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
+use support::{Running, any_port, config, its_client};
 
 #[tokio::test]
 async fn each_token_answers_as_the_contract_says() {
@@ -382,6 +283,8 @@ async fn the_gateway_answers_its_client_only() {
     let database = TestDatabase::create().await.unwrap();
     let gateway = Running::start(&database, any_port()).await;
     gateway.charge("k-mine", "tok_visa", 1250).await;
+    gateway.authorize("a-mine", "tok_visa", 1250).await;
+    gateway.capture("a-mine", "c-mine", 250).await;
     let stranger = reqwest::Client::new();
     let wrong = |request: reqwest::RequestBuilder| request.bearer_auth("not-the-token");
     let charge = json!({"key": "k-theirs", "amount_cents": 1, "currency": "EUR", "payment_method": "tok_visa"});
@@ -407,6 +310,26 @@ async fn the_gateway_answers_its_client_only() {
                     .body("x"),
             ),
             client_sends(stranger.get(format!("{}/nowhere", gateway.base))),
+            client_sends(stranger.get(format!("{}/authorizations", gateway.base))),
+            client_sends(
+                stranger
+                    .post(format!("{}/authorizations", gateway.base))
+                    .json(&charge),
+            ),
+            client_sends(stranger.get(format!("{}/authorizations/a-mine", gateway.base))),
+            client_sends(
+                stranger
+                    .post(format!("{}/authorizations/a-mine/captures", gateway.base))
+                    .json(&json!({"key": "c-theirs", "amount_cents": 1})),
+            ),
+            client_sends(stranger.post(format!("{}/authorizations/a-mine/void", gateway.base))),
+            client_sends(stranger.get(format!("{}/captures/c-mine", gateway.base))),
+            client_sends(
+                stranger
+                    .post(format!("{}/captures/c-mine/refunds", gateway.base))
+                    .json(&json!({"key": "r-theirs", "amount_cents": 1})),
+            ),
+            client_sends(stranger.get(format!("{}/refunds/r-theirs", gateway.base))),
         ];
         for request in requests {
             let response = request.send().await.unwrap();
@@ -420,6 +343,16 @@ async fn the_gateway_answers_its_client_only() {
     }
     assert_eq!(gateway.find("k-mine").await.1["status"], "approved");
     assert_eq!(gateway.find("k-theirs").await.0, 404);
+    let (_, mine) = gateway.get("/authorizations/a-mine").await;
+    assert_eq!(
+        (
+            &mine["status"],
+            &mine["captured_cents"],
+            &mine["refunded_cents"]
+        ),
+        (&json!("authorized"), &json!(250), &json!(0))
+    );
+    assert_eq!(gateway.get("/authorizations/k-theirs").await.0, 404);
 
     // A page that rebinds its own name to the gateway's address sends that
     // name as Host: 421, even with the token.
