@@ -205,7 +205,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
 
 /// `orders rebuild <name|all>`: one progress bar per read model, then a
 /// summary line each. `which` is a read model's name from the registry
-/// (`orders`, `products`, `customer-orders`) or `all`.
+/// (`orders`, `products`, `customer-orders`, `payments`) or `all`.
 pub async fn rebuild(
     settings: &Settings,
     which: &str,

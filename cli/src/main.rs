@@ -57,7 +57,7 @@ enum Command {
     /// Rebuild read models from the event store into fresh tables and swap
     /// them in, while queries and live projection workers keep running.
     Rebuild {
-        /// Which read model (`orders`, `products`, `customer-orders`), or `all`.
+        /// Which read model (`orders`, `products`, `customer-orders`, `payments`), or `all`.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(commands::rebuild_names()))]
         projection: String,
         /// Build the new table beside the live one and report how their rows

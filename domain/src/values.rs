@@ -51,34 +51,52 @@ impl fmt::Display for Sku {
     }
 }
 
-/// An order's identifier, chosen by the write side when the order is placed.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(transparent)]
-pub struct OrderId(Uuid);
+macro_rules! uuid_id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+            JsonSchema,
+        )]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
 
-impl OrderId {
-    pub fn new(id: Uuid) -> Self {
-        Self(id)
-    }
+        impl $name {
+            pub fn new(id: Uuid) -> Self {
+                Self(id)
+            }
 
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        Uuid::parse_str(raw)
-            .map(Self)
-            .map_err(|_| invalid("must be a UUID"))
-    }
+            pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+                Uuid::parse_str(raw)
+                    .map(Self)
+                    .map_err(|_| invalid("must be a UUID"))
+            }
 
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
 }
 
-impl fmt::Display for OrderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+uuid_id_type!(
+    /// An order's identifier, chosen by the write side when the order is placed.
+    OrderId
+);
+uuid_id_type!(
+    /// A shipment's identifier, chosen by the write side when it is asked for.
+    ShipmentId
+);
+uuid_id_type!(
+    /// A return's identifier, chosen by the write side when it is asked for.
+    ReturnId
+);
 
 /// Text bounded in length, without control characters, and not blank.
 fn bounded_text(raw: &str, max_chars: usize) -> Result<String, InvalidValue> {
@@ -136,6 +154,16 @@ bounded_text_type!(
     /// Why an order was cancelled: 1–500 characters.
     Reason,
     500
+);
+bounded_text_type!(
+    /// Who carries a shipment (`DHL`, `UPS`, a courier's name): 1–100 characters.
+    Carrier,
+    100
+);
+bounded_text_type!(
+    /// The carrier's number for a shipment: 1–100 characters.
+    TrackingNumber,
+    100
 );
 
 /// A payment method token understood by the payment gateway (`tok_visa`, ...):

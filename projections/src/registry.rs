@@ -11,6 +11,7 @@ use sqlx::PgPool;
 
 use crate::model::customer_orders::CustomerOrders;
 use crate::model::orders::OrderSummary;
+use crate::model::payments::OrderPayments;
 use crate::model::products::ProductStock;
 use crate::model::{ReadModel, fold_untracked};
 use crate::rebuild::RebuildReport;
@@ -25,6 +26,8 @@ pub enum Projection {
     Products,
     /// `customer_order`: orders by customer.
     CustomerOrders,
+    /// `order_payment`: each order's money.
+    Payments,
 }
 
 /// Runs `$body` with `$model` standing for the read model type of `$which`.
@@ -41,6 +44,10 @@ macro_rules! with_model {
             }
             Projection::CustomerOrders => {
                 type $model = CustomerOrders;
+                $body
+            }
+            Projection::Payments => {
+                type $model = OrderPayments;
                 $body
             }
         }
@@ -69,7 +76,12 @@ pub struct Comparison {
 }
 
 impl Projection {
-    pub const ALL: [Self; 3] = [Self::Orders, Self::Products, Self::CustomerOrders];
+    pub const ALL: [Self; 4] = [
+        Self::Orders,
+        Self::Products,
+        Self::CustomerOrders,
+        Self::Payments,
+    ];
 
     /// The projection's name: its consumer group, lock and checkpoint
     /// (`orders`, `products`, `customer_orders`).
@@ -83,6 +95,7 @@ impl Projection {
             Self::Orders => "orders",
             Self::Products => "products",
             Self::CustomerOrders => "customer-orders",
+            Self::Payments => "payments",
         }
     }
 

@@ -27,7 +27,7 @@ use sqlx::PgPool;
 
 use http::Endpoint;
 use limits::GraphqlLimits;
-use loaders::{HistoryLoader, OrderLoader, ProductLoader, SagaLoader};
+use loaders::{HistoryLoader, OrderLoader, PaymentLoader, ProductLoader, SagaLoader};
 use query::Query;
 use subscription::Subscription;
 use updates::Updates;
@@ -84,6 +84,10 @@ pub fn schema(pool: PgPool, updates: Updates, limits: GraphqlLimits) -> OrdersSc
         ))
         .data(DataLoader::new(
             SagaLoader { pool: pool.clone() },
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            PaymentLoader { pool: pool.clone() },
             tokio::spawn,
         ))
         .data(consistency::Waits::new(&limits))

@@ -11,7 +11,9 @@ use uuid::Uuid;
 use order_saga::store::SagaView;
 
 use super::types::{EventRecord, Order, Product};
+use projections::model::ReadModel;
 use projections::model::orders::{COLUMNS, order_row};
+use projections::model::payments::{OrderPayments, PaymentRow};
 use projections::model::products::{COLUMNS as PRODUCT_COLUMNS, product_row};
 
 /// Orders' histories from the event store, by order id.
@@ -74,6 +76,25 @@ impl Loader<Uuid> for OrderLoader {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Arc::new)
+    }
+}
+
+/// Orders' payments, by order id.
+#[derive(Debug)]
+pub struct PaymentLoader {
+    pub pool: PgPool,
+}
+
+impl Loader<Uuid> for PaymentLoader {
+    type Value = PaymentRow;
+    type Error = Arc<sqlx::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, PaymentRow>, Self::Error> {
+        let ids: Vec<String> = keys.iter().map(Uuid::to_string).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut connection = self.pool.acquire().await?;
+        let rows = OrderPayments::load(&mut connection, OrderPayments::TABLE, &ids).await?;
+        Ok(rows.into_values().map(|row| (row.order_id, row)).collect())
     }
 }
 

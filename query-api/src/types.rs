@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use identity::Identity;
 use order_saga::store::SagaView;
 
-use super::loaders::{HistoryLoader, SagaLoader};
+use super::loaders::{HistoryLoader, PaymentLoader, SagaLoader};
 use projections::model::orders::OrderRow;
 use projections::model::products::ProductRow;
 
@@ -17,7 +17,14 @@ use projections::model::products::ProductRow;
 #[graphql(remote = "domain::OrderStatus")]
 pub enum OrderStatus {
     Placed,
+    /// Every line reserved and the total authorized.
     Confirmed,
+    /// Some units shipped, not all.
+    PartiallyShipped,
+    /// Every unit shipped.
+    Shipped,
+    /// Every unit shipped and every shipment delivered.
+    Delivered,
     Cancelled,
 }
 
@@ -28,12 +35,80 @@ impl OrderStatus {
     }
 
     fn parse(status: &str) -> Self {
-        match status {
-            "CONFIRMED" => Self::Confirmed,
-            "CANCELLED" => Self::Cancelled,
-            _ => Self::Placed,
-        }
+        domain::OrderStatus::ALL
+            .into_iter()
+            .find(|known| known.as_str() == status)
+            .unwrap_or(domain::OrderStatus::Placed)
+            .into()
     }
+}
+
+/// Where a shipment stands.
+#[derive(Debug, Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::order::ShipmentStatus")]
+pub enum ShipmentStatus {
+    /// Its capture is in flight.
+    Pending,
+    Shipped,
+    Delivered,
+    /// Its capture was refused (`failure` says why).
+    Failed,
+}
+
+/// Where a return stands.
+#[derive(Debug, Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::order::ReturnStatus")]
+pub enum ReturnStatus {
+    Requested,
+    /// The goods came back and were refunded.
+    Received,
+}
+
+/// Units of one SKU in a shipment or a return.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct ItemLine {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+fn item_lines(lines: &[domain::order::ItemLine]) -> Vec<ItemLine> {
+    lines
+        .iter()
+        .map(|line| ItemLine {
+            sku: line.sku.to_string(),
+            quantity: line.quantity,
+        })
+        .collect()
+}
+
+/// One shipment of an order.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Shipment {
+    pub id: ID,
+    pub lines: Vec<ItemLine>,
+    pub carrier: String,
+    pub tracking_number: String,
+    pub status: ShipmentStatus,
+    pub shipped_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Why its capture was refused.
+    pub failure: Option<String>,
+}
+
+/// One return of an order.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Return {
+    pub id: ID,
+    pub lines: Vec<ItemLine>,
+    pub reason: String,
+    pub status: ReturnStatus,
+    pub requested_at: DateTime<Utc>,
+    pub received_at: Option<DateTime<Utc>>,
+    /// What receiving it refunds (refunded once it is received), in minor
+    /// units of the order's currency.
+    pub refund_cents: i64,
+    /// Whether its units went back on hand; `null` until it is received.
+    pub restocked: Option<bool>,
 }
 
 /// An order as the read side knows it, or as it was (`asOf`).
@@ -54,6 +129,21 @@ impl Order {
         Self(row, View::Live)
     }
 
+    /// The order's money as its payment's read model holds it (nothing
+    /// yet: zero), `None` in an `asOf` view.
+    async fn money(&self, ctx: &Context<'_>) -> Result<Option<Money>> {
+        if self.1 == View::AsOf {
+            return Ok(None);
+        }
+        let loader = ctx.data::<DataLoader<PaymentLoader>>()?;
+        let row = loader.load_one(self.0.order_id).await?;
+        Ok(Some(row.map_or(Money::default(), |row| Money {
+            authorized_cents: row.authorized_cents,
+            captured_cents: row.captured_cents,
+            refunded_cents: row.refunded_cents,
+        })))
+    }
+
     /// The row, when the caller is the order's customer or an
     /// administrator: what a contact field may show.
     fn contact_for(&self, ctx: &Context<'_>) -> Option<&OrderRow> {
@@ -66,6 +156,14 @@ impl Order {
             _ => None,
         }
     }
+}
+
+/// What an order's payment holds, took and gave back.
+#[derive(Debug, Clone, Copy, Default)]
+struct Money {
+    authorized_cents: i64,
+    captured_cents: i64,
+    refunded_cents: i64,
 }
 
 /// A postal address, as the order was placed with it.
@@ -151,6 +249,64 @@ impl Order {
             postal_code: address.postal_code.to_string(),
             country: address.country.as_str().to_owned(),
         })
+    }
+
+    /// Its shipments, oldest first.
+    async fn shipments(&self) -> Vec<Shipment> {
+        self.0
+            .fulfilment
+            .shipments
+            .iter()
+            .map(|shipment| Shipment {
+                id: ID(shipment.id.to_string()),
+                lines: item_lines(&shipment.lines),
+                carrier: shipment.carrier.to_string(),
+                tracking_number: shipment.tracking_number.to_string(),
+                status: shipment.status.into(),
+                shipped_at: shipment.shipped_at,
+                delivered_at: shipment.delivered_at,
+                failure: shipment.failure.clone(),
+            })
+            .collect()
+    }
+
+    /// Its returns, oldest first.
+    async fn returns(&self) -> Vec<Return> {
+        self.0
+            .fulfilment
+            .returns
+            .iter()
+            .map(|found| Return {
+                id: ID(found.id.to_string()),
+                lines: item_lines(&found.lines),
+                reason: found.reason.to_string(),
+                status: found.status.into(),
+                requested_at: found.requested_at,
+                received_at: found.received_at,
+                refund_cents: found.refund_cents,
+                restocked: found.restocked,
+            })
+            .collect()
+    }
+
+    /// What the customer's card holds for the order in all (every
+    /// authorization the gateway granted), in minor units; `null` in an
+    /// `asOf` view.
+    async fn authorized_cents(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        Ok(self.money(ctx).await?.map(|money| money.authorized_cents))
+    }
+
+    /// What was captured: the value of what shipped (orders of the previous
+    /// release: their total, once charged); `null` in an `asOf` view.
+    async fn captured_cents(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        Ok(self.money(ctx).await?.map(|money| money.captured_cents))
+    }
+
+    /// What was given back: the value of received returns (orders of the
+    /// previous release: their total, once refunded); `null` in an `asOf`
+    /// view.
+    async fn refunded_cents(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        Ok(self.money(ctx).await?.map(|money| money.refunded_cents))
     }
 
     /// The order's own events from the event store, oldest first (for an

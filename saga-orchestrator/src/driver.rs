@@ -583,7 +583,12 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             PaymentStatus::Declined => Some(Outcome::Declined {
                 reason: "declined, as recorded in the ledger".into(),
             }),
-            PaymentStatus::Requested | PaymentStatus::Refunded => None,
+            // Not answers to a charge: a payment of authorizations.
+            PaymentStatus::Requested
+            | PaymentStatus::Refunded
+            | PaymentStatus::Authorized
+            | PaymentStatus::Expired
+            | PaymentStatus::Voided => None,
         }
     }
 
@@ -983,6 +988,9 @@ fn describe(status: Option<PaymentStatus>) -> &'static str {
         Some(PaymentStatus::Approved) => "approved",
         Some(PaymentStatus::Declined) => "declined",
         Some(PaymentStatus::Refunded) => "refunded",
+        Some(PaymentStatus::Authorized) => "authorized",
+        Some(PaymentStatus::Expired) => "expired",
+        Some(PaymentStatus::Voided) => "voided",
     }
 }
 

@@ -513,7 +513,18 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
             Ok((envelope, OrderEvent::OrderCancelled(event))) => {
                 cancelled.push((envelope.aggregate_id, event.reason.as_str().to_owned()));
             }
-            Ok((_, OrderEvent::OrderConfirmed(_))) => {}
+            // Written by the saga itself, or by commands that do not reach
+            // the saga.
+            Ok((
+                _,
+                OrderEvent::OrderConfirmed(_)
+                | OrderEvent::ShipmentRequested(_)
+                | OrderEvent::ShipmentShipped(_)
+                | OrderEvent::ShipmentFailed(_)
+                | OrderEvent::ShipmentDelivered(_)
+                | OrderEvent::ReturnRequested(_)
+                | OrderEvent::ReturnReceived(_),
+            )) => {}
             Err(error) => {
                 if let Taken::Interrupted =
                     dead_letter(producer, dead_letters, message, &error, shutdown).await

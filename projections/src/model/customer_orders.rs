@@ -75,9 +75,22 @@ impl ReadModel for CustomerOrders {
                 status: status(domain::OrderStatus::Cancelled),
                 ..row.clone()
             },
-            (OrderEvent::OrderConfirmed(_) | OrderEvent::OrderCancelled(_), None) => {
-                return Err(ApplyError::missing_row(event));
-            }
+            (OrderEvent::ShipmentShipped(shipped), Some(row)) => CustomerOrderRow {
+                status: status(shipped.status),
+                ..row.clone()
+            },
+            (OrderEvent::ShipmentDelivered(delivered), Some(row)) => CustomerOrderRow {
+                status: status(delivered.status),
+                ..row.clone()
+            },
+            (
+                OrderEvent::ShipmentRequested(_)
+                | OrderEvent::ShipmentFailed(_)
+                | OrderEvent::ReturnRequested(_)
+                | OrderEvent::ReturnReceived(_),
+                Some(row),
+            ) => row.clone(),
+            (_, None) => return Err(ApplyError::missing_row(event)),
         };
         next.version = event.sequence;
         next.global_position = event.global_position;

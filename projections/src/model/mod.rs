@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod customer_orders;
 pub mod orders;
+pub mod payments;
 pub mod products;
 
 use std::collections::{HashMap, HashSet};

@@ -1,11 +1,11 @@
 //! `order_summary`: one row per order with its priced lines, total, status,
-//! times and cancellation reason.
+//! times, cancellation reason, shipments and returns.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::OrderEvent;
-use domain::order::OrderLine;
+use domain::order::{Fulfilment, OrderLine};
 use domain::values::ShippingAddress;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -22,7 +22,7 @@ pub struct OrderSummary;
 pub struct OrderRow {
     pub order_id: Uuid,
     pub customer_id: String,
-    /// `PLACED`, `CONFIRMED` or `CANCELLED`.
+    /// One of `domain::OrderStatus`'s names.
     pub status: String,
     pub lines: Vec<OrderLine>,
     pub total_cents: i64,
@@ -33,6 +33,8 @@ pub struct OrderRow {
     /// administrators read it.
     pub shipping_address: Option<ShippingAddress>,
     pub email: Option<String>,
+    /// Its shipments and returns, as the order aggregate folds them.
+    pub fulfilment: Fulfilment,
     pub placed_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -40,8 +42,8 @@ pub struct OrderRow {
 }
 
 pub const COLUMNS: &str = "order_id, customer_id, status, lines, total_cents, currency, \
-     payment_method, cancellation_reason, shipping_address, email, placed_at, updated_at, version, \
-     global_position";
+     payment_method, cancellation_reason, shipping_address, email, fulfilment, placed_at, \
+     updated_at, version, global_position";
 
 impl ReadModel for OrderSummary {
     type Row = OrderRow;
@@ -74,6 +76,7 @@ impl ReadModel for OrderSummary {
                 cancellation_reason: None,
                 shipping_address: placed.shipping_address.map(|address| *address),
                 email: placed.email.map(|email| email.to_string()),
+                fulfilment: Fulfilment::default(),
                 placed_at: event.recorded_at,
                 updated_at: event.recorded_at,
                 version: 0,
@@ -88,8 +91,28 @@ impl ReadModel for OrderSummary {
                 cancellation_reason: Some(cancelled.reason.to_string()),
                 ..row.clone()
             },
-            (OrderEvent::OrderConfirmed(_) | OrderEvent::OrderCancelled(_), None) => {
-                return Err(ApplyError::missing_row(event));
+            (_, None) => return Err(ApplyError::missing_row(event)),
+            (
+                shipment_or_return @ (OrderEvent::ShipmentRequested(_)
+                | OrderEvent::ShipmentShipped(_)
+                | OrderEvent::ShipmentFailed(_)
+                | OrderEvent::ShipmentDelivered(_)
+                | OrderEvent::ReturnRequested(_)
+                | OrderEvent::ReturnReceived(_)),
+                Some(row),
+            ) => {
+                let mut next = row.clone();
+                match &shipment_or_return {
+                    OrderEvent::ShipmentShipped(shipped) => {
+                        next.status = shipped.status.as_str().into();
+                    }
+                    OrderEvent::ShipmentDelivered(delivered) => {
+                        next.status = delivered.status.as_str().into();
+                    }
+                    _ => {}
+                }
+                next.fulfilment.fold(shipment_or_return);
+                next
             }
         };
         next.version = event.sequence;
@@ -134,6 +157,7 @@ impl ReadModel for OrderSummary {
             .optional_text(row.cancellation_reason.as_deref())
             .optional_json(row.shipping_address.as_ref())?
             .optional_text(row.email.as_deref())
+            .json(&row.fulfilment)?
             .time(row.placed_at)
             .time(row.updated_at)
             .int(row.version)
@@ -161,15 +185,21 @@ impl ReadModel for OrderSummary {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let fulfilments = rows
+            .iter()
+            .map(|r| serde_json::to_string(&r.fulfilment))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(&format!(
             "INSERT INTO {table} ({COLUMNS})
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::bigint[],
                                   $6::text[], $7::text[], $8::text[], $9::text[]::jsonb[],
-                                  $10::text[], $11::timestamptz[], $12::timestamptz[],
-                                  $13::bigint[], $14::bigint[])
+                                  $10::text[], $11::text[]::jsonb[], $12::timestamptz[],
+                                  $13::timestamptz[], $14::bigint[], $15::bigint[])
              ON CONFLICT (order_id) DO UPDATE SET
                 status = EXCLUDED.status,
                 cancellation_reason = EXCLUDED.cancellation_reason,
+                fulfilment = EXCLUDED.fulfilment,
                 updated_at = EXCLUDED.updated_at,
                 version = EXCLUDED.version,
                 global_position = EXCLUDED.global_position
@@ -197,6 +227,7 @@ impl ReadModel for OrderSummary {
         )
         .bind(addresses)
         .bind(rows.iter().map(|r| r.email.as_deref()).collect::<Vec<_>>())
+        .bind(fulfilments)
         .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
@@ -217,6 +248,7 @@ pub fn uuids(ids: &[&str]) -> Vec<Uuid> {
 pub fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
     let lines: serde_json::Value = row.try_get("lines")?;
     let address: Option<serde_json::Value> = row.try_get("shipping_address")?;
+    let fulfilment: serde_json::Value = row.try_get("fulfilment")?;
     Ok(OrderRow {
         order_id: row.try_get("order_id")?,
         customer_id: row.try_get("customer_id")?,
@@ -231,6 +263,8 @@ pub fn order_row(row: &PgRow) -> sqlx::Result<OrderRow> {
             .transpose()
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         email: row.try_get("email")?,
+        fulfilment: serde_json::from_value(fulfilment)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         placed_at: row.try_get("placed_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,

@@ -41,9 +41,34 @@ impl Refusal for OrderError {
             Self::TotalTooLarge { total_cents, max } => ApiError::Refused(format!(
                 "lines: the order's total of {total_cents} minor units is more than the {max} the payment gateway can charge at once; split the order"
             )),
-            refusal @ (Self::AlreadyPlaced | Self::AlreadyConfirmed | Self::AlreadyCancelled) => {
-                ApiError::Refused(refusal.to_string())
+            Self::ShipmentNotFound => {
+                ApiError::not_found(format!("order {order_id} has no such shipment"))
             }
+            Self::ReturnNotFound => {
+                ApiError::not_found(format!("order {order_id} has no such return"))
+            }
+            // Lines that the order's state rules out, named as in the request.
+            refusal @ (Self::SkuNotOrdered { line, .. }
+            | Self::NotShippable { line, .. }
+            | Self::NotReturnable { line, .. }
+            | Self::ReturnWindowClosed { line, .. }) => {
+                let text = refusal.to_string();
+                let rule = text
+                    .split_once(": ")
+                    .map_or(text.as_str(), |(_, rule)| rule);
+                ApiError::Refused(format!("lines[{line}]: {rule}"))
+            }
+            refusal @ (Self::AlreadyPlaced
+            | Self::AlreadyConfirmed
+            | Self::AlreadyCancelled
+            | Self::NotConfirmed
+            | Self::FullyShipped
+            | Self::ShipmentPending
+            | Self::ShipmentExists
+            | Self::ShipmentNotPending { .. }
+            | Self::NotShipped { .. }
+            | Self::ReturnExists
+            | Self::ReturnAlreadyReceived) => ApiError::Refused(refusal.to_string()),
         }
     }
 }
