@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use orders_cli::audit::{audit, audit_settled};
 use platform_tests::{TestGateway, TestPlatform};
+use saga_orchestrator::driver::authorization_key;
 use serde_json::json;
 
 async fn all_sagas_done(platform: &TestPlatform, orders: i64) {
@@ -102,22 +103,22 @@ async fn balanced_books_pass_and_every_kind_of_broken_book_is_reported() {
         }
     };
 
-    // The gateway lost the capture of a confirmed order.
+    // The gateway took money of a confirmed order that nothing shipped.
     let gateway_pool = gateway.database.pool(1).await.unwrap();
-    sqlx::query("UPDATE charges SET status = 'voided' WHERE key = $1")
-        .bind(format!("order-{confirmed}"))
+    sqlx::query("UPDATE authorizations SET captured_cents = 100 WHERE key = $1")
+        .bind(authorization_key(&confirmed, 1))
         .execute(&gateway_pool)
         .await
         .unwrap();
-    broken("has no matching capture at the gateway").await;
+    broken("the gateway captured 100 and refunded 0, the ledger 0 and 0").await;
 
-    // The gateway refunded another amount than the cancelled order's total.
-    sqlx::query("UPDATE charges SET amount_cents = 1 WHERE key = $1")
-        .bind(format!("order-{cancelled}"))
+    // The gateway still holds the authorization of a cancelled order.
+    sqlx::query("UPDATE authorizations SET status = 'authorized' WHERE key = $1")
+        .bind(authorization_key(&cancelled, 1))
         .execute(&gateway_pool)
         .await
         .unwrap();
-    broken("refunded 1, not its total").await;
+    broken("still has authorization").await;
 
     // A read model row that is not the fold of its events.
     sqlx::query("UPDATE product_stock SET on_hand = on_hand + 1 WHERE sku = 'MUG'")
@@ -138,8 +139,8 @@ async fn balanced_books_pass_and_every_kind_of_broken_book_is_reported() {
         (
             "Payment",
             confirmed.as_str(),
-            "ChargeApproved",
-            json!({"ChargeApproved": {"provider_reference": "again"}}),
+            "PaymentAuthorized",
+            json!({"PaymentAuthorized": {"attempt": 1, "provider_reference": "again", "expires_at": null}}),
         ),
     ] {
         sqlx::query(
@@ -155,7 +156,7 @@ async fn balanced_books_pass_and_every_kind_of_broken_book_is_reported() {
         .await
         .unwrap();
     }
-    broken("still holds 1 reserved units of TEA").await;
-    broken("was approved 2 times").await;
+    broken("holds 1 reserved units of TEA, expected 0").await;
+    broken("recorded authorization 1 2 times").await;
     platform.stop().await;
 }

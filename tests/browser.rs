@@ -260,8 +260,8 @@ async fn the_console_follows_an_order_and_replays_a_dead_letter_in_a_browser() {
         .unwrap();
     assert_eq!(actor, "console-admin");
 
-    // A saga that needs someone: the provider lost a capture the ledger
-    // holds, and the customer cancels. The operator, having refunded by
+    // A saga that needs someone: the provider lost an authorization the
+    // ledger holds, and the shop ships. The operator, having settled it by
     // hand, abandons it from the page.
     let lost = platform
         .command(
@@ -296,15 +296,16 @@ async fn the_console_follows_an_order_and_replays_a_dead_letter_in_a_browser() {
         }
     };
     saga_is("CONFIRMED").await;
-    sqlx::query("DELETE FROM charges WHERE key = $1")
-        .bind(saga_orchestrator::driver::charge_key(&lost))
+    sqlx::query("DELETE FROM authorizations WHERE key = $1")
+        .bind(saga_orchestrator::driver::authorization_key(&lost, 1))
         .execute(&gateway.database.pool(1).await.unwrap())
         .await
         .unwrap();
     platform
         .command(
-            &format!("/api/orders/{lost}/cancel"),
-            &json!({"reason": "arrived broken"}),
+            &format!("/api/orders/{lost}/shipments"),
+            &json!({"lines": [{"sku": "MUG-01", "quantity": 1}], "carrier": "DHL",
+                    "tracking_number": "JD0146"}),
             202,
         )
         .await;
@@ -317,7 +318,7 @@ async fn the_console_follows_an_order_and_replays_a_dead_letter_in_a_browser() {
         "window.prompt = () => 'refunded by hand at the provider'; window.confirm = () => true",
     )
     .await;
-    // A retry of its refund may hold the saga for a moment: the page says
+    // A retry of its capture may hold the saga for a moment: the page says
     // so, and the operator presses again.
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {

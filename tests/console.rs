@@ -168,7 +168,15 @@ async fn only_admins_are_answered_and_bad_input_changes_nothing() {
         .iter()
         .map(|projection| projection["table"].as_str().unwrap())
         .collect();
-    assert_eq!(tables, ["order_summary", "product_stock", "customer_order"]);
+    assert_eq!(
+        tables,
+        [
+            "order_summary",
+            "product_stock",
+            "customer_order",
+            "order_payment"
+        ]
+    );
     assert!(overview["sagas"]["needing_attention"].is_number());
 
     // Bad input: a clear problem each, and nothing recorded.

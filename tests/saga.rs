@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use platform_tests::TestGateway;
 use platform_tests::TestPlatform;
-use saga_orchestrator::driver::{Policy, charge_key};
+use saga_orchestrator::driver::{Policy, authorization_key, charge_key};
 use serde_json::{Value, json};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -119,7 +119,8 @@ async fn confirmed(platform: &TestPlatform, lines: &[(&str, i64)]) -> String {
 }
 
 /// A confirmed order the customer cancelled: the cancel reopens the saga,
-/// which returns the stock (`sku` back at `on_hand`) and the money.
+/// which releases the stock (`sku` back at `on_hand`, nothing reserved) and
+/// voids the authorization.
 async fn undone_after_confirmation(
     platform: &TestPlatform,
     gateway: &TestGateway,
@@ -142,7 +143,7 @@ async fn start(policy: Policy) -> (TestPlatform, TestGateway) {
 use platform_tests::quick_policy as quick;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
+async fn an_authorized_payment_confirms_the_order_and_keeps_the_stock_reserved() {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
     platform.create_product("TEA", 499, 10).await;
@@ -162,9 +163,15 @@ async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
             .await
             .unwrap();
     assert_eq!((writes, free), (3, true));
-    stock_is(&platform, "MUG", 8, 0).await;
-    stock_is(&platform, "TEA", 9, 0).await;
-    assert_eq!(gateway.captured().await, vec![charge_key(&id)]);
+    // Nothing is sold until it ships: the units stay reserved, the total
+    // is held and nothing is captured.
+    stock_is(&platform, "MUG", 10, 2).await;
+    stock_is(&platform, "TEA", 10, 1).await;
+    assert_eq!(gateway.captured().await, vec![authorization_key(&id, 1)]);
+    assert_eq!(
+        payment_events(&platform, &id).await,
+        ["AuthorizationRequested", "PaymentAuthorized"]
+    );
     // The gateway is a service of its own: the public API has no route to it.
     for path in [
         "/gateway/charges",
@@ -201,8 +208,6 @@ async fn an_approved_payment_confirms_the_order_and_sells_the_stock() {
             ("reserve TEA", "DONE"),
             ("request charge", "DONE"),
             ("charge", "DONE"),
-            ("commit MUG", "DONE"),
-            ("commit TEA", "DONE"),
             ("confirm order", "DONE"),
         ]
     );
@@ -262,8 +267,8 @@ async fn a_flaky_gateway_is_retried_until_it_approves() {
 
     settled(&platform, &id).await;
     order_ends(&platform, &id, "CONFIRMED").await;
-    stock_is(&platform, "MUG", 9, 0).await;
-    assert_eq!(gateway.captured().await, vec![charge_key(&id)]);
+    stock_is(&platform, "MUG", 10, 1).await;
+    assert_eq!(gateway.captured().await, vec![authorization_key(&id, 1)]);
     platform.stop().await;
 }
 
@@ -282,12 +287,15 @@ async fn a_gateway_that_never_answers_times_out_into_compensation() {
         &[("MUG", 10)],
     )
     .await;
-    // Nothing was captured: the voided charge is closed as declined.
+    // Nothing was held: the authorization, voided, is closed as voided.
     assert_eq!(
         payment_events(&platform, &id).await,
-        ["ChargeRequested", "ChargeDeclined"]
+        ["AuthorizationRequested", "AuthorizationVoided"]
     );
-    assert_eq!(gateway.charges().await[&charge_key(&id)], "voided");
+    assert_eq!(
+        gateway.authorizations().await[&authorization_key(&id, 1)],
+        "voided"
+    );
     platform.stop().await;
 }
 
@@ -312,11 +320,11 @@ async fn a_customer_cancel_in_flight_stops_the_saga_and_undoes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
+async fn a_customer_cancel_after_confirmation_voids_and_releases_the_stock() {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
     let id = confirmed(&platform, &[("MUG", 2)]).await;
-    stock_is(&platform, "MUG", 8, 0).await;
+    stock_is(&platform, "MUG", 10, 2).await;
 
     cancel(&platform, &id, "arrived broken").await;
 
@@ -351,13 +359,13 @@ async fn twenty_orders_for_the_last_five_units_confirm_exactly_five() {
         }
     }
     assert_eq!(confirmed, 5);
-    stock_is(&platform, "MUG", 0, 0).await;
+    stock_is(&platform, "MUG", 5, 5).await;
     assert_eq!(gateway.captured().await.len(), 5);
     platform.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approval_that_arrives_after_the_deadline_is_refunded() {
+async fn an_authorization_that_arrives_after_the_deadline_is_voided() {
     // tok_slow is approved at once, but the answer takes longer than the
     // saga waits.
     let policy = Policy {
@@ -375,13 +383,13 @@ async fn an_approval_that_arrives_after_the_deadline_is_refunded() {
         "payment timed out"
     );
     stock_is(&platform, "MUG", 10, 0).await;
-    let charges: HashMap<String, String> = gateway.charges().await;
-    assert_eq!(charges[&charge_key(&id)], "refunded");
+    let authorizations: HashMap<String, String> = gateway.authorizations().await;
+    assert_eq!(authorizations[&authorization_key(&id, 1)], "voided");
     assert!(gateway.captured().await.is_empty());
-    // The late capture is on the record, and so is its refund.
+    // The late hold is released, and the ledger closes it.
     assert_eq!(
         payment_events(&platform, &id).await,
-        ["ChargeRequested", "ChargeApproved", "PaymentRefunded"]
+        ["AuthorizationRequested", "AuthorizationVoided"]
     );
     platform.stop().await;
 }
@@ -594,7 +602,7 @@ async fn payment_events(platform: &TestPlatform, order_id: &str) -> Vec<String> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_after_the_gateway_restarted_refunds_on_both_books() {
+async fn a_cancel_after_the_gateway_restarted_voids_on_both_books() {
     let (platform, mut gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
     let id = confirmed(&platform, &[("MUG", 2)]).await;
@@ -607,9 +615,16 @@ async fn a_cancel_after_the_gateway_restarted_refunds_on_both_books() {
     undone_after_confirmation(&platform, &gateway, &id, "arrived broken", ("MUG", 10)).await;
     assert_eq!(
         payment_events(&platform, &id).await,
-        ["ChargeRequested", "ChargeApproved", "PaymentRefunded"]
+        [
+            "AuthorizationRequested",
+            "PaymentAuthorized",
+            "AuthorizationVoided"
+        ]
     );
-    assert_eq!(gateway.charges().await[&charge_key(&id)], "refunded");
+    assert_eq!(
+        gateway.authorizations().await[&authorization_key(&id, 1)],
+        "voided"
+    );
     platform.stop().await;
 }
 
@@ -619,8 +634,8 @@ async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
     platform.create_product("MUG", 1250, 10).await;
     let id = confirmed(&platform, &[("MUG", 2)]).await;
 
-    // Someone squats the keys of this order's refund and stock return.
-    for step in ["refund", "return:MUG"] {
+    // Someone squats the keys of this order's void and stock release.
+    for step in ["refund", "voided:1", "release:MUG"] {
         let response = platform
             .client
             .post(platform.url("/api/products/MUG/stock"))
@@ -633,59 +648,60 @@ async fn a_client_key_named_after_a_saga_step_blocks_nothing() {
     }
     cancel(&platform, &id, "arrived broken").await;
 
-    undone_after_confirmation(&platform, &gateway, &id, "arrived broken", ("MUG", 12)).await;
+    undone_after_confirmation(&platform, &gateway, &id, "arrived broken", ("MUG", 13)).await;
     assert_eq!(
         payment_events(&platform, &id)
             .await
             .last()
             .map(String::as_str),
-        Some("PaymentRefunded")
+        Some("AuthorizationVoided")
     );
     platform.stop().await;
 }
 
-/// A confirmed order whose capture the provider forgets (the ledger holds
-/// it approved), then cancelled: its refund cannot pass. Returns once the
-/// saga is flagged, with the saga as GraphQL shows it.
-async fn a_cancel_the_gateway_cannot_refund() -> (TestPlatform, TestGateway, String, Value) {
+/// A confirmed order whose authorization the provider forgets (the ledger
+/// holds it authorized), then shipped: its capture cannot pass. Returns once
+/// the saga is flagged, with the saga as GraphQL shows it.
+async fn a_shipment_the_gateway_cannot_capture() -> (TestPlatform, TestGateway, String, Value) {
     let (platform, gateway) = start(quick()).await;
     platform.create_product("MUG", 1250, 10).await;
     let id = confirmed(&platform, &[("MUG", 2)]).await;
     let ledger = gateway.database.pool(1).await.unwrap();
-    sqlx::query("DELETE FROM charges WHERE key = $1")
-        .bind(charge_key(&id))
+    sqlx::query("DELETE FROM authorizations WHERE key = $1")
+        .bind(authorization_key(&id, 1))
         .execute(&ledger)
         .await
         .unwrap();
-    cancel(&platform, &id, "arrived broken").await;
+    platform
+        .command(
+            &format!("/api/orders/{id}/shipments"),
+            &json!({"lines": [{"sku": "MUG", "quantity": 2}], "carrier": "DHL", "tracking_number": "1"}),
+            202,
+        )
+        .await;
     let saga = flagged(&platform, &id).await;
     (platform, gateway, id, saga)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_that_lost_a_capture_flags_the_refund_instead_of_passing_it() {
-    let (platform, gateway, id, flagged) = a_cancel_the_gateway_cannot_refund().await;
-    assert_eq!(flagged["state"], "COMPENSATING");
-    let refund = flagged["steps"]
+async fn a_gateway_that_lost_an_authorization_flags_the_capture_instead_of_passing_it() {
+    let (platform, gateway, id, flagged) = a_shipment_the_gateway_cannot_capture().await;
+    assert_eq!(flagged["state"], "FULFILLING");
+    let capture = flagged["steps"]
         .as_array()
         .unwrap()
         .iter()
         .rev()
-        .find(|step| step["name"] == "refund")
+        .find(|step| step["name"].as_str().unwrap().starts_with("capture "))
         .unwrap();
-    assert_eq!(refund["status"], "FAILED");
-    assert!(
-        refund["detail"]
-            .as_str()
-            .unwrap()
-            .contains("the gateway says nothing was captured"),
-        "{refund}"
-    );
+    assert_eq!(capture["status"], "FAILED");
     assert_eq!(
         payment_events(&platform, &id).await,
-        ["ChargeRequested", "ChargeApproved"],
-        "no refund is recorded for money nobody gave back"
+        ["AuthorizationRequested", "PaymentAuthorized"],
+        "no capture is recorded for money nobody took"
     );
+    // Nothing left the stock, and the shipment waits.
+    stock_is(&platform, "MUG", 10, 2).await;
     // The audit does not call these books balanced.
     let report = orders_cli::audit::audit(&platform.pool, &gateway.access())
         .await
@@ -791,13 +807,13 @@ async fn a_forged_order_message_sells_nothing_and_confirms_nothing() {
     .await
     .unwrap();
     assert_eq!(events, 0);
-    stock_is(&platform, "MUG", 9, 0).await;
+    stock_is(&platform, "MUG", 10, 1).await;
     assert!(
         !gateway
-            .charges()
+            .authorizations()
             .await
-            .contains_key(&charge_key(&forged_id)),
-        "the forged order was charged"
+            .contains_key(&authorization_key(&forged_id, 1)),
+        "the forged order was authorized"
     );
     let dead =
         platform::testing::consume(&[event_contract::Topics::dead_letter(&topic)], 3, WITHIN)
@@ -871,14 +887,16 @@ async fn an_order_whose_message_never_came_is_still_driven_to_its_end() {
     place(order_id.clone()).await;
     // The sweep finds it in the store and starts its saga.
     order_ends(&platform, &order_id, "CONFIRMED").await;
-    stock_is(&platform, "MUG", 8, 0).await;
-    let charges = gateway.charges().await;
+    stock_is(&platform, "MUG", 10, 2).await;
+    let authorizations = gateway.authorizations().await;
     assert_eq!(
-        charges.get(&charge_key(&order_id)).map(String::as_str),
-        Some("approved")
+        authorizations
+            .get(&authorization_key(&order_id, 1))
+            .map(String::as_str),
+        Some("authorized")
     );
     // The sweep passed the cancelled order (placed before) and left it be.
-    assert_eq!(charges.get(&charge_key(&cancelled)), None);
+    assert_eq!(authorizations.get(&authorization_key(&cancelled, 1)), None);
     let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE order_id = $1")
         .bind(&cancelled)
         .fetch_one(&platform.pool)
@@ -989,8 +1007,8 @@ async fn abandon(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_saga_stops_for_good_and_the_audit_lists_it_instead_of_failing() {
     use operations::sagas::ActionError;
-    // The refund can never pass: someone has to settle it with the provider.
-    let (platform, gateway, id, _) = a_cancel_the_gateway_cannot_refund().await;
+    // The capture can never pass: someone has to settle it with the provider.
+    let (platform, gateway, id, _) = a_shipment_the_gateway_cannot_capture().await;
 
     // Bad requests change nothing.
     assert!(matches!(
@@ -1062,7 +1080,7 @@ async fn an_abandoned_saga_stops_for_good_and_the_audit_lists_it_instead_of_fail
     ));
     assert_eq!(
         payment_events(&platform, &id).await,
-        ["ChargeRequested", "ChargeApproved"],
+        ["AuthorizationRequested", "PaymentAuthorized"],
         "abandoning undoes nothing"
     );
 

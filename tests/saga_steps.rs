@@ -90,7 +90,9 @@ impl Stage {
             shipping_address: None,
             email: None,
         };
-        OrderSaga::start(&event, "staged", Utc::now())
+        // The steps staged here are a charge's, as the sagas the previous
+        // release stored take them.
+        OrderSaga::start_charging(&event, "staged", Utc::now())
     }
 
     /// Reserves the stock, requests and takes the charge, and records the
@@ -504,6 +506,7 @@ async fn a_cancel_that_arrives_while_the_saga_reserves_stops_it_before_the_charg
         saga: saga.clone(),
         version: 1,
         cancel_reason: None,
+        order_version: 0,
     };
     driver
         .drive_leased(started, std::time::Instant::now(), None)

@@ -3,12 +3,20 @@
 //! It reads everything the platform wrote (every event, the sagas, the read
 //! models) and the payment gateway's ledger, and checks what must hold:
 //!
-//! - every order has ended (`CONFIRMED`, `CANCELLED`) or has a live saga;
-//! - per product, on hand = added − sold + returned, and nothing stays
-//!   reserved for an order that has ended;
-//! - a `CONFIRMED` order bought exactly its lines, and holds exactly one
-//!   captured charge equal to its total, in the Payment stream and at the
-//!   gateway; a `CANCELLED` one holds no stock and no money in either;
+//! - every order is at rest (confirmed or further, or `CANCELLED`) or has
+//!   a live saga;
+//! - per product, on hand = added + adjustments − shipped + restocked, and
+//!   nothing stays reserved for an order that has ended;
+//! - an order that authorized its total: the units of its unshipped lines
+//!   stay reserved (none once cancelled), exactly what shipped left the
+//!   stock and exactly what its received returns restock came back;
+//!   captured = value of what shipped, refunded = value of received
+//!   returns, captured ≤ authorized, in the Payment stream and at the
+//!   gateway; a cancelled one holds no authorization in either;
+//! - an order of the previous release, charged whole: a confirmed one
+//!   bought exactly its lines and holds one captured charge equal to its
+//!   total, in the Payment stream and at the gateway; a `CANCELLED` one
+//!   holds no stock and no money in either;
 //! - the Payment stream records a refund whenever the gateway refunded;
 //! - no payment is approved or refunded twice;
 //! - every read model row equals the fold of its events.
@@ -33,6 +41,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cqrs_es::Aggregate;
+use domain::payment::AuthorizationStatus;
 use domain::{
     Order, OrderEvent, OrderStatus, Payment, PaymentEvent, PaymentStatus, Product, ProductEvent,
 };
@@ -144,7 +153,8 @@ pub async fn audit(pool: &PgPool, gateway: &GatewayAccess) -> anyhow::Result<Rep
     // The temporary tables live in this session.
     let mut session = pool.acquire().await.context("connecting for the audit")?;
     let staged = async {
-        let charges = stage_charges(&mut session, gateway).await?;
+        let charges = stage_charges(&mut session, gateway).await?
+            + stage_authorizations(&mut session, gateway).await?;
         stage_moves(&mut session).await?;
         let mut report = Report {
             charges,
@@ -198,9 +208,12 @@ pub async fn audit(pool: &PgPool, gateway: &GatewayAccess) -> anyhow::Result<Rep
     }
     .await;
     // Whatever happened, the staging goes (the session returns to the pool).
-    let _ = sqlx::query("DROP TABLE IF EXISTS pg_temp.audit_charges, pg_temp.audit_moves")
-        .execute(&mut *session)
-        .await;
+    let _ = sqlx::query(
+        "DROP TABLE IF EXISTS pg_temp.audit_charges, pg_temp.audit_authorizations, \
+         pg_temp.audit_moves",
+    )
+    .execute(&mut *session)
+    .await;
     staged
 }
 
@@ -218,7 +231,7 @@ async fn stage_charges(
     .execute(&mut *session)
     .await?;
     let mut staged = 0;
-    let mut pages = GatewayPages::new(gateway)?;
+    let mut pages = GatewayPages::<GatewayCharge>::new(gateway, "charges")?;
     while let Some(page) = pages.next().await? {
         staged += page.len();
         let (keys, statuses, amounts): (Vec<String>, Vec<String>, Vec<Option<i64>>) = page
@@ -240,6 +253,58 @@ async fn stage_charges(
         .bind(keys)
         .bind(statuses)
         .bind(amounts)
+        .execute(&mut *session)
+        .await?;
+    }
+    Ok(staged)
+}
+
+/// An authorization as the gateway lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct GatewayAuthorization {
+    pub key: String,
+    pub status: String,
+    pub amount_cents: Option<i64>,
+    pub captured_cents: i64,
+    pub refunded_cents: i64,
+}
+
+/// The gateway's authorizations, page by page into `audit_authorizations`
+/// (with the order each belongs to); returns how many it holds.
+async fn stage_authorizations(
+    session: &mut sqlx::PgConnection,
+    gateway: &GatewayAccess,
+) -> anyhow::Result<usize> {
+    sqlx::raw_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS audit_authorizations
+            (key text PRIMARY KEY, order_id text, status text NOT NULL, amount_cents bigint,
+             captured_cents bigint NOT NULL, refunded_cents bigint NOT NULL);
+         TRUNCATE audit_authorizations;
+         CREATE INDEX IF NOT EXISTS audit_authorizations_order ON audit_authorizations (order_id)",
+    )
+    .execute(&mut *session)
+    .await?;
+    let mut staged = 0;
+    let mut pages = GatewayPages::<GatewayAuthorization>::new(gateway, "authorizations")?;
+    while let Some(page) = pages.next().await? {
+        staged += page.len();
+        let order_of = |key: &str| {
+            key.strip_prefix("order-")
+                .and_then(|rest| rest.rsplit_once("-auth-"))
+                .map(|(order, _)| order.to_owned())
+        };
+        sqlx::query(
+            "INSERT INTO audit_authorizations
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                                  $6::bigint[])
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(page.iter().map(|a| a.key.clone()).collect::<Vec<_>>())
+        .bind(page.iter().map(|a| order_of(&a.key)).collect::<Vec<_>>())
+        .bind(page.iter().map(|a| a.status.clone()).collect::<Vec<_>>())
+        .bind(page.iter().map(|a| a.amount_cents).collect::<Vec<_>>())
+        .bind(page.iter().map(|a| a.captured_cents).collect::<Vec<_>>())
+        .bind(page.iter().map(|a| a.refunded_cents).collect::<Vec<_>>())
         .execute(&mut *session)
         .await?;
     }
@@ -398,6 +463,11 @@ struct Around {
     /// Stock it moved, by product.
     moved: BTreeMap<String, Moved>,
     charge: Option<GatewayCharge>,
+    /// Its authorizations at the gateway.
+    authorizations: Vec<GatewayAuthorization>,
+    /// How often its payment recorded each authorization, capture and
+    /// refund: each once.
+    recorded: BTreeMap<String, u32>,
 }
 
 /// Every order, a thousand at a time.
@@ -456,6 +526,27 @@ async fn around(
             match &event {
                 PaymentEvent::ChargeApproved(_) => entry.approvals += 1,
                 PaymentEvent::PaymentRefunded(_) => entry.refunds += 1,
+                PaymentEvent::PaymentAuthorized(e) => {
+                    *entry
+                        .recorded
+                        .entry(format!("authorization {}", e.attempt))
+                        .or_default() += 1;
+                }
+                PaymentEvent::PaymentCaptured(e) => {
+                    *entry
+                        .recorded
+                        .entry(format!("the capture of shipment {}", e.shipment_id))
+                        .or_default() += 1;
+                }
+                PaymentEvent::CaptureRefunded(e) => {
+                    *entry
+                        .recorded
+                        .entry(format!(
+                            "the refund of return {} from shipment {}",
+                            e.return_id, e.shipment_id
+                        ))
+                        .or_default() += 1;
+                }
                 _ => {}
             }
             payment.apply(event);
@@ -506,6 +597,26 @@ async fn around(
             .bind(&keys)
             .fetch_all(&mut *session)
             .await?;
+    let authorizations: Vec<(String, String, String, Option<i64>, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, key, status, amount_cents, captured_cents, refunded_cents
+           FROM audit_authorizations WHERE order_id = ANY($1) ORDER BY key",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *session)
+    .await?;
+    for (id, key, status, amount_cents, captured_cents, refunded_cents) in authorizations {
+        around
+            .entry(id)
+            .or_default()
+            .authorizations
+            .push(GatewayAuthorization {
+                key,
+                status,
+                amount_cents,
+                captured_cents,
+                refunded_cents,
+            });
+    }
     for (key, status, amount_cents) in charges {
         if let Some(id) = key.strip_prefix("order-") {
             around.entry(id.to_owned()).or_default().charge = Some(GatewayCharge {
@@ -532,6 +643,19 @@ async fn unowned(session: &mut sqlx::PgConnection, report: &mut Report) -> anyho
     for key in captures {
         report.violations.push(format!(
             "the gateway holds a capture {key} that belongs to no order"
+        ));
+    }
+    let held: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT key FROM audit_authorizations a
+          WHERE (status = 'authorized' OR captured_cents > refunded_cents)
+            AND (a.order_id IS NULL OR {}) ORDER BY key LIMIT 100",
+        no_order.replace("{id}", "a.order_id")
+    ))
+    .fetch_all(&mut *session)
+    .await?;
+    for key in held {
+        report.violations.push(format!(
+            "the gateway holds authorization {key}, which belongs to no order"
         ));
     }
     let payments: Vec<String> = sqlx::query_scalar(&format!(
@@ -580,6 +704,13 @@ fn check_order(id: &str, order: &Order, around: Around, report: &mut Report) {
             around.refunds
         ));
     }
+    for (what, times) in &around.recorded {
+        if *times > 1 {
+            report
+                .violations
+                .push(format!("payment {id} recorded {what} {times} times"));
+        }
+    }
     for sku in around.moved.keys() {
         if !placed.lines.iter().any(|line| line.sku.as_str() == sku) {
             report.violations.push(format!(
@@ -593,6 +724,15 @@ fn check_order(id: &str, order: &Order, around: Around, report: &mut Report) {
     }
     if around.saga.as_ref().is_some_and(|(done, _)| !done) {
         report.open += 1;
+        return;
+    }
+    // Orders of the previous release charged their total at once.
+    let charged = around
+        .payment
+        .as_ref()
+        .map_or(around.charge.is_some(), Payment::is_charge);
+    if !charged {
+        check_lifecycle(id, placed, &around, report);
         return;
     }
     let violations = &mut report.violations;
@@ -708,56 +848,208 @@ fn check_order(id: &str, order: &Order, around: Around, report: &mut Report) {
     }
 }
 
+/// The books of an order that authorized its total and captures what
+/// ships: its stock, its payment and the gateway's authorizations against
+/// its shipments and returns.
+fn check_lifecycle(
+    id: &str,
+    placed: &domain::order::PlacedOrder,
+    around: &Around,
+    report: &mut Report,
+) {
+    use domain::order::ReturnStatus;
+    let cancelled = match placed.status {
+        OrderStatus::Placed => {
+            report.violations.push(format!(
+                "order {id} is PLACED, but no saga is at work on it"
+            ));
+            return;
+        }
+        OrderStatus::Cancelled => {
+            report.cancelled += 1;
+            true
+        }
+        OrderStatus::Confirmed
+        | OrderStatus::PartiallyShipped
+        | OrderStatus::Shipped
+        | OrderStatus::Delivered => {
+            report.confirmed += 1;
+            false
+        }
+    };
+    let violations = &mut report.violations;
+    let status = placed.status.as_str();
+    let fulfilment = &placed.fulfilment;
+    if fulfilment.has_pending() {
+        violations.push(format!(
+            "order {id} has a shipment waiting for its capture, but its saga is done"
+        ));
+    }
+    for line in &placed.lines {
+        let sku = line.sku.to_string();
+        let moved = around.moved.get(&sku).copied().unwrap_or_default();
+        let shipped = i64::from(fulfilment.shipped(&line.sku));
+        let restocked: i64 = fulfilment
+            .returns
+            .iter()
+            .filter(|found| found.status == ReturnStatus::Received && found.restocked == Some(true))
+            .flat_map(|found| &found.lines)
+            .filter(|item| item.sku == line.sku)
+            .map(|item| i64::from(item.quantity))
+            .sum();
+        if moved.committed != shipped {
+            violations.push(format!(
+                "order {id} ({status}) took {} units of {sku} out of stock, but {shipped} shipped",
+                moved.committed
+            ));
+        }
+        if moved.returned != restocked {
+            violations.push(format!(
+                "order {id} ({status}) put {} units of {sku} back on hand, but its received returns restock {restocked}",
+                moved.returned
+            ));
+        }
+        let reserved = if cancelled {
+            0
+        } else {
+            i64::from(line.quantity) - shipped
+        };
+        if moved.open() != reserved {
+            violations.push(format!(
+                "order {id} ({status}) holds {} reserved units of {sku}, expected {reserved}",
+                moved.open()
+            ));
+        }
+    }
+    let shipped_value = fulfilment.shipped_value_cents();
+    let returned_value = fulfilment.received_value_cents();
+    let payment = around.payment.as_ref();
+    let (authorized, captured, refunded) = payment.map_or((0, 0, 0), |p| {
+        (p.authorized_cents(), p.captured_cents(), p.refunded_cents())
+    });
+    if captured != shipped_value {
+        violations.push(format!(
+            "order {id} ({status}) captured {captured}, but what shipped is worth {shipped_value}"
+        ));
+    }
+    if refunded != returned_value {
+        violations.push(format!(
+            "order {id} ({status}) refunded {refunded}, but its received returns are worth {returned_value}"
+        ));
+    }
+    if captured > authorized {
+        violations.push(format!(
+            "order {id} captured {captured}, more than the {authorized} authorized"
+        ));
+    }
+    let first = payment.and_then(|p| p.authorizations().first());
+    let granted = first.is_some_and(|first| {
+        first.amount_cents == placed.total_cents
+            && !matches!(
+                first.status,
+                AuthorizationStatus::Requested | AuthorizationStatus::Declined
+            )
+    });
+    if !cancelled && !granted {
+        violations.push(format!(
+            "confirmed order {id} ({status}) of {} has no authorization of its total: {first:?}",
+            placed.total_cents
+        ));
+    }
+    let latest = payment.and_then(Payment::authorization);
+    if cancelled
+        && let Some(latest) = latest
+        && matches!(
+            latest.status,
+            AuthorizationStatus::Requested | AuthorizationStatus::Authorized
+        )
+    {
+        violations.push(format!(
+            "cancelled order {id} holds authorization {} {} in the ledger",
+            latest.attempt,
+            latest.status.as_str()
+        ));
+    }
+    let at_gateway = |field: fn(&GatewayAuthorization) -> i64| -> i64 {
+        around.authorizations.iter().map(field).sum()
+    };
+    let (gateway_captured, gateway_refunded) = (
+        at_gateway(|a| a.captured_cents),
+        at_gateway(|a| a.refunded_cents),
+    );
+    if (gateway_captured, gateway_refunded) != (captured, refunded) {
+        violations.push(format!(
+            "order {id}: the gateway captured {gateway_captured} and refunded {gateway_refunded}, the ledger {captured} and {refunded}"
+        ));
+    }
+    if cancelled {
+        for held in around
+            .authorizations
+            .iter()
+            .filter(|a| matches!(a.status.as_str(), "authorized" | "pending"))
+        {
+            violations.push(format!(
+                "cancelled order {id} still has authorization {} {} at the gateway",
+                held.key, held.status
+            ));
+        }
+    }
+}
+
 fn status_name(confirmed: bool) -> &'static str {
     if confirmed { "CONFIRMED" } else { "CANCELLED" }
 }
 
-/// The gateway's ledger, a page at a time.
-struct GatewayPages<'a> {
+/// One of the gateway's lists (`charges`, `authorizations`), a page at a
+/// time.
+struct GatewayPages<'a, T> {
     gateway: &'a GatewayAccess,
+    /// The list's path and the field of a page that holds it.
+    list: &'static str,
     client: reqwest::Client,
     after: Option<String>,
+    items: std::marker::PhantomData<T>,
 }
 
-impl<'a> GatewayPages<'a> {
-    fn new(gateway: &'a GatewayAccess) -> anyhow::Result<Self> {
+impl<'a, T: serde::de::DeserializeOwned> GatewayPages<'a, T> {
+    fn new(gateway: &'a GatewayAccess, list: &'static str) -> anyhow::Result<Self> {
         Ok(Self {
             gateway,
+            list,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
             after: Some(String::new()),
+            items: std::marker::PhantomData,
         })
     }
 
     /// The next page, `None` after the last.
-    async fn next(&mut self) -> anyhow::Result<Option<Vec<GatewayCharge>>> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            charges: Vec<GatewayCharge>,
-            next_after: Option<String>,
-        }
+    async fn next(&mut self) -> anyhow::Result<Option<Vec<T>>> {
         let Some(after) = self.after.take() else {
             return Ok(None);
         };
         let base = &self.gateway.url;
-        let page: Page = self
+        let list = self.list;
+        let mut page: serde_json::Value = self
             .client
             // Keys are URL-safe (the gateway allows A-Z a-z 0-9 - _ . :).
             .get(format!(
-                "{}/charges?limit=1000&after={after}",
+                "{}/{list}?limit=1000&after={after}",
                 base.trim_end_matches('/')
             ))
             .bearer_auth(&self.gateway.token)
             .send()
             .await
             .and_then(|response| response.error_for_status())
-            .with_context(|| format!("reading the payment gateway's charges at {base}"))?
+            .with_context(|| format!("reading the payment gateway's {list} at {base}"))?
             .json()
             .await
-            .context("reading the payment gateway's charges")?;
-        self.after = page.next_after;
-        Ok(Some(page.charges))
+            .with_context(|| format!("reading the payment gateway's {list}"))?;
+        self.after = page["next_after"].as_str().map(str::to_owned);
+        let items = serde_json::from_value(page[list].take())
+            .with_context(|| format!("reading the payment gateway's {list}"))?;
+        Ok(Some(items))
     }
 }
 
@@ -766,11 +1058,24 @@ pub async fn gateway_charges(
     gateway: &GatewayAccess,
 ) -> anyhow::Result<HashMap<String, GatewayCharge>> {
     let mut charges = HashMap::new();
-    let mut pages = GatewayPages::new(gateway)?;
+    let mut pages = GatewayPages::<GatewayCharge>::new(gateway, "charges")?;
     while let Some(page) = pages.next().await? {
         charges.extend(page.into_iter().map(|c| (c.key.clone(), c)));
     }
     Ok(charges)
+}
+
+/// Every authorization the gateway lists, by key (for tools that look at a
+/// few).
+pub async fn gateway_authorizations(
+    gateway: &GatewayAccess,
+) -> anyhow::Result<HashMap<String, GatewayAuthorization>> {
+    let mut authorizations = HashMap::new();
+    let mut pages = GatewayPages::<GatewayAuthorization>::new(gateway, "authorizations")?;
+    while let Some(page) = pages.next().await? {
+        authorizations.extend(page.into_iter().map(|a| (a.key.clone(), a)));
+    }
+    Ok(authorizations)
 }
 
 /// Stock an order moved on one product, summed over its events.

@@ -126,6 +126,8 @@ pub struct Settings {
     pub gateway_hold_secs: u64,
     /// Seconds a `tok_expiring` authorization holds before it expires.
     pub gateway_authorization_ttl_secs: u64,
+    /// Days after their delivery within which units may be returned.
+    pub return_window_days: u32,
     /// HS256 secret that signs callers' tokens (development and tests; at
     /// least 32 bytes). Kept secret.
     pub auth_hs256_secret: SecretString,
@@ -266,6 +268,7 @@ impl Settings {
             .set_default("gateway_max_held", 64)?
             .set_default("gateway_hold_secs", 30)?
             .set_default("gateway_authorization_ttl_secs", 5)?
+            .set_default("return_window_days", 30)?
             .set_default("auth_hs256_secret", "")?
             .set_default("auth_jwks_url", "")?
             .set_default("auth_issuer", "")?
@@ -408,6 +411,7 @@ impl Settings {
             },
             trusted_proxies: http_edge::auth::TrustedProxies::parse(&self.trusted_proxies)
                 .map_err(|error| anyhow::anyhow!("trusted_proxies: {error}"))?,
+            return_window_days: self.return_window_days,
         })
     }
 

@@ -271,7 +271,7 @@ async fn g_a_restart_then_a_cancel_and_squatted_keys() {
     let api = &cluster.apis()[0];
     // Someone squats the keys of the second order's undo.
     let squatted = &report.accepted[1];
-    for step in ["refund", "return:SKU-0", "cancel"] {
+    for step in ["refund", "voided:1", "release:SKU-0", "cancel"] {
         let answer = client
             .post(format!("{api}/api/products/SKU-0/stock"))
             .header("idempotency-key", format!("saga:{squatted}:{step}"))
@@ -294,20 +294,20 @@ async fn g_a_restart_then_a_cancel_and_squatted_keys() {
     // The cancels reopen the sagas: wait until both undid the order.
     let deadline = Instant::now() + ENDED_WITHIN;
     loop {
-        let refunded: i64 = sqlx::query_scalar(
+        let voided: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE aggregate_type = 'Payment'
-              AND event_type = 'PaymentRefunded' AND aggregate_id = ANY($1)",
+              AND event_type = 'AuthorizationVoided' AND aggregate_id = ANY($1)",
         )
         .bind(&report.accepted[..2])
         .fetch_one(&cluster.pool)
         .await
         .unwrap();
-        if refunded == 2 {
+        if voided == 2 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{refunded} of 2 refunds recorded"
+            "{voided} of 2 authorizations voided"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

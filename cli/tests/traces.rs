@@ -286,9 +286,9 @@ async fn one_order_is_one_trace_from_the_request_to_its_confirmation_across_ever
             has(&saga, "saga OrderPlaced"),
             has(&saga, "saga reserve MUG"),
             has(&saga, "saga charge"),
-            has(&saga, "payment gateway charge"),
-            has(&gateway, "POST /charges"),
-            has(&gateway, "ledger charge"),
+            has(&saga, "payment gateway authorize"),
+            has(&gateway, "POST /authorizations"),
+            has(&gateway, "ledger authorize"),
             has(&saga, "saga confirm order"),
             has(&saga, "append"),
             has(&relay, "publish OrderConfirmed"),
@@ -299,11 +299,11 @@ async fn one_order_is_one_trace_from_the_request_to_its_confirmation_across_ever
     // The gateway's request is the saga's call's child, across processes.
     let call = spans
         .iter()
-        .find(|s| s.operation == "payment gateway charge")
+        .find(|s| s.operation == "payment gateway authorize")
         .unwrap();
     let served = spans
         .iter()
-        .find(|s| s.operation == "POST /charges")
+        .find(|s| s.operation == "POST /authorizations")
         .unwrap();
     assert_eq!(served.parent.as_deref(), Some(call.id.as_str()));
     assert_eq!(call.kind(), Some("client"));

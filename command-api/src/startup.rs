@@ -121,6 +121,10 @@ fn command_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(products::reactivate::reactivate))
         .routes(routes!(orders::place::place_order))
         .routes(routes!(orders::cancel::cancel_order))
+        .routes(routes!(orders::fulfilment::request_shipment))
+        .routes(routes!(orders::fulfilment::mark_delivered))
+        .routes(routes!(orders::fulfilment::request_return))
+        .routes(routes!(orders::fulfilment::receive_return))
 }
 
 /// The OpenAPI document of the command routes, as served at `/api/openapi.json`.

@@ -45,6 +45,8 @@ pub struct ApiConfig {
     /// Proxies whose `X-Forwarded-For` names the client of a request
     /// without a valid token.
     pub trusted_proxies: TrustedProxies,
+    /// Days after their delivery within which units may be returned.
+    pub return_window_days: u32,
 }
 
 /// The bare API: no authentication, no rate limits. `orders run` configures
@@ -64,6 +66,7 @@ impl Default for ApiConfig {
             graphql_rate: Rate::UNLIMITED,
             meta_rate: Rate::UNLIMITED,
             trusted_proxies: TrustedProxies::default(),
+            return_window_days: domain::order::RETURN_WINDOW_DAYS,
         }
     }
 }
@@ -77,6 +80,7 @@ struct Inner {
     catalog: Catalog,
     idempotency_ttl: Duration,
     readiness: Readiness,
+    return_window_days: u32,
 }
 
 impl std::fmt::Debug for AppState {
@@ -105,6 +109,7 @@ impl AppState {
             readiness: Readiness::new(Some(pool.clone()), kafka, false),
             catalog: Catalog::new(pool),
             idempotency_ttl: config.idempotency_ttl,
+            return_window_days: config.return_window_days,
         })))
     }
 
@@ -118,6 +123,11 @@ impl AppState {
 
     pub fn idempotency_ttl(&self) -> Duration {
         self.0.idempotency_ttl
+    }
+
+    /// Days after their delivery within which units may be returned.
+    pub fn return_window_days(&self) -> u32 {
+        self.0.return_window_days
     }
 
     /// What `/readyz` checks.

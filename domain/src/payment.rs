@@ -387,14 +387,19 @@ impl Payment {
         self.authorizations.last()
     }
 
-    /// What was held in all: the amounts of the authorizations the gateway
-    /// granted.
+    /// What the card holds or held for captures: each authorization the
+    /// gateway granted that still holds counts whole; one that expired or
+    /// was voided counts what was captured from it.
     pub fn authorized_cents(&self) -> i64 {
         self.authorizations
             .iter()
-            .filter(|authorization| authorization.status != AuthorizationStatus::Requested)
-            .filter(|authorization| authorization.status != AuthorizationStatus::Declined)
-            .map(|authorization| authorization.amount_cents)
+            .map(|authorization| match authorization.status {
+                AuthorizationStatus::Authorized => authorization.amount_cents,
+                AuthorizationStatus::Expired | AuthorizationStatus::Voided => {
+                    authorization.captured_cents
+                }
+                AuthorizationStatus::Requested | AuthorizationStatus::Declined => 0,
+            })
             .sum()
     }
 

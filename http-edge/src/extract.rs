@@ -315,6 +315,27 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
+/// Two ids of a route's path, such as an order's and one of its
+/// shipments'; a path that names none answers 404.
+#[derive(Debug, Clone)]
+pub struct PathIds(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path((first, second))| Self(first, second))
+            .map_err(|rejection| {
+                ApiError::not_found(format!(
+                    "the path names no resource: {}",
+                    rejection.body_text()
+                ))
+            })
+    }
+}
+
 /// The headers a command route reads.
 #[derive(Debug, Clone)]
 pub struct CommandHeaders {

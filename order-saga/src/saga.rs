@@ -2,12 +2,27 @@
 //! outcome means. No IO, no clock: the driver executes each [`Action`], then
 //! hands its [`Outcome`] and the time back through [`OrderSaga::record`].
 //!
-//! Forward path: reserve each line's stock → request the charge → charge at
-//! the gateway → confirm the order → commit each reservation. A refusal or a
-//! timeout turns the saga to compensation: release what is reserved, refund
-//! what was charged, cancel the order with the reason. A customer's cancel of
-//! a placed order stops the forward path the same way; of a confirmed order,
-//! it refunds the payment and returns the sold stock.
+//! Forward path: reserve each line's stock → request the authorization →
+//! authorize at the gateway → confirm the order. A refusal or a timeout turns
+//! the saga to compensation: void the authorization, release what is
+//! reserved, cancel the order with the reason. A customer's cancel stops the
+//! forward path the same way; after shipments, it releases what did not ship
+//! and voids the rest of the authorization.
+//!
+//! A confirmed order's saga then carries out its shipments and returns
+//! ([`work`]): each shipment captures its value (authorizing again what is
+//! left when the authorization expired), commits its units and marks it
+//! shipped, or fails it when the capture is declined; each received return
+//! is refunded from the captures and restocked.
+//!
+//! Sagas stored by the previous release charge instead
+//! ([`PaymentFlow::Charge`]): request the charge → charge → confirm → commit
+//! each reservation; a cancel after confirmation refunds the charge and
+//! returns the sold stock.
+
+pub mod work;
+
+pub use work::{CaptureRecord, ReturnWork, ShipmentStage, ShipmentWork, WorkLine, calls_for_work};
 
 use chrono::{DateTime, Utc};
 use domain::order::{OrderLine, OrderPlaced};
@@ -21,10 +36,14 @@ pub enum SagaState {
     Reserving,
     /// Asking for and taking the payment.
     Charging,
-    /// Confirming the order and committing its reservations.
+    /// Confirming the order (and, for charges, committing its reservations).
     Confirming,
-    /// Done: the order is confirmed, its stock sold and its payment captured.
+    /// Done for now: the order is confirmed, its stock reserved and its
+    /// total authorized (a charge: its stock sold and its payment captured).
     Confirmed,
+    /// Carrying out a shipment or a return of a confirmed (or cancelled,
+    /// partly shipped) order.
+    Fulfilling,
     /// Undoing finished steps before the order ends cancelled.
     Compensating,
     /// Done: the order is cancelled and nothing it held is kept.
@@ -37,11 +56,12 @@ pub enum SagaState {
 }
 
 impl SagaState {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Reserving,
         Self::Charging,
         Self::Confirming,
         Self::Confirmed,
+        Self::Fulfilling,
         Self::Compensating,
         Self::Cancelled,
         Self::Abandoned,
@@ -53,6 +73,7 @@ impl SagaState {
             Self::Charging => "CHARGING",
             Self::Confirming => "CONFIRMING",
             Self::Confirmed => "CONFIRMED",
+            Self::Fulfilling => "FULFILLING",
             Self::Compensating => "COMPENSATING",
             Self::Cancelled => "CANCELLED",
             Self::Abandoned => "ABANDONED",
@@ -86,6 +107,18 @@ pub enum Stock {
     Returned,
 }
 
+/// How the order's money moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentFlow {
+    /// One charge of the total, captured at once (sagas stored by the
+    /// previous release, which have no flow recorded).
+    #[default]
+    Charge,
+    /// The total authorized at placement and captured per shipment.
+    Authorize,
+}
+
 /// Where the payment stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -101,6 +134,8 @@ pub enum Charge {
     TimedOut,
     /// Settled by the undo: refunded if it had been captured, voided if not.
     Refunded,
+    /// The authorization expired: nothing more can be captured from it.
+    Expired,
 }
 
 /// One line of the order and its stock.
@@ -109,6 +144,14 @@ pub struct SagaLine {
     pub sku: String,
     pub quantity: u32,
     pub stock: Stock,
+    /// Units of it shipped (an authorization's order): their reservation
+    /// is committed, and a cancel releases only the rest.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shipped: u32,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// One entry of the saga's log, as GraphQL shows it.
@@ -144,6 +187,7 @@ pub const PUBLIC_REASONS: &[&str] = &[
     "settled: it did not happen",
     "cancelled",
     "stopped by an operator",
+    "authorization expired",
 ];
 
 impl StepRecord {
@@ -183,6 +227,7 @@ fn public_reason(action: &Action, outcome: &Outcome) -> Option<&'static str> {
         Outcome::Inconsistent { .. } => "under review",
         Outcome::AlreadySold => "the units were sold",
         Outcome::NeverDone => "given up: it never happened",
+        Outcome::Expired => "authorization expired",
     })
 }
 
@@ -211,10 +256,50 @@ pub enum Action {
         sku: String,
         quantity: u32,
     },
-    /// Give the money back, at the gateway and on the payment.
+    /// Give the money back, at the gateway and on the payment (an
+    /// authorization: void it).
     Refund,
     CancelOrder {
         reason: String,
+    },
+    /// Capture a shipment's value from authorization `attempt`, and record
+    /// the gateway's answer.
+    Capture {
+        shipment_id: String,
+        attempt: u32,
+        amount_cents: i64,
+    },
+    /// Authorize what is left to capture after authorization `attempt - 1`
+    /// expired, and record the gateway's answer.
+    Reauthorize {
+        attempt: u32,
+        amount_cents: i64,
+    },
+    /// Take a shipment's units of `sku` out of the order's reservation.
+    CommitShipment {
+        shipment_id: String,
+        sku: String,
+        quantity: u32,
+    },
+    MarkShipped {
+        shipment_id: String,
+    },
+    FailShipment {
+        shipment_id: String,
+        reason: String,
+    },
+    /// Refund part of a return from one shipment's capture, and record it.
+    RefundReturn {
+        return_id: String,
+        shipment_id: String,
+        attempt: u32,
+        amount_cents: i64,
+    },
+    /// Put a return's units of `sku` back on hand.
+    Restock {
+        return_id: String,
+        sku: String,
+        quantity: u32,
     },
 }
 
@@ -231,6 +316,19 @@ impl Action {
             Self::ReturnStock { sku, .. } => format!("return {sku}"),
             Self::Refund => "refund".into(),
             Self::CancelOrder { .. } => "cancel order".into(),
+            Self::Capture { shipment_id, .. } => format!("capture {shipment_id}"),
+            Self::Reauthorize { attempt, .. } => format!("authorize again ({attempt})"),
+            Self::CommitShipment {
+                shipment_id, sku, ..
+            } => format!("ship {sku} ({shipment_id})"),
+            Self::MarkShipped { shipment_id } => format!("shipped {shipment_id}"),
+            Self::FailShipment { shipment_id, .. } => format!("failed {shipment_id}"),
+            Self::RefundReturn {
+                return_id,
+                shipment_id,
+                ..
+            } => format!("refund {return_id} from {shipment_id}"),
+            Self::Restock { return_id, sku, .. } => format!("restock {sku} ({return_id})"),
         }
     }
 
@@ -246,8 +344,41 @@ impl Action {
             Self::ReturnStock { sku, .. } => format!("return:{sku}"),
             Self::Refund => "refund".into(),
             Self::CancelOrder { .. } => "cancel".into(),
+            Self::Capture {
+                shipment_id,
+                attempt,
+                ..
+            } => format!("capture:{shipment_id}:{attempt}"),
+            Self::Reauthorize { attempt, .. } => format!("authorize:{attempt}"),
+            Self::CommitShipment {
+                shipment_id, sku, ..
+            } => format!("ship:{shipment_id}:{sku}"),
+            Self::MarkShipped { shipment_id } => format!("shipped:{shipment_id}"),
+            Self::FailShipment { shipment_id, .. } => format!("ship-failed:{shipment_id}"),
+            Self::RefundReturn {
+                return_id,
+                shipment_id,
+                ..
+            } => format!("refund:{return_id}:{shipment_id}"),
+            Self::Restock { return_id, sku, .. } => format!("restock:{return_id}:{sku}"),
         };
         format!("saga:{order_id}:{step}")
+    }
+
+    /// Whether this action carries out a shipment or a return: never given
+    /// up (retried until it goes through, flagged after repeated failures),
+    /// like an undo.
+    pub fn is_work(&self) -> bool {
+        matches!(
+            self,
+            Self::Capture { .. }
+                | Self::Reauthorize { .. }
+                | Self::CommitShipment { .. }
+                | Self::MarkShipped { .. }
+                | Self::FailShipment { .. }
+                | Self::RefundReturn { .. }
+                | Self::Restock { .. }
+        )
     }
 
     /// The key under which the payment records the gateway's approval.
@@ -303,6 +434,8 @@ pub enum Outcome {
     /// The command's key was settled as never to run (another driver gave
     /// the step up): it did not happen and never will.
     NeverDone,
+    /// The gateway refused a capture because the authorization expired.
+    Expired,
 }
 
 /// The saga of one order.
@@ -345,6 +478,26 @@ pub struct OrderSaga {
     /// Who abandoned the saga and why (see [`SagaState::Abandoned`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<String>,
+    /// How the money moves; sagas of the previous release charge.
+    #[serde(default)]
+    pub flow: PaymentFlow,
+    /// The authorization captures take from now (1 at placement, one more
+    /// after each that expired); [`charge`](Self::charge) is its state.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The order's shipments the saga took in, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shipments: Vec<ShipmentWork>,
+    /// The order's received returns the saga took in, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returns: Vec<ReturnWork>,
+    /// What each shipment captured, for refunds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captures: Vec<CaptureRecord>,
+    /// The order's version up to which its shipments and returns were
+    /// taken in.
+    #[serde(default)]
+    pub order_version: i64,
 }
 
 impl OrderSaga {
@@ -369,6 +522,22 @@ impl OrderSaga {
             placed_at: Some(at),
             trace: None,
             abandoned: None,
+            flow: PaymentFlow::Authorize,
+            attempt: 1,
+            shipments: Vec::new(),
+            returns: Vec::new(),
+            captures: Vec::new(),
+            order_version: 0,
+        }
+    }
+
+    /// A saga that charges the total at once, as the previous release's
+    /// did: what its stored sagas run, and what tests of that path start.
+    pub fn start_charging(placed: &OrderPlaced, correlation_id: &str, at: DateTime<Utc>) -> Self {
+        Self {
+            flow: PaymentFlow::Charge,
+            attempt: 0,
+            ..Self::start(placed, correlation_id, at)
         }
     }
 
@@ -408,6 +577,10 @@ impl OrderSaga {
                 Charge::None => Some(Action::RequestCharge),
                 _ => Some(Action::Charge),
             },
+            // An authorization keeps the units reserved until they ship.
+            SagaState::Confirming if self.flow == PaymentFlow::Authorize => {
+                Some(Action::ConfirmOrder)
+            }
             SagaState::Confirming => Some(
                 self.lines
                     .iter()
@@ -417,6 +590,7 @@ impl OrderSaga {
                     }),
             ),
             SagaState::Compensating => self.next_compensation(),
+            SagaState::Fulfilling => self.next_work(),
             SagaState::Confirmed | SagaState::Cancelled | SagaState::Abandoned => None,
         }
     }
@@ -436,7 +610,7 @@ impl OrderSaga {
         };
         let together = match self.state {
             SagaState::Reserving => lines(SagaLine::unreserved, SagaLine::reserve),
-            SagaState::Confirming => lines(
+            SagaState::Confirming if self.flow == PaymentFlow::Charge => lines(
                 |line| line.stock == Stock::Reserved,
                 |line| Action::CommitReservation {
                     sku: line.sku.clone(),
@@ -483,6 +657,24 @@ impl OrderSaga {
         ) {
             return Some(Action::Refund);
         }
+        if self.flow == PaymentFlow::Authorize {
+            // What shipped stays shipped: only what is still reserved goes
+            // back.
+            if let Some(line) = self.lines.iter().rev().find(|l| l.stock == Stock::Reserved) {
+                return Some(Action::ReleaseReservation {
+                    sku: line.sku.clone(),
+                });
+            }
+            if self.lines.iter().any(|l| l.stock == Stock::InDoubt) {
+                return None;
+            }
+            if !self.order_cancelled {
+                return Some(Action::CancelOrder {
+                    reason: self.reason.clone().unwrap_or_else(|| "cancelled".into()),
+                });
+            }
+            return None;
+        }
         if let Some(line) = self.lines.iter().rev().find(|l| l.stock == Stock::Reserved) {
             return Some(Action::ReleaseReservation {
                 sku: line.sku.clone(),
@@ -527,6 +719,7 @@ impl OrderSaga {
             Outcome::Contended => ("FAILED", Some("the aggregate stayed busy".into())),
             Outcome::AlreadySold => ("DONE", Some("the units were sold".into())),
             Outcome::NeverDone => ("REFUSED", Some("given up: it never happened".into())),
+            Outcome::Expired => ("REFUSED", Some("the authorization expired".into())),
         };
         self.steps.push(StepRecord {
             name: action.name(),
@@ -540,11 +733,16 @@ impl OrderSaga {
             return;
         }
         let outcome = match outcome {
-            // An undo is never abandoned: a timeout is one more failure, and
-            // so is a key given up on (only forward steps are given up).
-            Outcome::TimedOut | Outcome::NeverDone if action.is_compensation() => Outcome::Failed {
-                detail: "timed out".into(),
-            },
+            // An undo, a shipment or a return is never abandoned: a timeout
+            // is one more failure, and so is a key given up on (only
+            // forward steps are given up).
+            Outcome::TimedOut | Outcome::NeverDone
+                if action.is_compensation() || action.is_work() =>
+            {
+                Outcome::Failed {
+                    detail: "timed out".into(),
+                }
+            }
             other => other,
         };
         // No answer, or one that leaves the command's fate open: it may
@@ -577,6 +775,10 @@ impl OrderSaga {
         self.attempts = 0;
         self.attention = None;
         self.action_started_at = None;
+        if action.is_work() {
+            self.record_work(action, outcome);
+            return;
+        }
         match (action, outcome) {
             (Action::ReserveStock { sku, .. }, Outcome::Done) => {
                 self.set_stock(sku, Stock::Reserved)
@@ -620,7 +822,10 @@ impl OrderSaga {
             (Action::CommitReservation { sku }, _) => {
                 self.compensate(format!("stock could not be committed: {sku}"));
             }
-            (Action::ConfirmOrder, Outcome::Done) => self.state = SagaState::Confirmed,
+            (Action::ConfirmOrder, Outcome::Done) => {
+                self.state = SagaState::Confirmed;
+                self.resume_work();
+            }
             (Action::ConfirmOrder, _) => {
                 // Only a cancelled order refuses to be confirmed.
                 self.order_cancelled = true;
@@ -635,10 +840,28 @@ impl OrderSaga {
             (Action::ReturnStock { sku, .. }, _) => self.set_stock(sku, Stock::Returned),
             (Action::Refund, _) => self.charge = Charge::Refunded,
             (Action::CancelOrder { .. }, _) => self.order_cancelled = true,
+            // Carried out by `record_work`.
+            (
+                Action::Capture { .. }
+                | Action::Reauthorize { .. }
+                | Action::CommitShipment { .. }
+                | Action::MarkShipped { .. }
+                | Action::FailShipment { .. }
+                | Action::RefundReturn { .. }
+                | Action::Restock { .. },
+                _,
+            ) => {}
         }
         if self.state == SagaState::Compensating && self.nothing_left_to_undo() {
-            self.state = SagaState::Cancelled;
+            self.end_cancelled();
         }
+    }
+
+    /// The undo is over: the saga is cancelled, and carries out whatever
+    /// shipments' and returns' work is left (a return of what shipped).
+    fn end_cancelled(&mut self) {
+        self.state = SagaState::Cancelled;
+        self.resume_work();
     }
 
     /// Takes in how actions that ran side by side went (a phase's, in the
@@ -693,7 +916,7 @@ impl OrderSaga {
                 reason: Some("settled: it did not happen".into()),
             });
             if self.state == SagaState::Compensating && self.nothing_left_to_undo() {
-                self.state = SagaState::Cancelled;
+                self.end_cancelled();
             }
         }
     }
@@ -702,7 +925,7 @@ impl OrderSaga {
     /// did not happen: stop trying and undo, with the step's name as the
     /// reason. Compensations are never given up.
     pub fn give_up(&mut self, action: &Action, at: DateTime<Utc>) {
-        if action.is_compensation() || self.state.is_final() {
+        if action.is_compensation() || action.is_work() || self.state.is_final() {
             return;
         }
         self.updated_at = at;
@@ -714,7 +937,7 @@ impl OrderSaga {
     /// outcome the store cannot settle is not either), or the records
     /// disagree.
     pub fn needs_attention(&self, limit: u32) -> bool {
-        self.attention.is_some() || (!self.state.is_final() && self.attempts >= limit)
+        self.attention.is_some() || (!self.is_over() && self.attempts >= limit)
     }
 
     /// The customer cancelled the order (its `OrderCancelled` event, whoever
@@ -746,8 +969,16 @@ impl OrderSaga {
             }
             SagaState::Compensating => {
                 if self.nothing_left_to_undo() {
-                    self.state = SagaState::Cancelled;
+                    self.end_cancelled();
                 }
+            }
+            // Charged whole and shipped (in part): refunding the charge and
+            // returning every unit would undo what shipped.
+            _ if self.flow == PaymentFlow::Charge && !self.shipments.is_empty() => {
+                self.attention = Some(format!(
+                    "the order was cancelled ({reason}) after shipments of a charge taken whole: \
+                     refund what did not ship by hand, then abandon the saga to say so"
+                ));
             }
             _ => {
                 self.reason.get_or_insert_with(|| reason.to_owned());
@@ -793,7 +1024,7 @@ impl OrderSaga {
         self.attempts = 0;
         self.action_started_at = None;
         if self.nothing_left_to_undo() {
-            self.state = SagaState::Cancelled;
+            self.end_cancelled();
         }
     }
 
@@ -840,5 +1071,6 @@ fn line(line: &OrderLine) -> SagaLine {
         sku: line.sku.to_string(),
         quantity: line.quantity,
         stock: Stock::None,
+        shipped: 0,
     }
 }

@@ -17,6 +17,9 @@ pub struct Loaded {
     pub version: i64,
     /// The customer's cancel, if one arrived.
     pub cancel_reason: Option<String>,
+    /// The latest version of the order that calls for the saga's work
+    /// (see [`wake`]); the saga takes it in when it is past its own.
+    pub order_version: i64,
 }
 
 /// Stores a new saga unless the order has one already (a redelivered
@@ -118,10 +121,12 @@ pub async fn insert_leased(
 }
 
 pub async fn load(pool: &PgPool, order_id: &str) -> sqlx::Result<Option<Loaded>> {
-    let row = sqlx::query("SELECT saga, version, cancel_reason FROM sagas WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(
+        "SELECT saga, version, cancel_reason, order_version FROM sagas WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
     row.as_ref().map(loaded).transpose()
 }
 
@@ -139,7 +144,7 @@ pub async fn claim(
                 next_attempt_at = now() + make_interval(secs => $3)
           WHERE order_id = $1
             AND (leased_until IS NULL OR leased_until < now() OR lease_owner = $2)
-      RETURNING saga, version, cancel_reason",
+      RETURNING saga, version, cancel_reason, order_version",
     )
     .bind(order_id)
     .bind(owner)
@@ -168,6 +173,7 @@ fn loaded(row: &sqlx::postgres::PgRow) -> sqlx::Result<Loaded> {
         saga,
         version: row.try_get("version")?,
         cancel_reason: row.try_get("cancel_reason")?,
+        order_version: row.try_get("order_version")?,
     })
 }
 
@@ -181,6 +187,7 @@ pub enum Saved {
     Saved {
         version: i64,
         cancel_reason: Option<String>,
+        order_version: i64,
         released: bool,
     },
     /// Someone saved the saga since it was loaded; load it again.
@@ -299,26 +306,31 @@ async fn save_all<'a>(
     let rows = sqlx::query(
         "UPDATE sagas AS s
             SET state = u.state, saga = u.saga::jsonb, version = s.version + 1,
-                done = u.ended AND (s.cancel_reason IS NULL OR u.cancelled),
+                done = u.ended AND (s.cancel_reason IS NULL OR u.cancelled)
+                       AND s.order_version <= u.order_version,
                 needs_attention = u.attention,
                 next_attempt_at = CASE
-                    WHEN NOT (u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled)))
+                    WHEN NOT (u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled)
+                                          AND s.order_version <= u.order_version))
                         THEN now() + make_interval(secs => $12)
-                    WHEN s.cancel_reason IS NOT NULL AND NOT u.cancelled THEN now()
+                    WHEN (s.cancel_reason IS NOT NULL AND NOT u.cancelled)
+                         OR s.order_version > u.order_version THEN now()
                     ELSE now() + make_interval(secs => u.retry_after) END,
                 updated_at = u.updated_at,
                 lease_owner = $11,
-                leased_until = CASE WHEN u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled))
+                leased_until = CASE WHEN u.waits OR (u.ended AND (s.cancel_reason IS NULL OR u.cancelled)
+                                                     AND s.order_version <= u.order_version)
                                     THEN NULL
                                     ELSE now() + make_interval(secs => $12) END
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
-                       $7::float8[], $8::timestamptz[], $9::bigint[], $10::bool[])
+                       $7::float8[], $8::timestamptz[], $9::bigint[], $10::bool[], $13::bigint[])
                 AS u(order_id, state, saga, ended, cancelled, attention,
-                     retry_after, updated_at, expected, waits)
+                     retry_after, updated_at, expected, waits, order_version)
           WHERE s.order_id = u.order_id AND s.version = u.expected
             AND (s.lease_owner IS NULL OR s.lease_owner = $11
                  OR s.leased_until IS NULL OR s.leased_until < now())
-      RETURNING s.order_id, s.version, s.cancel_reason, s.leased_until IS NULL AS released",
+      RETURNING s.order_id, s.version, s.cancel_reason, s.order_version,
+                s.leased_until IS NULL AS released",
     )
     .bind(&columns.order_id)
     .bind(&columns.state)
@@ -332,6 +344,7 @@ async fn save_all<'a>(
     .bind(&columns.waits)
     .bind(owner)
     .bind(lease.as_secs_f64())
+    .bind(&columns.order_version)
     .fetch_all(pool)
     .await?;
     rows.iter()
@@ -341,6 +354,7 @@ async fn save_all<'a>(
                 Saved::Saved {
                     version: row.try_get("version")?,
                     cancel_reason: row.try_get("cancel_reason")?,
+                    order_version: row.try_get("order_version")?,
                     released: row.try_get("released")?,
                 },
             ))
@@ -361,6 +375,7 @@ struct SaveColumns {
     updated_at: Vec<DateTime<Utc>>,
     expected: Vec<i64>,
     waits: Vec<bool>,
+    order_version: Vec<i64>,
 }
 
 impl SaveColumns {
@@ -377,6 +392,7 @@ impl SaveColumns {
         self.updated_at.push(save.saga.updated_at);
         self.expected.push(save.expected);
         self.waits.push(save.waits);
+        self.order_version.push(save.saga.order_version);
         Ok(())
     }
 }
@@ -391,6 +407,23 @@ pub async fn request_cancel(pool: &PgPool, order_id: &str, reason: &str) -> sqlx
     )
     .bind(order_id)
     .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Notes that the order, at `order_version`, has work for its saga (a
+/// shipment asked for, a return received): the saga is due at once and not
+/// done until it has taken that version in. Returns whether the order has
+/// a saga that had not heard of that version.
+pub async fn wake(pool: &PgPool, order_id: &str, order_version: i64) -> sqlx::Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE sagas SET order_version = $2, done = false,
+                next_attempt_at = least(next_attempt_at, now())
+          WHERE order_id = $1 AND order_version < $2",
+    )
+    .bind(order_id)
+    .bind(order_version)
     .execute(pool)
     .await?;
     Ok(updated.rows_affected() == 1)

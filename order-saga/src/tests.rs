@@ -68,7 +68,7 @@ fn approving(action: &Action) -> Outcome {
 
 #[test]
 fn an_approved_order_reserves_charges_commits_and_confirms() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     let asked = drive(&mut saga, approving);
 
     assert_eq!(
@@ -93,7 +93,7 @@ fn an_approved_order_reserves_charges_commits_and_confirms() {
 
 #[test]
 fn a_declined_payment_releases_the_stock_in_reverse_and_cancels() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::Charge => Outcome::Declined {
             reason: "card declined".into(),
@@ -118,7 +118,7 @@ fn a_declined_payment_releases_the_stock_in_reverse_and_cancels() {
 
 #[test]
 fn one_line_out_of_stock_releases_the_others_and_names_the_sku() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA", "CUP"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA", "CUP"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::ReserveStock { sku, .. } if sku == "TEA" => Outcome::Refused {
             detail: "out of stock: TEA has 1 available, 2 requested".into(),
@@ -146,7 +146,7 @@ fn one_line_out_of_stock_releases_the_others_and_names_the_sku() {
 
 #[test]
 fn an_unknown_product_is_named_as_such() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     drive(&mut saga, |action| match action {
         Action::ReserveStock { .. } => Outcome::Refused {
             detail: "no product with this SKU exists".into(),
@@ -162,7 +162,7 @@ fn an_unknown_product_is_named_as_such() {
 
 #[test]
 fn a_payment_timeout_refunds_whatever_was_taken_then_releases_and_cancels() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::Charge => Outcome::TimedOut,
         _ => Outcome::Done,
@@ -183,7 +183,7 @@ fn a_payment_timeout_refunds_whatever_was_taken_then_releases_and_cancels() {
 
 #[test]
 fn a_late_approval_while_undoing_is_refunded() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.record(&Action::RequestCharge, Outcome::Done, at(2));
     saga.order_cancelled("changed my mind", at(3));
@@ -213,7 +213,7 @@ fn a_late_approval_while_undoing_is_refunded() {
 
 #[test]
 fn an_abandoned_saga_stops_where_it_is_and_undoes_nothing() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.record(&Action::RequestCharge, Outcome::Done, at(2));
     for second in 3..9 {
@@ -255,13 +255,13 @@ fn an_abandoned_saga_stops_where_it_is_and_undoes_nothing() {
 
 #[test]
 fn a_saga_that_ended_cannot_be_abandoned_and_an_abandoned_one_ignores_a_cancel() {
-    let mut confirmed = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut confirmed = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     drive(&mut confirmed, approving);
     let before = confirmed.clone();
     assert!(!confirmed.abandon("alice", "too late", at(20)));
     assert_eq!(confirmed, before, "an ended saga is left as it was");
 
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     assert!(saga.abandon("alice", "stuck", at(2)));
     assert!(!saga.abandon("bob", "again", at(3)), "abandoned once");
@@ -296,7 +296,7 @@ fn a_saga_that_ended_cannot_be_abandoned_and_an_abandoned_one_ignores_a_cancel()
 
 #[test]
 fn a_customer_cancel_before_any_charge_undoes_only_the_stock() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.order_cancelled("changed my mind", at(2));
 
@@ -309,7 +309,7 @@ fn a_customer_cancel_before_any_charge_undoes_only_the_stock() {
 
 #[test]
 fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     drive(&mut saga, approving);
     assert_eq!(saga.state, SagaState::Confirmed);
 
@@ -342,7 +342,7 @@ fn a_customer_cancel_after_confirmation_refunds_and_returns_the_stock() {
 
 #[test]
 fn an_order_cancelled_before_confirmation_gives_its_sold_stock_back() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     let asked = drive(&mut saga, |action| match action {
         Action::Charge => Outcome::Approved {
             reference: "ch".into(),
@@ -369,7 +369,7 @@ fn an_order_cancelled_before_confirmation_gives_its_sold_stock_back() {
 
 #[test]
 fn a_failing_undo_is_retried_flagged_and_never_dropped() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.order_cancelled("changed my mind", at(2));
     let release = saga.next_action().unwrap();
@@ -398,7 +398,7 @@ fn a_failing_undo_is_retried_flagged_and_never_dropped() {
 
 #[test]
 fn a_forward_step_that_keeps_failing_is_given_up_and_undone() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     let failing = saga.next_action().unwrap();
     saga.record(
@@ -431,7 +431,7 @@ fn a_forward_step_that_keeps_failing_is_given_up_and_undone() {
 fn a_forward_step_that_keeps_failing_without_being_settled_needs_attention() {
     // The store cannot even say whether the step landed (so it is neither
     // done nor given up): the saga retries, and someone should look.
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     let reserve = reserve("MUG");
     for second in 1..=5 {
         saga.record(
@@ -448,7 +448,7 @@ fn a_forward_step_that_keeps_failing_without_being_settled_needs_attention() {
 
 #[test]
 fn a_step_that_failed_but_landed_after_all_is_taken_as_done() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.record(&Action::RequestCharge, Outcome::Done, at(2));
     saga.record(&Action::Charge, approving(&Action::Charge), at(3));
@@ -474,7 +474,7 @@ fn a_release_that_finds_the_units_sold_returns_them() {
     // A commit landed that the saga never learned of (before settling, or
     // from an older version): the undo must not take "nothing reserved" for
     // done, or the units stay sold to a cancelled order.
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.order_cancelled("changed my mind", at(2));
     let release = saga.next_action().unwrap();
@@ -493,7 +493,7 @@ fn a_release_that_finds_the_units_sold_returns_them() {
 
 #[test]
 fn records_that_disagree_flag_the_saga_at_once_and_keep_the_undo_open() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.record(&Action::RequestCharge, Outcome::Done, at(2));
     saga.record(&Action::Charge, approving(&Action::Charge), at(3));
@@ -516,7 +516,7 @@ fn records_that_disagree_flag_the_saga_at_once_and_keep_the_undo_open() {
 
 #[test]
 fn a_step_another_driver_gave_up_is_undone_not_retried() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     saga.record(&reserve("TEA"), Outcome::NeverDone, at(2));
 
@@ -569,7 +569,7 @@ fn every_step_has_its_own_stable_key() {
 
 #[test]
 fn a_saga_survives_serialization() {
-    let mut saga = OrderSaga::start(&placed(&["MUG"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
     saga.record(&reserve("MUG"), Outcome::Done, at(1));
     let json = serde_json::to_string(&saga).unwrap();
     assert!(json.contains("\"state\":\"CHARGING\""), "{json}");
@@ -582,7 +582,7 @@ fn steps_that_fail_side_by_side_count_as_one_try() {
     // Every line's commit fails in one pass (one stall of the store): that
     // is one failed try of the phase, not three, so a paid order is not
     // given up on the first stall.
-    let mut saga = OrderSaga::start(&placed(&["A", "B", "C"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["A", "B", "C"]), "c", at(0));
     for sku in ["A", "B", "C"] {
         saga.record(&reserve(sku), Outcome::Done, at(1));
     }
@@ -624,7 +624,7 @@ fn steps_that_fail_side_by_side_count_as_one_try() {
 
 #[test]
 fn a_line_in_doubt_survives_serialization_and_is_settled_before_the_undo() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     saga.record(
         &reserve("MUG"),
         Outcome::Failed {
@@ -696,7 +696,7 @@ fn world() -> impl Strategy<Value = World> {
 
 #[test]
 fn the_lines_are_reserved_together_and_committed_together() {
-    let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+    let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
     assert_eq!(saga.next_actions(), vec![reserve("MUG"), reserve("TEA")]);
     assert_eq!(saga.next_actions()[0], saga.next_action().unwrap());
     // Taken in out of order, they reserve both.
@@ -726,7 +726,7 @@ fn a_line_refused_beside_one_reserved_releases_the_reserved_one() {
     // Taken in in either order, the refusal turns the saga to undoing and
     // the reservation that landed beside it is released.
     for refused_first in [true, false] {
-        let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+        let mut saga = OrderSaga::start_charging(&placed(&["MUG", "TEA"]), "c", at(0));
         let mut outcomes = vec![
             (reserve("MUG"), Outcome::Done),
             (
@@ -762,7 +762,7 @@ proptest! {
         cancel_at in prop::option::of(0usize..20),
     ) {
         let skus = ["A", "B", "C"];
-        let mut saga = OrderSaga::start(&placed(&skus[..lines]), "c", at(0));
+        let mut saga = OrderSaga::start_charging(&placed(&skus[..lines]), "c", at(0));
         let mut answers = answers.into_iter().cycle();
         let mut world = Products::default();
         let mut step = 0;
@@ -794,7 +794,7 @@ proptest! {
         reversed in any::<bool>(),
     ) {
         let skus = ["A", "B", "C"];
-        let mut saga = OrderSaga::start(&placed(&skus[..lines]), "c", at(0));
+        let mut saga = OrderSaga::start_charging(&placed(&skus[..lines]), "c", at(0));
         let mut answers = answers.into_iter().cycle();
         let mut world = Products::default();
         let mut step = 0;
@@ -941,5 +941,252 @@ fn ends_clean(saga: &OrderSaga) -> bool {
                 )
         }
         _ => false,
+    }
+}
+
+mod lifecycle;
+
+mod authorizing {
+    //! The path of the sagas this release starts: authorize, confirm with
+    //! the units reserved, then carry out shipments and returns.
+
+    use domain::order::{Fulfilment, ItemLine, Return, ReturnStatus, Shipment, ShipmentStatus};
+    use domain::values::{Carrier, Reason, ReturnId, ShipmentId, Sku, TrackingNumber};
+
+    use super::*;
+    use crate::saga::{PaymentFlow, ShipmentStage};
+
+    fn shipment(n: u128, sku: &str, quantity: u32, status: ShipmentStatus) -> Shipment {
+        Shipment {
+            id: ShipmentId::new(uuid::Uuid::from_u128(n)),
+            lines: vec![ItemLine {
+                sku: Sku::parse(sku).unwrap(),
+                quantity,
+            }],
+            carrier: Carrier::parse("DHL").unwrap(),
+            tracking_number: TrackingNumber::parse("T").unwrap(),
+            value_cents: 100 * i64::from(quantity),
+            status,
+            requested_at: at(0),
+            shipped_at: None,
+            delivered_at: None,
+            failure: None,
+        }
+    }
+
+    fn confirmed() -> OrderSaga {
+        let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+        drive(&mut saga, approving);
+        saga
+    }
+
+    #[test]
+    fn an_authorized_order_is_confirmed_with_its_units_still_reserved() {
+        let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+        assert_eq!(saga.flow, PaymentFlow::Authorize);
+        let asked = drive(&mut saga, approving);
+        assert_eq!(
+            asked,
+            vec![
+                reserve("MUG"),
+                reserve("TEA"),
+                Action::RequestCharge,
+                Action::Charge,
+                Action::ConfirmOrder,
+            ]
+        );
+        assert_eq!(saga.state, SagaState::Confirmed);
+        assert!(saga.lines.iter().all(|l| l.stock == Stock::Reserved));
+        // Side by side too: no commit while confirming.
+        let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
+        for action in saga.next_actions() {
+            saga.record(&action, Outcome::Done, at(1));
+        }
+        saga.record(&Action::RequestCharge, Outcome::Done, at(2));
+        saga.record(
+            &Action::Charge,
+            Outcome::Approved {
+                reference: "au".into(),
+            },
+            at(3),
+        );
+        assert_eq!(saga.next_actions(), vec![Action::ConfirmOrder]);
+    }
+
+    #[test]
+    fn a_cancel_after_confirmation_voids_and_releases_and_returns_nothing() {
+        let mut saga = confirmed();
+        saga.order_cancelled("changed my mind", at(10));
+        let asked = drive(&mut saga, done);
+        assert_eq!(
+            asked,
+            vec![
+                Action::Refund,
+                Action::ReleaseReservation { sku: "TEA".into() },
+                Action::ReleaseReservation { sku: "MUG".into() },
+            ]
+        );
+        assert_eq!(saga.state, SagaState::Cancelled);
+    }
+
+    #[test]
+    fn a_shipment_captures_commits_and_is_marked_shipped() {
+        let mut saga = confirmed();
+        let fulfilment = Fulfilment {
+            shipments: vec![shipment(1, "MUG", 2, ShipmentStatus::Pending)],
+            returns: Vec::new(),
+        };
+        saga.take_in(&fulfilment, 3);
+        assert_eq!(saga.state, SagaState::Fulfilling);
+        // Taken in once: the same version again changes nothing.
+        saga.take_in(&fulfilment, 3);
+        assert_eq!(saga.shipments.len(), 1);
+        let id = uuid::Uuid::from_u128(1).to_string();
+        let asked = drive(&mut saga, approving_captures);
+        assert_eq!(
+            asked,
+            vec![
+                Action::Capture {
+                    shipment_id: id.clone(),
+                    attempt: 1,
+                    amount_cents: 200
+                },
+                Action::CommitShipment {
+                    shipment_id: id.clone(),
+                    sku: "MUG".into(),
+                    quantity: 2
+                },
+                Action::MarkShipped { shipment_id: id },
+            ]
+        );
+        assert_eq!(saga.state, SagaState::Confirmed);
+        assert_eq!(saga.captured_cents(), 200);
+        assert_eq!(saga.lines[0].stock, Stock::Committed);
+        // A cancel now releases only what did not ship.
+        saga.order_cancelled("the rest is not needed", at(20));
+        let asked = drive(&mut saga, done);
+        assert_eq!(
+            asked,
+            vec![
+                Action::Refund,
+                Action::ReleaseReservation { sku: "TEA".into() },
+            ]
+        );
+    }
+
+    fn approving_captures(action: &Action) -> Outcome {
+        match action {
+            Action::Capture { .. } | Action::Reauthorize { .. } => Outcome::Approved {
+                reference: "cp".into(),
+            },
+            _ => Outcome::Done,
+        }
+    }
+
+    #[test]
+    fn an_expired_authorization_is_renewed_for_what_is_left_and_a_declined_one_fails_the_shipment()
+    {
+        let mut saga = confirmed();
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![shipment(1, "MUG", 2, ShipmentStatus::Pending)],
+                returns: Vec::new(),
+            },
+            3,
+        );
+        let mut expired_once = false;
+        let asked = drive(&mut saga, |action| match action {
+            Action::Capture { .. } if !expired_once => {
+                expired_once = true;
+                Outcome::Expired
+            }
+            other => approving_captures(other),
+        });
+        assert_eq!(
+            asked[1],
+            Action::Reauthorize {
+                attempt: 2,
+                amount_cents: 400
+            }
+        );
+        assert!(matches!(asked[2], Action::Capture { attempt: 2, .. }));
+        assert_eq!(saga.attempt, 2);
+
+        // The next authorization is declined: the shipment fails with why.
+        saga.charge = Charge::Expired;
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![shipment(2, "TEA", 2, ShipmentStatus::Pending)],
+                returns: Vec::new(),
+            },
+            5,
+        );
+        let asked = drive(&mut saga, |action| match action {
+            Action::Reauthorize { .. } => Outcome::Declined {
+                reason: "card declined".into(),
+            },
+            other => approving_captures(other),
+        });
+        assert!(matches!(asked.last(), Some(Action::FailShipment { .. })));
+        assert_eq!(saga.shipments[1].stage, ShipmentStage::Failed);
+        assert_eq!(
+            saga.shipments[1].failure.as_deref(),
+            Some("a new authorization was declined: card declined")
+        );
+    }
+
+    #[test]
+    fn a_received_return_is_refunded_from_the_captures_and_restocked() {
+        let mut saga = confirmed();
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![
+                    shipment(1, "MUG", 1, ShipmentStatus::Pending),
+                    shipment(2, "MUG", 1, ShipmentStatus::Pending),
+                ],
+                returns: Vec::new(),
+            },
+            3,
+        );
+        drive(&mut saga, approving_captures);
+        let received = Return {
+            id: ReturnId::new(uuid::Uuid::from_u128(9)),
+            lines: vec![ItemLine {
+                sku: Sku::parse("MUG").unwrap(),
+                quantity: 2,
+            }],
+            reason: Reason::parse("no").unwrap(),
+            refund_cents: 200,
+            status: ReturnStatus::Received,
+            requested_at: at(0),
+            received_at: Some(at(1)),
+            restocked: Some(true),
+        };
+        saga.take_in(
+            &Fulfilment {
+                shipments: Vec::new(),
+                returns: vec![received],
+            },
+            9,
+        );
+        let asked = drive(&mut saga, done);
+        let refunds: Vec<i64> = asked
+            .iter()
+            .filter_map(|action| match action {
+                Action::RefundReturn { amount_cents, .. } => Some(*amount_cents),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refunds, [100, 100], "split over the two captures");
+        assert!(matches!(
+            asked.last(),
+            Some(Action::Restock { quantity: 2, .. })
+        ));
+        assert!(
+            saga.captures
+                .iter()
+                .all(|c| c.refunded_cents == c.amount_cents)
+        );
+        assert_eq!(saga.state, SagaState::Confirmed);
     }
 }

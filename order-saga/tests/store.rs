@@ -133,6 +133,7 @@ async fn saves_sent_together_are_each_checked_on_their_own() {
                 Saved::Saved {
                     version: 2,
                     cancel_reason: None,
+                    order_version: 0,
                     released: false
                 }
             );
@@ -201,6 +202,7 @@ async fn a_save_gives_the_lease_up_when_the_driver_stops_after_it() {
         Saved::Saved {
             version: 2,
             cancel_reason: Some("changed my mind".into()),
+            order_version: 0,
             released: false
         }
     );
@@ -258,4 +260,63 @@ async fn a_saga_waiting_for_a_retry_is_due_by_the_databases_clock() {
     .unwrap();
     assert!((85.0..=90.5).contains(&due_in), "due in {due_in} s");
     assert!(store::due(&pool, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_shipment_or_a_return_wakes_an_ended_saga_until_it_takes_the_order_in() {
+    let (_db, pool) = database().await;
+    let (woken, racing) = (saga(11), saga(12));
+    store::insert_leased(&pool, &[woken.clone(), racing.clone()], "me", LEASE)
+        .await
+        .unwrap();
+    let saves = Saves::new(pool.clone(), "me".into(), LEASE);
+    let saved = saves
+        .save(save(&ended(woken.clone()), 1, false))
+        .await
+        .unwrap();
+    assert!(matches!(saved, Saved::Saved { released: true, .. }));
+    assert_eq!(row(&pool, &woken).await, (2, true, true));
+
+    // The order's version 4 asks for work: the saga is due again, once.
+    assert!(store::wake(&pool, &woken.order_id, 4).await.unwrap());
+    assert!(!store::wake(&pool, &woken.order_id, 4).await.unwrap());
+    assert!(!store::wake(&pool, &woken.order_id, 3).await.unwrap());
+    assert_eq!(row(&pool, &woken).await, (2, false, true));
+    assert!(
+        store::due(&pool, 10)
+            .await
+            .unwrap()
+            .contains(&woken.order_id)
+    );
+    let loaded = store::claim(&pool, &woken.order_id, "me", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.order_version, 4);
+
+    // A saga that ends without having taken version 4 in is not done: its
+    // driver keeps it (as it would a cancel that came meanwhile).
+    assert!(store::wake(&pool, &racing.order_id, 4).await.unwrap());
+    let saved = saves
+        .save(save(&ended(racing.clone()), 1, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        saved,
+        Saved::Saved {
+            version: 2,
+            cancel_reason: None,
+            order_version: 4,
+            released: false
+        }
+    );
+    assert_eq!(row(&pool, &racing).await, (2, false, false));
+    let mut took_it_in = ended(racing.clone());
+    took_it_in.order_version = 4;
+    let saved = saves.save(save(&took_it_in, 2, false)).await.unwrap();
+    assert!(
+        matches!(saved, Saved::Saved { released: true, .. }),
+        "{saved:?}"
+    );
+    assert_eq!(row(&pool, &racing).await, (3, true, true));
 }

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use command_bus::{CommandBus, CommandContext, CommandError, Expect, Settled};
 use cqrs_es::Aggregate;
-use domain::order::OrderPlaced;
-use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason};
+use domain::order::{OrderPlaced, ShipmentStatus};
+use domain::payment::AuthorizationStatus;
+use domain::values::{Currency, Money, OrderId, PaymentMethod, Reason, ReturnId, ShipmentId};
 use domain::{
     Order, OrderCommand, OrderError, Payment, PaymentCommand, PaymentError, PaymentStatus, Product,
     ProductCommand, ProductError,
@@ -31,8 +32,10 @@ use platform::clock::DbClock;
 use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::gateway::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer};
-use crate::saga::{Action, OrderSaga, Outcome};
+use crate::gateway::{
+    AuthorizationAnswer, CaptureAnswer, ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer,
+};
+use crate::saga::{Action, OrderSaga, Outcome, PaymentFlow};
 use crate::store::{self, Saved};
 
 /// How patient the saga is.
@@ -254,7 +257,11 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     let pending: Vec<Action> = saga
                         .next_actions()
                         .into_iter()
-                        .filter(|action| !action.is_compensation() && *action != Action::Charge)
+                        .filter(|action| {
+                            !action.is_compensation()
+                                && !action.is_work()
+                                && *action != Action::Charge
+                        })
                         .collect();
                     if pending.is_empty() {
                         break;
@@ -266,6 +273,23 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     }
                 }
                 saga.order_cancelled(reason, self.clock.now());
+            }
+            // The order has shipments or returns the saga has not taken in:
+            // read them from the order as stored.
+            if loaded.order_version > saga.order_version {
+                match self.bus.load::<Order>(order_id).await {
+                    Ok((order, at)) => {
+                        if let Some(fulfilment) = order.fulfilment() {
+                            let at = i64::try_from(at).unwrap_or(i64::MAX);
+                            saga.take_in(fulfilment, at.max(loaded.order_version));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(order_id, %error, "cannot read the order's shipments and returns; will retry");
+                        saga.attempts += 1;
+                        return self.retry_later(&saga, version).await;
+                    }
+                }
             }
             // A reservation sent without an answer may still land (from a
             // queue, after the saga stopped waiting): before the undo goes
@@ -347,6 +371,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     saga,
                     version,
                     cancel_reason: loaded.cancel_reason,
+                    order_version: loaded.order_version,
                 });
                 continue;
             }
@@ -354,6 +379,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             let Saved::Saved {
                 version,
                 cancel_reason,
+                order_version,
                 released,
             } = self.save(&saga, version, wait).await?
             else {
@@ -379,6 +405,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 saga,
                 version,
                 cancel_reason,
+                order_version,
             });
         }
     }
@@ -576,6 +603,23 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// The gateway's answer as the payment's ledger recorded it, if it did.
     async fn recorded_answer(&self, saga: &OrderSaga) -> Option<Outcome> {
         let (payment, _) = self.bus.load::<Payment>(&saga.order_id).await.ok()?;
+        if saga.flow == PaymentFlow::Authorize {
+            let first = payment
+                .authorizations()
+                .iter()
+                .find(|authorization| authorization.attempt == 1)?;
+            return match first.status {
+                AuthorizationStatus::Authorized | AuthorizationStatus::Expired => {
+                    Some(Outcome::Approved {
+                        reference: "as recorded in the ledger".into(),
+                    })
+                }
+                AuthorizationStatus::Declined => Some(Outcome::Declined {
+                    reason: "declined, as recorded in the ledger".into(),
+                }),
+                AuthorizationStatus::Requested | AuthorizationStatus::Voided => None,
+            };
+        }
         match payment.status()? {
             PaymentStatus::Approved => Some(Outcome::Approved {
                 reference: "as recorded in the ledger".into(),
@@ -605,14 +649,18 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         let window = if left.is_zero() { LAST_LOOK } else { left };
         let answer = tokio::time::timeout(window, self.charge(saga)).await;
         match answer {
-            Ok(Ok(ChargeAnswer::Approved { reference })) => {
-                self.bounded(self.record_approval(saga, reference)).await
+            Ok(Ok(Answered::Approved {
+                reference,
+                expires_at,
+            })) => {
+                self.bounded(self.record_approval(saga, reference, expires_at))
+                    .await
             }
-            Ok(Ok(ChargeAnswer::Declined { reason })) => {
+            Ok(Ok(Answered::Declined { reason })) => {
                 self.bounded(self.record_decline(saga, reason)).await
             }
             // Refunded or voided first: nothing is held, and the undo settles it.
-            Ok(Ok(ChargeAnswer::Undone)) => Outcome::TimedOut,
+            Ok(Ok(Answered::Undone)) => Outcome::TimedOut,
             Ok(Err(_)) if left.is_zero() => Outcome::TimedOut,
             Ok(Err(unavailable)) => Outcome::Failed {
                 detail: unavailable.to_string(),
@@ -637,14 +685,22 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         // A gateway's reason the domain cannot take (blank, say) still ends
         // the payment: the decline is what matters.
         let decline = match reason_of(&reason).or_else(|_| reason_of("declined by the gateway")) {
+            Ok(reason) if saga.flow == PaymentFlow::Authorize => {
+                PaymentCommand::DeclineAuthorization { attempt: 1, reason }
+            }
             Ok(reason) => PaymentCommand::DeclineCharge { reason },
             Err(refused) => return refused,
         };
         let context = context(saga, Action::decline_key(&saga.order_id));
         match self.run::<Payment>(&saga.order_id, decline, &context).await {
-            Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyDeclined)) => {
-                Outcome::Declined { reason }
-            }
+            Ok(_)
+            | Err(CommandError::Refused(
+                PaymentError::AlreadyDeclined
+                | PaymentError::AuthorizationIs {
+                    status: AuthorizationStatus::Declined,
+                    ..
+                },
+            )) => Outcome::Declined { reason },
             Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
                 detail: format!("the gateway declined, but the ledger says: {refusal}"),
             },
@@ -653,15 +709,33 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     }
 
     /// Records the gateway's approval on the payment, under its own key.
-    async fn record_approval(&self, saga: &OrderSaga, reference: String) -> Outcome {
-        let approve = PaymentCommand::ApproveCharge {
-            provider_reference: reference.clone(),
+    async fn record_approval(
+        &self,
+        saga: &OrderSaga,
+        reference: String,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Outcome {
+        let approve = if saga.flow == PaymentFlow::Authorize {
+            PaymentCommand::RecordAuthorization {
+                attempt: 1,
+                provider_reference: reference.clone(),
+                expires_at,
+            }
+        } else {
+            PaymentCommand::ApproveCharge {
+                provider_reference: reference.clone(),
+            }
         };
         let context = context(saga, Action::approval_key(&saga.order_id));
         match self.run::<Payment>(&saga.order_id, approve, &context).await {
-            Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyApproved)) => {
-                Outcome::Approved { reference }
-            }
+            Ok(_)
+            | Err(CommandError::Refused(
+                PaymentError::AlreadyApproved
+                | PaymentError::AuthorizationIs {
+                    status: AuthorizationStatus::Authorized | AuthorizationStatus::Expired,
+                    ..
+                },
+            )) => Outcome::Approved { reference },
             Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
                 detail: format!("the gateway approved, but the ledger says: {refusal}"),
             },
@@ -669,17 +743,28 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         }
     }
 
-    /// Asks the gateway, trying again after transient failures with backoff.
-    async fn charge(&self, saga: &OrderSaga) -> Result<ChargeAnswer, crate::gateway::Unavailable> {
+    /// Asks the gateway for the charge, or the first authorization,
+    /// trying again after transient failures with backoff.
+    async fn charge(&self, saga: &OrderSaga) -> Result<Answered, crate::gateway::Unavailable> {
+        let authorizes = saga.flow == PaymentFlow::Authorize;
         let request = ChargeRequest {
-            key: charge_key(&saga.order_id),
+            key: if authorizes {
+                authorization_key(&saga.order_id, 1)
+            } else {
+                charge_key(&saga.order_id)
+            },
             amount_cents: saga.amount_cents,
             currency: saga.currency.clone(),
             payment_method: saga.payment_method.clone(),
         };
         let mut attempt = 0;
         loop {
-            match self.gateway.charge(&request).await {
+            let answer = if authorizes {
+                self.gateway.authorize(&request).await.map(Answered::from)
+            } else {
+                self.gateway.charge(&request).await.map(Answered::from)
+            };
+            match answer {
                 Ok(answer) => return Ok(answer),
                 Err(error) if attempt + 1 >= self.policy.forward_attempts => return Err(error),
                 Err(error) => {
@@ -695,6 +780,9 @@ impl<G: PaymentGateway + Clone> Driver<G> {
     /// the charge's key (or voids it), and the ledger then records exactly
     /// what the gateway says happened. A disagreement is flagged, not passed.
     async fn refund(&self, saga: &OrderSaga) -> Outcome {
+        if saga.flow == PaymentFlow::Authorize {
+            return self.void(saga).await;
+        }
         let answer = match self.gateway.refund(&charge_key(&saga.order_id)).await {
             Ok(answer) => answer,
             Err(error) => {
@@ -733,7 +821,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             // the capture, then of its refund.
             (RefundAnswer::Refunded { reference, .. }, Some(PaymentStatus::Requested)) => {
                 let reference = reference.unwrap_or_else(|| "captured late".into());
-                match self.record_approval(saga, reference).await {
+                match self.record_approval(saga, reference, None).await {
                     Outcome::Approved { .. } => self.record_refund(saga, why).await,
                     other => other,
                 }
@@ -769,6 +857,33 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     describe(ledger)
                 ),
             },
+        }
+    }
+
+    /// The undo of an authorization: the gateway voids what it holds (or
+    /// fences a key it never authorized), and the ledger closes it.
+    async fn void(&self, saga: &OrderSaga) -> Outcome {
+        let attempt = saga.attempt.max(1);
+        if let Err(error) = self
+            .gateway
+            .void(&authorization_key(&saga.order_id, attempt))
+            .await
+        {
+            return Outcome::Failed {
+                detail: error.to_string(),
+            };
+        }
+        let void = PaymentCommand::VoidAuthorization { attempt };
+        let context = context(saga, format!("saga:{}:voided:{attempt}", saga.order_id));
+        match self.run::<Payment>(&saga.order_id, void, &context).await {
+            // Declined, expired or voided: nothing is held.
+            Ok(_) | Err(CommandError::Refused(PaymentError::AuthorizationIs { .. })) => {
+                Outcome::Done
+            }
+            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                detail: format!("the gateway voided, but the ledger says: {refusal}"),
+            },
+            Err(other) => failed(other),
         }
     }
 
@@ -859,10 +974,19 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                         };
                     }
                 };
-                let command = PaymentCommand::RequestCharge {
-                    order_id,
-                    amount,
-                    payment_method,
+                let command = if saga.flow == PaymentFlow::Authorize {
+                    PaymentCommand::RequestAuthorization {
+                        order_id,
+                        attempt: 1,
+                        amount,
+                        payment_method,
+                    }
+                } else {
+                    PaymentCommand::RequestCharge {
+                        order_id,
+                        amount,
+                        payment_method,
+                    }
                 };
                 match self
                     .bus
@@ -900,6 +1024,310 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             Action::Charge => Outcome::Failed {
                 detail: "the charge runs on its own path".into(),
             },
+            work => self.work(saga, order_id, work, &context).await,
+        }
+    }
+
+    /// A step of a shipment or a return.
+    async fn work(
+        &self,
+        saga: &OrderSaga,
+        order_id: OrderId,
+        action: &Action,
+        context: &CommandContext,
+    ) -> Outcome {
+        let id = &saga.order_id;
+        match action {
+            Action::Capture {
+                shipment_id,
+                attempt,
+                amount_cents,
+            } => {
+                let Ok(shipment) = ShipmentId::parse(shipment_id) else {
+                    return refused_id(shipment_id);
+                };
+                let answer = self
+                    .gateway
+                    .capture(
+                        &authorization_key(id, *attempt),
+                        &capture_key(id, shipment_id, *attempt),
+                        *amount_cents,
+                    )
+                    .await;
+                match answer {
+                    Err(error) => Outcome::Failed {
+                        detail: error.to_string(),
+                    },
+                    Ok(CaptureAnswer::Captured { reference }) => {
+                        let record = PaymentCommand::RecordCapture {
+                            shipment_id: shipment,
+                            attempt: *attempt,
+                            amount_cents: *amount_cents,
+                            provider_reference: reference.clone(),
+                        };
+                        let context =
+                            self::context(saga, format!("saga:{id}:captured:{shipment_id}"));
+                        match self.run::<Payment>(id, record, &context).await {
+                            Ok(_) | Err(CommandError::Refused(PaymentError::AlreadyCaptured)) => {
+                                Outcome::Approved { reference }
+                            }
+                            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                                detail: format!(
+                                    "the gateway captured, but the ledger says: {refusal}"
+                                ),
+                            },
+                            Err(other) => failed(other),
+                        }
+                    }
+                    Ok(CaptureAnswer::Declined { reason }) => {
+                        let reason_text = reason.clone();
+                        let reason = match reason_of(&reason) {
+                            Ok(reason) => reason,
+                            Err(refused) => return refused,
+                        };
+                        let record = PaymentCommand::DeclineCapture {
+                            shipment_id: shipment,
+                            attempt: *attempt,
+                            reason,
+                        };
+                        let context = self::context(
+                            saga,
+                            format!("saga:{id}:capture-declined:{shipment_id}"),
+                        );
+                        match self.run::<Payment>(id, record, &context).await {
+                            Ok(_) => Outcome::Declined {
+                                reason: reason_text,
+                            },
+                            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                                detail: format!(
+                                    "the gateway declined a capture, but the ledger says: {refusal}"
+                                ),
+                            },
+                            Err(other) => failed(other),
+                        }
+                    }
+                    Ok(CaptureAnswer::Expired) => {
+                        let record = PaymentCommand::ExpireAuthorization { attempt: *attempt };
+                        let context = self::context(saga, format!("saga:{id}:expired:{attempt}"));
+                        match self.run::<Payment>(id, record, &context).await {
+                            Ok(_)
+                            | Err(CommandError::Refused(PaymentError::AuthorizationIs {
+                                status: AuthorizationStatus::Expired,
+                                ..
+                            })) => Outcome::Expired,
+                            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                                detail: format!(
+                                    "the gateway says the authorization expired, but the ledger says: {refusal}"
+                                ),
+                            },
+                            Err(other) => failed(other),
+                        }
+                    }
+                }
+            }
+            Action::Reauthorize {
+                attempt,
+                amount_cents,
+            } => {
+                self.reauthorize(saga, order_id, *attempt, *amount_cents, context)
+                    .await
+            }
+            Action::CommitShipment { sku, quantity, .. } => {
+                let commit = ProductCommand::CommitPart {
+                    order_id,
+                    quantity: *quantity,
+                };
+                outcome_of(self.run::<Product>(sku, commit, context).await)
+            }
+            Action::MarkShipped { shipment_id } => {
+                let Ok(shipment_id) = ShipmentId::parse(shipment_id) else {
+                    return refused_id(shipment_id);
+                };
+                let shipped = OrderCommand::MarkShipped {
+                    shipment_id,
+                    at: self.clock.now(),
+                };
+                match self.run::<Order>(id, shipped, context).await {
+                    Err(CommandError::Refused(OrderError::ShipmentNotPending {
+                        status: ShipmentStatus::Shipped | ShipmentStatus::Delivered,
+                    })) => Outcome::Done,
+                    other => outcome_of(other),
+                }
+            }
+            Action::FailShipment {
+                shipment_id,
+                reason,
+            } => {
+                let Ok(shipment_id) = ShipmentId::parse(shipment_id) else {
+                    return refused_id(shipment_id);
+                };
+                let reason = match reason_of(reason) {
+                    Ok(reason) => reason,
+                    Err(refused) => return refused,
+                };
+                let failed_shipment = OrderCommand::FailShipment {
+                    shipment_id,
+                    reason,
+                };
+                match self.run::<Order>(id, failed_shipment, context).await {
+                    Err(CommandError::Refused(OrderError::ShipmentNotPending {
+                        status: ShipmentStatus::Failed,
+                    })) => Outcome::Done,
+                    other => outcome_of(other),
+                }
+            }
+            Action::RefundReturn {
+                return_id,
+                shipment_id,
+                attempt,
+                amount_cents,
+            } => {
+                let (Ok(shipment), Ok(returned)) =
+                    (ShipmentId::parse(shipment_id), ReturnId::parse(return_id))
+                else {
+                    return refused_id(return_id);
+                };
+                let reference = match self
+                    .gateway
+                    .refund_capture(
+                        &capture_key(id, shipment_id, *attempt),
+                        &format!("order-{id}-refund-{return_id}-{shipment_id}"),
+                        *amount_cents,
+                    )
+                    .await
+                {
+                    Ok(reference) => reference,
+                    Err(error) => {
+                        return Outcome::Failed {
+                            detail: error.to_string(),
+                        };
+                    }
+                };
+                let record = PaymentCommand::RecordRefund {
+                    shipment_id: shipment,
+                    return_id: returned,
+                    amount_cents: *amount_cents,
+                    provider_reference: reference,
+                };
+                let context = self::context(
+                    saga,
+                    format!("saga:{id}:refunded:{return_id}:{shipment_id}"),
+                );
+                match self.run::<Payment>(id, record, &context).await {
+                    Ok(_) | Err(CommandError::Refused(PaymentError::RefundExists)) => Outcome::Done,
+                    Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                        detail: format!("the gateway refunded, but the ledger says: {refusal}"),
+                    },
+                    Err(other) => failed(other),
+                }
+            }
+            Action::Restock { sku, quantity, .. } => {
+                let restock = ProductCommand::ReturnSoldStock {
+                    order_id,
+                    quantity: *quantity,
+                };
+                outcome_of(self.run::<Product>(sku, restock, context).await)
+            }
+            other => Outcome::Failed {
+                detail: format!("{} is not a shipment's or a return's step", other.name()),
+            },
+        }
+    }
+
+    /// Authorizes what is left to capture after authorization
+    /// `attempt - 1` expired: asks for it on the payment, at the gateway,
+    /// and records the gateway's answer, each under a key of its own.
+    async fn reauthorize(
+        &self,
+        saga: &OrderSaga,
+        order_id: OrderId,
+        attempt: u32,
+        amount_cents: i64,
+        context: &CommandContext,
+    ) -> Outcome {
+        let id = &saga.order_id;
+        let (amount, payment_method) = match Currency::parse(&saga.currency)
+            .and_then(|currency| Money::price(amount_cents, currency))
+            .and_then(|amount| PaymentMethod::parse(&saga.payment_method).map(|m| (amount, m)))
+        {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                return Outcome::Refused {
+                    detail: error.to_string(),
+                };
+            }
+        };
+        let request = PaymentCommand::RequestAuthorization {
+            order_id,
+            attempt,
+            amount,
+            payment_method,
+        };
+        match self.run::<Payment>(id, request, context).await {
+            Ok(_) => {}
+            Err(CommandError::Refused(refusal)) => {
+                return Outcome::Inconsistent {
+                    detail: format!("a new authorization cannot be asked for: {refusal}"),
+                };
+            }
+            Err(other) => return failed(other),
+        }
+        let request = ChargeRequest {
+            key: authorization_key(id, attempt),
+            amount_cents,
+            currency: saga.currency.clone(),
+            payment_method: saga.payment_method.clone(),
+        };
+        let (record, answer) = match self.gateway.authorize(&request).await {
+            Err(error) => {
+                return Outcome::Failed {
+                    detail: error.to_string(),
+                };
+            }
+            Ok(AuthorizationAnswer::Voided) => {
+                return Outcome::Inconsistent {
+                    detail: "the new authorization was voided before it was answered".into(),
+                };
+            }
+            Ok(AuthorizationAnswer::Authorized {
+                reference,
+                expires_at,
+            }) => (
+                PaymentCommand::RecordAuthorization {
+                    attempt,
+                    provider_reference: reference.clone(),
+                    expires_at,
+                },
+                Outcome::Approved { reference },
+            ),
+            Ok(AuthorizationAnswer::Declined { reason }) => {
+                let recorded = match reason_of(&reason) {
+                    Ok(recorded) => recorded,
+                    Err(refused) => return refused,
+                };
+                (
+                    PaymentCommand::DeclineAuthorization {
+                        attempt,
+                        reason: recorded,
+                    },
+                    Outcome::Declined { reason },
+                )
+            }
+        };
+        let context = self::context(saga, format!("saga:{id}:authorized:{attempt}"));
+        match self.run::<Payment>(id, record, &context).await {
+            Ok(_) => answer,
+            Err(CommandError::Refused(PaymentError::AuthorizationIs { status, .. }))
+                if status != AuthorizationStatus::Requested =>
+            {
+                answer
+            }
+            Err(CommandError::Refused(refusal)) => Outcome::Inconsistent {
+                detail: format!(
+                    "the gateway answered the new authorization, but the ledger says: {refusal}"
+                ),
+            },
+            Err(other) => failed(other),
         }
     }
 
@@ -952,6 +1380,65 @@ fn claim(key: String) -> IdempotencyClaim {
 /// The gateway's key for the order's one charge.
 pub fn charge_key(order_id: &str) -> String {
     format!("order-{order_id}")
+}
+
+/// The gateway's key for the order's authorization `attempt`.
+pub fn authorization_key(order_id: &str, attempt: u32) -> String {
+    format!("order-{order_id}-auth-{attempt}")
+}
+
+/// The gateway's key for a shipment's capture from authorization `attempt`.
+pub fn capture_key(order_id: &str, shipment_id: &str, attempt: u32) -> String {
+    format!("order-{order_id}-capture-{shipment_id}-{attempt}")
+}
+
+/// What the gateway answered to a charge or an authorization.
+enum Answered {
+    Approved {
+        reference: String,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    Declined {
+        reason: String,
+    },
+    /// Refunded or voided first: nothing is held.
+    Undone,
+}
+
+impl From<ChargeAnswer> for Answered {
+    fn from(answer: ChargeAnswer) -> Self {
+        match answer {
+            ChargeAnswer::Approved { reference } => Self::Approved {
+                reference,
+                expires_at: None,
+            },
+            ChargeAnswer::Declined { reason } => Self::Declined { reason },
+            ChargeAnswer::Undone => Self::Undone,
+        }
+    }
+}
+
+impl From<AuthorizationAnswer> for Answered {
+    fn from(answer: AuthorizationAnswer) -> Self {
+        match answer {
+            AuthorizationAnswer::Authorized {
+                reference,
+                expires_at,
+            } => Self::Approved {
+                reference,
+                expires_at,
+            },
+            AuthorizationAnswer::Declined { reason } => Self::Declined { reason },
+            AuthorizationAnswer::Voided => Self::Undone,
+        }
+    }
+}
+
+/// An id the saga recorded that does not parse: nothing to send.
+fn refused_id(id: &str) -> Outcome {
+    Outcome::Refused {
+        detail: format!("{id} is not a UUID"),
+    }
 }
 
 fn outcome_of<E: std::error::Error>(

@@ -451,6 +451,8 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
     let mut placed = Vec::new();
     let mut first_events = std::collections::HashMap::new();
     let mut cancelled = Vec::new();
+    // Orders with a shipment or a return for their saga, at that version.
+    let mut woken: Vec<(String, i64)> = Vec::new();
     // Each placement's span, in the order's trace, lasts until its saga is
     // stored; the saga's steps continue that trace.
     let mut intake = Vec::new();
@@ -513,17 +515,18 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
             Ok((envelope, OrderEvent::OrderCancelled(event))) => {
                 cancelled.push((envelope.aggregate_id, event.reason.as_str().to_owned()));
             }
-            // Written by the saga itself, or by commands that do not reach
-            // the saga.
+            Ok((envelope, OrderEvent::ShipmentRequested(_) | OrderEvent::ReturnReceived(_))) => {
+                woken.push((envelope.aggregate_id, envelope.sequence));
+            }
+            // Written by the saga itself, or by commands that ask nothing
+            // of it.
             Ok((
                 _,
                 OrderEvent::OrderConfirmed(_)
-                | OrderEvent::ShipmentRequested(_)
                 | OrderEvent::ShipmentShipped(_)
                 | OrderEvent::ShipmentFailed(_)
                 | OrderEvent::ShipmentDelivered(_)
-                | OrderEvent::ReturnRequested(_)
-                | OrderEvent::ReturnReceived(_),
+                | OrderEvent::ReturnRequested(_),
             )) => {}
             Err(error) => {
                 if let Taken::Interrupted =
@@ -566,6 +569,7 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
                     saga,
                     version: 1,
                     cancel_reason: None,
+                    order_version: 0,
                 },
                 leased_at,
                 placed,
@@ -582,6 +586,23 @@ async fn take_in_batch<G: PaymentGateway + Clone>(
         let stored = until_done(
             "store an order's cancel for its saga",
             || async { Ok(store::request_cancel(pool, &order_id, &reason).await?) },
+            shutdown,
+        )
+        .await;
+        match stored {
+            Some(true) => {
+                if !sagas.drive(order_id, shutdown).await {
+                    return Taken::Interrupted;
+                }
+            }
+            Some(false) => {}
+            None => return Taken::Interrupted,
+        }
+    }
+    for (order_id, order_version) in woken {
+        let stored = until_done(
+            "wake an order's saga for a shipment or a return",
+            || async { Ok(store::wake(pool, &order_id, order_version).await?) },
             shutdown,
         )
         .await;
@@ -653,6 +674,16 @@ async fn sweep_pages(
                 new = store::insert_due(pool, &found.sagas) => new?,
             };
             metrics::counter!("saga_placements_swept_total").increment(new.len() as u64);
+        }
+        for (order_id, order_version) in &found.wakes {
+            let woke = tokio::select! {
+                () = shutdown.as_mut() => return Ok(Swept::ShuttingDown),
+                woke = store::wake(pool, order_id, *order_version) => woke?,
+            };
+            if woke {
+                tracing::warn!(%order_id, order_version, "an order's shipment or return never reached its saga (its message never came): waking it from the store");
+                metrics::counter!("saga_work_swept_total").increment(1);
+            }
         }
         tokio::select! {
             () = shutdown.as_mut() => return Ok(Swept::ShuttingDown),

@@ -1,4 +1,5 @@
-//! The sweep: placements whose saga never started.
+//! The sweep: placements whose saga never started, and shipments and
+//! returns that never reached their saga.
 //!
 //! A saga starts when its order's `OrderPlaced` message arrives, but a
 //! message is a wake-up, not the truth, and a wake-up can fail to come: the
@@ -10,7 +11,9 @@
 //! that has not ended without one (cancelled first). The saga is stored due
 //! and leased to nobody: the resume scan hands it to a free driver, so the
 //! sweep never waits for one. The saga's row is the guard: a placement
-//! taken in twice starts one saga.
+//! taken in twice starts one saga. A shipment asked for or a return
+//! received that its saga has not heard of wakes the saga the same way
+//! (`store::wake`, which changes nothing for a saga that heard of it).
 
 use std::time::Duration;
 
@@ -27,6 +30,8 @@ const PAGE: i64 = 1_000;
 #[derive(Debug, Default)]
 pub struct Found {
     pub sagas: Vec<OrderSaga>,
+    /// Orders with a shipment or a return for their saga, at that version.
+    pub wakes: Vec<(String, i64)>,
     /// Where the sweep stands once these are stored.
     pub checkpoint: Option<GlobalCheckpoint>,
 }
@@ -111,6 +116,11 @@ pub async fn look(
         found.checkpoint = Some(event.checkpoint());
         if event.sequence == 1 {
             candidates.push(event);
+        }
+        if crate::saga::calls_for_work(&event.event_type) {
+            found
+                .wakes
+                .push((event.aggregate_id.clone(), event.sequence));
         }
     }
     if candidates.is_empty() {

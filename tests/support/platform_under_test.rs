@@ -410,7 +410,19 @@ impl TestGateway {
             .collect()
     }
 
-    /// Keys of the charges captured and not refunded: the money the gateway holds.
+    /// Every authorization's status by key (`authorized`, `voided`, ...).
+    pub async fn authorizations(&self) -> HashMap<String, String> {
+        orders_cli::audit::gateway_authorizations(&self.access())
+            .await
+            .expect("the gateway lists its authorizations")
+            .into_iter()
+            .map(|(key, authorization)| (key, authorization.status))
+            .collect()
+    }
+
+    /// Keys of what the gateway holds of the customers' money: charges
+    /// captured and not refunded, authorizations still held or captured
+    /// beyond what they refunded.
     pub async fn captured(&self) -> Vec<String> {
         let mut keys: Vec<String> = self
             .charges()
@@ -419,6 +431,14 @@ impl TestGateway {
             .filter(|(_, status)| status == "approved")
             .map(|(key, _)| key)
             .collect();
+        keys.extend(
+            orders_cli::audit::gateway_authorizations(&self.access())
+                .await
+                .expect("the gateway lists its authorizations")
+                .into_values()
+                .filter(|a| a.status == "authorized" || a.captured_cents > a.refunded_cents)
+                .map(|a| a.key),
+        );
         keys.sort();
         keys
     }

@@ -3,10 +3,11 @@
 //! fuzzer) knows exactly which requests are valid. Unit tests hold each
 //! pattern against the parser it describes.
 
-use domain::order::MAX_LINE_QUANTITY;
+use domain::order::{MAX_LINE_QUANTITY, MAX_SKU_QUANTITY};
 use domain::product::MAX_STOCK_ADDITION;
 use domain::values::{
-    AddressLine, Country, Currency, CustomerId, Email, Money, PostalCode, ProductName, Reason, Sku,
+    AddressLine, Carrier, Country, Currency, CustomerId, Email, Money, PostalCode, ProductName,
+    Reason, Sku, TrackingNumber,
 };
 use serde_json::json;
 use utoipa::openapi::schema::{ObjectBuilder, OneOf, OneOfBuilder, SchemaFormat, SchemaType, Type};
@@ -133,6 +134,51 @@ pub fn line_quantity() -> Object {
         2,
         "1 to 10,000. Lines naming the same SKU are added together into one line of the order.",
     )
+}
+
+pub fn item_quantity() -> Object {
+    integer(
+        1,
+        i64::from(MAX_SKU_QUANTITY),
+        1,
+        "At least 1, and at most the units of the SKU the rules leave (ordered and not shipped, \
+         delivered and not returned).",
+    )
+}
+
+pub fn carrier() -> Object {
+    bounded_text(
+        Carrier::MAX_CHARS,
+        "DHL",
+        "Who carries the shipment: 1–100 characters, not blank, without control characters.",
+    )
+    .build()
+}
+
+pub fn tracking_number() -> Object {
+    bounded_text(
+        TrackingNumber::MAX_CHARS,
+        "JD014600006281230704",
+        "The carrier's number for the shipment: 1–100 characters, not blank, without control \
+         characters.",
+    )
+    .build()
+}
+
+fn uuid(description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+        .description(Some(description))
+        .build()
+}
+
+pub fn shipment_id() -> Object {
+    uuid("The shipment's id, a UUID, as its request answered it.")
+}
+
+pub fn return_id() -> Object {
+    uuid("The return's id, a UUID, as its request answered it.")
 }
 
 pub fn customer_id() -> Object {

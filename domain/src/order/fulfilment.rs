@@ -218,6 +218,30 @@ impl Fulfilment {
             .sum()
     }
 
+    /// What the shipped (and delivered) shipments are worth: what the order
+    /// must have captured.
+    pub fn shipped_value_cents(&self) -> i64 {
+        self.shipments
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.status,
+                    ShipmentStatus::Shipped | ShipmentStatus::Delivered
+                )
+            })
+            .map(|s| s.value_cents)
+            .sum()
+    }
+
+    /// What the received returns are worth: what the order must have refunded.
+    pub fn received_value_cents(&self) -> i64 {
+        self.returns
+            .iter()
+            .filter(|found| found.status == ReturnStatus::Received)
+            .map(|found| found.refund_cents)
+            .sum()
+    }
+
     pub fn has_pending(&self) -> bool {
         self.shipments
             .iter()
@@ -345,15 +369,18 @@ fn checked_lines(ordered: &[OrderLine], lines: &[ItemLine]) -> Result<i64, Order
                 sku: item.sku.clone(),
             });
         };
-        if item.quantity == 0 || item.quantity > ordered_line.quantity {
+        if item.quantity == 0 {
             return Err(OrderError::QuantityOutOfRange {
                 line,
                 quantity: item.quantity,
-                max: ordered_line.quantity,
+                max: super::MAX_SKU_QUANTITY,
             });
         }
-        // At most the order's own total, which fits an i64.
-        value += ordered_line.unit_price_cents * i64::from(item.quantity);
+        // More than ordered is refused by the caller's rule (left to ship,
+        // left to return) before this value is used; below that it is at
+        // most the order's own total, which fits an i64.
+        value +=
+            ordered_line.unit_price_cents * i64::from(item.quantity.min(ordered_line.quantity));
     }
     Ok(value)
 }

@@ -7,7 +7,13 @@
 //!   `status` `approved`, `declined`, `refunded` or `voided`; `503` means
 //!   "try again";
 //! - `POST {base}/charges/{key}/refund` answers the charge after the refund:
-//!   `refunded` (it had been captured), `voided` or `declined` (nothing was).
+//!   `refunded` (it had been captured), `voided` or `declined` (nothing was);
+//! - `POST {base}/authorizations` (the charge's body) answers the
+//!   authorization, `authorized`, `declined`, `voided` or `expired`;
+//!   `POST {base}/authorizations/{key}/captures` `{"key","amount_cents"}`
+//!   the capture, `captured`, `declined` or `expired`;
+//!   `POST {base}/authorizations/{key}/void` the authorization;
+//!   `POST {base}/captures/{key}/refunds` `{"key","amount_cents"}` the refund.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +22,10 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use super::{ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer, Unavailable};
+use super::{
+    AuthorizationAnswer, CaptureAnswer, ChargeAnswer, ChargeRequest, PaymentGateway, RefundAnswer,
+    Unavailable,
+};
 
 #[derive(Debug, Serialize)]
 struct ChargeBody<'a> {
@@ -26,14 +35,24 @@ struct ChargeBody<'a> {
     payment_method: &'a str,
 }
 
-/// The charge as the gateway answers it; fields the saga does not use are
-/// left out.
-#[derive(Debug, Deserialize)]
+/// A part of an authorization or a capture, under a key of its own.
+#[derive(Debug, Serialize)]
+struct PartBody<'a> {
+    key: &'a str,
+    amount_cents: i64,
+}
+
+/// A charge, an authorization, a capture or a refund as the gateway
+/// answers it; fields the saga does not use are left out.
+#[derive(Debug, Default, Deserialize)]
 struct Charge {
+    #[serde(default)]
     status: String,
     reference: Option<String>,
     reason: Option<String>,
     amount_cents: Option<i64>,
+    #[serde(default)]
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How the client behaves.
@@ -124,8 +143,9 @@ impl HttpGateway {
     /// open the breaker for everyone else.
     async fn call(
         &self,
+        operation: &'static str,
         path: &str,
-        body: Option<&ChargeBody<'_>>,
+        body: Option<serde_json::Value>,
         invalid_is_decline: bool,
     ) -> Result<Charge, Unavailable> {
         if !self.breaker.allow() {
@@ -134,13 +154,6 @@ impl HttpGateway {
             ));
         }
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
-        let operation = if body.is_some() {
-            "charge"
-        } else if path.ends_with("/refund") {
-            "refund"
-        } else {
-            "other"
-        };
         // The call is a span of the step's trace, and the gateway's own
         // spans are its children.
         let span = tracing::info_span!(
@@ -155,7 +168,7 @@ impl HttpGateway {
             request = request.header(platform::trace::TRACEPARENT, traceparent);
         }
         let request = match body {
-            Some(body) => request.json(body),
+            Some(body) => request.json(&body),
             None => request,
         };
         let started = std::time::Instant::now();
@@ -219,7 +232,7 @@ async fn read(
             status: "declined".into(),
             reference: None,
             reason: Some("refused by the gateway: the charge breaks its rules".into()),
-            amount_cents: None,
+            ..Charge::default()
         };
         return (Ok(declined), Health::Answering);
     }
@@ -254,7 +267,9 @@ impl PaymentGateway for HttpGateway {
             currency: &request.currency,
             payment_method: &request.payment_method,
         };
-        let charge = self.call("/charges", Some(&body), true).await?;
+        let charge = self
+            .call("charge", "/charges", Some(json(&body)?), true)
+            .await?;
         match charge.status.as_str() {
             "approved" => Ok(ChargeAnswer::Approved {
                 reference: charge.reference.unwrap_or_default(),
@@ -269,7 +284,7 @@ impl PaymentGateway for HttpGateway {
 
     async fn refund(&self, key: &str) -> Result<RefundAnswer, Unavailable> {
         let charge = self
-            .call(&format!("/charges/{key}/refund"), None, false)
+            .call("refund", &format!("/charges/{key}/refund"), None, false)
             .await?;
         match charge.status.as_str() {
             "refunded" => Ok(RefundAnswer::Refunded {
@@ -280,6 +295,96 @@ impl PaymentGateway for HttpGateway {
             other => Err(Unavailable(format!("the refunded charge is still {other}"))),
         }
     }
+
+    async fn authorize(&self, request: &ChargeRequest) -> Result<AuthorizationAnswer, Unavailable> {
+        let body = ChargeBody {
+            key: &request.key,
+            amount_cents: request.amount_cents,
+            currency: &request.currency,
+            payment_method: &request.payment_method,
+        };
+        let authorization = self
+            .call("authorize", "/authorizations", Some(json(&body)?), true)
+            .await?;
+        match authorization.status.as_str() {
+            // Expired since: it was held, and a capture will learn the rest.
+            "authorized" | "expired" => Ok(AuthorizationAnswer::Authorized {
+                reference: authorization.reference.unwrap_or_default(),
+                expires_at: authorization.expires_at,
+            }),
+            "declined" => Ok(AuthorizationAnswer::Declined {
+                reason: authorization.reason.unwrap_or_else(|| "declined".into()),
+            }),
+            "voided" => Ok(AuthorizationAnswer::Voided),
+            other => Err(Unavailable(format!("the authorization is still {other}"))),
+        }
+    }
+
+    async fn capture(
+        &self,
+        authorization_key: &str,
+        key: &str,
+        amount_cents: i64,
+    ) -> Result<CaptureAnswer, Unavailable> {
+        let body = PartBody { key, amount_cents };
+        let capture = self
+            .call(
+                "capture",
+                &format!("/authorizations/{authorization_key}/captures"),
+                Some(json(&body)?),
+                false,
+            )
+            .await?;
+        match capture.status.as_str() {
+            "captured" => Ok(CaptureAnswer::Captured {
+                reference: capture.reference.unwrap_or_default(),
+            }),
+            "declined" => Ok(CaptureAnswer::Declined {
+                reason: capture.reason.unwrap_or_else(|| "capture declined".into()),
+            }),
+            "expired" => Ok(CaptureAnswer::Expired),
+            other => Err(Unavailable(format!("the capture is {other}"))),
+        }
+    }
+
+    async fn void(&self, authorization_key: &str) -> Result<(), Unavailable> {
+        let authorization = self
+            .call(
+                "void",
+                &format!("/authorizations/{authorization_key}/void"),
+                None,
+                false,
+            )
+            .await?;
+        match authorization.status.as_str() {
+            "voided" | "declined" | "expired" => Ok(()),
+            other => Err(Unavailable(format!("the voided authorization is {other}"))),
+        }
+    }
+
+    async fn refund_capture(
+        &self,
+        capture_key: &str,
+        key: &str,
+        amount_cents: i64,
+    ) -> Result<String, Unavailable> {
+        let body = PartBody { key, amount_cents };
+        let refund = self
+            .call(
+                "refund capture",
+                &format!("/captures/{capture_key}/refunds"),
+                Some(json(&body)?),
+                false,
+            )
+            .await?;
+        refund
+            .reference
+            .ok_or_else(|| Unavailable("the refund has no reference".into()))
+    }
+}
+
+fn json(body: &impl Serialize) -> Result<serde_json::Value, Unavailable> {
+    serde_json::to_value(body).map_err(|error| Unavailable(error.to_string()))
 }
 
 /// Stops calling a gateway that keeps failing: once `ratio` of its last

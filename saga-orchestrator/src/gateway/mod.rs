@@ -52,6 +52,36 @@ pub enum RefundAnswer {
 #[error("payment gateway unavailable: {0}")]
 pub struct Unavailable(pub String);
 
+/// The gateway's answer to an authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizationAnswer {
+    /// The amount is held until `expires_at` (a repeated key may find it
+    /// expired already).
+    Authorized {
+        reference: String,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Refused; nothing is held.
+    Declined { reason: String },
+    /// Voided before this answer (by an undo that got there first):
+    /// nothing is held.
+    Voided,
+}
+
+/// The gateway's answer to a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureAnswer {
+    Captured {
+        reference: String,
+    },
+    /// The card's issuer refused it; nothing was taken.
+    Declined {
+        reason: String,
+    },
+    /// The authorization expired; nothing was taken.
+    Expired,
+}
+
 /// Takes and gives back money.
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Charges once per key. May never answer: callers bound it with a deadline.
@@ -62,4 +92,33 @@ pub trait PaymentGateway: Send + Sync + 'static {
 
     /// Refunds or voids the charge made under `key`.
     fn refund(&self, key: &str) -> impl Future<Output = Result<RefundAnswer, Unavailable>> + Send;
+
+    /// Holds `request.amount_cents` once per key. May never answer.
+    fn authorize(
+        &self,
+        request: &ChargeRequest,
+    ) -> impl Future<Output = Result<AuthorizationAnswer, Unavailable>> + Send;
+
+    /// Captures `amount_cents` of the authorization `authorization_key`,
+    /// once per `key`.
+    fn capture(
+        &self,
+        authorization_key: &str,
+        key: &str,
+        amount_cents: i64,
+    ) -> impl Future<Output = Result<CaptureAnswer, Unavailable>> + Send;
+
+    /// Releases what the authorization holds and was not captured (or
+    /// fences a key never authorized); afterwards nothing more is held.
+    fn void(&self, authorization_key: &str)
+    -> impl Future<Output = Result<(), Unavailable>> + Send;
+
+    /// Gives `amount_cents` of the capture `capture_key` back, once per
+    /// `key`; answers the refund's reference.
+    fn refund_capture(
+        &self,
+        capture_key: &str,
+        key: &str,
+        amount_cents: i64,
+    ) -> impl Future<Output = Result<String, Unavailable>> + Send;
 }

@@ -1,6 +1,8 @@
-//! `POST /api/orders` and `POST /api/orders/{order_id}/cancel`.
+//! `POST /api/orders`, `POST /api/orders/{order_id}/cancel`, and the
+//! order's shipments and returns.
 
 pub mod cancel;
+pub mod fulfilment;
 pub mod place;
 
 use domain::OrderError;
