@@ -356,3 +356,65 @@ async fn a_store_written_by_an_earlier_release_runs_on_this_one() {
         platform.stop().await;
     }
 }
+
+/// A confirmed order of the earlier release, charged and sold whole then,
+/// ships and is delivered on this one without capturing again, and the
+/// books still balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_of_an_earlier_release_ships_without_being_charged_again() {
+    for release in RELEASES {
+        let (platform, gateway) =
+            TestPlatform::start_with_saga_seeded(quick(), &[], &seed(release)).await;
+        let summaries = corpus_file(release, "order_summary");
+        let confirmed = summaries
+            .iter()
+            .find(|row| row["status"] == "CONFIRMED")
+            .expect("a confirmed order");
+        let order_id = confirmed["order_id"].as_str().unwrap();
+        let lines: Vec<Value> = confirmed["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|line| json!({"sku": line["sku"], "quantity": line["quantity"]}))
+            .collect();
+        let shipped = platform
+            .command(
+                &format!("/api/orders/{order_id}/shipments"),
+                &json!({"lines": lines, "carrier": "DHL", "tracking_number": "OLD-1"}),
+                202,
+            )
+            .await;
+        let shipment_id = shipped["shipment_id"].as_str().unwrap();
+        platform
+            .eventually(
+                "query($id: ID!) { order(id: $id) { status } }",
+                json!({"id": order_id}),
+                WITHIN,
+                |data| (data["order"]["status"] == "SHIPPED").then_some(()),
+            )
+            .await;
+        platform
+            .command(
+                &format!("/api/orders/{order_id}/shipments/{shipment_id}/delivered"),
+                &json!({}),
+                202,
+            )
+            .await;
+        saga_done(&platform, order_id, "CONFIRMED").await;
+        let payment: Vec<String> = sqlx::query_scalar(
+            "SELECT event_type FROM events WHERE aggregate_type = 'Payment' AND aggregate_id = $1
+              ORDER BY sequence",
+        )
+        .bind(order_id)
+        .fetch_all(&platform.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            payment,
+            ["ChargeRequested", "ChargeApproved"],
+            "charged once"
+        );
+        audit_clean(&platform, &gateway).await;
+        platform.stop().await;
+    }
+}

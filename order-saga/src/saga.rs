@@ -498,6 +498,11 @@ pub struct OrderSaga {
     /// taken in.
     #[serde(default)]
     pub order_version: i64,
+    /// What the saga cannot settle and an operator must (see
+    /// [`settle_by_hand`](Self::settle_by_hand)): it needs attention until
+    /// an operator abandons it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsettled: Vec<String>,
 }
 
 impl OrderSaga {
@@ -528,6 +533,7 @@ impl OrderSaga {
             returns: Vec::new(),
             captures: Vec::new(),
             order_version: 0,
+            unsettled: Vec::new(),
         }
     }
 
@@ -937,7 +943,9 @@ impl OrderSaga {
     /// outcome the store cannot settle is not either), or the records
     /// disagree.
     pub fn needs_attention(&self, limit: u32) -> bool {
-        self.attention.is_some() || (!self.is_over() && self.attempts >= limit)
+        self.attention.is_some()
+            || !self.unsettled.is_empty()
+            || (!self.is_over() && self.attempts >= limit)
     }
 
     /// The customer cancelled the order (its `OrderCancelled` event, whoever
@@ -975,7 +983,7 @@ impl OrderSaga {
             // Charged whole and shipped (in part): refunding the charge and
             // returning every unit would undo what shipped.
             _ if self.flow == PaymentFlow::Charge && !self.shipments.is_empty() => {
-                self.attention = Some(format!(
+                self.settle_by_hand(format!(
                     "the order was cancelled ({reason}) after shipments of a charge taken whole: \
                      refund what did not ship by hand, then abandon the saga to say so"
                 ));
@@ -993,7 +1001,10 @@ impl OrderSaga {
     /// abandoned one that calls for attention (its order was cancelled
     /// since): abandoning it again says the operator settled that too.
     pub fn abandon(&mut self, who: &str, why: &str, at: DateTime<Utc>) -> bool {
-        let flagged_again = self.state == SagaState::Abandoned && self.attention.is_some();
+        // What only an operator can settle may flag a saga that ended:
+        // abandoning it says the operator did.
+        let flagged_again = !self.unsettled.is_empty()
+            || (self.state == SagaState::Abandoned && self.attention.is_some());
         if self.state.is_final() && !flagged_again {
             return false;
         }
@@ -1009,6 +1020,7 @@ impl OrderSaga {
         self.state = SagaState::Abandoned;
         self.attempts = 0;
         self.attention = None;
+        self.unsettled.clear();
         self.action_started_at = None;
         self.updated_at = at;
         true

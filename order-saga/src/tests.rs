@@ -1189,4 +1189,107 @@ mod authorizing {
         );
         assert_eq!(saga.state, SagaState::Confirmed);
     }
+
+    #[test]
+    fn a_shipment_worth_nothing_ships_without_a_capture() {
+        let mut saga = confirmed();
+        let mut free = shipment(1, "MUG", 1, ShipmentStatus::Pending);
+        free.value_cents = 0;
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![free],
+                returns: Vec::new(),
+            },
+            3,
+        );
+        let asked = drive(&mut saga, done);
+        assert!(
+            asked.iter().all(|a| !matches!(a, Action::Capture { .. })),
+            "{asked:?}"
+        );
+        assert!(matches!(asked.last(), Some(Action::MarkShipped { .. })));
+    }
+
+    #[test]
+    fn a_shipment_after_a_declined_authorization_asks_for_a_new_one() {
+        let mut saga = confirmed();
+        saga.charge = Charge::Declined;
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![shipment(3, "MUG", 1, ShipmentStatus::Pending)],
+                returns: Vec::new(),
+            },
+            3,
+        );
+        assert_eq!(
+            saga.next_action(),
+            Some(Action::Reauthorize {
+                attempt: 2,
+                amount_cents: 400
+            })
+        );
+    }
+
+    #[test]
+    fn work_that_comes_after_an_abandon_is_flagged_and_taken_in_once() {
+        let mut saga = confirmed();
+        let first = shipment(1, "MUG", 1, ShipmentStatus::Pending);
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![first.clone()],
+                returns: Vec::new(),
+            },
+            3,
+        );
+        assert_eq!(saga.state, SagaState::Fulfilling);
+        assert!(saga.abandon("dave", "settled by hand", at(5)));
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![first, shipment(2, "TEA", 1, ShipmentStatus::Pending)],
+                returns: Vec::new(),
+            },
+            4,
+        );
+        assert_eq!(saga.order_version, 4, "taken in: the saga can be done");
+        assert!(saga.next_action().is_none());
+        assert!(saga.needs_attention(5));
+        // Abandoning again says the operator settled it.
+        assert!(saga.abandon("dave", "shipped by hand", at(6)));
+        assert!(!saga.needs_attention(5));
+    }
+
+    #[test]
+    fn a_return_of_an_order_charged_whole_stays_flagged_until_an_operator_settles_it() {
+        let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
+        drive(&mut saga, approving);
+        assert_eq!(saga.state, SagaState::Confirmed);
+        let received = Return {
+            id: ReturnId::new(uuid::Uuid::from_u128(9)),
+            lines: vec![ItemLine {
+                sku: Sku::parse("MUG").unwrap(),
+                quantity: 1,
+            }],
+            reason: Reason::parse("no").unwrap(),
+            refund_cents: 100,
+            status: ReturnStatus::Received,
+            requested_at: at(0),
+            received_at: Some(at(1)),
+            restocked: Some(true),
+        };
+        saga.take_in(
+            &Fulfilment {
+                shipments: Vec::new(),
+                returns: vec![received],
+            },
+            5,
+        );
+        // The units go back; the refund is the operator's, and the flag
+        // outlives every step that goes through.
+        let asked = drive(&mut saga, done);
+        assert!(matches!(asked.as_slice(), [Action::Restock { .. }]));
+        assert_eq!(saga.state, SagaState::Confirmed);
+        assert!(saga.needs_attention(5));
+        assert!(saga.abandon("dave", "refunded at the provider", at(9)));
+        assert!(!saga.needs_attention(5));
+    }
 }

@@ -362,7 +362,8 @@ pub async fn capture(
     .bind((status == CaptureStatus::Captured).then(|| reference("cp")))
     .bind(reason)
     .fetch_one(&mut *tx)
-    .await?;
+    .await
+    .map_err(|error| reused_or(error, &request.key))?;
     let authorization = if status == CaptureStatus::Captured {
         sqlx::query_as::<_, Authorization>(&format!(
             "UPDATE authorizations SET captured_cents = captured_cents + $2, updated_at = now()
@@ -467,7 +468,8 @@ pub async fn refund(
     .bind(request.amount_cents)
     .bind(reference("re"))
     .fetch_one(&mut *tx)
-    .await?;
+    .await
+    .map_err(|error| reused_or(error, &request.key))?;
     let capture: Capture = sqlx::query_as(&format!(
         "UPDATE captures SET refunded_cents = refunded_cents + $2, updated_at = now()
           WHERE key = $1 RETURNING {CAPTURE}"
@@ -589,6 +591,18 @@ async fn find_authorization_locked(
     .bind(key)
     .fetch_optional(&mut **tx)
     .await
+}
+
+/// A key taken at the same moment under another authorization or capture
+/// (the row locks of one parent do not order calls on two): the key was
+/// reused.
+fn reused_or(error: sqlx::Error, key: &str) -> Refusal {
+    match &error {
+        sqlx::Error::Database(database) if database.code().as_deref() == Some("23505") => {
+            Refusal::KeyReused(key.to_owned())
+        }
+        _ => Refusal::Database(error),
+    }
 }
 
 fn reference(prefix: &str) -> String {

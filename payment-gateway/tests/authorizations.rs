@@ -367,3 +367,28 @@ async fn bad_parts_are_refused_with_the_fields_named() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_raced_under_two_authorizations_is_refused_as_reused_not_failed() {
+    let database = TestDatabase::create().await.unwrap();
+    let gateway = Running::start(&database, any_port()).await;
+    gateway.authorize("a-1", "tok_visa", 1000).await;
+    gateway.authorize("a-2", "tok_visa", 1000).await;
+    for round in 0..5 {
+        let key = format!("c-raced-{round}");
+        let tries = (0..6).map(|n| {
+            let (gateway, key) = (&gateway, key.clone());
+            async move {
+                let parent = if n % 2 == 0 { "a-1" } else { "a-2" };
+                gateway.capture(parent, &key, 10).await
+            }
+        });
+        for (status, answer) in futures::future::join_all(tries).await {
+            assert!(
+                status == 200 || (status == 409 && answer["type"] == "/problems/key-reused"),
+                "{status} {answer}"
+            );
+        }
+    }
+    gateway.stop().await;
+}

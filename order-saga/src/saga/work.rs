@@ -114,10 +114,33 @@ impl OrderSaga {
     /// returns of the order as it stands at `version`, unless the saga took
     /// in that version (or a later one) already.
     pub fn take_in(&mut self, fulfilment: &Fulfilment, version: i64) {
-        if version <= self.order_version || self.state == SagaState::Abandoned {
+        if version <= self.order_version {
             return;
         }
         self.order_version = version;
+        if self.state == SagaState::Abandoned {
+            // Its books are the operator's, who must hear of work that came
+            // after all (a shipment waits for a capture nobody will take).
+            let waiting = fulfilment
+                .shipments
+                .iter()
+                .any(|s| s.status == ShipmentStatus::Pending)
+                || fulfilment.returns.iter().any(|found| {
+                    found.status == ReturnStatus::Received
+                        && !self
+                            .returns
+                            .iter()
+                            .any(|t| t.return_id == found.id.to_string())
+                });
+            if waiting {
+                self.settle_by_hand(
+                    "a shipment or a return came after the saga was abandoned: settle it by \
+                     hand, then abandon the saga again to say so"
+                        .into(),
+                );
+            }
+            return;
+        }
         for shipment in &fulfilment.shipments {
             let id = shipment.id.to_string();
             if shipment.status != ShipmentStatus::Pending
@@ -127,8 +150,10 @@ impl OrderSaga {
             }
             // A charge took the money and sold the units when the order was
             // confirmed: its shipments only need marking.
+            // A shipment worth nothing (free goods) has nothing to capture.
             let stage = match self.flow {
-                PaymentFlow::Authorize => ShipmentStage::Capturing,
+                PaymentFlow::Authorize if shipment.value_cents > 0 => ShipmentStage::Capturing,
+                PaymentFlow::Authorize => ShipmentStage::Committing,
                 PaymentFlow::Charge => ShipmentStage::Marking,
             };
             self.shipments.push(ShipmentWork {
@@ -148,9 +173,10 @@ impl OrderSaga {
             }
             let refunds = self.allocate(found.refund_cents);
             if refunds.is_none() {
-                self.attention = Some(format!(
+                self.settle_by_hand(format!(
                     "return {id} refunds {} that the captures cannot give back \
-                     (an order charged whole is refunded by hand)",
+                     (an order charged whole is refunded by hand): refund it, then abandon \
+                     the saga to say so",
                     found.refund_cents
                 ));
             }
@@ -201,6 +227,15 @@ impl OrderSaga {
         self.captures.iter().map(|c| c.amount_cents).sum()
     }
 
+    /// Notes something the saga cannot do and an operator must: flagged
+    /// until the operator abandons the saga, whatever steps go through
+    /// meanwhile.
+    pub(super) fn settle_by_hand(&mut self, what: String) {
+        if !self.unsettled.contains(&what) {
+            self.unsettled.push(what);
+        }
+    }
+
     /// An ended saga with shipments or returns to carry out works on them.
     pub(super) fn resume_work(&mut self) {
         if matches!(self.state, SagaState::Confirmed | SagaState::Cancelled) && self.has_work() {
@@ -225,7 +260,9 @@ impl OrderSaga {
                         attempt: self.attempt,
                         amount_cents: work.value_cents,
                     },
-                    Charge::Expired => Action::Reauthorize {
+                    // Expired, or a new one declined for an earlier
+                    // shipment: ask again (the card may have changed).
+                    Charge::Expired | Charge::Declined => Action::Reauthorize {
                         attempt: self.attempt + 1,
                         amount_cents: self.amount_cents - self.captured_cents(),
                     },
