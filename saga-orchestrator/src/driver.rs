@@ -224,6 +224,10 @@ impl<G: PaymentGateway + Clone> Driver<G> {
         // A save tells the version and the pending cancel, so the next step
         // starts from the saga in hand without reading the row again.
         let mut held = leased.is_some();
+        // Shipments and returns taken in since the last save: the next save
+        // is not skipped, or a replay from the last save would find them
+        // done on the order and never learn what they captured.
+        let mut took_in = false;
         let mut last_save = leased
             .as_ref()
             .map_or_else(std::time::Instant::now, |(_, at)| *at);
@@ -282,6 +286,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                         if let Some(fulfilment) = order.fulfilment() {
                             let at = i64::try_from(at).unwrap_or(i64::MAX);
                             saga.take_in(fulfilment, at.max(loaded.order_version));
+                            took_in = true;
                         }
                     }
                     Err(error) => {
@@ -364,7 +369,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
             };
             let ended = saga.is_over();
             let lease_ageing = last_save.elapsed() > self.policy.lease() / 3;
-            if replayable && !ended && wait.is_zero() && !lease_ageing {
+            if replayable && !ended && wait.is_zero() && !lease_ageing && !took_in {
                 // Not saved: a replay from the last save does this step
                 // again under its key and finds it done.
                 saved = Some(store::Loaded {
@@ -376,6 +381,7 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 continue;
             }
             last_save = std::time::Instant::now();
+            took_in = false;
             let Saved::Saved {
                 version,
                 cancel_reason,
@@ -1081,7 +1087,9 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                     }
                     Ok(CaptureAnswer::Declined { reason }) => {
                         let reason_text = reason.clone();
-                        let reason = match reason_of(&reason) {
+                        let reason = match reason_of(&reason)
+                            .or_else(|_| reason_of("declined by the card's issuer"))
+                        {
                             Ok(reason) => reason,
                             Err(refused) => return refused,
                         };
@@ -1301,10 +1309,11 @@ impl<G: PaymentGateway + Clone> Driver<G> {
                 Outcome::Approved { reference },
             ),
             Ok(AuthorizationAnswer::Declined { reason }) => {
-                let recorded = match reason_of(&reason) {
-                    Ok(recorded) => recorded,
-                    Err(refused) => return refused,
-                };
+                let recorded =
+                    match reason_of(&reason).or_else(|_| reason_of("declined by the gateway")) {
+                        Ok(recorded) => recorded,
+                        Err(refused) => return refused,
+                    };
                 (
                     PaymentCommand::DeclineAuthorization {
                         attempt,
