@@ -101,6 +101,29 @@ fn text_of(id: &str, text: &str) -> String {
     )
 }
 
+/// The console, signed in as `sub` with the `admin` scope.
+async fn signed_in(browser: &Browser, platform: &TestPlatform, sub: &str) -> Page {
+    let mut page = browser.open(&platform.url("/console")).await;
+    shows(&mut page, "!!document.getElementById('token')").await;
+    let token = identity::testing::token(sub, "admin");
+    page.eval(&format!(
+        "document.getElementById('token').value = {}; document.getElementById('sign-in').click()",
+        serde_json::to_string(&token).unwrap()
+    ))
+    .await;
+    page
+}
+
+/// Asserts that the page loaded nothing from anywhere but the platform.
+async fn loaded_only_from(page: &mut Page, platform: &TestPlatform) {
+    for resource in page.resources().await {
+        assert!(
+            resource.starts_with(&platform.url("/")),
+            "the console loaded {resource}"
+        );
+    }
+}
+
 /// Goes to the console's page at `hash`.
 async fn go(page: &mut Page, hash: &str) {
     page.eval(&format!("location.hash = {hash:?}")).await;
@@ -144,14 +167,7 @@ async fn the_console_follows_an_order_and_replays_a_dead_letter_in_a_browser() {
         .unwrap();
 
     let browser = Browser::start().await;
-    let mut page = browser.open(&platform.url("/console")).await;
-    shows(&mut page, "!!document.getElementById('token')").await;
-    let token = identity::testing::token("console-admin", "admin");
-    page.eval(&format!(
-        "document.getElementById('token').value = {}; document.getElementById('sign-in').click()",
-        serde_json::to_string(&token).unwrap()
-    ))
-    .await;
+    let mut page = signed_in(&browser, &platform, "console-admin").await;
 
     // Where the platform stands: every read model and its lag.
     shows(&mut page, &text_of("status-page", "customer_order")).await;
@@ -356,11 +372,212 @@ async fn the_console_follows_an_order_and_replays_a_dead_letter_in_a_browser() {
         )]
     );
 
-    for resource in page.resources().await {
+    loaded_only_from(&mut page, &platform).await;
+    platform.stop().await;
+}
+
+/// The text of every row of the table with `id`, one per line.
+async fn rows_of(page: &mut Page, id: &str) -> String {
+    page.eval(&format!(
+        "[...document.querySelectorAll('#{id} tbody tr')].map(r => r.innerText).join('\\n')"
+    ))
+    .await
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+/// Waits until the first list of facts in `selector` says `value` for
+/// `label`.
+async fn fact_shows(page: &mut Page, selector: &str, label: &str, value: &str) {
+    page.wait_for(
+        &format!(
+            "(() => {{ const list = document.querySelector({selector:?}); if (!list) return false; \
+                 const terms = [...list.querySelectorAll('dt')]; \
+                 const term = terms.find(t => t.innerText.trim() === {label:?}); \
+                 return !!term && term.nextElementSibling.innerText.trim() === {value:?}; }})()"
+        ),
+        WITHIN,
+    )
+    .await;
+}
+
+/// Fills in the order page's shipment form with `units` of its only line
+/// and sends it.
+async fn ship_from_the_page(page: &mut Page, units: u32, tracking: &str) {
+    shows(page, "!!document.getElementById('ship-form')").await;
+    page.eval(&format!(
+        "window.confirm = () => true; \
+         document.querySelector('#ship-form .ship-quantity').value = '{units}'; \
+         document.getElementById('ship-carrier').value = 'DHL'; \
+         document.getElementById('ship-tracking').value = {tracking:?}; \
+         document.getElementById('ship').click()"
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_ships_delivers_and_receives_a_return_in_a_browser() {
+    let (platform, gateway) =
+        TestPlatform::start_with_saga(saga_orchestrator::driver::Policy::default()).await;
+    platform.create_product("MUG-01", 1250, 10).await;
+    let alice = identity::testing::client("alice", "orders");
+    let placed: serde_json::Value = alice
+        .post(platform.url("/api/orders"))
+        .json(
+            &json!({"customer_id": "alice", "lines": [{"sku": "MUG-01", "quantity": 3}],
+                      "payment_method": "tok_visa", "email": "alice@example.com",
+                      "shipping_address": {"name": "Alice Liddell", "line1": "1 Rabbit Hole",
+                          "city": "Oxford", "postal_code": "OX1 1AA", "country": "GB"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    platform
+        .eventually(
+            "query($id: ID!) { order(id: $id) { status saga { state } } }",
+            json!({"id": id}),
+            WITHIN,
+            |data| (data["order"]["saga"]["state"] == "CONFIRMED").then_some(()),
+        )
+        .await;
+
+    let browser = Browser::start().await;
+    let mut page = signed_in(&browser, &platform, "warehouse").await;
+    go(&mut page, &format!("#/orders/{id}")).await;
+    // Confirmed: the total held, nothing taken; where it goes.
+    fact_shows(&mut page, "#order-money .facts", "Authorized", "37.50 EUR").await;
+    fact_shows(&mut page, "#order-money .facts", "Captured", "0.00 EUR").await;
+    let facts = page
+        .eval("document.querySelector('#order-page .facts').innerText")
+        .await;
+    for expected in ["alice@example.com", "1 Rabbit Hole", "OX1 1AA Oxford", "GB"] {
         assert!(
-            resource.starts_with(&platform.url("/")),
-            "the console loaded {resource}"
+            facts.as_str().unwrap().contains(expected),
+            "{expected} in {facts}"
         );
     }
+
+    // Two of three ship: their value is captured, the order is partly shipped.
+    ship_from_the_page(&mut page, 2, "JD0001").await;
+    shows(
+        &mut page,
+        &text_of("notice", "Shipment of MUG-01 × 2 requested"),
+    )
+    .await;
+    shows(&mut page, &text_of("shipments-table", "SHIPPED")).await;
+    fact_shows(
+        &mut page,
+        "#order-page .facts",
+        "Status",
+        "PARTIALLY_SHIPPED",
+    )
+    .await;
+    fact_shows(&mut page, "#order-money .facts", "Captured", "25.00 EUR").await;
+    page.screenshot("order-partly-shipped").await;
+    // The form offers only what is left.
+    let left = page
+        .eval("document.querySelector('#ship-form .ship-quantity').max")
+        .await;
+    assert_eq!(left, json!("1"));
+
+    // Asking for more than is left changes nothing.
+    page.eval(
+        "document.querySelector('#ship-form .ship-quantity').value = '2'; \
+         document.getElementById('ship-carrier').value = 'DHL'; \
+         document.getElementById('ship-tracking').value = 'JD0002'; \
+         document.getElementById('ship').click()",
+    )
+    .await;
+    shows(&mut page, &text_of("error", "Ship from 0 to 1 units")).await;
+
+    // The last one ships, and both are delivered from the page.
+    ship_from_the_page(&mut page, 1, "JD0002").await;
+    shows(
+        &mut page,
+        "(() => { const rows = [...document.querySelectorAll('#shipments-table tr.shipment')]; \
+             return rows.length === 2 && rows.every(r => r.innerText.includes('SHIPPED')) \
+                 && !document.getElementById('ship-form'); })()",
+    )
+    .await;
+    fact_shows(&mut page, "#order-page .facts", "Status", "SHIPPED").await;
+    fact_shows(&mut page, "#order-money .facts", "Captured", "37.50 EUR").await;
+    for _ in 0..2 {
+        shows(
+            &mut page,
+            "!!document.querySelector('#shipments-table .delivered')",
+        )
+        .await;
+        page.eval("document.querySelector('#shipments-table .delivered').click()")
+            .await;
+        shows(&mut page, &text_of("notice", "delivered")).await;
+        page.eval("document.getElementById('notice').textContent = ''")
+            .await;
+    }
+    shows(
+        &mut page,
+        "(() => [...document.querySelectorAll('#shipments-table tr.shipment')]\
+             .filter(r => r.innerText.includes('DELIVERED')).length === 2)()",
+    )
+    .await;
+    fact_shows(&mut page, "#order-page .facts", "Status", "DELIVERED").await;
+    let shipments = rows_of(&mut page, "shipments-table").await;
+    assert!(
+        shipments.contains("JD0001") && shipments.contains("JD0002"),
+        "{shipments}"
+    );
+
+    // The customer sends one back; the warehouse receives it from the page.
+    let requested: serde_json::Value = alice
+        .post(platform.url(&format!("/api/orders/{id}/returns")))
+        .json(&json!({"lines": [{"sku": "MUG-01", "quantity": 1}], "reason": "chipped"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let return_id = requested["return_id"].as_str().unwrap().to_owned();
+    go(&mut page, "#/orders").await;
+    go(&mut page, &format!("#/orders/{id}")).await;
+    shows(&mut page, &text_of("returns-table", &return_id)).await;
+    let returns = rows_of(&mut page, "returns-table").await;
+    assert!(
+        returns.contains("REQUESTED") && returns.contains("chipped"),
+        "{returns}"
+    );
+    page.eval("document.querySelector('#returns-table .receive').click()")
+        .await;
+    shows(&mut page, &text_of("notice", "12.50 EUR is refunded")).await;
+    shows(&mut page, &text_of("returns-table", "RECEIVED")).await;
+    fact_shows(&mut page, "#order-money .facts", "Refunded", "12.50 EUR").await;
+    page.screenshot("order-returned").await;
+    // Refunded and back on hand: 10 − 3 shipped + 1 restocked.
+    platform
+        .eventually(
+            "query($id: ID!) { order(id: $id) { refundedCents } product(sku: \"MUG-01\") { onHand reserved } }",
+            json!({"id": id}),
+            WITHIN,
+            |data| {
+                (data["order"]["refundedCents"] == 1250
+                    && data["product"]["onHand"] == 8
+                    && data["product"]["reserved"] == 0)
+                    .then_some(())
+            },
+        )
+        .await;
+    let report = orders_cli::audit::audit_settled(
+        &platform.pool,
+        &gateway.access(),
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap();
+    assert!(report.is_clean(), "{report}");
+    loaded_only_from(&mut page, &platform).await;
     platform.stop().await;
 }

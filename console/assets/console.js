@@ -6,13 +6,16 @@
 const TOKEN_KEY = 'orders-console-token';
 const REFRESH_MS = 5000;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const ORDER_STATUSES = ['PLACED', 'CONFIRMED', 'CANCELLED'];
+const ORDER_STATUSES = ['PLACED', 'CONFIRMED', 'PARTIALLY_SHIPPED', 'SHIPPED', 'DELIVERED', 'CANCELLED'];
+// Orders that may still ship what is left of them.
+const SHIPPABLE = new Set(['CONFIRMED', 'PARTIALLY_SHIPPED']);
+const ORDERS_API = '/api/orders';
 const FINAL_SAGA_STATES = new Set(['CONFIRMED', 'CANCELLED', 'ABANDONED']);
 const DLQ_API = '/api/operations/dead-letters';
 const SAGA_API = '/api/operations/sagas';
 
 // gen: bumped on every render so late answers for a page left behind are dropped.
-const state = { gen: 0, timer: null };
+const state = { gen: 0, timer: null, readAfter: null };
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -186,6 +189,7 @@ async function api(path, options = {}) {
     authorization: `Bearer ${bearer}`,
   };
   const init = { method: options.method || 'GET', headers, cache: 'no-store', credentials: 'same-origin' };
+  if (options.idempotencyKey) headers['idempotency-key'] = options.idempotencyKey;
   if (options.body !== undefined) {
     headers['content-type'] = 'application/json';
     init.body = JSON.stringify(options.body);
@@ -230,6 +234,13 @@ function problem(response, body) {
   return new ApiError(message, response.status);
 }
 
+// A fresh key for one operator action: pressing again after a lost answer
+// repeats the same command instead of issuing a second one.
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return 'console-' + [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 async function gql(query, variables) {
   const body = await api('/graphql', { method: 'POST', body: { query, variables } });
   const errors = body && Array.isArray(body.errors) ? body.errors : [];
@@ -259,10 +270,14 @@ const ORDERS = `query ConsoleOrders($customerId: String, $status: OrderStatus, $
   }
 }`;
 
-const ORDER_TIMELINE = `query ConsoleOrder($id: ID!) {
-  order(id: $id) {
+const ORDER_TIMELINE = `query ConsoleOrder($id: ID!, $after: String) {
+  order(id: $id, afterPosition: $after) {
     id customerId status totalCents currency version placedAt updatedAt cancellationReason
+    email shippingAddress { name line1 line2 city postalCode country }
+    authorizedCents capturedCents refundedCents
     lines { sku quantity unitPriceCents }
+    shipments { id lines { sku quantity } carrier trackingNumber status shippedAt deliveredAt failure }
+    returns { id lines { sku quantity } reason status requestedAt receivedAt refundCents restocked }
     history { sequence globalPosition eventType recordedAt payload }
     saga { state needsAttention traceId updatedAt steps { name status at detail } }
   }
@@ -412,8 +427,11 @@ function act(ctx, button, work) {
   const group = [...button.parentElement.querySelectorAll('button')];
   for (const b of group) b.disabled = true;
   showNotice('');
-  work().then((message) => {
+  work().then((done) => {
     if (!ctx.live()) return;
+    // A command's answer: its position, for the next read to wait on.
+    const { message, position } = typeof done === 'string' ? { message: done } : done;
+    state.readAfter = position || null;
     showNotice(message);
     render(false);
   }, (error) => {
@@ -605,6 +623,9 @@ function pagedTable(ctx, options) {
 
 // ---------------------------------------------------------------- one order
 
+// How often an order's page looks again while its saga is at work.
+const ORDER_REFRESH_MS = 1000;
+
 function orderPage(ctx, id) {
   const heading = el('h1', {}, 'Order ', el('code', {}, id));
   const page = el('section', { id: 'order-page' }, heading);
@@ -613,15 +634,46 @@ function orderPage(ctx, id) {
     return page;
   }
   page.append(loadingNote());
-  run(ctx, async () => {
-    const data = await gql(ORDER_TIMELINE, { id });
-    if (!ctx.live()) return;
-    page.replaceChildren(heading, ...(data.order ? orderView(data.order) : [emptyNote('No such order')]));
-  });
+  // The position an action on this page answered: the first read waits
+  // until the read models show it.
+  let after = state.readAfter;
+  state.readAfter = null;
+  let shown = null;
+  async function load() {
+    stopTimer();
+    try {
+      const data = await gql(ORDER_TIMELINE, { id, after });
+      after = null;
+      if (!ctx.live()) return;
+      const order = data.order;
+      const seen = JSON.stringify(order);
+      // Never redraw under an operator filling in the shipment form.
+      const typing = document.activeElement && document.activeElement.closest('#ship-form');
+      if (seen !== shown && !typing) {
+        shown = seen;
+        page.replaceChildren(heading, ...(order ? orderView(ctx, order).filter(Boolean) : [emptyNote('No such order')]));
+      }
+      if (order && (atWork(order) || typing)) state.timer = setTimeout(load, ORDER_REFRESH_MS);
+    } catch (error) {
+      fail(error, ctx.gen);
+    }
+  }
+  load();
   return page;
 }
 
-function orderView(order) {
+// Whether something on the order is still moving: a shipment waiting for
+// its capture, a received return not refunded yet, or a saga that has not
+// come to rest.
+function atWork(order) {
+  if ((order.shipments || []).some((s) => s.status === 'PENDING')) return true;
+  const owed = (order.returns || []).filter((r) => r.status === 'RECEIVED').reduce((sum, r) => sum + r.refundCents, 0);
+  if (typeof order.refundedCents === 'number' && order.refundedCents < owed) return true;
+  const saga = order.saga;
+  return Boolean(saga && !saga.needsAttention && !FINAL_SAGA_STATES.has(saga.state));
+}
+
+function orderView(ctx, order) {
   const saga = order.saga;
   const trace = saga && saga.traceId ?
     el('span', {}, el('code', { id: 'trace-id' }, saga.traceId), ' ', copyButton('trace-id', 'trace id')) : null;
@@ -647,19 +699,193 @@ function orderView(order) {
       ['Placed', when(order.placedAt)],
       ['Updated', when(order.updatedAt)],
       order.cancellationReason ? ['Cancellation reason', order.cancellationReason] : null,
+      ['E-mail', order.email || null],
+      ['Ship to', address(order.shippingAddress)],
       trace ? ['Trace id', trace] : null,
     ]),
     sagaLine,
+    el('h2', {}, 'Money'),
+    moneyFacts(order),
     el('h2', {}, 'Lines'),
     lines.length ?
-      table('lines-table', ['SKU', '#Quantity', '#Unit price', '#Line total'], lines.map((line) =>
-        el('tr', {}, td(mono(line.sku)), num(line.quantity),
+      table('lines-table', ['SKU', '#Quantity', '#Shipped', '#Unit price', '#Line total'], lines.map((line) =>
+        el('tr', {}, td(mono(line.sku)), num(line.quantity), num(shippedUnits(order, line.sku)),
           td(money(line.unitPriceCents, order.currency), 'num'),
           td(money(line.unitPriceCents * line.quantity, order.currency), 'num')))) :
       emptyNote('No lines'),
+    el('h2', {}, 'Shipments'),
+    shipmentsTable(ctx, order),
+    shipForm(ctx, order),
+    el('h2', {}, 'Returns'),
+    returnsTable(ctx, order),
     el('h2', {}, 'Timeline'),
     timeline(order),
   ];
+}
+
+function address(to) {
+  if (!to) return null;
+  return el('span', { id: 'ship-to' }, [to.name, to.line1, to.line2, `${to.postalCode} ${to.city}`, to.country]
+    .filter(Boolean).join(', '));
+}
+
+// What the card holds, what was taken and what was given back.
+function moneyFacts(order) {
+  const amount = (cents) => (cents === null || cents === undefined ? null : money(cents, order.currency));
+  return el('div', { id: 'order-money' }, facts([
+    ['Authorized', amount(order.authorizedCents)],
+    ['Captured', amount(order.capturedCents)],
+    ['Refunded', amount(order.refundedCents)],
+  ]));
+}
+
+function itemList(lines) {
+  return (lines || []).map((line) => `${line.sku} × ${line.quantity}`).join(', ');
+}
+
+// Units of one SKU in shipments that did not fail (pending ones included:
+// they are on their way out).
+function shippedUnits(order, sku) {
+  let units = 0;
+  for (const shipment of order.shipments || []) {
+    if (shipment.status === 'FAILED') continue;
+    for (const line of shipment.lines) if (line.sku === sku) units += line.quantity;
+  }
+  return units;
+}
+
+function positionOf(answer) {
+  return answer && typeof answer.position === 'string' ? answer.position : null;
+}
+
+function orderPath(order, ...rest) {
+  return [ORDERS_API, order.id, ...rest].map((part, i) => (i === 0 ? part : encodeURIComponent(part))).join('/');
+}
+
+function shipmentsTable(ctx, order) {
+  const shipments = order.shipments || [];
+  if (!shipments.length) return emptyNote('Nothing shipped yet.');
+  return table('shipments-table',
+    ['Shipment', 'Lines', 'Carrier', 'Tracking number', 'Status', 'Shipped', 'Delivered', 'Failure', ''],
+    shipments.map((shipment) => el('tr', { class: 'shipment', data: { shipmentId: shipment.id } },
+      td(mono(shipment.id)), td(itemList(shipment.lines)), td(shipment.carrier), td(mono(shipment.trackingNumber)),
+      td(badge(shipment.status)), td(shipment.shippedAt ? when(shipment.shippedAt) : null),
+      td(shipment.deliveredAt ? when(shipment.deliveredAt) : null), td(shipment.failure, 'clip'),
+      td(shipment.status === 'SHIPPED' ? deliveredButton(ctx, order, shipment) : null))));
+}
+
+function deliveredButton(ctx, order, shipment) {
+  const key = newKey();
+  const button = el('button', { type: 'button', class: 'delivered' }, 'Mark delivered');
+  button.addEventListener('click', () => act(ctx, button, async () => {
+    const answer = await api(orderPath(order, 'shipments', shipment.id, 'delivered'),
+      { method: 'POST', body: {}, idempotencyKey: key });
+    return { message: `Marked shipment ${shipment.id} delivered`, position: positionOf(answer) };
+  }));
+  return el('span', { class: 'buttons' }, button);
+}
+
+// What is left to ship, one field per SKU, with the carrier and its
+// tracking number: the shipment captures the value of what it carries.
+function shipForm(ctx, order) {
+  if (!SHIPPABLE.has(order.status)) return null;
+  const left = (order.lines || [])
+    .map((line) => ({ line, units: line.quantity - shippedUnits(order, line.sku) }))
+    .filter((item) => item.units > 0);
+  if (!left.length) return null;
+  const key = newKey();
+  const fields = left.map(({ line, units }) => el('input', {
+    type: 'number', min: '0', max: String(units), step: '1', value: String(units), class: 'ship-quantity',
+    data: { sku: line.sku }, 'aria-label': `Units of ${line.sku} to ship (up to ${units})`,
+  }));
+  const carrier = el('input', { type: 'text', id: 'ship-carrier', placeholder: 'carrier', 'aria-label': 'Carrier', required: true });
+  const tracking = el('input', {
+    type: 'text', id: 'ship-tracking', placeholder: 'tracking number', 'aria-label': 'Tracking number', required: true,
+  });
+  const button = el('button', { type: 'submit', id: 'ship' }, 'Ship');
+  // The page checks the fields itself, to say what is wrong in words.
+  const form = el('form', { id: 'ship-form', class: 'ship-form', novalidate: true },
+    el('h3', {}, 'Ship'),
+    table('ship-lines', ['SKU', '#Left to ship', '#Ship now'], left.map(({ line, units }, i) =>
+      el('tr', {}, td(mono(line.sku)), num(units), td(fields[i], 'num')))),
+    el('div', { class: 'toolbar' }, carrier, tracking, button));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const lines = [];
+    for (const field of fields) {
+      const quantity = Number(field.value);
+      if (!Number.isInteger(quantity) || quantity < 0 || quantity > Number(field.max)) {
+        showError(`Ship from 0 to ${field.max} units of ${field.dataset.sku}.`);
+        field.focus();
+        return;
+      }
+      if (quantity > 0) lines.push({ sku: field.dataset.sku, quantity });
+    }
+    if (!lines.length) {
+      showError('Nothing to ship: give at least one line a quantity.');
+      return;
+    }
+    for (const [field, what] of [[carrier, 'the carrier'], [tracking, 'the tracking number']]) {
+      if (!field.value.trim()) {
+        showError(`Name ${what} of the shipment.`);
+        field.focus();
+        return;
+      }
+    }
+    const value = lines.reduce((sum, l) =>
+      sum + l.quantity * order.lines.find((line) => line.sku === l.sku).unitPriceCents, 0);
+    const sure = window.confirm(`Ship ${itemList(lines)} with ${carrier.value.trim()} ` +
+      `(${tracking.value.trim()})?\n\nThis captures ${money(value, order.currency)} from the customer's card.`);
+    if (!sure) return;
+    showError('');
+    act(ctx, button, async () => {
+      const answer = await api(orderPath(order, 'shipments'), {
+        method: 'POST', idempotencyKey: key,
+        body: { lines, carrier: carrier.value.trim(), tracking_number: tracking.value.trim() },
+      });
+      return {
+        message: `Shipment of ${itemList(lines)} requested: it ships once its capture goes through`,
+        position: positionOf(answer),
+      };
+    });
+  });
+  return form;
+}
+
+function returnsTable(ctx, order) {
+  const returns = order.returns || [];
+  if (!returns.length) return emptyNote('Nothing returned.');
+  const restocked = (r) => (r.restocked === null || r.restocked === undefined ? null : r.restocked ? 'yes' : 'written off');
+  return table('returns-table',
+    ['Return', 'Lines', 'Reason', 'Status', 'Requested', 'Received', '#Refund', 'Restocked', ''],
+    returns.map((r) => el('tr', { class: 'return', data: { returnId: r.id } },
+      td(mono(r.id)), td(itemList(r.lines)), td(r.reason, 'clip'), td(badge(r.status)), td(when(r.requestedAt)),
+      td(r.receivedAt ? when(r.receivedAt) : null), td(money(r.refundCents, order.currency), 'num'),
+      td(restocked(r)), td(r.status === 'REQUESTED' ? receiveButtons(ctx, order, r) : null))));
+}
+
+// Receiving refunds the return's value; its units go back on hand, or are
+// written off.
+function receiveButtons(ctx, order, found) {
+  const key = newKey();
+  const restock = el('button', { type: 'button', class: 'receive' }, 'Receive and restock');
+  const writeOff = el('button', { type: 'button', class: 'write-off danger' }, 'Receive, write off');
+  const receive = (button, back) => act(ctx, button, async () => {
+    const answer = await api(orderPath(order, 'returns', found.id, 'receive'),
+      { method: 'POST', body: { restock: back }, idempotencyKey: key });
+    return {
+      message: `Received return ${found.id}: ${money(found.refundCents, order.currency)} is refunded` +
+        (back ? ' and its units go back on hand' : ', its units written off'),
+      position: positionOf(answer),
+    };
+  });
+  restock.addEventListener('click', () => receive(restock, true));
+  writeOff.addEventListener('click', () => {
+    const sure = window.confirm(`Receive return ${found.id} and write its units off?\n\n` +
+      `This refunds ${money(found.refundCents, order.currency)}; nothing goes back on hand.`);
+    if (sure) receive(writeOff, false);
+  });
+  return el('span', { class: 'buttons' }, restock, writeOff);
 }
 
 // Copies the text of the element with the given id; selects it when the clipboard is unavailable.
