@@ -71,6 +71,15 @@ impl Stage {
     /// Places a `tok_visa` order of `lines` (SKU, quantity) and starts its
     /// saga's record (not stored yet).
     async fn placed_with(&self, lines: &[(&str, u32)]) -> OrderSaga {
+        let event = self.placed_event(lines).await;
+        // The steps staged here are a charge's, as the sagas the previous
+        // release stored take them.
+        OrderSaga::start_charging(&event, "staged", Utc::now())
+    }
+
+    /// Places a `tok_visa` order of `lines` (SKU, quantity): its event as
+    /// the saga starts from it.
+    async fn placed_event(&self, lines: &[(&str, u32)]) -> OrderPlaced {
         let lines: Vec<_> = lines
             .iter()
             .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
@@ -80,7 +89,7 @@ impl Stage {
         let id = placed["order_id"].as_str().unwrap();
         let (order, _) = self.bus.load::<Order>(id).await.unwrap();
         let order = order.placed().unwrap().clone();
-        let event = OrderPlaced {
+        OrderPlaced {
             order_id: OrderId::parse(id).unwrap(),
             customer_id: order.customer_id,
             lines: order.lines,
@@ -89,10 +98,7 @@ impl Stage {
             payment_method: order.payment_method,
             shipping_address: None,
             email: None,
-        };
-        // The steps staged here are a charge's, as the sagas the previous
-        // release stored take them.
-        OrderSaga::start_charging(&event, "staged", Utc::now())
+        }
     }
 
     /// Reserves the stock, requests and takes the charge, and records the
@@ -741,5 +747,134 @@ async fn a_driver_whose_clock_runs_ahead_keeps_the_databases_time() {
         "the last step was {last_step} s from now"
     );
     stage.gateway.resume(&stage.platform).await;
+    stage.platform.stop().await;
+}
+
+/// Refuses, once, the first save of a saga that took in shipments or
+/// returns: the process dies right there, and whatever it did since its
+/// last save is not recorded.
+const CRASH_AT_THE_SAVE_AFTER_A_TAKE_IN: &str = "
+    CREATE SEQUENCE crash_point;
+    CREATE FUNCTION crash_once() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF nextval('crash_point') = 1 THEN
+            RAISE EXCEPTION 'the process died before this save';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER crash_once BEFORE UPDATE ON sagas FOR EACH ROW
+        WHEN (NEW.saga -> 'order_version' IS DISTINCT FROM OLD.saga -> 'order_version')
+        EXECUTE FUNCTION crash_once();";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_taken_in_just_before_a_crash_is_captured_once_and_refundable_on_resume() {
+    let stage = stage().await;
+    let pool = &stage.platform.pool;
+    let event = stage.placed_event(&[("MUG", 2)]).await;
+    let id = event.order_id.to_string();
+    store::insert(pool, &OrderSaga::start(&event, "staged", Utc::now()))
+        .await
+        .unwrap();
+    let driver = Driver::new(pool.clone(), stage.client.clone(), quick());
+    let confirmed = stage.drive_to_the_end(&driver, &id).await;
+    assert_eq!(confirmed.state, SagaState::Confirmed, "{confirmed:#?}");
+
+    sqlx::raw_sql(CRASH_AT_THE_SAVE_AFTER_A_TAKE_IN)
+        .execute(pool)
+        .await
+        .unwrap();
+    let shipment = stage
+        .platform
+        .command(
+            &format!("/api/orders/{id}/shipments"),
+            &json!({"lines": [{"sku": "MUG", "quantity": 2}], "carrier": "DHL",
+                    "tracking_number": "JD0146"}),
+            202,
+        )
+        .await;
+    let order_version = shipment["version"].as_i64().unwrap();
+    assert!(store::wake(pool, &id, order_version).await.unwrap());
+    // The saga takes the shipment in and dies at its next save: had it
+    // captured and shipped before saving, its replay from the last save
+    // would find the shipment shipped and never learn its capture.
+    let died = driver.drive(&id).await;
+    assert!(died.is_err(), "the save went through: {died:?}");
+
+    // Restarted: another process carries the shipment out.
+    let driver = Driver::new(pool.clone(), stage.client.clone(), quick());
+    let at_rest = |driver: &Driver<HttpGateway>| {
+        let id = id.clone();
+        let driver = driver.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WITHIN;
+            loop {
+                driver.drive(&id).await.unwrap();
+                let done: bool = sqlx::query_scalar("SELECT done FROM sagas WHERE order_id = $1")
+                    .bind(&id)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                if done {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the saga never came to rest"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    at_rest(&driver).await;
+    let (order, _) = stage.bus.load::<Order>(&id).await.unwrap();
+    assert_eq!(order.status(), Some(domain::OrderStatus::Shipped));
+    let (payment, _) = stage.bus.load::<Payment>(&id).await.unwrap();
+    assert_eq!(payment.captured_cents(), 2500);
+
+    // Delivered, and one mug comes back: the refund comes from the capture
+    // the restarted saga learned.
+    let shipment_id = shipment["shipment_id"].as_str().unwrap();
+    stage
+        .platform
+        .command(
+            &format!("/api/orders/{id}/shipments/{shipment_id}/delivered"),
+            &json!({}),
+            202,
+        )
+        .await;
+    let requested = stage
+        .platform
+        .command(
+            &format!("/api/orders/{id}/returns"),
+            &json!({"lines": [{"sku": "MUG", "quantity": 1}], "reason": "chipped"}),
+            202,
+        )
+        .await;
+    let return_id = requested["return_id"].as_str().unwrap();
+    let received = stage
+        .platform
+        .command(
+            &format!("/api/orders/{id}/returns/{return_id}/receive"),
+            &json!({"restock": true}),
+            202,
+        )
+        .await;
+    let order_version = received["version"].as_i64().unwrap();
+    assert!(store::wake(pool, &id, order_version).await.unwrap());
+    at_rest(&driver).await;
+    let (payment, _) = stage.bus.load::<Payment>(&id).await.unwrap();
+    assert_eq!(
+        (payment.captured_cents(), payment.refunded_cents()),
+        (2500, 1250)
+    );
+    let ended = store::load(pool, &id).await.unwrap().unwrap().saga;
+    assert!(ended.unsettled.is_empty(), "{ended:#?}");
+    assert_eq!(
+        stage.gateway.captured().await.len(),
+        1,
+        "captured once: {:?}",
+        stage.gateway.captured().await
+    );
+    stage.books_balance().await;
     stage.platform.stop().await;
 }

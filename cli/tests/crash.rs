@@ -250,6 +250,7 @@ async fn a_saga_orchestrator_killed_at_random_moments_still_ends_every_order_cle
         clients: 20,
         cancel_every: 9,
         rate: None,
+        lifecycle_every: 5,
         ..FlowPlan::mixed(1000, &skus)
     };
     let flowing = tokio::spawn(flow(cluster.apis(), plan, Arc::default()));
@@ -270,6 +271,17 @@ async fn a_saga_orchestrator_killed_at_random_moments_still_ends_every_order_cle
         .all_ended(&report.accepted, Duration::from_secs(180))
         .await;
     assert!(confirmed > 0 && confirmed < 1000);
+    // The warehouse shipped, delivered, took back and cancelled after a
+    // partial shipment while the orchestrator died under it.
+    eprintln!("the warehouse's orders: {:?}", report.lifecycle);
+    for fate in support::warehouse::Fate::ALL {
+        assert!(
+            report.lifecycle.get(fate.name()).is_some_and(|&n| n > 0),
+            "no order was {}: {:?}",
+            fate.name(),
+            report.lifecycle
+        );
+    }
     cluster.books_balance(Duration::from_secs(30)).await;
 }
 

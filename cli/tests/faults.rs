@@ -1,7 +1,10 @@
 //! The fault suite: orders flow through a platform of separate `orders`
 //! processes on the real services (mixed tokens, some cancelled by their
-//! customers) while a part of it fails; afterwards every accepted order has
-//! ended and `orders audit` finds the books balanced.
+//! customers, a third shipped whole or in parts, delivered, returned, or
+//! cancelled after a partial shipment by the shop's warehouse) while a part
+//! of it fails; afterwards every accepted order has ended, every order the
+//! warehouse took went where it was sent, and `orders audit` finds the
+//! books balanced.
 //!
 //! The cases stop PostgreSQL and Kafka, so they run one at a time. The flows
 //! are small to stay inside CI's time; `ORDERS_FAULT_SCALE=10` makes every
@@ -15,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::warehouse::Fate;
 use support::{Cluster, FlowPlan, FlowReport, flow, services, services_are_ours};
 
 /// The cases take the services down: one at a time.
@@ -80,12 +84,30 @@ async fn ends_clean(cluster: &Cluster, report: &FlowReport) -> usize {
     let confirmed = cluster.all_ended(&report.accepted, ENDED_WITHIN).await;
     cluster.books_balance(Duration::from_secs(30)).await;
     eprintln!(
-        "{} orders accepted ({} confirmed); {} answers 503, {} connections refused, all retried",
+        "{} orders accepted ({} confirmed); {} answers 503, {} connections refused, all retried; \
+         the warehouse's orders: {:?}",
         report.accepted.len(),
         confirmed,
         report.unavailable,
-        report.refused
+        report.refused,
+        report.lifecycle
     );
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for (_, reason) in cluster.cancellations(&report.accepted).await {
+        *reasons.entry(reason).or_default() += 1;
+    }
+    eprintln!("cancelled: {reasons:?}");
+    // A flow with a warehouse took orders through every fate.
+    if !report.lifecycle.is_empty() {
+        for fate in Fate::ALL {
+            assert!(
+                report.lifecycle.get(fate.name()).is_some_and(|&n| n > 0),
+                "no order was {}: {:?}",
+                fate.name(),
+                report.lifecycle
+            );
+        }
+    }
     confirmed
 }
 

@@ -14,6 +14,8 @@ use platform::testing::{TestDatabase, TestTopics, kafka_brokers};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+pub mod warehouse;
+
 /// How long a request may take before the API answers 503 itself.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -268,12 +270,17 @@ impl Cluster {
     pub async fn all_ended(&self, ids: &[String], within: Duration) -> usize {
         let deadline = Instant::now() + within;
         loop {
-            // The database may be restarting: an error is "not yet".
-            let ended: Result<Vec<(String, String)>, _> = sqlx::query_as(
-                "SELECT DISTINCT ON (e.aggregate_id) e.aggregate_id, e.event_type
+            // Ended: confirmed or cancelled, and its saga done (it holds
+            // itself open while the order has shipments or returns it did
+            // not carry out). The database may be restarting: an error is
+            // "not yet".
+            let ended: Result<Vec<(String, bool, bool)>, _> = sqlx::query_as(
+                "SELECT e.aggregate_id,
+                        bool_or(e.event_type = 'OrderConfirmed'),
+                        bool_or(e.event_type = 'OrderCancelled')
                    FROM events e JOIN sagas s ON s.order_id = e.aggregate_id AND s.done
                   WHERE e.aggregate_type = 'Order' AND e.aggregate_id = ANY($1)
-                  ORDER BY e.aggregate_id, e.sequence DESC",
+                  GROUP BY e.aggregate_id",
             )
             .bind(ids)
             .fetch_all(&self.pool)
@@ -281,12 +288,12 @@ impl Cluster {
             if let Ok(ended) = &ended {
                 let finished = ended
                     .iter()
-                    .filter(|(_, last)| last == "OrderConfirmed" || last == "OrderCancelled")
+                    .filter(|(_, confirmed, cancelled)| *confirmed || *cancelled)
                     .count();
                 if finished == ids.len() {
                     return ended
                         .iter()
-                        .filter(|(_, last)| last == "OrderConfirmed")
+                        .filter(|(_, confirmed, cancelled)| *confirmed && !*cancelled)
                         .count();
                 }
                 assert!(
@@ -346,6 +353,10 @@ pub struct FlowPlan {
     /// Orders sent per second at most (`None`: as fast as the clients go),
     /// so that a fault lands while orders still arrive.
     pub rate: Option<f64>,
+    /// Every so many orders (none the customer cancels), the warehouse
+    /// takes the order through a [`warehouse::Fate`] once it is confirmed, the fates
+    /// in turn; 0: none.
+    pub lifecycle_every: usize,
 }
 
 impl FlowPlan {
@@ -359,10 +370,13 @@ impl FlowPlan {
             tokens: vec!["tok_visa"],
             cancel_every: 0,
             rate: None,
+            lifecycle_every: 0,
         }
     }
 
-    /// Mixed tokens over `skus`, some orders cancelled.
+    /// Mixed tokens over `skus` (authorizations that expire among them),
+    /// some orders cancelled by their customers, a third of the others
+    /// shipped, delivered, returned or cancelled after a partial shipment.
     pub fn mixed(orders: usize, skus: &[String]) -> Self {
         Self {
             orders,
@@ -376,9 +390,11 @@ impl FlowPlan {
                 "tok_flaky",
                 "tok_timeout",
                 "tok_slow",
+                "tok_expiring",
             ],
             cancel_every: 7,
             rate: Some(25.0),
+            lifecycle_every: 3,
         }
     }
 }
@@ -392,8 +408,11 @@ pub struct FlowReport {
     pub unavailable: usize,
     /// Requests refused at the connection (a process down), each retried.
     pub refused: usize,
-    /// Answers that are not part of the contract, or came too late.
+    /// Answers that are not part of the contract, or came too late; orders
+    /// the warehouse saw go where the contract does not let them.
     pub wrong: Vec<String>,
+    /// How the orders given to the warehouse ended, by how many.
+    pub lifecycle: BTreeMap<&'static str, usize>,
 }
 
 /// Sends the plan's orders through the APIs (in turn), retrying each with its
@@ -416,8 +435,16 @@ pub async fn flow(
     let mut clients = Vec::new();
     let mut cancels = tokio::task::JoinSet::new();
     let cancels_out = Arc::new(Mutex::new(Vec::new()));
+    let (to_warehouse, jobs) = tokio::sync::mpsc::unbounded_channel();
+    let warehouse = tokio::spawn(warehouse::warehouse(
+        client.clone(),
+        apis.clone(),
+        run.clone(),
+        jobs,
+        Arc::clone(&report),
+    ));
     for _ in 0..plan.clients {
-        let (client, apis, plan, report, next, progress, run, cancels_out) = (
+        let (client, apis, plan, report, next, progress, run, cancels_out, to_warehouse) = (
             client.clone(),
             apis.clone(),
             plan.clone(),
@@ -426,6 +453,7 @@ pub async fn flow(
             Arc::clone(&progress),
             run.clone(),
             Arc::clone(&cancels_out),
+            to_warehouse.clone(),
         );
         clients.push(tokio::spawn(async move {
             loop {
@@ -437,12 +465,21 @@ pub async fn flow(
                     tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate))
                         .await;
                 }
+                let cancelled = plan.cancel_every > 0 && i % plan.cancel_every == 0;
+                let shipped =
+                    plan.lifecycle_every > 0 && i % plan.lifecycle_every == 1 && !cancelled;
                 let sku = &plan.skus[i % plan.skus.len()];
-                let mut lines = vec![json!({"sku": sku, "quantity": 1 + i % 2})];
-                if i % 3 == 0 && plan.skus.len() > 1 {
-                    let other = &plan.skus[(i + 1) % plan.skus.len()];
-                    lines.push(json!({"sku": other, "quantity": 1}));
+                let other = &plan.skus[(i + 1) % plan.skus.len()];
+                // What the warehouse ships has two units at least, to ship
+                // in parts.
+                let mut units = vec![(sku.clone(), 1 + (i % 2) as u64 + u64::from(shipped))];
+                if (i % 3 == 0 || shipped) && sku != other {
+                    units.push((other.clone(), 1));
                 }
+                let lines: Vec<Value> = units
+                    .iter()
+                    .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+                    .collect();
                 let body = json!({
                     "customer_id": format!("c-{}", i % 40),
                     "lines": lines,
@@ -454,7 +491,16 @@ pub async fn flow(
                 let id = answer["order_id"].as_str().unwrap().to_owned();
                 report.lock().unwrap().accepted.push(id.clone());
                 progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if plan.cancel_every > 0 && i % plan.cancel_every == 0 {
+                if shipped {
+                    let job = warehouse::Job {
+                        i,
+                        id: id.clone(),
+                        lines: units,
+                        fate: None,
+                    };
+                    to_warehouse.send(job).unwrap();
+                }
+                if cancelled {
                     cancels_out.lock().unwrap().push((i, id));
                 }
             }
@@ -494,6 +540,8 @@ pub async fn flow(
     while let Some(done) = cancels.join_next().await {
         done.unwrap();
     }
+    drop(to_warehouse);
+    warehouse.await.unwrap();
     Arc::try_unwrap(report).unwrap().into_inner().unwrap()
 }
 
