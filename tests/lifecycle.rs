@@ -253,7 +253,8 @@ async fn a_cancel_after_a_partial_shipment_keeps_what_shipped_and_voids_the_rest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_capture_fails_the_shipment_and_keeps_the_units_reserved() {
     let (platform, gateway) = started().await;
-    let id = confirmed(&platform, &platform.client, "tok_capture_declined").await;
+    let alice = testing::client("alice", "orders");
+    let id = confirmed(&platform, &alice, "tok_capture_declined").await;
     let shipment_id = ship(&platform, &id, json!([{"sku": "MUG", "quantity": 2}])).await;
     let order = order_where(&platform, &id, |o| {
         shipment(o, &shipment_id)["status"] == "FAILED"
@@ -262,6 +263,33 @@ async fn a_declined_capture_fails_the_shipment_and_keeps_the_units_reserved() {
     assert_eq!(
         shipment(&order, &shipment_id)["failure"],
         "the card's issuer refused the capture"
+    );
+    // The customer reads a public reason, not the provider's words.
+    let query = "query($id: ID!) { order(id: $id) { \
+         shipments { id status failure lines { sku quantity } } \
+         history { eventType payload } } }";
+    let seen: Value = alice
+        .post(platform.url("/graphql"))
+        .json(&json!({"query": query, "variables": {"id": id}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shipment(&seen["data"]["order"], &shipment_id)["failure"],
+        "payment declined"
+    );
+    let history = seen["data"]["order"]["history"].as_array().unwrap();
+    let failed = history
+        .iter()
+        .find(|event| event["eventType"] == "ShipmentFailed")
+        .expect("the failure is in the order's history");
+    assert_eq!(failed["payload"]["reason"], "payment declined");
+    assert!(
+        !seen.to_string().contains("issuer"),
+        "the provider's words reached the customer: {seen}"
     );
     assert_eq!(order["status"], "CONFIRMED");
     assert_eq!(order["capturedCents"], 0);

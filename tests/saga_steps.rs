@@ -169,6 +169,23 @@ impl Stage {
         saga.record(&Action::RequestCharge, Outcome::Done, Utc::now());
     }
 
+    /// Places two mugs and drives the order's saga (one of this release:
+    /// it authorizes) to `CONFIRMED`; the order's id, and the driver.
+    async fn confirmed_for_two_mugs(&self) -> (String, Driver<HttpGateway>) {
+        let event = self.placed_event(&[("MUG", 2)]).await;
+        let id = event.order_id.to_string();
+        store::insert(
+            &self.platform.pool,
+            &OrderSaga::start(&event, "staged", Utc::now()),
+        )
+        .await
+        .unwrap();
+        let driver = Driver::new(self.platform.pool.clone(), self.client.clone(), quick());
+        let confirmed = self.drive_to_the_end(&driver, &id).await;
+        assert_eq!(confirmed.state, SagaState::Confirmed, "{confirmed:#?}");
+        (id, driver)
+    }
+
     /// Drives the saga until it has nothing left to do.
     async fn drive_to_the_end(&self, driver: &Driver<HttpGateway>, order_id: &str) -> OrderSaga {
         let deadline = tokio::time::Instant::now() + WITHIN;
@@ -770,14 +787,7 @@ const CRASH_AT_THE_SAVE_AFTER_A_TAKE_IN: &str = "
 async fn a_shipment_taken_in_just_before_a_crash_is_captured_once_and_refundable_on_resume() {
     let stage = stage().await;
     let pool = &stage.platform.pool;
-    let event = stage.placed_event(&[("MUG", 2)]).await;
-    let id = event.order_id.to_string();
-    store::insert(pool, &OrderSaga::start(&event, "staged", Utc::now()))
-        .await
-        .unwrap();
-    let driver = Driver::new(pool.clone(), stage.client.clone(), quick());
-    let confirmed = stage.drive_to_the_end(&driver, &id).await;
-    assert_eq!(confirmed.state, SagaState::Confirmed, "{confirmed:#?}");
+    let (id, driver) = stage.confirmed_for_two_mugs().await;
 
     sqlx::raw_sql(CRASH_AT_THE_SAVE_AFTER_A_TAKE_IN)
         .execute(pool)
@@ -876,5 +886,85 @@ async fn a_shipment_taken_in_just_before_a_crash_is_captured_once_and_refundable
         stage.gateway.captured().await
     );
     stage.books_balance().await;
+    stage.platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_the_saga_was_woken_for_before_an_abandon_is_still_flagged() {
+    let stage = stage().await;
+    let pool = &stage.platform.pool;
+    let (id, driver) = stage.confirmed_for_two_mugs().await;
+    // The provider lost the authorization: the first shipment's capture
+    // cannot pass, and the saga asks for someone.
+    sqlx::query("DELETE FROM authorizations WHERE key = $1")
+        .bind(saga_orchestrator::driver::authorization_key(&id, 1))
+        .execute(&stage.gateway.database.pool(1).await.unwrap())
+        .await
+        .unwrap();
+    let ship = |tracking: &'static str| {
+        let (platform, id) = (&stage.platform, id.clone());
+        async move {
+            let shipment = platform
+                .command(
+                    &format!("/api/orders/{id}/shipments"),
+                    &json!({"lines": [{"sku": "MUG", "quantity": 1}], "carrier": "DHL",
+                            "tracking_number": tracking}),
+                    202,
+                )
+                .await;
+            let version = shipment["version"].as_i64().unwrap();
+            assert!(store::wake(&platform.pool, &id, version).await.unwrap());
+        }
+    };
+    ship("JD0001").await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        driver.drive(&id).await.unwrap();
+        let shown = operations::sagas::show(pool, &id).await.unwrap().unwrap();
+        if shown.saga.needs_attention {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{shown:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The shop ships the other mug, and an operator, having settled the
+    // first shipment by hand, abandons the saga before its driver took the
+    // second in: the saga stops, but the shipment is not left unseen.
+    ship("JD0002").await;
+    operations::sagas::abandon(pool, &id, "first shipment settled by hand", "dave")
+        .await
+        .unwrap();
+    let shown = operations::sagas::show(pool, &id).await.unwrap().unwrap();
+    assert!(!shown.saga.done, "{shown:#?}");
+    driver.drive(&id).await.unwrap();
+    let shown = operations::sagas::show(pool, &id).await.unwrap().unwrap();
+    assert_eq!(shown.saga.state, "ABANDONED");
+    assert!(shown.saga.needs_attention, "{shown:#?}");
+    // It read the second shipment and says what an operator must settle.
+    let taken_in = store::load(pool, &id).await.unwrap().unwrap().saga;
+    let (_, version) = stage.bus.load::<Order>(&id).await.unwrap();
+    assert_eq!(
+        taken_in.order_version,
+        i64::try_from(version).unwrap(),
+        "{taken_in:#?}"
+    );
+    assert!(
+        taken_in
+            .unsettled
+            .iter()
+            .any(|what| what.contains("after the saga was abandoned")),
+        "{taken_in:#?}"
+    );
+    // Nothing was captured behind the operator's back.
+    let (payment, _) = stage.bus.load::<Payment>(&id).await.unwrap();
+    assert_eq!(payment.captured_cents(), 0);
+
+    // Once the operator settled the second shipment too, and says so, it
+    // rests.
+    operations::sagas::abandon(pool, &id, "second shipment settled by hand", "dave")
+        .await
+        .unwrap();
+    let shown = operations::sagas::show(pool, &id).await.unwrap().unwrap();
+    assert!(shown.saga.done && !shown.saga.needs_attention, "{shown:#?}");
     stage.platform.stop().await;
 }

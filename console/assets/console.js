@@ -15,7 +15,8 @@ const DLQ_API = '/api/operations/dead-letters';
 const SAGA_API = '/api/operations/sagas';
 
 // gen: bumped on every render so late answers for a page left behind are dropped.
-const state = { gen: 0, timer: null, readAfter: null };
+// acting: operator actions waiting for their answers.
+const state = { gen: 0, timer: null, readAfter: null, acting: 0 };
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -234,11 +235,29 @@ function problem(response, body) {
   return new ApiError(message, response.status);
 }
 
-// A fresh key for one operator action: pressing again after a lost answer
-// repeats the same command instead of issuing a second one.
+// The idempotency key of each operator action on an order until it is
+// answered: pressing again after a lost answer (or on a page redrawn
+// meanwhile) repeats the same command instead of issuing a second one.
+const actionKeys = new Map();
+
 function newKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return 'console-' + [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// Sends the command `action` names (such as `<order>:ship`) under its key.
+// The key is dropped once the command is answered, accepted or refused:
+// only an answer that never came keeps it for the next press.
+async function command(action, path, body) {
+  if (!actionKeys.has(action)) actionKeys.set(action, newKey());
+  try {
+    const answer = await api(path, { method: 'POST', body, idempotencyKey: actionKeys.get(action) });
+    actionKeys.delete(action);
+    return answer;
+  } catch (error) {
+    if (error.status >= 400 && error.status < 500) actionKeys.delete(action);
+    throw error;
+  }
 }
 
 async function gql(query, variables) {
@@ -427,7 +446,11 @@ function act(ctx, button, work) {
   const group = [...button.parentElement.querySelectorAll('button')];
   for (const b of group) b.disabled = true;
   showNotice('');
-  work().then((done) => {
+  state.acting += 1;
+  const finished = work().finally(() => {
+    state.acting -= 1;
+  });
+  finished.then((done) => {
     if (!ctx.live()) return;
     // A command's answer: its position, for the next read to wait on.
     const { message, position } = typeof done === 'string' ? { message: done } : done;
@@ -639,23 +662,37 @@ function orderPage(ctx, id) {
   let after = state.readAfter;
   state.readAfter = null;
   let shown = null;
+  // Reads that failed in a row: the page tries again, less and less often.
+  let failures = 0;
   async function load() {
     stopTimer();
     try {
       const data = await gql(ORDER_TIMELINE, { id, after });
       after = null;
       if (!ctx.live()) return;
+      if (failures) showError('');
+      failures = 0;
       const order = data.order;
       const seen = JSON.stringify(order);
-      // Never redraw under an operator filling in the shipment form.
+      // Never redraw under an operator filling in the shipment form, nor
+      // while an action from the page waits for its answer (its buttons
+      // stay disabled).
       const typing = document.activeElement && document.activeElement.closest('#ship-form');
-      if (seen !== shown && !typing) {
+      const held = typing || state.acting > 0;
+      if (seen !== shown && !held) {
         shown = seen;
         page.replaceChildren(heading, ...(order ? orderView(ctx, order).filter(Boolean) : [emptyNote('No such order')]));
       }
-      if (order && (atWork(order) || typing)) state.timer = setTimeout(load, ORDER_REFRESH_MS);
+      if (order && (atWork(order) || held)) state.timer = setTimeout(load, ORDER_REFRESH_MS);
     } catch (error) {
+      // A read side still catching up, or a server away for a moment: say
+      // so, and look again (without waiting for a position any more).
+      after = null;
+      failures += 1;
       fail(error, ctx.gen);
+      if (ctx.live() && token()) {
+        state.timer = setTimeout(load, Math.min(ORDER_REFRESH_MS * 2 ** failures, 30000));
+      }
     }
   }
   load();
@@ -666,10 +703,12 @@ function orderPage(ctx, id) {
 // its capture, a received return not refunded yet, or a saga that has not
 // come to rest.
 function atWork(order) {
+  const saga = order.saga;
+  // A saga that waits for someone moves no further by itself.
+  if (saga && (saga.needsAttention || saga.state === 'ABANDONED')) return false;
   if ((order.shipments || []).some((s) => s.status === 'PENDING')) return true;
   const owed = (order.returns || []).filter((r) => r.status === 'RECEIVED').reduce((sum, r) => sum + r.refundCents, 0);
   if (typeof order.refundedCents === 'number' && order.refundedCents < owed) return true;
-  const saga = order.saga;
   return Boolean(saga && !saga.needsAttention && !FINAL_SAGA_STATES.has(saga.state));
 }
 
@@ -775,11 +814,10 @@ function shipmentsTable(ctx, order) {
 }
 
 function deliveredButton(ctx, order, shipment) {
-  const key = newKey();
   const button = el('button', { type: 'button', class: 'delivered' }, 'Mark delivered');
   button.addEventListener('click', () => act(ctx, button, async () => {
-    const answer = await api(orderPath(order, 'shipments', shipment.id, 'delivered'),
-      { method: 'POST', body: {}, idempotencyKey: key });
+    const answer = await command(`${order.id}:deliver:${shipment.id}`,
+      orderPath(order, 'shipments', shipment.id, 'delivered'), {});
     return { message: `Marked shipment ${shipment.id} delivered`, position: positionOf(answer) };
   }));
   return el('span', { class: 'buttons' }, button);
@@ -793,7 +831,6 @@ function shipForm(ctx, order) {
     .map((line) => ({ line, units: line.quantity - shippedUnits(order, line.sku) }))
     .filter((item) => item.units > 0);
   if (!left.length) return null;
-  const key = newKey();
   const fields = left.map(({ line, units }) => el('input', {
     type: 'number', min: '0', max: String(units), step: '1', value: String(units), class: 'ship-quantity',
     data: { sku: line.sku }, 'aria-label': `Units of ${line.sku} to ship (up to ${units})`,
@@ -839,10 +876,8 @@ function shipForm(ctx, order) {
     if (!sure) return;
     showError('');
     act(ctx, button, async () => {
-      const answer = await api(orderPath(order, 'shipments'), {
-        method: 'POST', idempotencyKey: key,
-        body: { lines, carrier: carrier.value.trim(), tracking_number: tracking.value.trim() },
-      });
+      const answer = await command(`${order.id}:ship`, orderPath(order, 'shipments'),
+        { lines, carrier: carrier.value.trim(), tracking_number: tracking.value.trim() });
       return {
         message: `Shipment of ${itemList(lines)} requested: it ships once its capture goes through`,
         position: positionOf(answer),
@@ -867,12 +902,11 @@ function returnsTable(ctx, order) {
 // Receiving refunds the return's value; its units go back on hand, or are
 // written off.
 function receiveButtons(ctx, order, found) {
-  const key = newKey();
   const restock = el('button', { type: 'button', class: 'receive' }, 'Receive and restock');
   const writeOff = el('button', { type: 'button', class: 'write-off danger' }, 'Receive, write off');
   const receive = (button, back) => act(ctx, button, async () => {
-    const answer = await api(orderPath(order, 'returns', found.id, 'receive'),
-      { method: 'POST', body: { restock: back }, idempotencyKey: key });
+    const answer = await command(`${order.id}:receive:${found.id}`,
+      orderPath(order, 'returns', found.id, 'receive'), { restock: back });
     return {
       message: `Received return ${found.id}: ${money(found.refundCents, order.currency)} is refunded` +
         (back ? ' and its units go back on hand' : ', its units written off'),

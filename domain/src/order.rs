@@ -31,6 +31,13 @@ pub use fulfilment::{Fulfilment, ItemLine, Return, ReturnStatus, Shipment, Shipm
 /// says otherwise (`return_window_days`).
 pub const RETURN_WINDOW_DAYS: u32 = 30;
 
+/// Most shipments one order may have (failed ones included): each is kept
+/// on the order, and read with it, for good.
+pub const MAX_SHIPMENTS: usize = 100;
+/// Most returns one order may have: each is kept on the order, and read
+/// with it, for good; a customer sends many units back in one return.
+pub const MAX_RETURNS: usize = 25;
+
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
 /// Most units one line of a request may ask for.
@@ -341,6 +348,14 @@ pub enum OrderError {
     /// The shipment id is taken.
     #[error("a shipment with this id exists")]
     ShipmentExists,
+    /// The order has [`MAX_SHIPMENTS`] shipments already.
+    #[error("the order has {max} shipments already, the most it may have")]
+    TooManyShipments { max: usize },
+    /// The order has [`MAX_RETURNS`] returns already.
+    #[error(
+        "the order has {max} returns already, the most it may have: send more units back in one return"
+    )]
+    TooManyReturns { max: usize },
     /// The order has no shipment with this id.
     #[error("the order has no shipment with this id")]
     ShipmentNotFound,
@@ -476,6 +491,9 @@ impl Order {
                 if order.fulfilment.shipment(shipment_id).is_some() {
                     return Err(OrderError::ShipmentExists);
                 }
+                if order.fulfilment.shipments.len() >= MAX_SHIPMENTS {
+                    return Err(OrderError::TooManyShipments { max: MAX_SHIPMENTS });
+                }
                 let value_cents = order.fulfilment.check_shipment(&order.lines, &lines)?;
                 OrderEvent::ShipmentRequested(ShipmentRequested {
                     shipment_id,
@@ -534,6 +552,9 @@ impl Order {
                 let order = self.current()?;
                 if order.fulfilment.return_of(return_id).is_some() {
                     return Err(OrderError::ReturnExists);
+                }
+                if order.fulfilment.returns.len() >= MAX_RETURNS {
+                    return Err(OrderError::TooManyReturns { max: MAX_RETURNS });
                 }
                 let refund_cents =
                     order

@@ -173,6 +173,12 @@ pub struct StepRecord {
     pub reason: Option<String>,
 }
 
+/// Authorizations that may expire one after the other before a capture
+/// took from one: past that, the shipment waiting for them fails (an
+/// operator retries or cancels) instead of holding ever new amounts on the
+/// customer's card.
+pub const MAX_EXPIRIES_IN_A_ROW: u32 = 3;
+
 /// Every reason a customer may read on a step (see [`StepRecord::reason`]).
 pub const PUBLIC_REASONS: &[&str] = &[
     "payment approved",
@@ -485,6 +491,10 @@ pub struct OrderSaga {
     /// after each that expired); [`charge`](Self::charge) is its state.
     #[serde(default)]
     pub attempt: u32,
+    /// Authorizations that expired, one after the other, before a capture
+    /// took from them (see [`MAX_EXPIRIES_IN_A_ROW`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expired_in_a_row: u32,
     /// The order's shipments the saga took in, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shipments: Vec<ShipmentWork>,
@@ -529,6 +539,7 @@ impl OrderSaga {
             abandoned: None,
             flow: PaymentFlow::Authorize,
             attempt: 1,
+            expired_in_a_row: 0,
             shipments: Vec::new(),
             returns: Vec::new(),
             captures: Vec::new(),

@@ -591,9 +591,13 @@ pub async fn abandon(
             state: saga.state.as_str().to_owned(),
         });
     }
+    // A shipment or return the saga was woken for and has not taken in
+    // keeps it running: its driver takes it in and flags it (an abandoned
+    // saga carries nothing out), instead of the order waiting unseen.
     sqlx::query(
         "UPDATE sagas
-            SET saga = $2, state = $3, version = version + 1, done = true,
+            SET saga = $2, state = $3, version = version + 1,
+                done = order_version <= $6, next_attempt_at = now(),
                 needs_attention = false, leased_until = NULL, updated_at = $4
           WHERE order_id = $1 AND version = $5",
     )
@@ -602,6 +606,7 @@ pub async fn abandon(
     .bind(saga.state.as_str())
     .bind(saga.updated_at)
     .bind(version)
+    .bind(saga.order_version)
     .execute(&mut *tx)
     .await?;
     Ok(ends_now)

@@ -954,7 +954,7 @@ mod authorizing {
     use domain::values::{Carrier, Reason, ReturnId, ShipmentId, Sku, TrackingNumber};
 
     use super::*;
-    use crate::saga::{PaymentFlow, ShipmentStage};
+    use crate::saga::{MAX_EXPIRIES_IN_A_ROW, PaymentFlow, ShipmentStage};
 
     fn shipment(n: u128, sku: &str, quantity: u32, status: ShipmentStatus) -> Shipment {
         Shipment {
@@ -1133,6 +1133,59 @@ mod authorizing {
             saga.shipments[1].failure.as_deref(),
             Some("a new authorization was declined: card declined")
         );
+    }
+
+    #[test]
+    fn authorizations_that_keep_expiring_fail_the_shipment_instead_of_holding_ever_more() {
+        let mut saga = confirmed();
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![shipment(1, "MUG", 2, ShipmentStatus::Pending)],
+                returns: Vec::new(),
+            },
+            3,
+        );
+        // Every authorization has expired by the time its capture comes.
+        let asked = drive(&mut saga, |action| match action {
+            Action::Capture { .. } => Outcome::Expired,
+            other => approving_captures(other),
+        });
+        let authorized = asked
+            .iter()
+            .filter(|action| matches!(action, Action::Reauthorize { .. }))
+            .count();
+        assert_eq!(authorized as u32, MAX_EXPIRIES_IN_A_ROW - 1, "{asked:#?}");
+        assert!(matches!(asked.last(), Some(Action::FailShipment { .. })));
+        assert_eq!(saga.shipments[0].stage, ShipmentStage::Failed);
+        assert_eq!(
+            saga.shipments[0].failure.as_deref(),
+            Some("3 authorizations in a row expired before the capture")
+        );
+        assert_eq!(saga.captured_cents(), 0);
+        assert_eq!(saga.state, SagaState::Confirmed);
+
+        // The next shipment gets tries of its own, and a capture that goes
+        // through starts the count again.
+        saga.take_in(
+            &Fulfilment {
+                shipments: vec![
+                    shipment(1, "MUG", 2, ShipmentStatus::Failed),
+                    shipment(2, "TEA", 2, ShipmentStatus::Pending),
+                ],
+                returns: Vec::new(),
+            },
+            6,
+        );
+        let mut expiries = 0;
+        drive(&mut saga, |action| match action {
+            Action::Capture { .. } if expiries < MAX_EXPIRIES_IN_A_ROW - 1 => {
+                expiries += 1;
+                Outcome::Expired
+            }
+            other => approving_captures(other),
+        });
+        assert_eq!(saga.shipments[1].stage, ShipmentStage::Shipped);
+        assert_eq!(saga.expired_in_a_row, 0);
     }
 
     #[test]

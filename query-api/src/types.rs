@@ -91,8 +91,29 @@ pub struct Shipment {
     pub status: ShipmentStatus,
     pub shipped_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
-    /// Why its capture was refused.
+    /// Why its capture was refused: an administrator reads the reason
+    /// recorded (the payment provider's own text); the order's customer
+    /// reads `payment declined`.
     pub failure: Option<String>,
+}
+
+/// What a customer reads of a failed shipment's reason.
+const PUBLIC_SHIPMENT_FAILURE: &str = "payment declined";
+
+/// Whether the caller holds the `admin` scope.
+fn is_admin(ctx: &Context<'_>) -> bool {
+    matches!(ctx.data_opt::<Identity>(), Some(Identity::Caller(caller)) if caller.is_admin())
+}
+
+/// An event as the order's customer reads it: a failed shipment's reason
+/// (the payment provider's own words) becomes the public one, as on
+/// `Shipment.failure`.
+fn public_payload(event: &mut EventRecord) {
+    if event.event_type == "ShipmentFailed"
+        && let Some(reason) = event.payload.0.get_mut("reason")
+    {
+        *reason = serde_json::Value::from(PUBLIC_SHIPMENT_FAILURE);
+    }
 }
 
 /// One return of an order.
@@ -252,7 +273,8 @@ impl Order {
     }
 
     /// Its shipments, oldest first.
-    async fn shipments(&self) -> Vec<Shipment> {
+    async fn shipments(&self, ctx: &Context<'_>) -> Vec<Shipment> {
+        let admin = is_admin(ctx);
         self.0
             .fulfilment
             .shipments
@@ -265,7 +287,14 @@ impl Order {
                 status: shipment.status.into(),
                 shipped_at: shipment.shipped_at,
                 delivered_at: shipment.delivered_at,
-                failure: shipment.failure.clone(),
+                // The provider's own words are the shop's to read.
+                failure: shipment.failure.as_ref().map(|reason| {
+                    if admin {
+                        reason.clone()
+                    } else {
+                        PUBLIC_SHIPMENT_FAILURE.to_owned()
+                    }
+                }),
             })
             .collect()
     }
@@ -310,7 +339,8 @@ impl Order {
     }
 
     /// The order's own events from the event store, oldest first (for an
-    /// `asOf` view, up to its version).
+    /// `asOf` view, up to its version). The order's customer reads a failed
+    /// shipment's reason as `payment declined`, as on `Shipment.failure`.
     async fn history(&self, ctx: &Context<'_>) -> Result<Vec<EventRecord>> {
         let loader = ctx.data::<DataLoader<HistoryLoader>>()?;
         let mut history = loader
@@ -319,6 +349,11 @@ impl Order {
             .unwrap_or_default();
         if self.1 == View::AsOf {
             history.retain(|event| event.sequence <= self.0.version);
+        }
+        if !is_admin(ctx) {
+            for event in &mut history {
+                public_payload(event);
+            }
         }
         Ok(history)
     }
@@ -331,7 +366,7 @@ impl Order {
             return Ok(None);
         }
         let loader = ctx.data::<DataLoader<SagaLoader>>()?;
-        let admin = matches!(ctx.data_opt::<Identity>(), Some(Identity::Caller(caller)) if caller.is_admin());
+        let admin = is_admin(ctx);
         Ok(loader
             .load_one(self.0.order_id.to_string())
             .await?
@@ -342,9 +377,13 @@ impl Order {
 /// Where an order's saga stands.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct SagaState {
-    /// `RESERVING`, `CHARGING`, `CONFIRMING`, `CONFIRMED`, `COMPENSATING`,
-    /// `CANCELLED`, or `ABANDONED` (an operator stopped it; its last step
-    /// says who and why).
+    /// `RESERVING`, `CHARGING` (authorizing the total, or for orders of
+    /// the previous release charging it), `CONFIRMING`, `CONFIRMED`,
+    /// `FULFILLING` (carrying out a shipment or a received return: a
+    /// capture, a new authorization, a refund, a restock; back to
+    /// `CONFIRMED` when done, or `CANCELLED` for a cancelled order),
+    /// `COMPENSATING`, `CANCELLED`, or `ABANDONED`
+    /// (an operator stopped it; its last step says who and why).
     pub state: String,
     /// Every step taken, oldest first.
     pub steps: Vec<SagaStep>,

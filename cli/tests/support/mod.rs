@@ -411,6 +411,8 @@ pub struct FlowReport {
     /// Answers that are not part of the contract, or came too late; orders
     /// the warehouse saw go where the contract does not let them.
     pub wrong: Vec<String>,
+    /// Orders given to the warehouse.
+    pub to_warehouse: usize,
     /// How the orders given to the warehouse ended, by how many.
     pub lifecycle: BTreeMap<&'static str, usize>,
 }
@@ -499,6 +501,7 @@ pub async fn flow(
                         fate: None,
                     };
                     to_warehouse.send(job).unwrap();
+                    report.lock().unwrap().to_warehouse += 1;
                 }
                 if cancelled {
                     cancels_out.lock().unwrap().push((i, id));

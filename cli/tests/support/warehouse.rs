@@ -189,8 +189,9 @@ fn next(job: &Job, seen: &Seen) -> Next {
     let parts = parts(job, fate);
     let cancels = fate == Fate::CancelledAfterAPartialShipment;
     if seen.status == "CANCELLED" {
+        // Seen confirmed, and cancelled by nobody in the flow.
         return if seen.shipments.is_empty() {
-            Next::Done(CANCELLED_BEFORE_SHIPPING)
+            Next::Wrong("cancelled after it was confirmed, before anything shipped")
         } else if cancels && seen.shipments.iter().all(|(_, s)| s == "SHIPPED") {
             Next::Done(fate.name())
         } else {

@@ -18,7 +18,9 @@
 use domain::order::{Fulfilment, ReturnStatus, ShipmentStatus};
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Charge, OrderSaga, Outcome, PaymentFlow, SagaState, Stock};
+use super::{
+    Action, Charge, MAX_EXPIRIES_IN_A_ROW, OrderSaga, Outcome, PaymentFlow, SagaState, Stock,
+};
 
 /// Units of one SKU in a shipment or a return, and whether the saga's step
 /// for them is done.
@@ -320,6 +322,7 @@ impl OrderSaga {
                 },
                 Outcome::Approved { .. } | Outcome::Done,
             ) => {
+                self.expired_in_a_row = 0;
                 if !self.captures.iter().any(|c| &c.shipment_id == shipment_id) {
                     self.captures.push(CaptureRecord {
                         shipment_id: shipment_id.clone(),
@@ -333,8 +336,23 @@ impl OrderSaga {
             (Action::Capture { shipment_id, .. }, Outcome::Declined { reason }) => {
                 self.set_stage(shipment_id, ShipmentStage::Failing, Some(reason));
             }
-            (Action::Capture { attempt, .. }, Outcome::Expired) if *attempt == self.attempt => {
+            (
+                Action::Capture {
+                    shipment_id,
+                    attempt,
+                    ..
+                },
+                Outcome::Expired,
+            ) if *attempt == self.attempt => {
                 self.charge = Charge::Expired;
+                self.expired_in_a_row += 1;
+                if self.expired_in_a_row >= MAX_EXPIRIES_IN_A_ROW {
+                    let reason = format!(
+                        "{} authorizations in a row expired before the capture",
+                        self.expired_in_a_row
+                    );
+                    self.set_stage(shipment_id, ShipmentStage::Failing, Some(reason));
+                }
             }
             (Action::Reauthorize { attempt, .. }, Outcome::Approved { .. } | Outcome::Done) => {
                 self.attempt = *attempt;
@@ -448,6 +466,11 @@ impl OrderSaga {
             work.stage = stage;
             if failure.is_some() {
                 work.failure = failure;
+            }
+            // A shipment that fails takes its expiries with it: the next
+            // one gets tries of its own.
+            if stage == ShipmentStage::Failing {
+                self.expired_in_a_row = 0;
             }
             if stage == ShipmentStage::Committing && work.lines.is_empty() {
                 work.stage = ShipmentStage::Marking;

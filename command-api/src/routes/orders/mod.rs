@@ -67,6 +67,8 @@ impl Refusal for OrderError {
             | Self::FullyShipped
             | Self::ShipmentPending
             | Self::ShipmentExists
+            | Self::TooManyShipments { .. }
+            | Self::TooManyReturns { .. }
             | Self::ShipmentNotPending { .. }
             | Self::NotShipped { .. }
             | Self::ReturnExists

@@ -37,6 +37,11 @@ fn items(lines: &[(&str, u32)]) -> Vec<ItemLine> {
 
 /// An order of 2 MUG at 1250 and 1 TEA at 499, placed by customer-1.
 fn order(confirmed: bool) -> Order {
+    order_of(2, confirmed)
+}
+
+/// An order of `mugs` MUG at 1250 and 1 TEA at 499, placed by customer-1.
+fn order_of(mugs: u32, confirmed: bool) -> Order {
     let mut order = Order::default();
     let placed = order
         .decide(OrderCommand::PlaceOrder {
@@ -45,7 +50,7 @@ fn order(confirmed: bool) -> Order {
             lines: vec![
                 PricedLine {
                     sku: sku("MUG"),
-                    quantity: 2,
+                    quantity: mugs,
                     unit_price: Money::price(1250, Currency::parse("EUR").unwrap()).unwrap(),
                 },
                 PricedLine {
@@ -273,6 +278,55 @@ fn a_cancel_waits_for_a_pending_shipment_and_a_fully_shipped_order_is_returned_i
     assert_eq!(run(&mut whole, cancel()), Err(OrderError::FullyShipped));
     run(&mut whole, delivered(1, 1)).unwrap();
     assert_eq!(run(&mut whole, cancel()), Err(OrderError::FullyShipped));
+}
+
+#[test]
+fn an_order_keeps_a_bounded_number_of_shipments_and_returns() {
+    use crate::order::{MAX_RETURNS, MAX_SHIPMENTS};
+    // Shipments that fail, again and again: the units stay free, the
+    // shipments stay on the order.
+    let mut order = order(true);
+    for n in 0..MAX_SHIPMENTS as u128 {
+        run(&mut order, ship(n, &[("MUG", 1)])).unwrap();
+        run(
+            &mut order,
+            OrderCommand::FailShipment {
+                shipment_id: shipment_id(n),
+                reason: Reason::parse("capture declined").unwrap(),
+            },
+        )
+        .unwrap();
+    }
+    let before = order.clone();
+    assert_eq!(
+        run(&mut order, ship(1000, &[("MUG", 1)])),
+        Err(OrderError::TooManyShipments { max: MAX_SHIPMENTS })
+    );
+    assert_eq!(order, before);
+
+    // A customer sending back one unit at a time.
+    let units = MAX_RETURNS as u32 + 1;
+    let mut order = order_of(units, true);
+    run(&mut order, ship(1, &[("MUG", units)])).unwrap();
+    run(&mut order, shipped(1)).unwrap();
+    run(&mut order, delivered(1, 1)).unwrap();
+    for n in 0..MAX_RETURNS as u128 {
+        run(
+            &mut order,
+            give_back(n, &[("MUG", 1)], 2, Some("customer-1")),
+        )
+        .unwrap();
+    }
+    let before = order.clone();
+    let refused = run(
+        &mut order,
+        give_back(1000, &[("MUG", 1)], 2, Some("customer-1")),
+    );
+    assert_eq!(
+        refused,
+        Err(OrderError::TooManyReturns { max: MAX_RETURNS })
+    );
+    assert_eq!(order, before);
 }
 
 #[test]
