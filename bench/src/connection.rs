@@ -4,6 +4,7 @@
 //! would; nothing is pooled or shared between clients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -60,4 +61,61 @@ impl Connection {
             .map(str::to_owned)
             .ok_or_else(|| anyhow::anyhow!("no order_id in {answer}"))
     }
+}
+
+/// Sends every request (path, body) from `clients` clients, each on a
+/// connection of its own, on a thread and runtime of their own (as the
+/// bursts place orders); returns the answers in the requests' order. Every
+/// request must be accepted (202).
+pub async fn send_all(
+    address: SocketAddr,
+    clients: usize,
+    requests: Vec<(String, Value)>,
+) -> anyhow::Result<Vec<Value>> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let sent = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(clients_sending(address, clients, requests)));
+        let _ = sender.send(sent);
+    });
+    receiver.await?
+}
+
+async fn clients_sending(
+    address: SocketAddr,
+    clients: usize,
+    requests: Vec<(String, Value)>,
+) -> anyhow::Result<Vec<Value>> {
+    let requests: Arc<[(String, Value)]> = requests.into();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut running = Vec::with_capacity(clients);
+    for _ in 0..clients.min(requests.len()) {
+        let mut connection = Connection::open(address).await?;
+        let (next, requests) = (Arc::clone(&next), Arc::clone(&requests));
+        running.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((path, body)) = requests.get(n) else {
+                    return anyhow::Ok(answers);
+                };
+                let (status, answer) = connection.post(path, body).await?;
+                anyhow::ensure!(
+                    status == 202,
+                    "{path}: {status} {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                answers.push((n, serde_json::from_slice::<Value>(&answer)?));
+            }
+        }));
+    }
+    let mut answers = Vec::with_capacity(requests.len());
+    for client in running {
+        answers.extend(client.await??);
+    }
+    answers.sort_by_key(|(n, _)| *n);
+    Ok(answers.into_iter().map(|(_, answer)| answer).collect())
 }

@@ -17,6 +17,7 @@ mod catchup;
 mod connection;
 mod hot;
 mod latency;
+mod lifecycle;
 mod rebuild;
 mod relay;
 mod saga;

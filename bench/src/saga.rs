@@ -13,11 +13,13 @@
 //!   the statements and commits each order cost (pg_stat_statements and
 //!   pg_stat_database over the platform's and the gateway's databases);
 //! - the same burst with every order on one product;
+//! - the lifecycle run (see [`crate::lifecycle`]): orders placed, shipped in
+//!   two parts, delivered, one in ten returned, in orders/s through all of
+//!   it and statements per order;
 //! - the same burst again after half the products were given a long
 //!   history (written by SQL), as a ratio of the first.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,6 @@ use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use platform_tests::TestPlatform;
 
-use crate::connection::Connection;
 use saga_orchestrator::driver::Policy;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -48,6 +49,10 @@ pub struct Options {
     /// Clients placing orders at once in the bursts.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Orders in the lifecycle run (placed, shipped in two parts,
+    /// delivered, one in ten returned; 0: no lifecycle run).
+    #[arg(long, default_value_t = 2_000)]
+    lifecycle: usize,
 }
 
 const PRODUCTS: usize = 100;
@@ -115,6 +120,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let hot = [HOT.to_owned()];
     let one = saturate(&platform, options.burst, options.clients, &hot).await?;
     one.print(&format!("saturation, all on {HOT}"), options.burst);
+
+    if options.lifecycle > 0 {
+        crate::lifecycle::run(
+            &platform,
+            &skus,
+            options.lifecycle,
+            options.clients,
+            &databases,
+        )
+        .await?;
+    }
 
     if options.history_events > 0 {
         let history_skus = &skus[..PRODUCTS / 2];
@@ -200,14 +216,14 @@ impl Burst {
 
 /// Statements and commits on the platform's and the gateway's databases
 /// since [`Counts::start`].
-struct Counts {
+pub(crate) struct Counts {
     oids: Vec<sqlx::postgres::types::Oid>,
     commits: i64,
 }
 
 impl Counts {
     /// Resets pg_stat_statements; `None` when the server does not load it.
-    async fn start(pool: &PgPool, databases: &[String]) -> anyhow::Result<Option<Self>> {
+    pub(crate) async fn start(pool: &PgPool, databases: &[String]) -> anyhow::Result<Option<Self>> {
         if sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             .execute(pool)
             .await
@@ -230,7 +246,7 @@ impl Counts {
         Ok(Some(Self { oids, commits }))
     }
 
-    async fn print(&self, pool: &PgPool, orders: usize) -> anyhow::Result<()> {
+    pub(crate) async fn print(&self, pool: &PgPool, orders: usize) -> anyhow::Result<()> {
         // Backends report their transaction counts at most once a second.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let commits = commits(pool, &self.oids).await? - self.commits;
@@ -409,12 +425,11 @@ async fn steady(
 
 /// The events that mark an order's way through its saga, in order; a
 /// product event counts when it names the order.
-const MARKS: [&str; 6] = [
+const MARKS: [&str; 5] = [
     "OrderPlaced",
     "StockReserved",
-    "ChargeRequested",
-    "ChargeApproved",
-    "ReservationCommitted",
+    "AuthorizationRequested",
+    "PaymentAuthorized",
     "OrderConfirmed",
 ];
 
@@ -458,10 +473,9 @@ async fn breakdown(pool: &PgPool, accepted: &HashMap<String, DateTime<Utc>>) -> 
     }
     let stages = [
         "placed -> stock reserved (relay, Kafka, saga intake, reservations)",
-        "stock reserved -> charge requested",
-        "charge requested -> approved (save, gateway, approval)",
-        "approved -> reservations committed",
-        "committed -> order confirmed",
+        "stock reserved -> authorization requested",
+        "authorization requested -> authorized (save, gateway, recording)",
+        "authorized -> order confirmed (the units stay reserved until they ship)",
         "order confirmed -> saga saved as ended",
     ];
     println!("  where the time went, from the events' commit times:");
@@ -506,8 +520,6 @@ async fn saturate(
 }
 
 /// Places `burst` orders from `clients` clients; returns the accepted ids.
-/// The clients run on a thread and runtime of their own, as in `bench
-/// write`, so that they do not queue behind the platform's tasks.
 async fn place(
     platform: &Arc<TestPlatform>,
     burst: usize,
@@ -516,54 +528,23 @@ async fn place(
 ) -> anyhow::Result<Vec<String>> {
     static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1_000_000;
-    let address = platform.address;
-    let skus: Arc<[String]> = skus.into();
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let placed = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| {
-                runtime.block_on(clients_placing(address, burst, clients, round, skus))
-            });
-        let _ = sender.send(placed);
-    });
-    receiver.await?
-}
-
-async fn clients_placing(
-    address: SocketAddr,
-    burst: usize,
-    clients: usize,
-    round: usize,
-    skus: Arc<[String]>,
-) -> anyhow::Result<Vec<String>> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut running = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let mut connection = Connection::open(address).await?;
-        let (next, skus) = (Arc::clone(&next), Arc::clone(&skus));
-        running.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= burst {
-                    return anyhow::Ok(ids);
-                }
-                ids.push(connection.place(&body(&skus, round + n)).await?);
-            }
-        }));
-    }
-    let mut ids = Vec::new();
-    for client in running {
-        ids.extend(client.await??);
-    }
-    Ok(ids)
+    let orders = (0..burst)
+        .map(|n| ("/api/orders".to_owned(), body(skus, round + n)))
+        .collect();
+    crate::connection::send_all(platform.address, clients, orders)
+        .await?
+        .iter()
+        .map(|answer| {
+            answer["order_id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no order_id in {answer}"))
+        })
+        .collect()
 }
 
 /// Sagas stored so far, whatever their state.
-async fn sagas_stored(pool: &PgPool) -> anyhow::Result<i64> {
+pub(crate) async fn sagas_stored(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM sagas")
         .fetch_one(pool)
         .await?)
@@ -574,7 +555,7 @@ async fn sagas_stored(pool: &PgPool) -> anyhow::Result<i64> {
 /// while they run are cheap for the database whatever the history (the
 /// sagas not done have an index of their own), so the benchmark does not
 /// load the platform it measures.
-async fn wait_confirmed(
+pub(crate) async fn wait_confirmed(
     platform: &TestPlatform,
     ids: &[String],
     before: i64,
