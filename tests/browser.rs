@@ -445,6 +445,15 @@ async fn the_console_ships_delivers_and_receives_a_return_in_a_browser() {
             |data| (data["order"]["saga"]["state"] == "CONFIRMED").then_some(()),
         )
         .await;
+    // The money's read model follows the payment's own events.
+    platform
+        .eventually(
+            "query($id: ID!) { order(id: $id) { authorizedCents } }",
+            json!({"id": id}),
+            WITHIN,
+            |data| (data["order"]["authorizedCents"] == 3750).then_some(()),
+        )
+        .await;
 
     let browser = Browser::start().await;
     let mut page = signed_in(&browser, &platform, "warehouse").await;
@@ -542,6 +551,15 @@ async fn the_console_ships_delivers_and_receives_a_return_in_a_browser() {
         .await
         .unwrap();
     let return_id = requested["return_id"].as_str().unwrap().to_owned();
+    // Once the read side shows it, the operator opens the order again.
+    platform
+        .eventually(
+            "query($id: ID!) { order(id: $id) { returns { id } } }",
+            json!({"id": id}),
+            WITHIN,
+            |data| (data["order"]["returns"][0]["id"] == return_id.as_str()).then_some(()),
+        )
+        .await;
     go(&mut page, "#/orders").await;
     go(&mut page, &format!("#/orders/{id}")).await;
     shows(&mut page, &text_of("returns-table", &return_id)).await;

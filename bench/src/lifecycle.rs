@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::connection::send_all;
-use crate::saga::{Counts, sagas_stored, wait_confirmed};
+use crate::measure::{Counts, sagas_stored, wait_confirmed};
 
 /// One order in this many is returned.
 const RETURN_EVERY: usize = 10;

@@ -18,6 +18,7 @@ mod connection;
 mod hot;
 mod latency;
 mod lifecycle;
+mod measure;
 mod rebuild;
 mod relay;
 mod saga;

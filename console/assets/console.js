@@ -700,8 +700,8 @@ function orderPage(ctx, id) {
 }
 
 // Whether something on the order is still moving: a shipment waiting for
-// its capture, a received return not refunded yet, or a saga that has not
-// come to rest.
+// its capture, money the read side does not show yet for what shipped or
+// came back, or a saga that has not come to rest.
 function atWork(order) {
   const saga = order.saga;
   // A saga that waits for someone moves no further by itself.
@@ -709,6 +709,11 @@ function atWork(order) {
   if ((order.shipments || []).some((s) => s.status === 'PENDING')) return true;
   const owed = (order.returns || []).filter((r) => r.status === 'RECEIVED').reduce((sum, r) => sum + r.refundCents, 0);
   if (typeof order.refundedCents === 'number' && order.refundedCents < owed) return true;
+  // What shipped is captured: the money read model may not show it yet.
+  const price = new Map((order.lines || []).map((line) => [line.sku, line.unitPriceCents]));
+  const shipped = (order.shipments || []).filter((s) => s.status === 'SHIPPED' || s.status === 'DELIVERED')
+    .flatMap((s) => s.lines).reduce((sum, line) => sum + line.quantity * (price.get(line.sku) || 0), 0);
+  if (typeof order.capturedCents === 'number' && order.capturedCents < shipped) return true;
   return Boolean(saga && !saga.needsAttention && !FINAL_SAGA_STATES.has(saga.state));
 }
 
