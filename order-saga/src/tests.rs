@@ -974,6 +974,24 @@ mod authorizing {
         }
     }
 
+    /// Return `n` of `quantity` MUG, received and restocked, refunding
+    /// 100 a unit (the units' value in these tests).
+    fn received_mugs(n: u128, quantity: u32) -> Return {
+        Return {
+            id: ReturnId::new(uuid::Uuid::from_u128(n)),
+            lines: vec![ItemLine {
+                sku: Sku::parse("MUG").unwrap(),
+                quantity,
+            }],
+            reason: Reason::parse("no").unwrap(),
+            refund_cents: 100 * i64::from(quantity),
+            status: ReturnStatus::Received,
+            requested_at: at(0),
+            received_at: Some(at(1)),
+            restocked: Some(true),
+        }
+    }
+
     fn confirmed() -> OrderSaga {
         let mut saga = OrderSaga::start(&placed(&["MUG", "TEA"]), "c", at(0));
         drive(&mut saga, approving);
@@ -1202,19 +1220,7 @@ mod authorizing {
             3,
         );
         drive(&mut saga, approving_captures);
-        let received = Return {
-            id: ReturnId::new(uuid::Uuid::from_u128(9)),
-            lines: vec![ItemLine {
-                sku: Sku::parse("MUG").unwrap(),
-                quantity: 2,
-            }],
-            reason: Reason::parse("no").unwrap(),
-            refund_cents: 200,
-            status: ReturnStatus::Received,
-            requested_at: at(0),
-            received_at: Some(at(1)),
-            restocked: Some(true),
-        };
+        let received = received_mugs(9, 2);
         saga.take_in(
             &Fulfilment {
                 shipments: Vec::new(),
@@ -1316,19 +1322,7 @@ mod authorizing {
         let mut saga = OrderSaga::start_charging(&placed(&["MUG"]), "c", at(0));
         drive(&mut saga, approving);
         assert_eq!(saga.state, SagaState::Confirmed);
-        let received = Return {
-            id: ReturnId::new(uuid::Uuid::from_u128(9)),
-            lines: vec![ItemLine {
-                sku: Sku::parse("MUG").unwrap(),
-                quantity: 1,
-            }],
-            reason: Reason::parse("no").unwrap(),
-            refund_cents: 100,
-            status: ReturnStatus::Received,
-            requested_at: at(0),
-            received_at: Some(at(1)),
-            restocked: Some(true),
-        };
+        let received = received_mugs(9, 1);
         saga.take_in(
             &Fulfilment {
                 shipments: Vec::new(),
